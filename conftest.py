@@ -1,13 +1,16 @@
-"""Shared pytest set-up: the `root` marker skips, saying why, when not root."""
+"""Shared by tests/ and conformance/: the test registry fixtures and the `root` marker.
+
+Tests marked `root` run real runc/crun, conmon, CNI plugins and mounts; without
+root they skip and say why instead of failing.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
-REQUIRED_TOOLS = ("runc", "conmon")
+pytest_plugins = ["tests.support.registry", "tests.support.images"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -17,7 +20,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
-
-
-def have_tool(name: str) -> bool:
-    return shutil.which(name) is not None

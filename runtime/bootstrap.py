@@ -1,0 +1,110 @@
+"""Builds the daemon's Services from the config: directories, stores, runtimes, network."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from crishim.cgroups import detect
+from crishim.cgroups.stats import StatsSampler
+from crishim.images.store import ImageStore
+from crishim.oci.runtime import OciRuntime, become_subreaper
+from crishim.runtime.config import Config
+from crishim.runtime.container.monitor import ExitMonitor
+from crishim.runtime.network.manager import PodNetwork
+from crishim.runtime.services import Handler, Services
+from crishim.runtime.state.store import StateStore
+
+log = logging.getLogger("crishim.bootstrap")
+
+
+async def probe_handlers(config: Config) -> dict[str, Handler]:
+    handlers: dict[str, Handler] = {}
+    for name, handler_config in config.runtimes.items():
+        runtime = OciRuntime(name, handler_config.path, config.handler_root(name), handler_config.type)  # type: ignore[arg-type]
+        try:
+            features = await runtime.features()
+        except Exception as exc:  # noqa: BLE001 - a broken handler must not stop the others
+            log.warning("runtime handler %s unusable: %s", name, exc)
+            continue
+        handlers[name] = Handler(name=name, runtime=runtime, features=features)
+    return handlers
+
+
+async def ensure_pause_image(images: ImageStore, wanted: str) -> None:
+    """The built-in pause image is made from catatonit on first start; never pulled."""
+    from crishim.images.pause import PAUSE_IMAGE, build_pause_layout
+
+    if wanted and wanted != PAUSE_IMAGE:
+        return  # a configured registry image is pulled on first use
+    try:
+        images.resolve(PAUSE_IMAGE)
+    except Exception:  # noqa: BLE001 - absent: build it
+        with tempfile.TemporaryDirectory(prefix="crishim-pause-") as tmp:
+            layout = await asyncio.to_thread(build_pause_layout, Path(tmp) / "layout")
+            await images.import_archive(layout)
+        log.info("built-in pause image %s created from catatonit", PAUSE_IMAGE)
+    images.set_pinned(PAUSE_IMAGE, True)
+
+
+async def build_services(config: Config) -> Services:
+    from crishim.runtime.recover import on_object_exit, reconcile
+
+    for d in (Path(config.root), Path(config.state_dir), config.exits_dir, config.attach_dir, config.netns_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    become_subreaper()
+    driver = config.cgroup_driver or detect.default_driver()
+    if "crun" in config.runtimes and detect.hybrid_blocks_crun():
+        log.warning("cgroup v2 holds controllers beside v1 ones: crun will refuse to run; "
+                    "run 'crishim doctor --fix'")
+    state = StateStore(config.db_path)
+    images = ImageStore(
+        config.image_store_path,
+        Path(config.registries.config_path) if config.registries.config_path else None,
+        max_parallel_layers=config.max_parallel_layer_downloads,
+        pull_progress_timeout=config.image_pull_progress_timeout,
+    )
+    await ensure_pause_image(images, config.sandbox_image)
+    pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
+    network = PodNetwork(
+        config.cni.conf_dir, config.cni.bin_dirs, str(config.cni_cache_dir), str(config.netns_dir),
+        config.cni.plugin_timeout, pod_cidr=pod_cidr, install_default=config.cni.install_default,
+    )
+    await network.start()
+    handlers = await probe_handlers(config)
+    svc = Services(config=config, state=state, images=images, network=network, handlers=handlers,
+                   cgroup_driver=driver)
+
+    async def on_exit(object_id: str) -> None:
+        await on_object_exit(svc, object_id)
+
+    svc.monitor = ExitMonitor(on_exit)
+    svc.stats = StatsSampler()
+    svc.streaming = await _start_streaming(svc)
+    svc.stop_metrics = _start_metrics(svc)
+    await reconcile(svc)
+    return svc
+
+
+async def _start_streaming(svc: Services) -> Any:
+    from crishim.runtime.streaming.server import StreamingServer
+    from crishim.runtime.streaming_backend import RuntimeStreamBackend
+
+    cfg = svc.config.streaming
+    server = StreamingServer(
+        cfg.address, RuntimeStreamBackend(svc), tls_cert=cfg.tls_cert or None, tls_key=cfg.tls_key or None
+    )
+    await server.start()
+    return server
+
+
+def _start_metrics(svc: Services) -> Any:
+    if not svc.config.metrics.address:
+        return None
+    from crishim.runtime import boundary, metrics
+
+    boundary.add_call_observer(metrics.observe_cri_call)
+    return metrics.start_metrics_server(svc.config.metrics.address)

@@ -1,0 +1,141 @@
+"""`crishim pull` and `crishim images`: the image store from the command line.
+
+They open the image store the daemon uses and run the same code the PullImage
+RPC runs, so what an operator sees is what the kubelet would get.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import click
+
+from crishim.runtime.config import Config
+
+
+def _store(config: Config):  # type: ignore[no-untyped-def]
+    from crishim.images.store import ImageStore
+
+    return ImageStore(
+        config.image_store_path,
+        Path(config.registries.config_path) if config.registries.config_path else None,
+        max_parallel_layers=config.max_parallel_layer_downloads,
+        pull_progress_timeout=config.image_pull_progress_timeout,
+    )
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class LayerProgress:
+    """One line per layer: bytes, rate and ETA, redrawn as progress reports arrive."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int, bool, bool]] = {}
+        self.started = time.monotonic()
+        self._lines = 0
+
+    def update(self, progress) -> None:  # type: ignore[no-untyped-def]
+        self.layers[progress.layer] = (progress.downloaded, progress.total, progress.done, progress.cached)
+        self.draw()
+
+    def draw(self) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        if self._lines:
+            click.echo(f"\x1b[{self._lines}A", nl=False)
+        for digest, (done_bytes, total, done, cached) in self.layers.items():
+            rate = done_bytes / elapsed
+            if cached:
+                state = "already present"
+            elif done:
+                state = f"done {_human(done_bytes)}"
+            else:
+                eta = f"{(total - done_bytes) / rate:.0f}s" if total > 0 and rate > 0 else "?"
+                of = f"/{_human(total)}" if total > 0 else ""
+                state = f"{_human(done_bytes)}{of} {_human(rate)}/s eta {eta}"
+            click.echo(f"\x1b[2K{digest[7:19]}: {state}")
+        self._lines = len(self.layers)
+
+
+@click.command()
+@click.argument("image")
+@click.option("--username", default=None, help="Registry user name.")
+@click.option("--password", default=None, help="Registry password.")
+@click.pass_context
+def pull(ctx: click.Context, image: str, username: str | None, password: str | None) -> None:
+    """Pull IMAGE into crishim's image store, showing each layer's progress."""
+    from crishim.images.registry import Credentials
+    from crishim.runtime.cli import _load
+
+    config = _load(ctx)
+    creds = Credentials(username=username or "", password=password or "") if username else None
+    bar = LayerProgress()
+
+    async def run() -> None:
+        store = _store(config)
+        try:
+            started = time.monotonic()
+            record = await store.pull(image, creds, bar.update)
+            seconds = time.monotonic() - started
+            click.echo(f"pulled {image} as {record.id} ({_human(record.size)} in {seconds:.1f}s)")
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        raise click.ClickException(f"pull {image} failed: {exc}") from exc
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def images(ctx: click.Context) -> None:
+    """List the images in the store (subcommands: import)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from crishim.runtime.cli import _load
+
+    config = _load(ctx)
+
+    async def run() -> None:
+        store = _store(config)
+        try:
+            click.echo(f"{'IMAGE':60} {'ID':15} {'SIZE':>10} PINNED")
+            for record in store.list():
+                names = list(record.repo_tags) or [d.split("@")[0] + "@<none>" for d in record.repo_digests]
+                for name in names or ["<none>"]:
+                    click.echo(f"{name:60} {record.id[7:19]:15} {_human(record.size):>10} {'yes' if record.pinned else ''}")
+        finally:
+            await store.aclose()
+
+    asyncio.run(run())
+
+
+@images.command("import")
+@click.argument("archive", type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def import_images(ctx: click.Context, archive: Path) -> None:
+    """Load an OCI image layout (dir or tar) or a `docker save` tar, for offline nodes."""
+    from crishim.runtime.cli import _load
+
+    config = _load(ctx.parent)  # type: ignore[arg-type]
+
+    async def run() -> None:
+        store = _store(config)
+        try:
+            for record in await store.import_archive(archive):
+                click.echo(f"imported {', '.join(record.repo_tags) or record.id}")
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        raise click.ClickException(f"import of {archive} failed: {exc}") from exc

@@ -1,0 +1,32 @@
+"""ExecSync: run a command in a running container and capture its output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from crishim.oci.runtime import ExecResult
+from crishim.runtime.errors import FailedPrecondition
+from crishim.runtime.services import Services
+from crishim.runtime.state.records import CONTAINER_RUNNING
+
+
+def exec_process(bundle: str, cmd: list[str], tty: bool = False) -> dict[str, Any]:
+    """The container's own process settings (user, env, cwd, capabilities) with another command."""
+    spec = json.loads((Path(bundle) / "config.json").read_text())
+    process: dict[str, Any] = dict(spec["process"])
+    process["args"] = cmd
+    process["terminal"] = tty
+    process.pop("consoleSize", None)
+    return process
+
+
+async def exec_sync(svc: Services, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+    meta = svc.state.get_container(container_id)
+    if meta.state != CONTAINER_RUNNING:
+        raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING: exec needs a running container")
+    handler = svc.handler(meta.runtime_handler)
+    process = exec_process(meta.bundle, cmd)
+    # api.proto: timeout 0 means no timeout.
+    return await handler.runtime.exec(container_id, process, time_limit=float(timeout) if timeout > 0 else None)

@@ -1,0 +1,77 @@
+"""Glue between the flows and oci/: conmon launch, kill, delete, OOM detection."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from crishim.oci import conmon
+from crishim.oci.runtime import reap
+from crishim.runtime.services import Handler, Services
+from crishim.runtime.state.records import ContainerMeta
+
+log = logging.getLogger("crishim.container")
+
+
+async def launch(
+    svc: Services, handler: Handler, object_id: str, bundle: Path, *, log_path: Path, tty: bool, stdin: bool,
+    stdin_once: bool,
+) -> conmon.ConmonResult:
+    """conmon runs `runc create`; returns the container's and conmon's PIDs."""
+    return await conmon.launch_container(
+        cid=object_id,
+        name=object_id,
+        runtime_path=handler.runtime.path,
+        runtime_root=handler.runtime.root,
+        bundle=bundle,
+        log_path=log_path,
+        exit_dir=svc.config.exits_dir,
+        socket_dir=svc.config.attach_dir,
+        stdin=stdin,
+        tty=tty,
+        log_size_max=svc.config.log_size_max,
+        conmon_path=svc.config.conmon,
+    )
+
+
+async def signal_quietly(handler: Handler, object_id: str, signal: int) -> None:
+    """Sends a signal to the container's init; a container that is already gone is fine."""
+    try:
+        await handler.runtime.kill(object_id, signal)
+    except Exception as exc:  # noqa: BLE001 - absent or stopped containers are the common case
+        log.debug("kill %s %s: %s", object_id[:13], signal, exc)
+
+
+async def delete_quietly(handler: Handler, object_id: str) -> None:
+    try:
+        await handler.runtime.delete(object_id, force=True)
+    except Exception as exc:  # noqa: BLE001 - absent is the common case
+        log.debug("delete %s: %s", object_id[:13], exc)
+
+
+async def kill_and_delete(svc: Services, handler: Handler, object_id: str) -> None:
+    """SIGKILL, wait for conmon to record the exit, then `runc delete --force`; idempotent."""
+    await signal_quietly(handler, object_id, 9)
+    if svc.monitor is not None and svc.monitor.watching(object_id):
+        await svc.monitor.wait(object_id, 10.0)
+    await delete_quietly(handler, object_id)
+    conmon_pid = _read_pid(Path(svc.config.root) / "sandboxes" / object_id / "conmon.pid") or _read_pid(
+        Path(svc.config.root) / "containers" / object_id / "conmon.pid"
+    )
+    if conmon_pid:
+        with contextlib.suppress(Exception):
+            reap(conmon_pid)
+
+
+def _read_pid(path: Path) -> int:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return 0
+
+
+def oom_killed(svc: Services, meta: ContainerMeta) -> bool:
+    """conmon (2.1) writes an `oom` file in its bundle dir when the kernel OOM-killed the container."""
+    bundle = Path(meta.bundle)
+    return any((bundle / name).exists() for name in ("oom", ".oom"))

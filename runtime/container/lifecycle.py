@@ -1,0 +1,177 @@
+"""Start, stop, remove and exit bookkeeping of workload containers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+import signal
+from pathlib import Path
+
+from crishim.cri_api import api_pb2
+from crishim.runtime.container import launch as launching
+from crishim.runtime.container import volumes
+from crishim.runtime.container.monitor import read_exit_file
+from crishim.runtime.errors import FailedPrecondition, NotFound
+from crishim.runtime.events import DELETED, STARTED, STOPPED, ContainerEvent
+from crishim.runtime.ids import now_ns
+from crishim.runtime.mounts import unmount
+from crishim.runtime.services import Services
+from crishim.runtime.state.records import (
+    CONTAINER_CREATED,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    ContainerMeta,
+)
+
+log = logging.getLogger("crishim.container")
+
+START_FAILED_EXIT_CODE = 128
+
+
+def exit_reason(code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if code == 0 else "Error"
+
+
+async def start_container(svc: Services, container_id: str) -> None:
+    async with svc.locks.hold(container_id):
+        meta = svc.state.get_container(container_id)
+        if meta.state != CONTAINER_CREATED:
+            raise FailedPrecondition(
+                f"container {container_id} is {meta.state}, not CREATED: only a created container can be started"
+            )
+        handler = svc.handler(meta.runtime_handler)
+        svc.monitor.watch(container_id, meta.conmon_pid)
+        try:
+            await handler.runtime.start(container_id)
+        except Exception as exc:
+            # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
+            message = str(exc)[:4096]
+            await launching.kill_and_delete(svc, handler, container_id)
+            svc.state.update_container(container_id, lambda m: dataclasses.replace(
+                m, state=CONTAINER_EXITED, started_at=m.started_at or now_ns(), finished_at=now_ns(),
+                exit_code=START_FAILED_EXIT_CODE, reason="StartError", message=message,
+            ))
+            raise
+        started = svc.state.update_container(
+            container_id,
+            lambda m: dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=now_ns())
+            if m.state == CONTAINER_CREATED else m,
+        )
+    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.started_at))
+
+
+async def record_exit(svc: Services, container_id: str) -> None:
+    """Called when conmon exits: the exit file holds the code, conmon's oom file the reason."""
+    try:
+        meta = svc.state.get_container(container_id)
+    except NotFound:
+        return
+    if meta.state == CONTAINER_EXITED:
+        return
+    exit_file = svc.config.exits_dir / container_id
+    result = read_exit_file(exit_file)
+    oom = launching.oom_killed(svc, meta)
+    if result is None:
+        code, finished = (137 if oom else 255), now_ns()
+        message = "" if oom else "container monitor exited without recording an exit code"
+    else:
+        (code, finished), message = result, ""
+    reason = exit_reason(code, oom)
+    updated = svc.state.update_container(container_id, lambda m: dataclasses.replace(
+        m, state=CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason,
+        message=m.message or message, started_at=m.started_at or finished,
+    ))
+    handler = svc.handler(meta.runtime_handler)
+    # The runc state of an exited container is of no more use; delete frees its cgroup.
+    await launching.delete_quietly(handler, container_id)
+    log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
+    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at))
+
+
+def stop_signal(svc: Services, meta: ContainerMeta) -> int:
+    """CRI stop_signal, else the image's StopSignal, else SIGTERM."""
+    config = api_pb2.ContainerConfig.FromString(meta.config)
+    if config.HasField("linux") and config.linux.stop_signal:
+        name = api_pb2.Signal.Name(config.linux.stop_signal).removeprefix("SIGNAL_")
+        if name != "RUNTIME_DEFAULT":
+            return _signal_number(name)
+    try:
+        image = svc.images.resolve(meta.image_id)
+        image_signal = ((image.config or {}).get("config") or {}).get("StopSignal")
+    except Exception:  # noqa: BLE001 - the image may be gone; fall back to SIGTERM
+        image_signal = None
+    if image_signal:
+        return _signal_number(str(image_signal))
+    return int(signal.SIGTERM)
+
+
+def _signal_number(name: str) -> int:
+    name = name.upper()
+    if name.isdigit():
+        return int(name)
+    if name.startswith("SIGRTMINPLUS"):
+        return int(signal.SIGRTMIN) + int(name.removeprefix("SIGRTMINPLUS"))
+    if name.startswith("SIGRTMAXMINUS"):
+        return int(signal.SIGRTMAX) - int(name.removeprefix("SIGRTMAXMINUS"))
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    aliases = {"SIGCLD": "SIGCHLD", "SIGPOLL": "SIGIO", "SIGIOT": "SIGABRT"}
+    name = aliases.get(name, name)
+    return int(getattr(signal, name, signal.SIGTERM))
+
+
+async def stop_container(svc: Services, container_id: str, timeout: int) -> None:
+    """Signal, wait up to `timeout` seconds, then SIGKILL; stopping a stopped container succeeds."""
+    meta = svc.state.get_container(container_id)
+    if meta.state != CONTAINER_RUNNING:
+        if meta.state == CONTAINER_CREATED:
+            await _stop_created(svc, meta)
+        return
+    handler = svc.handler(meta.runtime_handler)
+    svc.monitor.watch(container_id, meta.conmon_pid)
+    if timeout > 0:
+        await launching.signal_quietly(handler, container_id, stop_signal(svc, meta))
+        if await svc.monitor.wait(container_id, float(timeout)):
+            return
+    await launching.signal_quietly(handler, container_id, int(signal.SIGKILL))
+    if not await svc.monitor.wait(container_id, 30.0):
+        log.warning("container %s did not exit 30s after SIGKILL", container_id[:13])
+
+
+async def _stop_created(svc: Services, meta: ContainerMeta) -> None:
+    """A created, never started container: kill its init and record the exit."""
+    handler = svc.handler(meta.runtime_handler)
+    svc.monitor.watch(meta.id, meta.conmon_pid)
+    await launching.signal_quietly(handler, meta.id, int(signal.SIGKILL))
+    await svc.monitor.wait(meta.id, 10.0)
+
+
+async def remove_container(svc: Services, container_id: str) -> None:
+    """Kills it if running, deletes runc state, unmounts, removes files; absent is not an error."""
+    try:
+        meta = svc.state.get_container(container_id)
+    except NotFound:
+        return  # api.proto: RemoveContainer must not error for a removed container
+    async with svc.locks.hold(container_id):
+        if meta.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            await stop_container(svc, container_id, 0)
+        handler = svc.handler(meta.runtime_handler)
+        await launching.kill_and_delete(svc, handler, container_id)
+        await release_container_files(svc, meta)
+        svc.state.delete_container(container_id)
+    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))
+    log.info("container %s removed", container_id[:13])
+
+
+async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
+    for volume in meta.image_volumes:
+        await asyncio.to_thread(volumes.unmount_image_volume, svc, Path(volume))
+    await asyncio.to_thread(unmount, Path(meta.rootfs))
+    svc.images.release(f"container:{meta.id}")
+    await asyncio.to_thread(shutil.rmtree, meta.bundle, True)
+    (svc.config.exits_dir / meta.id).unlink(missing_ok=True)
+    shutil.rmtree(svc.config.attach_dir / meta.id, ignore_errors=True)

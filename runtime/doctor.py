@@ -1,0 +1,102 @@
+"""`crishim doctor`: what this node lacks to run pods, and which package brings it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from crishim.runtime.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    warning: bool = False
+
+
+def _binary(name: str, path: str, package: str) -> Check:
+    found = shutil.which(path)
+    if not found:
+        return Check(name, False, f"{path} not found; install the Debian package '{package}'")
+    try:
+        out = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check(name, False, f"{found} does not run: {exc}")
+    first = out.strip().splitlines()[0] if out.strip() else "unknown version"
+    return Check(name, True, f"{found} ({first})")
+
+
+def _cni_plugins(config: Config) -> Check:
+    wanted = ("bridge", "host-local", "loopback", "portmap")
+    missing = [p for p in wanted if not any((Path(d) / p).exists() for d in config.cni.bin_dirs)]
+    if missing:
+        return Check("CNI plugins", False,
+                     f"missing {', '.join(missing)} in {', '.join(config.cni.bin_dirs)}; "
+                     "install the Debian package 'containernetworking-plugins'")
+    return Check("CNI plugins", True, f"bridge, host-local, loopback, portmap in {', '.join(config.cni.bin_dirs)}")
+
+
+def _overlayfs() -> Check:
+    text = Path("/proc/filesystems").read_text()
+    if "overlay" in text:
+        return Check("overlayfs", True, "supported by the kernel")
+    return Check("overlayfs", False, "the kernel lacks overlayfs: load the 'overlay' module (modprobe overlay)")
+
+
+def _cgroups(config: Config, fix: bool) -> list[Check]:
+    from crishim.cgroups import detect
+
+    checks = []
+    version = detect.cgroup_version()
+    driver = config.cgroup_driver or detect.default_driver()
+    checks.append(Check("cgroups", True, f"{version}, driver {driver}"))
+    if detect.hybrid_blocks_crun():
+        if fix:
+            detect.fix_hybrid_for_crun()
+        if detect.hybrid_blocks_crun():
+            checks.append(Check(
+                "crun on hybrid cgroups", False,
+                "the cgroup v2 hierarchy holds controllers beside v1 ones and crun refuses to run; "
+                "run 'crishim doctor --fix' to mount them as v1 hierarchies", warning="crun" not in config.runtimes,
+            ))
+        else:
+            checks.append(Check("crun on hybrid cgroups", True, "v2 controllers remounted as v1 hierarchies"))
+    psi = detect.psi_available()
+    checks.append(Check("PSI", psi, "pressure stall information available" if psi else
+                        "no PSI files (boot with psi=1 on cgroup v2); stats omit PSI", warning=not psi))
+    return checks
+
+
+def _idmap(config: Config) -> Check:
+    from crishim.oci.features import probe_features
+
+    parts = []
+    for name, handler in config.runtimes.items():
+        try:
+            features = probe_features(handler.path, handler.type)
+        except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
+            parts.append(f"{name}: probe failed ({exc})")
+            continue
+        parts.append(f"{name}: idmap mounts {'yes' if features.idmap_mounts else 'no'}, "
+                     f"recursive read-only {'yes' if features.recursive_read_only else 'no'}")
+    return Check("runtime features", True, "; ".join(parts))
+
+
+def run_checks(config: Config, fix: bool = False) -> list[Check]:
+    checks = [Check("running as root", os.geteuid() == 0, "yes" if os.geteuid() == 0 else
+                    "crishim serve needs root (mounts, namespaces, cgroups)")]
+    for name, handler in config.runtimes.items():
+        checks.append(_binary(f"runtime {name}", handler.path, handler.type))
+    checks.append(_binary("conmon", config.conmon, "conmon"))
+    cat = shutil.which("catatonit")
+    checks.append(Check("catatonit", bool(cat), cat or "not found; install 'catatonit' (the built-in pause image needs it)"))
+    checks.append(_cni_plugins(config))
+    checks.append(_overlayfs())
+    checks.extend(_cgroups(config, fix))
+    checks.append(_idmap(config))
+    return checks

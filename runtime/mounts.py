@@ -1,0 +1,50 @@
+"""Small mount helpers (tmpfs for /dev/shm, unmount) over libc mount(2)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from pathlib import Path
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MNT_DETACH = 0x2
+
+
+def mount_tmpfs(target: Path, size: str = "64m", mode: str = "1777") -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    data = f"mode={mode},size={size}".encode()
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    if _libc.mount(b"shm", str(target).encode(), b"tmpfs", flags, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mounting tmpfs on {target}: {os.strerror(err)}")
+
+
+def is_mount_point(path: Path) -> bool:
+    target = os.path.realpath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
+                return True
+    return False
+
+
+def unmount(target: Path) -> None:
+    """Lazily unmounts target; absent or not mounted is fine (removal is idempotent)."""
+    while True:
+        if _libc.umount2(str(target).encode(), MNT_DETACH) != 0:
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOENT):
+                return
+            raise OSError(err, f"unmounting {target}: {os.strerror(err)}")
+        # Stacked mounts: keep going until nothing is mounted there.
+        if not is_mount_point(target):
+            return

@@ -1,0 +1,194 @@
+"""Container RPCs: create, start, stop, remove, status, list, exec sync, logs, resources."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+from google.protobuf import json_format
+
+from crishim.cri_api import api_pb2
+from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.container import exec as execs
+from crishim.runtime.container import lifecycle, logs, resources
+from crishim.runtime.container.create import create_container
+from crishim.runtime.errors import InvalidArgument
+from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.state.records import (
+    CONTAINER_CREATED,
+    CONTAINER_EXITED,
+    CONTAINER_RUNNING,
+    ContainerMeta,
+)
+
+if TYPE_CHECKING:
+    from crishim.runtime.services import Services
+
+STATE = {
+    CONTAINER_CREATED: api_pb2.CONTAINER_CREATED,
+    CONTAINER_RUNNING: api_pb2.CONTAINER_RUNNING,
+    CONTAINER_EXITED: api_pb2.CONTAINER_EXITED,
+}
+
+
+def container_state(meta: ContainerMeta) -> int:
+    return STATE.get(meta.state, api_pb2.CONTAINER_UNKNOWN)
+
+
+def _metadata(meta: ContainerMeta) -> api_pb2.ContainerMetadata:
+    return api_pb2.ContainerMetadata(name=meta.name, attempt=meta.attempt)
+
+
+def _image_spec(meta: ContainerMeta) -> api_pb2.ImageSpec:
+    config = api_pb2.ContainerConfig.FromString(meta.config)
+    spec = api_pb2.ImageSpec()
+    spec.CopyFrom(config.image)
+    spec.image = meta.image
+    return spec
+
+
+def container_status(svc: Services, meta: ContainerMeta) -> api_pb2.ContainerStatus:
+    status = api_pb2.ContainerStatus(
+        id=meta.id,
+        metadata=_metadata(meta),
+        state=container_state(meta),
+        created_at=meta.created_at,
+        started_at=meta.started_at,
+        finished_at=meta.finished_at,
+        exit_code=meta.exit_code,
+        image=_image_spec(meta),
+        image_ref=meta.image_ref,
+        image_id=meta.image_id,
+        reason=meta.reason,
+        message=meta.message,
+        labels=meta.labels,
+        annotations=meta.annotations,
+        log_path=meta.log_path,
+    )
+    if meta.mounts:
+        for item in json.loads(meta.mounts):
+            status.mounts.append(json_format.ParseDict(item, api_pb2.Mount()))
+    if meta.resources:
+        linux = json_format.ParseDict(json.loads(meta.resources), api_pb2.LinuxContainerResources())
+        status.resources.CopyFrom(api_pb2.ContainerResources(linux=linux))
+    if meta.user:
+        user = json.loads(meta.user)
+        status.user.CopyFrom(api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
+            uid=user.get("uid", 0), gid=user.get("gid", 0),
+            supplemental_groups=user.get("supplemental_groups", []),
+        )))
+    return status
+
+
+def _summary(meta: ContainerMeta) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=meta.id, pod_sandbox_id=meta.sandbox_id, metadata=_metadata(meta), image=_image_spec(meta),
+        image_ref=meta.image_ref, image_id=meta.image_id, state=container_state(meta),
+        created_at=meta.created_at, labels=meta.labels, annotations=meta.annotations,
+    )
+
+
+def _matches(meta: ContainerMeta, f: api_pb2.ContainerFilter | None) -> bool:
+    if f is None:
+        return True
+    if not id_matches(meta.id, f.id):
+        return False
+    if f.HasField("state") and container_state(meta) != f.state.state:
+        return False
+    if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
+        return False
+    return labels_match(meta.labels, f.label_selector)
+
+
+class ContainerRpcs:
+    svc: Services
+
+    def _container_id(self, container_id: str, missing_ok: bool = False) -> str:
+        if not container_id:
+            raise InvalidArgument("container_id is empty")
+        return self.svc.resolve_container_id(container_id, missing_ok=missing_ok)
+
+    @cri_rpc
+    async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty")
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
+        cid = await create_container(self.svc, sandbox_id, request.config, request.sandbox_config)
+        return api_pb2.CreateContainerResponse(container_id=cid)
+
+    @cri_rpc
+    async def StartContainer(self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StartContainerResponse:
+        await lifecycle.start_container(self.svc, self._container_id(request.container_id))
+        return api_pb2.StartContainerResponse()
+
+    @cri_rpc
+    async def StopContainer(self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopContainerResponse:
+        cid = self._container_id(request.container_id, missing_ok=True)
+        try:
+            await lifecycle.stop_container(self.svc, cid, max(0, request.timeout))
+        except Exception as exc:
+            if type(exc).__name__ != "NotFound":
+                raise
+            # api.proto: stopping an already removed container is not an error.
+        return api_pb2.StopContainerResponse()
+
+    @cri_rpc
+    async def RemoveContainer(self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveContainerResponse:
+        await lifecycle.remove_container(self.svc, self._container_id(request.container_id, missing_ok=True))
+        return api_pb2.RemoveContainerResponse()
+
+    @cri_rpc
+    async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
+        meta = self.svc.state.get_container(self._container_id(request.container_id))
+        response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, meta))
+        if request.verbose:
+            try:
+                with open(f"{meta.bundle}/config.json", encoding="utf-8") as fh:
+                    spec = json.load(fh)
+            except OSError:
+                spec = None
+            response.info["info"] = json.dumps({
+                "pid": meta.pid, "sandboxID": meta.sandbox_id, "runtimeHandler": meta.runtime_handler,
+                "bundle": meta.bundle, "rootfs": meta.rootfs, "runtimeSpec": spec,
+            })
+        return response
+
+    def _list(self, f: api_pb2.ContainerFilter | None) -> list[api_pb2.Container]:
+        items = [m for m in self.svc.state.list_containers() if _matches(m, f)]
+        items.sort(key=lambda m: m.created_at)
+        return [_summary(m) for m in items]
+
+    @cri_rpc
+    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
+        f = request.filter if request.HasField("filter") else None
+        return api_pb2.ListContainersResponse(containers=self._list(f))
+
+    @cri_rpc
+    async def StreamContainers(self, request: api_pb2.StreamContainersRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamContainersResponse]:
+        f = request.filter if request.HasField("filter") else None
+        for batch in chunks(self._list(f)):
+            yield api_pb2.StreamContainersResponse(containers=batch)
+
+    @cri_rpc
+    async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecSyncResponse:
+        if not request.cmd:
+            raise InvalidArgument("cmd is empty: name the command to run")
+        result = await execs.exec_sync(
+            self.svc, self._container_id(request.container_id), list(request.cmd), request.timeout
+        )
+        return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    @cri_rpc
+    async def ReopenContainerLog(self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext) -> api_pb2.ReopenContainerLogResponse:
+        await logs.reopen_container_log(self.svc, self._container_id(request.container_id))
+        return api_pb2.ReopenContainerLogResponse()
+
+    @cri_rpc
+    async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateContainerResourcesResponse:
+        linux = request.linux if request.HasField("linux") else None
+        await resources.update_container_resources(self.svc, self._container_id(request.container_id), linux)
+        return api_pb2.UpdateContainerResourcesResponse()

@@ -1,0 +1,141 @@
+"""Pod sandbox RPCs: each converts the request, calls one flow, builds the answer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+
+from crishim.cri_api import api_pb2
+from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.errors import InvalidArgument
+from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.sandbox import lifecycle
+from crishim.runtime.sandbox.run import run_pod_sandbox
+from crishim.runtime.state.records import SANDBOX_READY, SandboxMeta
+
+if TYPE_CHECKING:
+    from crishim.runtime.services import Services
+
+STATE = {SANDBOX_READY: api_pb2.SANDBOX_READY}
+
+
+def sandbox_state(meta: SandboxMeta) -> int:
+    return STATE.get(meta.state, api_pb2.SANDBOX_NOTREADY)
+
+
+def sandbox_metadata(meta: SandboxMeta) -> api_pb2.PodSandboxMetadata:
+    return api_pb2.PodSandboxMetadata(name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt)
+
+
+def sandbox_status(meta: SandboxMeta) -> api_pb2.PodSandboxStatus:
+    config = api_pb2.PodSandboxConfig.FromString(meta.config)
+    network = api_pb2.PodSandboxNetworkStatus(
+        ip=meta.ip, additional_ips=[api_pb2.PodIP(ip=ip) for ip in meta.additional_ips]
+    )
+    ns = config.linux.security_context.namespace_options
+    return api_pb2.PodSandboxStatus(
+        id=meta.id,
+        metadata=sandbox_metadata(meta),
+        state=sandbox_state(meta),
+        created_at=meta.created_at,
+        network=network,
+        linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=ns)),
+        labels=meta.labels,
+        annotations=meta.annotations,
+        runtime_handler=meta.runtime_handler,
+    )
+
+
+def _matches(meta: SandboxMeta, f: api_pb2.PodSandboxFilter | None) -> bool:
+    if f is None:
+        return True
+    if not id_matches(meta.id, f.id):
+        return False
+    if f.HasField("state") and sandbox_state(meta) != f.state.state:
+        return False
+    return labels_match(meta.labels, f.label_selector)
+
+
+def _summary(meta: SandboxMeta) -> api_pb2.PodSandbox:
+    return api_pb2.PodSandbox(
+        id=meta.id, metadata=sandbox_metadata(meta), state=sandbox_state(meta), created_at=meta.created_at,
+        labels=meta.labels, annotations=meta.annotations, runtime_handler=meta.runtime_handler,
+    )
+
+
+class SandboxRpcs:
+    svc: Services
+
+    def _resolve_sandbox(self, sandbox_id: str) -> str:
+        if not sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty")
+        return self.svc.resolve_sandbox_id(sandbox_id)
+
+    @cri_rpc
+    async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RunPodSandboxResponse:
+        if not request.HasField("config"):
+            raise InvalidArgument("config is required")
+        sandbox_id = await run_pod_sandbox(self.svc, request.config, request.runtime_handler)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+
+    @cri_rpc
+    async def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopPodSandboxResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty")
+        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
+        await lifecycle.stop_pod_sandbox(self.svc, sandbox_id)
+        return api_pb2.StopPodSandboxResponse()
+
+    @cri_rpc
+    async def RemovePodSandbox(self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemovePodSandboxResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("pod_sandbox_id is empty")
+        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
+        await lifecycle.remove_pod_sandbox(self.svc, sandbox_id)
+        return api_pb2.RemovePodSandboxResponse()
+
+    @cri_rpc
+    async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse:
+        from crishim.runtime.rpc.containers import container_status
+
+        meta = self.svc.state.get_sandbox(self._resolve_sandbox(request.pod_sandbox_id))
+        response = api_pb2.PodSandboxStatusResponse(status=sandbox_status(meta))
+        if request.verbose:
+            spec_path = f"{meta.bundle}/config.json"
+            try:
+                with open(spec_path, encoding="utf-8") as fh:
+                    spec = json.load(fh)
+            except OSError:
+                spec = None
+            info = {
+                "pid": meta.pid,
+                "runtimeHandler": meta.runtime_handler,
+                "netnsPath": meta.netns_path,
+                "cgroupsPath": meta.cgroups_path,
+                "image": self.svc.config.sandbox_image or "built-in pause",
+                "runtimeSpec": spec,
+            }
+            response.info["info"] = json.dumps(info)
+            response.containers_statuses.extend(
+                container_status(self.svc, c) for c in self.svc.state.list_containers(meta.id)
+            )
+        return response
+
+    def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[api_pb2.PodSandbox]:
+        items = [m for m in self.svc.state.list_sandboxes() if _matches(m, f)]
+        items.sort(key=lambda m: m.created_at)
+        return [_summary(m) for m in items]
+
+    @cri_rpc
+    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse:
+        f = request.filter if request.HasField("filter") else None
+        return api_pb2.ListPodSandboxResponse(items=self._list_sandboxes(f))
+
+    @cri_rpc
+    async def StreamPodSandboxes(self, request: api_pb2.StreamPodSandboxesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
+        f = request.filter if request.HasField("filter") else None
+        for batch in chunks(self._list_sandboxes(f)):
+            yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=batch)

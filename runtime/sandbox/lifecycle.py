@@ -1,0 +1,63 @@
+"""StopPodSandbox and RemovePodSandbox: both idempotent, as api.proto demands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+from crishim.runtime.container import lifecycle as containers
+from crishim.runtime.errors import NotFound
+from crishim.runtime.mounts import unmount
+from crishim.runtime.sandbox import infra
+from crishim.runtime.services import Services
+from crishim.runtime.state.records import SANDBOX_NOTREADY
+
+log = logging.getLogger("crishim.sandbox")
+
+
+async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
+    """Stops every container, then the infra container, then releases the network."""
+    try:
+        sandbox = svc.state.get_sandbox(sandbox_id)
+    except NotFound:
+        return  # api.proto: StopPodSandbox must not fail when everything is already reclaimed
+    async with svc.locks.hold("sandbox:" + sandbox_id):
+        await asyncio.gather(*(
+            containers.stop_container(svc, c.id, 0) for c in svc.state.list_containers(sandbox_id)
+        ))
+        handler = svc.handler(sandbox.runtime_handler)
+        await infra.destroy_infra(svc, handler, sandbox_id)
+        if sandbox.netns_path and not sandbox.network_torn_down:
+            await svc.network.teardown(
+                sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid
+            )
+        if sandbox.shm_path:
+            await asyncio.to_thread(unmount, Path(sandbox.shm_path))
+        svc.state.set_sandbox(sandbox_id, state=SANDBOX_NOTREADY, network_torn_down=True)
+    log.info("sandbox %s stopped", sandbox_id[:13])
+
+
+async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
+    """Removes containers (running ones too), the infra container, the netns and all files."""
+    try:
+        sandbox = svc.state.get_sandbox(sandbox_id)
+    except NotFound:
+        return  # api.proto: RemovePodSandbox must not fail for a removed sandbox
+    await stop_pod_sandbox(svc, sandbox_id)
+    async with svc.locks.hold("sandbox:" + sandbox_id):
+        for container in svc.state.list_containers(sandbox_id):
+            await containers.remove_container(svc, container.id)
+        handler = svc.handler(sandbox.runtime_handler)
+        await infra.destroy_infra(svc, handler, sandbox_id)
+        bundle = Path(sandbox.bundle)
+        await asyncio.to_thread(unmount, bundle / "rootfs")
+        if sandbox.netns_path:
+            await svc.network.remove_netns(sandbox.netns_path)
+        svc.images.release(f"sandbox:{sandbox_id}")
+        await asyncio.to_thread(shutil.rmtree, bundle, True)
+        (svc.config.exits_dir / sandbox_id).unlink(missing_ok=True)
+        shutil.rmtree(svc.config.attach_dir / sandbox_id, ignore_errors=True)
+        svc.state.delete_sandbox(sandbox_id)
+    log.info("sandbox %s removed", sandbox_id[:13])

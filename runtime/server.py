@@ -1,0 +1,70 @@
+"""The gRPC server on the unix socket and the daemon's life cycle.
+
+SIGTERM and SIGINT stop accepting calls and let in-flight ones finish; nothing
+the daemon started (conmon, containers, network namespaces) is touched by a
+shutdown, so a restart finds everything as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from crishim.cri_api import api_pb2_grpc
+from crishim.runtime.config import Config
+from crishim.runtime.socket import claim_socket_path, restrict_socket
+
+log = logging.getLogger("crishim.server")
+
+# The kubelet's CRI client allows 16 MiB messages; List calls on busy nodes need it.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+SHUTDOWN_GRACE_SECONDS = 30.0
+
+
+def grpc_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Builds the services, serves until SIGTERM/SIGINT, then shuts down gracefully."""
+    from crishim.runtime.rpc.images import ImageServicer
+    from crishim.runtime.rpc.runtime import RuntimeServicer
+    from crishim.runtime.services import Services
+
+    socket_path = Path(config.socket)
+    claim_socket_path(socket_path)
+    services = await Services.start(config)
+    server = grpc.aio.server(options=grpc_options())
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(services.images, Path(config.root)), server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    await server.start()
+    restrict_socket(socket_path)
+    log.info("crishim serving CRI v1 on %s", socket_path)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutting down: finishing in-flight calls (up to %.0fs)", SHUTDOWN_GRACE_SECONDS)
+        await server.stop(SHUTDOWN_GRACE_SECONDS)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await services.close()
+        try:
+            socket_path.unlink()
+        except FileNotFoundError:
+            pass
+    log.info("crishim stopped")

@@ -1,0 +1,156 @@
+"""The composition root: every long-lived part of the daemon, built once at start-up.
+
+Servicers get one `Services` and call domain functions with it; nothing else
+holds global state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crishim.oci.features import RuntimeFeatures
+from crishim.runtime.config import Config
+from crishim.runtime.errors import InvalidArgument, NotFound
+from crishim.runtime.events import EventBus
+from crishim.runtime.locks import KeyedLocks
+from crishim.runtime.state.store import StateStore
+
+log = logging.getLogger("crishim.services")
+
+POD_CIDR_SETTING = "pod_cidr"
+
+
+@dataclass
+class Handler:
+    """One runtime handler: its OCI runtime wrapper and probed features."""
+
+    name: str
+    runtime: Any  # crishim.oci.runtime.OciRuntime
+    features: RuntimeFeatures
+
+
+@dataclass
+class Services:
+    config: Config
+    state: StateStore
+    images: Any  # crishim.images.store.ImageStore
+    network: Any  # crishim.runtime.network.manager.PodNetwork
+    handlers: dict[str, Handler]
+    cgroup_driver: str
+    events: EventBus = field(default_factory=EventBus)
+    locks: KeyedLocks = field(default_factory=KeyedLocks)
+    streaming: Any = None  # crishim.runtime.streaming.server.StreamingServer
+    monitor: Any = None  # crishim.runtime.container.monitor.ExitMonitor
+    stats: Any = None  # crishim.cgroups.stats.StatsSampler
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+    stop_metrics: Any = None
+
+    @classmethod
+    async def start(cls, config: Config) -> Services:
+        from crishim.runtime.bootstrap import build_services
+
+        return await build_services(config)
+
+    async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        for task in self.background:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.streaming is not None:
+            await self.streaming.stop()
+        if self.network is not None:
+            await self.network.close()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
+        self.events.close()
+        if self.images is not None:
+            await self.images.aclose()
+        self.state.close()
+
+    # -- lookups used by many flows -------------------------------------------
+    def handler(self, name: str) -> Handler:
+        name = name or self.config.default_runtime
+        handler = self.handlers.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            raise InvalidArgument(f"runtime handler {name!r} is not configured (configured: {known})")
+        return handler
+
+    def handler_features(self) -> dict[str, RuntimeFeatures]:
+        return {name: h.features for name, h in self.handlers.items()}
+
+    def network_status(self) -> tuple[bool, str, str]:
+        if self.network is None:
+            return False, "NetworkPluginNotReady", "the network manager is not running"
+        ready, reason, message = self.network.status()
+        return bool(ready), reason, message
+
+    def verbose_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "handlers": {
+                name: {
+                    "path": self.config.runtimes[name].path,
+                    "type": self.config.runtimes[name].type,
+                    "root": str(self.config.handler_root(name)),
+                    "recursive_read_only": h.features.recursive_read_only,
+                    "idmap_mounts": h.features.idmap_mounts,
+                    "user_namespaces": h.features.user_namespaces,
+                }
+                for name, h in self.handlers.items()
+            },
+            "cgroupDriver": self.cgroup_driver,
+            "podCIDR": self.pod_cidr,
+            "pid": os.getpid(),
+        }
+        if self.network is not None:
+            config = self.network.config
+            info["cniconfig"] = {"confDir": self.network.conf_dir, "network": getattr(config, "name", None)}
+        if self.streaming is not None:
+            info["streamingAddress"] = self.streaming.address
+        return info
+
+    @property
+    def pod_cidr(self) -> str:
+        return self.state.get_setting(POD_CIDR_SETTING) or self.config.cni.pod_cidr
+
+    async def set_pod_cidr(self, cidr: str) -> None:
+        self.state.set_setting(POD_CIDR_SETTING, cidr)
+        if self.network is not None:
+            await self.network.set_pod_cidr(cidr)
+
+    def resolve_sandbox_id(self, wanted: str, missing_ok: bool = False) -> str:
+        """A full ID or a unique prefix of one (crictl accepts prefixes)."""
+        return _resolve(wanted, [m.id for m in self.state.list_sandboxes()], "pod sandbox", missing_ok)
+
+    def resolve_container_id(self, wanted: str, missing_ok: bool = False) -> str:
+        return _resolve(wanted, [m.id for m in self.state.list_containers()], "container", missing_ok)
+
+    # -- paths ------------------------------------------------------------------
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        return Path(self.config.root) / "sandboxes" / sandbox_id
+
+    def container_dir(self, container_id: str) -> Path:
+        return Path(self.config.root) / "containers" / container_id
+
+
+def _resolve(wanted: str, ids: list[str], kind: str, missing_ok: bool) -> str:
+    if wanted in ids:
+        return wanted
+    matches = [i for i in ids if i.startswith(wanted)] if wanted else []
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidArgument(f"{kind} ID prefix {wanted!r} is ambiguous: it matches {len(matches)} {kind}s")
+    if missing_ok:
+        return wanted
+    raise NotFound(f"{kind} {wanted!r} not found")

@@ -1,0 +1,1 @@
+"""Crash-safe records of sandboxes and containers (SQLite) and name reservations."""

@@ -1,0 +1,140 @@
+"""A live crishim daemon for tests: temporary dirs, its own socket, real runc and conmon."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from crishim.cri_api import api_pb2, api_pb2_grpc
+
+MAX_MESSAGE = 16 * 1024 * 1024
+
+
+@dataclass
+class Daemon:
+    """A running `crishim serve`, with stubs ready to call."""
+
+    dir: Path
+    config_file: Path
+    socket: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
+    log_file: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_file = self.dir / "daemon.log"
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(
+            f"unix://{self.socket}",
+            options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
+        )
+
+    @property
+    def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
+        return api_pb2_grpc.RuntimeServiceStub(self.channel())
+
+    @property
+    def images(self) -> api_pb2_grpc.ImageServiceStub:
+        return api_pb2_grpc.ImageServiceStub(self.channel())
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = self.log_file.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crishim.runtime.cli", "--config", str(self.config_file), "serve"],
+            stdout=log, stderr=log, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"crishim exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if self.socket.exists():
+                try:
+                    self.runtime.Version(api_pb2.VersionRequest(), timeout=2)
+                    return
+                except grpc.RpcError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"crishim did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def kill9(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None) -> Path:
+    cni = cni_dir or (base / "net.d")
+    config = base / "crishim.toml"
+    config.write_text(
+        f'socket = "{base}/crishim.sock"\n'
+        f'root = "{base}/root"\n'
+        f'state_dir = "{base}/run"\n'
+        'log_level = "debug"\n'
+        + extra
+        + "\n[cni]\n"
+        f'conf_dir = "{cni}"\n'
+        f'cache_dir = "{base}/cni-cache"\n'
+        "[registries]\n"
+        f'config_path = "{base}/certs.d"\n'
+    )
+    return config
+
+
+@contextmanager
+def running_daemon(extra_config: str = "", *, start: bool = True) -> Iterator[Daemon]:
+    """Starts crishim in fresh temp dirs; on exit removes every pod and stops it."""
+    base = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    config = write_config(base, extra_config)
+    daemon = Daemon(dir=base, config_file=config, socket=base / "crishim.sock", extra_config=extra_config)
+    try:
+        if start:
+            daemon.start()
+        yield daemon
+    finally:
+        try:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                remove_all_pods(daemon)
+        finally:
+            daemon.stop()
+            if os.environ.get("CRISHIM_KEEP_TEST_DIRS") != "1":
+                shutil.rmtree(base, ignore_errors=True)
+
+
+def remove_all_pods(daemon: Daemon) -> None:
+    stub = daemon.runtime
+    try:
+        for pod in stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
+            stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+            stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+    except grpc.RpcError:
+        pass

@@ -1,0 +1,292 @@
+"""Pinned network namespaces: create, remove, probe, and run code inside one.
+
+A pod's network namespace is created before its infra container and pinned
+by bind-mounting the namespace file onto `<netns_dir>/<sandbox_id>`, so it
+outlives every process in it and survives a daemon restart; CNI plugins and
+runc get that path.
+
+Namespace switches happen only in a fresh, short-lived OS thread that ends
+right after the work: setns(2) changes the calling *thread*, and a pooled
+thread left in a pod's namespace would poison every later job that lands on
+it. The fresh thread also keeps the event loop free, as to_thread would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
+import errno
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
+from pyroute2 import IPRoute
+
+DEFAULT_NETNS_DIR = "/run/crishim/netns"
+
+_CLONE_NEWNET = 0x40000000
+_MS_BIND = 4096
+_MS_REC = 16384
+_MS_SHARED = 1 << 20
+_MNT_DETACH = 2
+
+T = TypeVar("T")
+
+_libc: ctypes.CDLL | None = None
+
+
+def _c() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    return _libc
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+@dataclass(frozen=True, slots=True)
+class IfaceCounters:
+    """Byte and error counters of one interface, as PodSandboxStats reports them."""
+
+    name: str
+    rx_bytes: int
+    rx_errors: int
+    tx_bytes: int
+    tx_errors: int
+
+
+def pin_path(sandbox_id: str, netns_dir: str = DEFAULT_NETNS_DIR) -> str:
+    """Where the namespace of `sandbox_id` is pinned; rejects IDs that could escape the dir."""
+    if not sandbox_id or "/" in sandbox_id or sandbox_id in (".", "..") or "\0" in sandbox_id:
+        raise InvalidArgument(f"sandbox ID {sandbox_id!r} cannot name a network namespace file")
+    return os.path.join(netns_dir, sandbox_id)
+
+
+def exists(path: str) -> bool:
+    """True when `path` is a live pinned namespace (an nsfs bind mount), not just a file.
+
+    Every namespace file lives on the one nsfs superblock, so comparing the
+    device with our own namespace's file is enough and needs no statfs.
+    """
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/self/ns/net").st_dev
+    except OSError:
+        return False
+
+
+def _run_in_fresh_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def body() -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:  # handed to the waiter, the thread just ends
+            fut.set_exception(exc)
+
+    threading.Thread(target=body, name="crishim-netns", daemon=True).start()
+    return fut
+
+
+def _setns(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"network namespace {path} does not exist") from None
+    try:
+        _check(_c().setns(fd, _CLONE_NEWNET), f"setns({path})")
+    finally:
+        os.close(fd)
+
+
+def call_in(path: str, fn: Callable[..., T], *args: Any) -> T:
+    """Blocking: run `fn(*args)` in the namespace at `path` on a throw-away thread."""
+    if not exists(path):
+        raise NotFound(f"network namespace {path} does not exist or is not pinned")
+
+    def inside() -> T:
+        _setns(path)
+        return fn(*args)
+
+    return _run_in_fresh_thread(inside).result()
+
+
+async def run_in(path: str, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking `fn(*args)` inside the namespace at `path` without blocking the loop.
+
+    Sockets opened by `fn` stay bound to that namespace after it returns,
+    which is how port-forward can dial the pod's localhost.
+    """
+    if not exists(path):
+        raise NotFound(f"network namespace {path} does not exist or is not pinned")
+
+    def inside() -> T:
+        _setns(path)
+        return fn(*args)
+
+    return await asyncio.wrap_future(_run_in_fresh_thread(inside))
+
+
+def _make_dir_shared(netns_dir: str) -> None:
+    """Make the pin directory a shared mount, as iproute2 does for /run/netns.
+
+    Mount namespaces cloned later (by other tools on the node) then see our
+    unmounts too, so they do not keep a removed pod's namespace alive.
+    """
+    libc = _c()
+    d = netns_dir.encode()
+    if libc.mount(b"none", d, b"none", _MS_SHARED | _MS_REC, None) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:
+        _check(-1, f"make {netns_dir} shared")
+    # Not a mount point yet: bind it onto itself first.
+    _check(libc.mount(d, d, b"none", _MS_BIND | _MS_REC, None), f"bind {netns_dir}")
+    _check(libc.mount(b"none", d, b"none", _MS_SHARED | _MS_REC, None), f"make {netns_dir} shared")
+
+
+def _is_mount_point(path: str) -> bool:
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == path:
+                return True
+    return False
+
+
+def _loopback_up() -> None:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")
+        if not idx:
+            raise Internal("the new network namespace has no loopback device")
+        ipr.link("set", index=idx[0], state="up")
+
+
+def _create_pinned(path: str) -> None:
+    netns_dir = os.path.dirname(path)
+    os.makedirs(netns_dir, mode=0o755, exist_ok=True)
+    if not _is_mount_point(os.path.realpath(netns_dir)):
+        _make_dir_shared(netns_dir)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+    except FileExistsError:
+        raise FailedPrecondition(
+            f"network namespace pin {path} already exists; remove the old sandbox first"
+        ) from None
+    try:
+        # This thread alone moves to the new namespace and then ends.
+        _check(_c().unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        _check(
+            _c().mount(b"/proc/thread-self/ns/net", path.encode(), b"none", _MS_BIND, None),
+            f"bind-mount the namespace on {path}",
+        )
+        _loopback_up()
+    except BaseException:
+        _remove_pin(path)
+        raise
+
+
+async def create(sandbox_id: str, netns_dir: str = DEFAULT_NETNS_DIR) -> str:
+    """Create a new network namespace pinned at `<netns_dir>/<sandbox_id>`, loopback up.
+
+    Returns the pin path to hand to CNI (CNI_NETNS) and to the OCI spec.
+    """
+    path = pin_path(sandbox_id, netns_dir)
+    try:
+        await asyncio.wrap_future(_run_in_fresh_thread(lambda: _create_pinned(path)))
+    except OSError as exc:
+        raise Internal(f"cannot create network namespace {path}: {exc}") from exc
+    return path
+
+
+def _remove_pin(path: str) -> None:
+    if _c().umount2(path.encode(), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def remove(path: str) -> None:
+    """Unmount and delete a pin; removing one already gone is fine (RemovePodSandbox is idempotent)."""
+    try:
+        await asyncio.to_thread(_remove_pin, path)
+    except OSError as exc:
+        raise Internal(f"cannot remove network namespace {path}: {exc}") from exc
+
+
+def release_dir(netns_dir: str) -> None:
+    """Undo the shared self-bind of a pin directory (for tests and tidy shutdowns)."""
+    real = os.path.realpath(netns_dir)
+    while _is_mount_point(real):
+        if _c().umount2(real.encode(), _MNT_DETACH) != 0:
+            break
+
+
+def _stats_here() -> list[IfaceCounters]:
+    out = []
+    with IPRoute() as ipr:
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME")
+            st = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS")
+            if name is None or st is None:
+                continue
+            out.append(
+                IfaceCounters(
+                    name=name,
+                    rx_bytes=int(st["rx_bytes"]),
+                    rx_errors=int(st["rx_errors"]),
+                    tx_bytes=int(st["tx_bytes"]),
+                    tx_errors=int(st["tx_errors"]),
+                )
+            )
+    return out
+
+
+async def interface_stats(path: str) -> list[IfaceCounters]:
+    """Counters of every interface in the pod's namespace (PodSandboxStats.network)."""
+    return await run_in(path, _stats_here)
+
+
+def _addresses_here(ifname: str) -> list[str]:
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=ifname)
+        if not idx:
+            raise NotFound(f"no interface {ifname} in the network namespace")
+        return [
+            f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+            for a in ipr.get_addr(index=idx[0])
+            if a.get_attr("IFA_ADDRESS") is not None
+        ]
+
+
+async def addresses(path: str, ifname: str = "eth0") -> list[str]:
+    """Addresses ("ip/prefix") of `ifname` inside the namespace, IPv4 and IPv6 alike."""
+    return await run_in(path, _addresses_here, ifname)
+
+
+def _link_names() -> list[str]:
+    with IPRoute() as ipr:
+        return [n for n in (link.get_attr("IFLA_IFNAME") for link in ipr.get_links()) if n]
+
+
+async def host_interfaces() -> list[str]:
+    """Interface names of the daemon's own (host) namespace: what a host-network pod sees."""
+    return await asyncio.to_thread(_link_names)
+
+
+async def interfaces(path: str) -> list[str]:
+    """Interface names inside the namespace at `path`."""
+    return await run_in(path, _link_names)

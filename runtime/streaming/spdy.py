@@ -1,0 +1,638 @@
+"""SPDY/3.1 framing and a multiplexed connection, enough for Kubernetes streaming.
+
+Frame layouts follow the SPDY Protocol Draft 3.1. kubectl, crictl and the kubelet
+speak it through Go's spdystream, which never sends WINDOW_UPDATE; so we only hold
+our sends to the peer's windows once the peer has shown it does flow control (sent
+a SETTINGS initial window or a WINDOW_UPDATE). We always advertise our own
+consumption, so flow-controlled peers (our test client) never stall.
+
+One `SpdyConnection` serves both roles: the server accepts streams, the test client
+opens them; stream ids are odd for the client and even for the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+import zlib
+from dataclasses import dataclass
+
+from crishim.runtime.streaming.errors import ProtocolError
+from crishim.runtime.streaming.spdy_dictionary import HEADER_DICTIONARY
+from crishim.runtime.streaming.streams import Pipe
+
+log = logging.getLogger(__name__)
+
+VERSION = 3
+
+SYN_STREAM = 1
+SYN_REPLY = 2
+RST_STREAM = 3
+SETTINGS = 4
+PING = 6
+GOAWAY = 7
+HEADERS = 8
+WINDOW_UPDATE = 9
+
+FLAG_FIN = 0x01
+FLAG_UNIDIRECTIONAL = 0x02
+FLAG_SETTINGS_CLEAR = 0x01
+
+SETTINGS_INITIAL_WINDOW_SIZE = 7
+
+# RST_STREAM status codes
+PROTOCOL_ERROR = 1
+INVALID_STREAM = 2
+REFUSED_STREAM = 3
+CANCEL = 5
+INTERNAL_ERROR = 6
+FLOW_CONTROL_ERROR = 7
+
+DEFAULT_WINDOW = 64 * 1024
+MAX_DATA_CHUNK = 16 * 1024
+MAX_FRAME_LENGTH = 1 << 24
+MAX_HEADER_BLOCK = 256 * 1024
+
+Headers = dict[str, list[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    stream_id: int
+    flags: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SynStreamFrame:
+    stream_id: int
+    associated_id: int
+    priority: int
+    flags: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class SynReplyFrame:
+    stream_id: int
+    flags: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class RstStreamFrame:
+    stream_id: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsFrame:
+    flags: int
+    entries: tuple[tuple[int, int, int], ...]  # (flags, id, value)
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    ping_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class GoAwayFrame:
+    last_good_stream_id: int
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeadersFrame:
+    stream_id: int
+    flags: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
+class WindowUpdateFrame:
+    stream_id: int
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownControlFrame:
+    frame_type: int
+    flags: int
+    payload: bytes
+
+
+Frame = (
+    DataFrame
+    | SynStreamFrame
+    | SynReplyFrame
+    | RstStreamFrame
+    | SettingsFrame
+    | PingFrame
+    | GoAwayFrame
+    | HeadersFrame
+    | WindowUpdateFrame
+    | UnknownControlFrame
+)
+
+
+class HeaderCodec:
+    """Header blocks of one direction share a single zlib stream primed with the dictionary."""
+
+    def __init__(self) -> None:
+        self._compress = zlib.compressobj(
+            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zdict=HEADER_DICTIONARY
+        )
+        self._decompress = zlib.decompressobj(15, zdict=HEADER_DICTIONARY)
+
+    def encode(self, headers: Headers) -> bytes:
+        parts = [struct.pack(">I", len(headers))]
+        for name, values in headers.items():
+            key = name.lower().encode()
+            value = b"\0".join(v.encode() for v in values)
+            parts += [struct.pack(">I", len(key)), key, struct.pack(">I", len(value)), value]
+        block = b"".join(parts)
+        return self._compress.compress(block) + self._compress.flush(zlib.Z_SYNC_FLUSH)
+
+    def decode(self, data: bytes) -> Headers:
+        try:
+            raw = self._decompress.decompress(data, MAX_HEADER_BLOCK)
+        except zlib.error as exc:
+            raise ProtocolError(f"SPDY header block does not decompress: {exc}") from exc
+        if self._decompress.unconsumed_tail:
+            raise ProtocolError(f"SPDY header block larger than {MAX_HEADER_BLOCK} bytes")
+        return parse_header_block(raw)
+
+
+def parse_header_block(raw: bytes) -> Headers:
+    """Decode an uncompressed name/value block; names are lowercased, values split at NUL."""
+    try:
+        (count,) = struct.unpack_from(">I", raw, 0)
+        off = 4
+        headers: Headers = {}
+        for _ in range(count):
+            (nlen,) = struct.unpack_from(">I", raw, off)
+            name = raw[off + 4 : off + 4 + nlen]
+            off += 4 + nlen
+            (vlen,) = struct.unpack_from(">I", raw, off)
+            value = raw[off + 4 : off + 4 + vlen]
+            off += 4 + vlen
+            if len(name) != nlen or len(value) != vlen or nlen == 0:
+                raise ProtocolError("SPDY header block is truncated or has an empty name")
+            headers.setdefault(name.decode("latin-1").lower(), []).extend(
+                v.decode("latin-1") for v in value.split(b"\0")
+            )
+        return headers
+    except struct.error as exc:
+        raise ProtocolError("SPDY header block is truncated") from exc
+
+
+def control_frame(frame_type: int, flags: int, payload: bytes) -> bytes:
+    return struct.pack(">HHI", 0x8000 | VERSION, frame_type, (flags << 24) | len(payload)) + payload
+
+
+def data_frame(stream_id: int, flags: int, data: bytes) -> bytes:
+    return struct.pack(">II", stream_id & 0x7FFFFFFF, (flags << 24) | len(data)) + data
+
+
+def encode_frame(frame: Frame, codec: HeaderCodec) -> bytes:
+    """Serialize a frame; header blocks go through `codec`, so call in send order."""
+    match frame:
+        case DataFrame(stream_id, flags, data):
+            return data_frame(stream_id, flags, data)
+        case SynStreamFrame(stream_id, associated_id, priority, flags, headers):
+            payload = struct.pack(">IIBB", stream_id, associated_id, (priority & 7) << 5, 0) + codec.encode(
+                headers
+            )
+            return control_frame(SYN_STREAM, flags, payload)
+        case SynReplyFrame(stream_id, flags, headers):
+            return control_frame(SYN_REPLY, flags, struct.pack(">I", stream_id) + codec.encode(headers))
+        case RstStreamFrame(stream_id, status):
+            return control_frame(RST_STREAM, 0, struct.pack(">II", stream_id, status))
+        case SettingsFrame(flags, entries):
+            body = b"".join(struct.pack(">I", (f << 24) | i) + struct.pack(">I", v) for f, i, v in entries)
+            return control_frame(SETTINGS, flags, struct.pack(">I", len(entries)) + body)
+        case PingFrame(ping_id):
+            return control_frame(PING, 0, struct.pack(">I", ping_id))
+        case GoAwayFrame(last_good, status):
+            return control_frame(GOAWAY, 0, struct.pack(">II", last_good, status))
+        case HeadersFrame(stream_id, flags, headers):
+            return control_frame(HEADERS, flags, struct.pack(">I", stream_id) + codec.encode(headers))
+        case WindowUpdateFrame(stream_id, delta):
+            return control_frame(WINDOW_UPDATE, 0, struct.pack(">II", stream_id, delta))
+        case UnknownControlFrame(frame_type, flags, payload):
+            return control_frame(frame_type, flags, payload)
+    raise TypeError(f"not a SPDY frame: {frame!r}")
+
+
+def decode_frame(head: bytes, payload: bytes, codec: HeaderCodec) -> Frame:
+    """Parse one frame from its 8-byte head and its payload."""
+    first, second = struct.unpack(">II", head)
+    flags = second >> 24
+    if not first & 0x80000000:
+        return DataFrame(first & 0x7FFFFFFF, flags, payload)
+    version = (first >> 16) & 0x7FFF
+    frame_type = first & 0xFFFF
+    if version != VERSION:
+        raise ProtocolError(f"unsupported SPDY version {version}; only SPDY/3.1 is spoken")
+    try:
+        if frame_type == SYN_STREAM:
+            sid, assoc, pri, _slot = struct.unpack_from(">IIBB", payload)
+            return SynStreamFrame(
+                sid & 0x7FFFFFFF, assoc & 0x7FFFFFFF, pri >> 5, flags, codec.decode(payload[10:])
+            )
+        if frame_type == SYN_REPLY:
+            (sid,) = struct.unpack_from(">I", payload)
+            return SynReplyFrame(sid & 0x7FFFFFFF, flags, codec.decode(payload[4:]))
+        if frame_type == RST_STREAM:
+            sid, status = struct.unpack_from(">II", payload)
+            return RstStreamFrame(sid & 0x7FFFFFFF, status)
+        if frame_type == SETTINGS:
+            (count,) = struct.unpack_from(">I", payload)
+            entries = []
+            for n in range(count):
+                fid, value = struct.unpack_from(">II", payload, 4 + 8 * n)
+                entries.append((fid >> 24, fid & 0xFFFFFF, value))
+            return SettingsFrame(flags, tuple(entries))
+        if frame_type == PING:
+            (ping_id,) = struct.unpack_from(">I", payload)
+            return PingFrame(ping_id)
+        if frame_type == GOAWAY:
+            last, status = (
+                struct.unpack_from(">II", payload)
+                if len(payload) >= 8
+                else (
+                    struct.unpack_from(">I", payload)[0],
+                    0,
+                )
+            )
+            return GoAwayFrame(last & 0x7FFFFFFF, status)
+        if frame_type == HEADERS:
+            (sid,) = struct.unpack_from(">I", payload)
+            return HeadersFrame(sid & 0x7FFFFFFF, flags, codec.decode(payload[4:]))
+        if frame_type == WINDOW_UPDATE:
+            sid, delta = struct.unpack_from(">II", payload)
+            return WindowUpdateFrame(sid & 0x7FFFFFFF, delta & 0x7FFFFFFF)
+    except struct.error as exc:
+        raise ProtocolError(f"SPDY control frame type {frame_type} is truncated") from exc
+    return UnknownControlFrame(frame_type, flags, payload)
+
+
+class SpdyStream:
+    """One SPDY stream: a ByteReader for what the peer sends and a ByteWriter towards it."""
+
+    def __init__(self, conn: SpdyConnection, stream_id: int, headers: Headers, send_window: int) -> None:
+        self.id = stream_id
+        self.headers = headers
+        self._conn = conn
+        self._inbound = Pipe(high_water=1 << 62, on_read=self._consumed)
+        self._send_window = send_window
+        self._unacked = 0
+        self.local_closed = False
+        self.remote_closed = False
+        self.was_reset = False
+        self.replied = asyncio.Event()
+        self.reset_event = asyncio.Event()
+        self.reply_headers: Headers = {}
+
+    def header(self, name: str) -> str | None:
+        values = self.headers.get(name.lower())
+        return values[0] if values else None
+
+    async def read(self) -> bytes:
+        data: bytes = await self._inbound.read()
+        return data
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(bytes(data))
+        while view:
+            if self.local_closed or self.was_reset or self._conn.closed:
+                return
+            n = min(len(view), MAX_DATA_CHUNK)
+            if self._conn.peer_flow_control:
+                while min(self._send_window, self._conn.session_send_window) <= 0:
+                    if self.local_closed or self.was_reset or self._conn.closed:
+                        return
+                    await self._conn.window_changed()
+                n = min(n, self._send_window, self._conn.session_send_window)
+                self._send_window -= n
+                self._conn.session_send_window -= n
+            await self._conn.send(DataFrame(self.id, 0, bytes(view[:n])))
+            view = view[n:]
+
+    async def close(self) -> None:
+        """Half-close our side (DATA with FIN)."""
+        if self.local_closed or self.was_reset or self._conn.closed:
+            return
+        self.local_closed = True
+        await self._conn.send(DataFrame(self.id, FLAG_FIN, b""))
+        self._conn.forget_if_done(self)
+
+    async def reset(self, status: int = CANCEL) -> None:
+        if self.was_reset:
+            return
+        self._mark_reset()
+        if not self._conn.closed:
+            await self._conn.send(RstStreamFrame(self.id, status))
+        self._conn.forget_if_done(self)
+
+    async def reply(self, headers: Headers | None = None, fin: bool = False) -> None:
+        """Accept a stream the peer opened (SYN_REPLY)."""
+        if fin:
+            self.local_closed = True
+        await self._conn.send(SynReplyFrame(self.id, FLAG_FIN if fin else 0, headers or {}))
+
+    # Connection-side hooks.
+    def _feed(self, data: bytes, fin: bool) -> None:
+        self._inbound.feed_nowait(data)
+        if fin:
+            self._remote_fin()
+
+    def _remote_fin(self) -> None:
+        self.remote_closed = True
+        self._inbound.close_nowait()
+
+    def _mark_reset(self) -> None:
+        self.was_reset = True
+        self.reset_event.set()
+        self.local_closed = True
+        self.remote_closed = True
+        self._inbound.close_nowait()
+        self.replied.set()
+
+    def _adjust_send_window(self, delta: int) -> None:
+        self._send_window += delta
+
+    def _consumed(self, n: int) -> None:
+        self._unacked += n
+        if self._unacked >= DEFAULT_WINDOW // 2 and not self.remote_closed:
+            self._conn.send_nowait(WindowUpdateFrame(self.id, self._unacked))
+            self._unacked = 0
+        self._conn.session_consumed(n)
+
+
+class SpdyConnection:
+    """A SPDY/3.1 session over an asyncio stream pair; call `start()`, then accept or open streams."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        server: bool,
+        initial_data: bytes = b"",
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._server = server
+        self._buf = bytearray(initial_data)
+        self._out_codec = HeaderCodec()
+        self._in_codec = HeaderCodec()
+        self._streams: dict[int, SpdyStream] = {}
+        self._incoming: asyncio.Queue[SpdyStream | None] = asyncio.Queue()
+        self._next_stream_id = 2 if server else 1
+        self._next_ping_id = 2 if server else 1
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._last_peer_stream = 0
+        self._initial_send_window = DEFAULT_WINDOW
+        self.session_send_window = DEFAULT_WINDOW
+        self._session_unacked = 0
+        self.peer_flow_control = False
+        self._window_event = asyncio.Event()
+        self._drain_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        self._goaway_received = False
+        self._read_task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def start(self) -> None:
+        self._read_task = asyncio.create_task(self._read_loop())
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    async def accept(self) -> SpdyStream | None:
+        """The next stream the peer opened, or None once the connection is gone."""
+        if self._closed.is_set() and self._incoming.empty():
+            return None
+        stream = await self._incoming.get()
+        if stream is None:
+            self._incoming.put_nowait(None)  # keep answering None to later callers
+        return stream
+
+    async def open_stream(
+        self, headers: Headers, *, fin: bool = False, reply_timeout: float = 30.0
+    ) -> SpdyStream:
+        """Send SYN_STREAM and wait for the peer's SYN_REPLY."""
+        if self.closed:
+            raise ConnectionError("SPDY connection is closed")
+        sid = self._next_stream_id
+        self._next_stream_id += 2
+        stream = SpdyStream(self, sid, headers, self._initial_send_window)
+        stream.local_closed = fin
+        self._streams[sid] = stream
+        await self.send(SynStreamFrame(sid, 0, 0, FLAG_FIN if fin else 0, headers))
+        await asyncio.wait_for(stream.replied.wait(), reply_timeout)
+        if stream.was_reset:
+            raise ConnectionError(f"peer refused SPDY stream {sid}")
+        return stream
+
+    async def ping(self, ping_timeout: float = 10.0) -> float:
+        pid = self._next_ping_id
+        self._next_ping_id += 2
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pings[pid] = fut
+        started = time.monotonic()
+        await self.send(PingFrame(pid))
+        try:
+            await asyncio.wait_for(fut, ping_timeout)
+        finally:
+            self._pings.pop(pid, None)
+        return time.monotonic() - started
+
+    async def send_settings(self, initial_window: int) -> None:
+        await self.send(SettingsFrame(0, ((0, SETTINGS_INITIAL_WINDOW_SIZE, initial_window),)))
+
+    async def close(self) -> None:
+        """GOAWAY, then close the transport; streams still open see end of stream."""
+        if not self.closed:
+            self.send_nowait(GoAwayFrame(self._last_peer_stream, 0))
+            with contextlib.suppress(ConnectionError, OSError):
+                async with self._drain_lock:
+                    await self._writer.drain()
+        self._teardown()
+        self._writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self._writer.wait_closed()
+        if self._read_task is not None and self._read_task is not asyncio.current_task():
+            self._read_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._read_task
+
+    # Sending.
+    def send_nowait(self, frame: Frame) -> None:
+        """Encode and queue a frame; header compression order equals wire order because both happen here."""
+        if self.closed:
+            return
+        try:
+            self._writer.write(encode_frame(frame, self._out_codec))
+        except (ConnectionError, OSError, RuntimeError):
+            self._teardown()
+
+    async def send(self, frame: Frame) -> None:
+        self.send_nowait(frame)
+        if self.closed:
+            return
+        try:
+            async with self._drain_lock:
+                await self._writer.drain()
+        except (ConnectionError, OSError):
+            self._teardown()
+
+    async def window_changed(self) -> None:
+        event = self._window_event
+        closed = asyncio.ensure_future(self._closed.wait())
+        changed = asyncio.ensure_future(event.wait())
+        try:
+            await asyncio.wait({closed, changed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            changed.cancel()
+
+    def session_consumed(self, n: int) -> None:
+        self._session_unacked += n
+        if self._session_unacked >= DEFAULT_WINDOW // 2:
+            self.send_nowait(WindowUpdateFrame(0, self._session_unacked))
+            self._session_unacked = 0
+
+    def forget_if_done(self, stream: SpdyStream) -> None:
+        if stream.local_closed and stream.remote_closed:
+            self._streams.pop(stream.id, None)
+
+    def _wake_writers(self) -> None:
+        old, self._window_event = self._window_event, asyncio.Event()
+        old.set()
+
+    # Receiving.
+    async def _read_exact(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = await self._reader.read(max(65536, n - len(self._buf)))
+            if not chunk:
+                raise asyncio.IncompleteReadError(bytes(self._buf), n)
+            self._buf += chunk
+        data = bytes(self._buf[:n])
+        del self._buf[:n]
+        return data
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                head = await self._read_exact(8)
+                length = struct.unpack(">I", head[4:])[0] & 0xFFFFFF
+                payload = await self._read_exact(length)
+                self._handle(decode_frame(head, payload, self._in_codec))
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            pass
+        except ProtocolError as exc:
+            log.warning("closing SPDY connection: %s", exc)
+            self.send_nowait(GoAwayFrame(self._last_peer_stream, PROTOCOL_ERROR))
+        finally:
+            self._teardown()
+            if not self._writer.is_closing():
+                self._writer.close()
+
+    def _handle(self, frame: Frame) -> None:
+        match frame:
+            case DataFrame(sid, flags, data):
+                stream = self._streams.get(sid)
+                if stream is None or stream.remote_closed:
+                    # Late data for a finished stream; still credit the session window.
+                    if data:
+                        self.session_consumed(len(data))
+                    return
+                stream._feed(data, bool(flags & FLAG_FIN))
+                if not data and flags & FLAG_FIN:
+                    self.forget_if_done(stream)
+            case SynStreamFrame(sid, _assoc, _pri, flags, headers):
+                self._on_syn_stream(sid, flags, headers)
+            case SynReplyFrame(sid, flags, headers):
+                stream = self._streams.get(sid)
+                if stream is None:
+                    return
+                stream.reply_headers = headers
+                stream.replied.set()
+                if flags & FLAG_FIN:
+                    stream._remote_fin()
+            case HeadersFrame(sid, flags, headers):
+                stream = self._streams.get(sid)
+                if stream is not None:
+                    for k, v in headers.items():
+                        stream.headers.setdefault(k, []).extend(v)
+                    if flags & FLAG_FIN:
+                        stream._remote_fin()
+            case RstStreamFrame(sid, _status):
+                stream = self._streams.pop(sid, None)
+                if stream is not None:
+                    stream._mark_reset()
+                    self._wake_writers()
+            case SettingsFrame(_flags, entries):
+                for _f, sid, value in entries:
+                    if sid == SETTINGS_INITIAL_WINDOW_SIZE:
+                        delta = value - self._initial_send_window
+                        self._initial_send_window = value
+                        for stream in self._streams.values():
+                            stream._adjust_send_window(delta)
+                        self.peer_flow_control = True
+                        self._wake_writers()
+            case PingFrame(pid):
+                if (pid & 1) == (self._next_ping_id & 1):
+                    fut = self._pings.get(pid)
+                    if fut is not None and not fut.done():
+                        fut.set_result(None)
+                else:
+                    self.send_nowait(PingFrame(pid))
+            case GoAwayFrame():
+                self._goaway_received = True
+                self._incoming.put_nowait(None)
+            case WindowUpdateFrame(sid, delta):
+                self.peer_flow_control = True
+                if sid == 0:
+                    self.session_send_window += delta
+                elif (stream := self._streams.get(sid)) is not None:
+                    stream._adjust_send_window(delta)
+                self._wake_writers()
+            case UnknownControlFrame():
+                pass  # the spec says unknown control frames are ignored
+
+    def _on_syn_stream(self, sid: int, flags: int, headers: Headers) -> None:
+        peer_parity = 1 if self._server else 0
+        if sid == 0 or sid % 2 != peer_parity or sid <= self._last_peer_stream or self._goaway_received:
+            self.send_nowait(RstStreamFrame(sid, PROTOCOL_ERROR))
+            return
+        self._last_peer_stream = sid
+        stream = SpdyStream(self, sid, headers, self._initial_send_window)
+        if flags & FLAG_UNIDIRECTIONAL:
+            stream.local_closed = True
+        self._streams[sid] = stream
+        if flags & FLAG_FIN:
+            stream._remote_fin()
+        self._incoming.put_nowait(stream)
+
+    def _teardown(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        for stream in list(self._streams.values()):
+            stream._mark_reset()
+        self._streams.clear()
+        for fut in self._pings.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("SPDY connection closed"))
+        self._incoming.put_nowait(None)
+        self._wake_writers()

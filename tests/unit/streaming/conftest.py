@@ -1,0 +1,69 @@
+"""A real backend for server tests: commands run on this host with real pipes and ptys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+import pytest
+from crishim.runtime.streaming.backends import exec_on_host, port_forward_in_netns
+from crishim.runtime.streaming.errors import NotFound
+from crishim.runtime.streaming.server import StreamingServer
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+
+
+class HostBackend:
+    """Exec runs the command on the host; "attach" runs a fixed command per container id.
+
+    Port-forward goes to localhost in the host network namespace (a host-network pod).
+    """
+
+    def __init__(self, attach_commands: dict[str, Sequence[str]] | None = None) -> None:
+        self.attach_commands = dict(attach_commands or {})
+
+    async def exec(
+        self,
+        container_id: str,
+        cmd: list[str],
+        tty: bool,
+        stdin: ByteReader | None,
+        stdout: ByteWriter | None,
+        stderr: ByteWriter | None,
+        resize: AsyncIterator[TerminalSize],
+    ) -> int:
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+        code: int = await exec_on_host(cmd, tty, stdin, stdout, stderr, resize, env=env)
+        return code
+
+    async def attach(
+        self,
+        container_id: str,
+        tty: bool,
+        stdin: ByteReader | None,
+        stdout: ByteWriter | None,
+        stderr: ByteWriter | None,
+        resize: AsyncIterator[TerminalSize],
+    ) -> None:
+        cmd = self.attach_commands.get(container_id)
+        if cmd is None:
+            raise NotFound(f"container {container_id} not found")
+        await exec_on_host(list(cmd), tty, stdin, stdout, stderr, resize)
+
+    async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None:
+        await port_forward_in_netns(None, port, reader, writer)
+
+
+@pytest.fixture
+def backend() -> HostBackend:
+    return HostBackend(
+        {"cat-container": ["cat"], "tty-container": ["sh", "-c", "read x; stty size; echo got $x"]}
+    )
+
+
+@pytest.fixture
+async def server(backend: HostBackend) -> AsyncIterator[StreamingServer]:
+    srv = StreamingServer("127.0.0.1:0", backend)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()

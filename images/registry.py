@@ -1,0 +1,495 @@
+"""OCI distribution v2 client: auth, manifests, platform selection, blob streams.
+
+Only pulling lives here; verifying and storing what is pulled is content.py's
+and unpack.py's job. Every endpoint (mirrors first, then the upstream) comes
+from hosts.py. Transient failures (5xx, 429, connection resets) are retried
+with backoff and then reported as Unavailable; 401/403 become
+PermissionDenied naming the registry; 404 becomes NotFound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import (
+    DataLoss,
+    ImageError,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    Unimplemented,
+)
+from .hosts import RegistryHost, load_hosts
+from .platforms import Platform, host_platform, pick_manifest
+from .reference import Reference, validate_digest
+
+log = logging.getLogger(__name__)
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST_BYTES = 4 << 20
+BLOB_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Credentials:
+    """What the CRI AuthConfig carries, without protobuf; secrets never appear in repr()."""
+
+    username: str = ""
+    password: str = ""
+    auth: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, secrets=<redacted>)"
+
+    def user_password(self) -> tuple[str, str] | None:
+        """username/password, or the decoded `auth` field (base64 of `user:password`)."""
+        if self.username or self.password:
+            return self.username, self.password
+        if self.auth:
+            try:
+                decoded = base64.b64decode(self.auth, validate=True).decode()
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidArgument("auth must be base64 of 'username:password'") from exc
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                raise InvalidArgument("auth must be base64 of 'username:password' (no ':' found)")
+            return user, password
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Descriptor:
+        if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+            raise InvalidArgument(f"{where}: a descriptor lacks a digest")
+        size = data.get("size", -1)
+        if not isinstance(size, int):
+            raise InvalidArgument(f"{where}: descriptor size must be an integer")
+        validate_digest(data["digest"])
+        return cls(
+            media_type=str(data.get("mediaType", "")),
+            digest=data["digest"],
+            size=size,
+            urls=tuple(data.get("urls") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """An image manifest chosen for this platform, and how it was reached."""
+
+    digest: str  # of the manifest itself
+    top_digest: str  # of what the reference named (an index, or this manifest): the repo digest
+    media_type: str
+    raw: bytes
+    config: Descriptor
+    layers: tuple[Descriptor, ...]
+
+
+@dataclass(slots=True)
+class _Session:
+    """One registry endpoint plus the Authorization header that worked for one repository."""
+
+    host: RegistryHost
+    client: httpx.AsyncClient
+    repository: str
+    credentials: Credentials | None
+    authorization: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+_CHALLENGE_PARAM = re.compile(r'(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+
+
+def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """`Bearer realm="...",service="..."` -> ("bearer", {"realm": ..., "service": ...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _CHALLENGE_PARAM.finditer(rest)
+    }
+    return scheme.lower(), params
+
+
+def _is_name_resolution_failure(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, socket.gaierror):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "Name or service not known" in str(exc) or "nodename nor servname" in str(exc)
+
+
+class RegistryClient:
+    """Pulls manifests and blobs; one instance serves the whole daemon (connection pools are shared)."""
+
+    def __init__(
+        self,
+        config_dir: Path | None,
+        *,
+        retries: int = 3,
+        backoff: float = 0.2,
+        connect_timeout: float = 15.0,
+        read_timeout: float = 60.0,
+        platform: Platform | None = None,
+    ) -> None:
+        self.config_dir = config_dir
+        self.retries = retries
+        self.backoff = backoff
+        self.platform = platform or host_platform()
+        self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
+        self._clients: dict[RegistryHost, httpx.AsyncClient] = {}
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+    def _client(self, host: RegistryHost) -> httpx.AsyncClient:
+        client = self._clients.get(host)
+        if client is None:
+            verify: ssl.SSLContext | bool = True
+            if host.scheme == "https":
+                if host.skip_verify:
+                    verify = False
+                else:
+                    ctx = ssl.create_default_context()
+                    for ca in host.ca_files:
+                        ctx.load_verify_locations(cafile=str(ca))
+                    for cert, key in host.client_certs:
+                        ctx.load_cert_chain(str(cert), str(key) if key else None)
+                    verify = ctx
+            client = httpx.AsyncClient(
+                verify=verify,
+                timeout=self._timeout,
+                follow_redirects=True,
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                headers={"User-Agent": "crishim"},
+            )
+            self._clients[host] = client
+        return client
+
+    # ---- requests with retries and auth -------------------------------------------------
+
+    async def _send(
+        self, session: _Session, method: str, url: str, headers: dict[str, str], what: str
+    ) -> httpx.Response:
+        """Sends with retries on transient failures and one auth round; returns a streaming response
+        with a 2xx status (the caller closes it)."""
+        attempt = 0
+        auth_tried = False
+        registry = session.host.display
+        while True:
+            req_headers = dict(session.headers)
+            req_headers.update(headers)
+            if session.authorization:
+                req_headers["Authorization"] = session.authorization
+            request = session.client.build_request(method, url, headers=req_headers)
+            try:
+                response = await session.client.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if _is_name_resolution_failure(exc):
+                    raise Unavailable(
+                        f"cannot resolve registry host {session.host.netloc}: check the image name "
+                        f"or the node's DNS ({exc})"
+                    ) from exc
+                attempt += 1
+                if attempt > self.retries:
+                    raise Unavailable(
+                        f"registry {registry} unreachable while fetching {what} after "
+                        f"{attempt} attempts: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                return response
+            body = (await response.aread())[:512]
+            await response.aclose()
+            if status == 401 and not auth_tried:
+                auth_tried = True
+                challenge = response.headers.get("www-authenticate", "")
+                session.authorization = await self._authorize(session, challenge)
+                continue
+            if status in (401, 403):
+                who = "anonymous access" if session.credentials is None else "the given credentials"
+                raise PermissionDenied(
+                    f"registry {registry} refused {who} for {what} (HTTP {status}): "
+                    f"check the pull secret / credentials for {session.host.netloc}"
+                )
+            if status == 404:
+                raise NotFound(f"{what} not found on registry {registry} (HTTP 404)")
+            if status in _TRANSIENT_STATUS:
+                attempt += 1
+                if attempt > self.retries:
+                    raise Unavailable(
+                        f"registry {registry} kept failing for {what}: HTTP {status} after {attempt} "
+                        f"attempts; try again later"
+                    )
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+                continue
+            raise InvalidArgument(
+                f"registry {registry} rejected the request for {what}: HTTP {status} "
+                f"{body.decode(errors='replace')}"
+            )
+
+    async def _authorize(self, session: _Session, challenge: str) -> str:
+        scheme, params = parse_challenge(challenge)
+        creds = session.credentials
+        registry = session.host.display
+        if scheme == "basic":
+            pair = creds.user_password() if creds else None
+            if pair is None:
+                raise PermissionDenied(f"registry {registry} requires a username and password (Basic auth)")
+            return "Basic " + base64.b64encode(f"{pair[0]}:{pair[1]}".encode()).decode()
+        if scheme != "bearer":
+            raise PermissionDenied(f"registry {registry} asked for unsupported authentication {challenge!r}")
+        if creds is not None and creds.registry_token:
+            return f"Bearer {creds.registry_token}"
+        realm = params.get("realm")
+        if not realm:
+            raise PermissionDenied(f"registry {registry} sent a Bearer challenge without a realm")
+        scope = params.get("scope") or f"repository:{session.repository}:pull"
+        query: dict[str, str] = {"scope": scope}
+        if params.get("service"):
+            query["service"] = params["service"]
+        client = session.client
+        try:
+            if creds is not None and creds.identity_token:
+                form = dict(
+                    query, grant_type="refresh_token", refresh_token=creds.identity_token, client_id="crishim"
+                )
+                response = await client.post(realm, data=form)
+            else:
+                pair = creds.user_password() if creds else None
+                auth = httpx.BasicAuth(*pair) if pair else None
+                response = await client.get(realm, params=query, auth=auth)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"token service {realm} of registry {registry} unreachable: {exc!r}") from exc
+        if response.status_code in (401, 403):
+            raise PermissionDenied(
+                f"token service {realm} of registry {registry} refused the credentials "
+                f"(HTTP {response.status_code})"
+            )
+        if response.status_code >= 400:
+            raise Unavailable(
+                f"token service {realm} of registry {registry} failed: HTTP {response.status_code}"
+            )
+        try:
+            data = response.json()
+            token = data.get("token") or data.get("access_token")
+        except (ValueError, AttributeError) as exc:
+            raise Unavailable(f"token service {realm} of registry {registry} sent no JSON") from exc
+        if not isinstance(token, str) or not token:
+            raise PermissionDenied(f"token service {realm} of registry {registry} returned no token")
+        return f"Bearer {token}"
+
+    # ---- manifests ------------------------------------------------------------------------
+
+    def _new_session(self, host: RegistryHost, ref: Reference, credentials: Credentials | None) -> _Session:
+        return _Session(
+            host=host,
+            client=self._client(host),
+            repository=ref.path,
+            credentials=credentials,
+            headers=dict(host.headers),
+        )
+
+    async def _get_manifest(self, session: _Session, ref: Reference, obj: str) -> tuple[bytes, str, str]:
+        url = f"{session.host.api_root}/{session.repository}/manifests/{obj}"
+        response = await self._send(
+            session,
+            "GET",
+            url,
+            {"Accept": ACCEPT},
+            f"manifest {ref.name}:{obj}" if not obj.startswith("sha256:") else f"manifest {ref.name}@{obj}",
+        )
+        try:
+            chunks: list[bytes] = []
+            total = 0
+            async for chunk in response.aiter_raw():
+                total += len(chunk)
+                if total > MAX_MANIFEST_BYTES:
+                    raise InvalidArgument(f"manifest {ref}: larger than {MAX_MANIFEST_BYTES} bytes")
+                chunks.append(chunk)
+        except httpx.TransportError as exc:
+            raise Unavailable(
+                f"registry {session.host.display} dropped the manifest of {ref}: {exc!r}"
+            ) from exc
+        finally:
+            await response.aclose()
+        raw = b"".join(chunks)
+        digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+        if obj.startswith("sha256:") and digest != obj:
+            raise DataLoss(
+                f"manifest of {ref} from {session.host.display} has digest {digest}, expected {obj}"
+            )
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return raw, digest, content_type
+
+    @staticmethod
+    def _media_type(raw: bytes, content_type: str, where: str) -> tuple[str, dict[str, Any]]:
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidArgument(f"{where}: the manifest is not JSON") from exc
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"{where}: the manifest is not a JSON object")
+        media_type = str(data.get("mediaType") or content_type)
+        if data.get("schemaVersion") == 1 or media_type in DOCKER_SCHEMA1:
+            raise Unimplemented(
+                f"{where} is a Docker schema 1 manifest, which is deprecated and not supported: "
+                "push the image again with a current Docker or buildah"
+            )
+        if media_type not in INDEX_TYPES + MANIFEST_TYPES:
+            if "manifests" in data:
+                media_type = OCI_INDEX
+            elif "layers" in data and "config" in data:
+                media_type = OCI_MANIFEST
+            else:
+                raise InvalidArgument(f"{where}: unsupported manifest media type {media_type!r}")
+        return media_type, data
+
+    def select_from_index(self, data: dict[str, Any], where: str) -> Descriptor:
+        entries = data.get("manifests")
+        if not isinstance(entries, list):
+            raise InvalidArgument(f"{where}: the index has no manifests list")
+        chosen = pick_manifest([e for e in entries if isinstance(e, dict)], self.platform)
+        if chosen is None:
+            offered = sorted(
+                {
+                    "/".join(
+                        str(p)
+                        for p in (
+                            e.get("platform", {}).get("os"),
+                            e.get("platform", {}).get("architecture"),
+                            e.get("platform", {}).get("variant"),
+                        )
+                        if p
+                    )
+                    for e in entries
+                    if isinstance(e, dict) and isinstance(e.get("platform"), dict)
+                }
+            )
+            raise NotFound(
+                f"{where} has no image for this machine's platform {self.platform}; it offers: "
+                f"{', '.join(offered) or 'nothing'}"
+            )
+        return Descriptor.from_json(chosen, where)
+
+    @staticmethod
+    def parse_image_manifest(data: dict[str, Any], where: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+        config = Descriptor.from_json(data.get("config"), where)
+        layers_json = data.get("layers")
+        if not isinstance(layers_json, list):
+            raise InvalidArgument(f"{where}: the manifest has no layers list")
+        return config, tuple(Descriptor.from_json(layer, where) for layer in layers_json)
+
+    async def resolve(
+        self, ref: Reference, credentials: Credentials | None = None
+    ) -> tuple[Manifest, _Session]:
+        """Finds the image manifest for this platform, trying mirrors in order and then the upstream."""
+        hosts = load_hosts(ref.domain, self.config_dir)
+        failures: list[str] = []
+        last: ImageError | None = None
+        for host in hosts:
+            session = self._new_session(host, ref, credentials)
+            try:
+                return await self._resolve_on(session, ref), session
+            except (Unavailable, NotFound, PermissionDenied) as exc:
+                if not host.is_mirror:
+                    if failures:
+                        raise type(exc)(f"{exc} (mirrors failed first: {'; '.join(failures)})") from exc
+                    raise
+                log.info("mirror %s failed for %s: %s; trying the next host", host.display, ref, exc)
+                failures.append(f"{host.display}: {exc}")
+                last = exc
+        assert last is not None
+        raise last
+
+    async def _resolve_on(self, session: _Session, ref: Reference) -> Manifest:
+        raw, top_digest, content_type = await self._get_manifest(session, ref, ref.object)
+        where = f"image {ref}"
+        media_type, data = self._media_type(raw, content_type, where)
+        digest = top_digest
+        if media_type in INDEX_TYPES:
+            chosen = self.select_from_index(data, where)
+            raw, digest, content_type = await self._get_manifest(session, ref, chosen.digest)
+            media_type, data = self._media_type(raw, content_type, where)
+            if media_type in INDEX_TYPES:
+                raise InvalidArgument(f"{where}: an index inside an index is not supported")
+        config, layers = self.parse_image_manifest(data, where)
+        return Manifest(
+            digest=digest, top_digest=top_digest, media_type=media_type, raw=raw, config=config, layers=layers
+        )
+
+    # ---- blobs ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_blob(self, session: _Session, digest: str) -> AsyncIterator[httpx.Response]:
+        """A response whose body is the blob; retries happen before the first byte only."""
+        url = f"{session.host.api_root}/{session.repository}/blobs/{digest}"
+        response = await self._send(session, "GET", url, {}, f"blob {digest} of {session.repository}")
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def fetch_blob(self, session: _Session, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A small blob (an image config) read whole and verified."""
+        for attempt in range(self.retries + 1):
+            try:
+                async with self.open_blob(session, digest) as response:
+                    chunks: list[bytes] = []
+                    total = 0
+                    async for chunk in response.aiter_raw():
+                        total += len(chunk)
+                        if total > limit:
+                            raise InvalidArgument(f"blob {digest} is larger than {limit} bytes")
+                        chunks.append(chunk)
+                break
+            except httpx.TransportError as exc:
+                if attempt >= self.retries:
+                    raise Unavailable(
+                        f"registry {session.host.display} dropped blob {digest}: {exc!r}"
+                    ) from exc
+                await asyncio.sleep(self.backoff * 2**attempt)
+        data = b"".join(chunks)
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise DataLoss(f"blob from {session.host.display} has digest {actual}, expected {digest}")
+        return data

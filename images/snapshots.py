@@ -1,0 +1,121 @@
+"""Overlay mounts of image layers: container rootfs (with upper/work) and read-only views.
+
+mount(2) is called through ctypes. The option string must fit in one page;
+with many layers (absolute paths of ~90 bytes each) it may not, so we then
+run mount(8) from the layers' common parent with relative lowerdir names,
+which the kernel resolves against the mounting process's cwd. Callers on the
+event loop run these functions in a thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import subprocess
+from pathlib import Path
+
+from .errors import Internal, InvalidArgument
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MNT_DETACH = 0x2
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
+    rc = _libc.mount(
+        source.encode(),
+        str(target).encode(),
+        fstype.encode() if fstype else None,
+        ctypes.c_ulong(flags),
+        data.encode() if data is not None else None,
+    )
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}")
+
+
+def _overlay_options(lower: list[Path], upper: Path | None, work: Path | None, base: Path | None) -> str:
+    def name(path: Path) -> str:
+        text = os.path.relpath(path, base) if base is not None else str(path)
+        if any(c in text for c in ",:="):
+            raise InvalidArgument(f"layer path {text!r} contains ',', ':' or '=' which overlayfs cannot take")
+        return text
+
+    # overlayfs lists the TOPMOST lower first; `lower` comes lowest first.
+    opts = ["lowerdir=" + ":".join(name(p) for p in reversed(lower))]
+    if upper is not None and work is not None:
+        opts += [f"upperdir={name(upper)}", f"workdir={name(work)}"]
+    return ",".join(opts)
+
+
+def mount_overlay(
+    lower: list[Path], upper: Path | None, work: Path | None, target: Path, *, readonly: bool = False
+) -> None:
+    """Mounts an overlay of `lower` (lowest first) on `target`; no upper means read-only."""
+    if not lower:
+        raise InvalidArgument("an overlay needs at least one lower layer")
+    if upper is not None and work is not None:
+        upper.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    if upper is None and len(lower) == 1:
+        # overlayfs refuses a single lowerdir without an upper: a read-only bind is the same view.
+        _mount(str(lower[0]), target, None, MS_BIND, None)
+        _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+        return
+    flags = MS_RDONLY if readonly or upper is None else 0
+    data = _overlay_options(lower, upper, work, None)
+    if len(data) < PAGE_SIZE - 1:
+        _mount("overlay", target, "overlay", flags, data)
+        return
+    base = Path(os.path.commonpath([*lower, *([upper, work] if upper and work else [])]))
+    data = _overlay_options(lower, upper, work, base)
+    if len(data) >= PAGE_SIZE - 1:
+        raise InvalidArgument(f"too many layers ({len(lower)}) for one overlay mount")
+    cmd = [
+        "mount",
+        "-t",
+        "overlay",
+        "overlay",
+        "-o",
+        data + (",ro" if flags & MS_RDONLY else ""),
+        str(target),
+    ]
+    done = subprocess.run(cmd, cwd=base, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise Internal(f"mounting overlay on {target} failed: {done.stderr.strip()}")
+
+
+def mount_rootfs(lower: list[Path], upper: Path, work: Path, target: Path, readonly: bool = False) -> None:
+    """A container rootfs: image layers below, the container's writable upper on top."""
+    mount_overlay(lower, upper, work, target, readonly=readonly)
+
+
+def bind_readonly(source: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    _mount(str(source), target, None, MS_BIND | MS_REC, None)
+    _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
+
+
+def unmount(target: Path, *, detach: bool = True) -> None:
+    """Unmounts `target`; not mounted (or absent) is fine."""
+    rc = _libc.umount2(str(target).encode(), MNT_DETACH if detach else 0)
+    if rc != 0:
+        err = ctypes.get_errno()
+        if err in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
+            return
+        raise OSError(err, f"umount {target}: {os.strerror(err)}")
+
+
+def is_mounted(target: Path) -> bool:
+    wanted = os.path.realpath(target)
+    with open("/proc/self/mountinfo") as mounts:
+        return any(line.split()[4] == wanted for line in mounts)

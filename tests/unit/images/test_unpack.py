@@ -1,0 +1,174 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import stat
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import zstandard
+from crishim.images.errors import DataLoss, InvalidArgument
+from crishim.images.unpack import LayerEscape, chain_ids, unpack_layer
+
+
+def make_tar(add: Callable[[tarfile.TarFile], None]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        add(tf)
+    return buf.getvalue()
+
+
+def add_file(tf: tarfile.TarFile, name: str, data: bytes = b"", **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    tf.addfile(info, io.BytesIO(data))
+
+
+def add_entry(tf: tarfile.TarFile, name: str, kind: bytes, **attrs: object) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    for key, value in attrs.items():
+        setattr(info, key, value)
+    tf.addfile(info)
+
+
+def feed(data: bytes, chunk: int = 7000) -> Callable[[], bytes | None]:
+    parts = [data[i : i + chunk] for i in range(0, len(data), chunk)]
+    parts.reverse()
+    return lambda: parts.pop() if parts else None
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sample(tf: tarfile.TarFile) -> None:
+    add_entry(tf, "etc", tarfile.DIRTYPE, mode=0o755, mtime=1000)
+    add_file(tf, "etc/passwd", b"root:x:0:0::/:/bin/sh\n", mode=0o600, uid=12, gid=34, mtime=2000)
+    add_entry(tf, "etc/link", tarfile.SYMTYPE, linkname="/etc/passwd")
+    add_entry(tf, "etc/hard", tarfile.LNKTYPE, linkname="etc/passwd")
+    add_file(tf, "big", os.urandom(3 << 20), mode=0o4755)
+
+
+@pytest.mark.parametrize("compression", ["tar", "gzip", "zstd"])
+def test_layers_unpack_with_metadata_and_both_digests_checked(tmp_path: Path, compression: str) -> None:
+    raw = make_tar(sample)
+    blob = {"tar": raw, "gzip": gzip.compress(raw), "zstd": zstandard.ZstdCompressor().compress(raw)}[
+        compression
+    ]
+    result = unpack_layer(
+        feed(blob), tmp_path, where="test", expected_digest=digest(blob), expected_diff_id=digest(raw)
+    )
+    assert result.compression == compression
+    assert result.diff_id == digest(raw)
+    passwd = tmp_path / "etc/passwd"
+    st = passwd.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert st.st_mtime == 2000
+    if os.geteuid() == 0:
+        assert (st.st_uid, st.st_gid) == (12, 34)
+        assert stat.S_IMODE((tmp_path / "big").stat().st_mode) == 0o4755
+    assert os.readlink(tmp_path / "etc/link") == "/etc/passwd"
+    assert (tmp_path / "etc/hard").stat().st_ino == st.st_ino
+    assert (tmp_path / "etc").stat().st_mtime == 1000
+
+
+def test_multi_member_gzip_is_read_to_the_end(tmp_path: Path) -> None:
+    raw = make_tar(sample)
+    blob = gzip.compress(raw[:5000]) + gzip.compress(raw[5000:])
+    result = unpack_layer(feed(blob), tmp_path, where="test", expected_diff_id=digest(raw))
+    assert (tmp_path / "big").stat().st_size == 3 << 20
+    assert result.digest == digest(blob)
+
+
+def test_wrong_blob_digest_is_data_loss(tmp_path: Path) -> None:
+    raw = make_tar(sample)
+    with pytest.raises(DataLoss, match="digest mismatch"):
+        unpack_layer(feed(raw), tmp_path, where="test", expected_digest="sha256:" + "0" * 64)
+
+
+def test_wrong_diff_id_is_data_loss(tmp_path: Path) -> None:
+    blob = gzip.compress(make_tar(sample))
+    with pytest.raises(DataLoss, match="diff ID"):
+        unpack_layer(feed(blob), tmp_path, where="test", expected_diff_id="sha256:" + "0" * 64)
+
+
+def test_truncated_gzip_is_data_loss(tmp_path: Path) -> None:
+    blob = gzip.compress(make_tar(sample))
+    with pytest.raises(DataLoss, match="truncated"):
+        unpack_layer(feed(blob[: len(blob) // 2]), tmp_path, where="test")
+
+
+def test_corrupt_gzip_is_data_loss(tmp_path: Path) -> None:
+    blob = bytearray(gzip.compress(make_tar(sample)))
+    blob[200:260] = b"\xff" * 60
+    with pytest.raises(DataLoss):
+        unpack_layer(feed(bytes(blob)), tmp_path, where="test")
+
+
+def write_through_symlink(tf: tarfile.TarFile) -> None:
+    add_entry(tf, "out", tarfile.SYMTYPE, linkname="/tmp")
+    add_file(tf, "out/evil", b"x")
+
+
+def hardlink_outside(tf: tarfile.TarFile) -> None:
+    add_file(tf, "f", b"x")
+    add_entry(tf, "h", tarfile.LNKTYPE, linkname="../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda tf: add_file(tf, "../evil", b"x"), r"\.\."),
+        (lambda tf: add_file(tf, "a/../../evil", b"x"), r"\.\."),
+        (lambda tf: add_file(tf, "/etc/evil", b"x"), "absolute"),
+        (lambda tf: write_through_symlink(tf), "symlink"),
+        (lambda tf: hardlink_outside(tf), r"\.\."),
+    ],
+)
+def test_entries_escaping_the_layer_are_refused(
+    tmp_path: Path, build: Callable[[tarfile.TarFile], None], match: str
+) -> None:
+    dest = tmp_path / "layer"
+    dest.mkdir()
+    with pytest.raises(LayerEscape, match=match):
+        unpack_layer(feed(make_tar(build)), dest, where="test")
+    assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.root
+def test_whiteouts_become_overlay_whiteouts(tmp_path: Path) -> None:
+    def build(tf: tarfile.TarFile) -> None:
+        add_entry(tf, "dir", tarfile.DIRTYPE, mode=0o755)
+        add_file(tf, "dir/.wh..wh..opq")
+        add_file(tf, "dir/new", b"new")
+        add_file(tf, ".wh.gone")
+        add_entry(tf, "dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666)
+
+    unpack_layer(feed(make_tar(build)), tmp_path, where="test")
+    gone = tmp_path / "gone"
+    st = gone.lstat()
+    assert stat.S_ISCHR(st.st_mode)
+    assert st.st_rdev == os.makedev(0, 0)
+    assert os.getxattr(tmp_path / "dir", "trusted.overlay.opaque") == b"y"
+    assert not (tmp_path / "dir/.wh..wh..opq").exists()
+    assert (tmp_path / "dev/null").lstat().st_rdev == os.makedev(1, 3)
+
+
+def test_a_truncated_tar_is_data_loss(tmp_path: Path) -> None:
+    raw = make_tar(sample)
+    with pytest.raises((DataLoss, InvalidArgument)):
+        unpack_layer(feed(raw[:4096]), tmp_path, where="test")
+
+
+def test_chain_ids_follow_the_oci_formula() -> None:
+    a, b = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    chains = chain_ids([a, b])
+    assert chains[0] == a
+    assert chains[1] == digest(f"{a} {b}".encode())

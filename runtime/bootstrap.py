@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from crishim.cgroups import detect
 from crishim.cgroups.stats import StatsSampler
 from crishim.images.store import ImageStore
+from crishim.oci.features import RuntimeFeatures
 from crishim.oci.runtime import OciRuntime, become_subreaper
 from crishim.runtime.config import Config
 from crishim.runtime.container.monitor import ExitMonitor
@@ -20,18 +22,29 @@ from crishim.runtime.state.store import StateStore
 
 log = logging.getLogger("crishim.bootstrap")
 
+FEATURE_PROBE_SECONDS = 20.0
+
 
 async def probe_handlers(config: Config) -> dict[str, Handler]:
-    handlers: dict[str, Handler] = {}
-    for name, handler_config in config.runtimes.items():
-        runtime = OciRuntime(name, handler_config.path, config.handler_root(name), handler_config.type)  # type: ignore[arg-type]
+    """Each handler's real features, probed side by side; a broken handler is left out."""
+
+    async def probe(name: str) -> Handler | None:
+        handler_config = config.runtimes[name]
+        # conmon needs an absolute path to the runtime binary.
+        path = shutil.which(handler_config.path) or handler_config.path
+        runtime = OciRuntime(name, path, config.handler_root(name), handler_config.type)  # type: ignore[arg-type]
         try:
-            features = await runtime.features()
+            features = await asyncio.wait_for(runtime.features(), FEATURE_PROBE_SECONDS)
+        except TimeoutError:
+            log.warning("probing runtime handler %s took over %ss; assuming no rro/idmap", name, FEATURE_PROBE_SECONDS)
+            features = RuntimeFeatures()
         except Exception as exc:  # noqa: BLE001 - a broken handler must not stop the others
             log.warning("runtime handler %s unusable: %s", name, exc)
-            continue
-        handlers[name] = Handler(name=name, runtime=runtime, features=features)
-    return handlers
+            return None
+        return Handler(name=name, runtime=runtime, features=features)
+
+    probed = await asyncio.gather(*(probe(name) for name in config.runtimes))
+    return {h.name: h for h in probed if h is not None}
 
 
 async def ensure_pause_image(images: ImageStore, wanted: str) -> None:

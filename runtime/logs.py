@@ -31,3 +31,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # grpc and asyncio chatter at debug level drowns the daemon's own lines.
+    for noisy in ("grpc", "asyncio", "httpx", "httpcore", "pyroute2"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -116,7 +116,7 @@ class Services:
             config = self.network.config
             info["cniconfig"] = {"confDir": self.network.conf_dir, "network": getattr(config, "name", None)}
         if self.streaming is not None:
-            info["streamingAddress"] = self.streaming.address
+            info["streamingURL"] = self.streaming.base_url
         return info
 
     @property

@@ -100,9 +100,9 @@ def stop_signal(svc: Services, meta: ContainerMeta) -> int:
         if name != "RUNTIME_DEFAULT":
             return _signal_number(name)
     try:
-        image = svc.images.resolve(meta.image_id)
-        image_signal = ((image.config or {}).get("config") or {}).get("StopSignal")
-    except Exception:  # noqa: BLE001 - the image may be gone; fall back to SIGTERM
+        # config() answers for an image in use even after RemoveImage untagged it.
+        image_signal = (svc.images.config(meta.image_id).get("config") or {}).get("StopSignal")
+    except Exception:  # noqa: BLE001 - no config at all: fall back to SIGTERM
         image_signal = None
     if image_signal:
         return _signal_number(str(image_signal))

@@ -31,6 +31,7 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
     log_file: Path = field(init=False)
+    _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.log_file = self.dir / "daemon.log"
@@ -40,10 +41,19 @@ class Daemon:
         return self.dir / "root"
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(
-            f"unix://{self.socket}",
-            options=[("grpc.max_send_message_length", MAX_MESSAGE), ("grpc.max_receive_message_length", MAX_MESSAGE)],
-        )
+        """One channel per daemon, reconnecting by itself after a daemon restart."""
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(
+                f"unix://{self.socket}",
+                options=[("grpc.max_send_message_length", MAX_MESSAGE),
+                         ("grpc.max_receive_message_length", MAX_MESSAGE)],
+            )
+        return self._channel
+
+    def close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     @property
     def runtime(self) -> api_pb2_grpc.RuntimeServiceStub:
@@ -54,11 +64,11 @@ class Daemon:
         return api_pb2_grpc.ImageServiceStub(self.channel())
 
     def start(self, timeout: float = 60.0) -> None:
-        log = self.log_file.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crishim.runtime.cli", "--config", str(self.config_file), "serve"],
-            stdout=log, stderr=log, start_new_session=True,
-        )
+        with self.log_file.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "crishim.runtime.cli", "--config", str(self.config_file), "serve"],
+                stdout=log, stderr=log, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -92,7 +102,7 @@ class Daemon:
             return ""
 
 
-def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None) -> Path:
+def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None, cni_extra: str = "") -> Path:
     cni = cni_dir or (base / "net.d")
     config = base / "crishim.toml"
     config.write_text(
@@ -104,17 +114,18 @@ def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None) ->
         + "\n[cni]\n"
         f'conf_dir = "{cni}"\n'
         f'cache_dir = "{base}/cni-cache"\n'
-        "[registries]\n"
+        + cni_extra
+        + "[registries]\n"
         f'config_path = "{base}/certs.d"\n'
     )
     return config
 
 
 @contextmanager
-def running_daemon(extra_config: str = "", *, start: bool = True) -> Iterator[Daemon]:
+def running_daemon(extra_config: str = "", *, start: bool = True, cni_extra: str = "") -> Iterator[Daemon]:
     """Starts crishim in fresh temp dirs; on exit removes every pod and stops it."""
     base = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
-    config = write_config(base, extra_config)
+    config = write_config(base, extra_config, cni_extra=cni_extra)
     daemon = Daemon(dir=base, config_file=config, socket=base / "crishim.sock", extra_config=extra_config)
     try:
         if start:
@@ -126,6 +137,7 @@ def running_daemon(extra_config: str = "", *, start: bool = True) -> Iterator[Da
                 remove_all_pods(daemon)
         finally:
             daemon.stop()
+            daemon.close_channel()
             if os.environ.get("CRISHIM_KEEP_TEST_DIRS") != "1":
                 shutil.rmtree(base, ignore_errors=True)
 

@@ -45,6 +45,8 @@ async def start_container(svc: Services, container_id: str) -> None:
             )
         handler = svc.handler(meta.runtime_handler)
         svc.monitor.watch(container_id, meta.conmon_pid)
+        # Taken before `runc start`: a process that exits at once must not finish before it started.
+        started_at = now_ns()
         try:
             await handler.runtime.start(container_id)
         except Exception as exc:
@@ -58,8 +60,8 @@ async def start_container(svc: Services, container_id: str) -> None:
             raise
         started = svc.state.update_container(
             container_id,
-            lambda m: dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=now_ns())
-            if m.state == CONTAINER_CREATED else m,
+            lambda m: dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=started_at)
+            if m.state == CONTAINER_CREATED else dataclasses.replace(m, started_at=started_at),
         )
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.started_at))
 
@@ -82,7 +84,7 @@ async def record_exit(svc: Services, container_id: str) -> None:
         (code, finished), message = result, ""
     reason = exit_reason(code, oom)
     updated = svc.state.update_container(container_id, lambda m: dataclasses.replace(
-        m, state=CONTAINER_EXITED, exit_code=code, finished_at=finished, reason=reason,
+        m, state=CONTAINER_EXITED, exit_code=code, finished_at=max(finished, m.started_at), reason=reason,
         message=m.message or message, started_at=m.started_at or finished,
     ))
     handler = svc.handler(meta.runtime_handler)

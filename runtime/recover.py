@@ -51,6 +51,9 @@ async def on_object_exit(svc: Services, object_id: str) -> None:
 
 
 async def reconcile(svc: Services) -> None:
+    from crishim.runtime.orphans import collect_orphans
+
+    await collect_orphans(svc)
     running = exited = 0
     for sandbox in svc.state.list_sandboxes():
         if sandbox.state != SANDBOX_READY:

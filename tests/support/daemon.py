@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 
 from crishim.cri_api import api_pb2, api_pb2_grpc
+from crishim.runtime.network.netns import release_dir
 
 MAX_MESSAGE = 16 * 1024 * 1024
 
@@ -138,6 +139,7 @@ def running_daemon(extra_config: str = "", *, start: bool = True, cni_extra: str
         finally:
             daemon.stop()
             daemon.close_channel()
+            release_dir(str(base / "run" / "netns"))
             if os.environ.get("CRISHIM_KEEP_TEST_DIRS") != "1":
                 shutil.rmtree(base, ignore_errors=True)
 

@@ -1,0 +1,382 @@
+"""Async wrapper around runc / crun, one instance per runtime handler.
+
+Every call passes `--root` so each handler keeps its own state directory
+(/run/crishim/<handler>). Failures carry the runtime's stderr, which is
+where the actual reason is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal as signals
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    RuntimeCommandError,
+    Unavailable,
+)
+from .features import RuntimeFeatures
+
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+_PR_SET_CHILD_SUBREAPER = 36
+_PROBE_CGROUP = "crishim-probe"
+_NOT_FOUND_MARKERS = ("does not exist", "No such file or directory", "not found")
+
+
+def become_subreaper() -> None:
+    """Make this process the reaper of orphaned descendants.
+
+    When `runc exec` dies (killed on an ExecSync timeout, or crashing) before
+    the process it started, that process is orphaned. Without a subreaper it
+    goes to PID 1, which on some hosts reaps only every few seconds, so a
+    zombie stays visible; as a subreaper the daemon inherits it and reaps it
+    at once with `reap(pid)`. A consequence: conmon's daemonized monitor is
+    reparented to us too, so whoever sees a container exit calls
+    `reap(conmon_pid)` (conmon.py) once conmon has gone.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
+
+
+def reap(pid: int) -> int | None:
+    """Collect `pid` if it is an exited child of ours; its wait status, or None.
+
+    Never blocks and never waits for other pids, so it cannot steal the
+    exit status of a subprocess asyncio is watching.
+    """
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if got == pid else None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[bytes, bool]:
+    """Read to EOF, keeping at most `cap` bytes; the rest is drained and dropped."""
+    if stream is None:
+        return b"", False
+    buf = bytearray()
+    truncated = False
+    while chunk := await stream.read(65536):
+        room = cap - len(buf)
+        if room > 0:
+            buf += chunk[:room]
+        if len(chunk) > max(room, 0):
+            truncated = True
+    return bytes(buf), truncated
+
+
+class OciRuntime:
+    """One runtime handler: a runc or crun binary with its own state root."""
+
+    def __init__(self, name: str, path: str, root: Path, kind: Literal["runc", "crun"]) -> None:
+        self.name = name
+        self.path = path
+        self.root = Path(root)
+        self.kind = kind
+        self._features: RuntimeFeatures | None = None
+        self._features_lock = asyncio.Lock()
+
+    def base_args(self) -> list[str]:
+        return [self.path, "--root", str(self.root)]
+
+    async def _run(self, *args: str, stdin: bytes | None = None, time_limit: float | None = 60.0) -> bytes:
+        if shutil.which(self.path) is None:
+            raise Unavailable(f"runtime handler {self.name!r}: {self.path} is not an executable")
+        self.root.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *self.base_args(), *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(stdin), time_limit)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise DeadlineExceeded(f"{self.name} {args[0]} did not finish within {time_limit}s") from None
+        if proc.returncode != 0:
+            raise self._error(args, proc.returncode or 1, err.decode(errors="replace"))
+        return out
+
+    def _error(self, args: Sequence[str], rc: int, stderr: str) -> Exception:
+        text = stderr.strip()
+        msg = f"{self.name} {' '.join(args[:1])} failed: {text or f'exit status {rc}'}"
+        cid = args[-1] if args else ""
+        if any(m in text for m in _NOT_FOUND_MARKERS) and args and args[0] in (
+            "state", "start", "kill", "delete", "exec", "update", "pause", "resume", "ps",
+        ):  # fmt: skip
+            return NotFound(f"{self.name}: container {cid} does not exist ({text})")
+        if "already exists" in text or "File exists" in text:
+            return AlreadyExists(f"{self.name}: container {cid} already exists ({text})")
+        return RuntimeCommandError(msg, returncode=rc, stderr=text)
+
+    async def create(
+        self, cid: str, bundle: Path, pid_file: Path, console_socket: Path | None = None
+    ) -> None:
+        """`create` directly (conmon normally does this, see conmon.py).
+
+        The container's init inherits the runtime's stdio, so it must not be
+        a pipe we read to EOF: stdout goes to /dev/null, stderr to a file.
+        """
+        args = ["create", "--bundle", str(bundle), "--pid-file", str(pid_file)]
+        if console_socket is not None:
+            args += ["--console-socket", str(console_socket)]
+        if shutil.which(self.path) is None:
+            raise Unavailable(f"runtime handler {self.name!r}: {self.path} is not an executable")
+        with tempfile.TemporaryFile(dir=self._tmp_dir()) as err_file:
+            proc = await asyncio.create_subprocess_exec(
+                *self.base_args(), *args, cid,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=err_file,
+            )  # fmt: skip
+            rc = await proc.wait()
+            if rc != 0:
+                err_file.seek(0)
+                text = (await asyncio.to_thread(err_file.read)).decode(errors="replace")
+                raise self._error(["create", cid], rc, text)
+
+    async def start(self, cid: str) -> None:
+        await self._run("start", cid)
+
+    async def state(self, cid: str) -> dict[str, Any]:
+        """The runtime's state JSON (status: created, running, paused, stopped)."""
+        out = await self._run("state", cid)
+        state: dict[str, Any] = json.loads(out)
+        return state
+
+    async def kill(self, cid: str, signal: int | str = signals.SIGTERM, all: bool = False) -> None:
+        sig = signal if isinstance(signal, str) else str(int(signal))
+        args = ["kill"] + (["--all"] if all else []) + [cid, sig]
+        await self._run(*args)
+
+    async def delete(self, cid: str, force: bool = False) -> None:
+        await self._run("delete", *(["--force"] if force else []), cid)
+
+    async def update(self, cid: str, resources: dict[str, Any]) -> None:
+        """Apply an OCI linux.resources object to a running container."""
+        await self._run("update", "--resources", "-", cid, stdin=json.dumps(resources).encode())
+
+    async def pause(self, cid: str) -> None:
+        await self._run("pause", cid)
+
+    async def resume(self, cid: str) -> None:
+        await self._run("resume", cid)
+
+    async def ps(self, cid: str) -> list[int]:
+        out = await self._run("ps", "--format", "json", cid)
+        pids = json.loads(out or b"[]") or []
+        return [int(p) for p in pids]
+
+    async def list_containers(self) -> list[dict[str, Any]]:
+        out = await self._run("list", "--format", "json")
+        items: list[dict[str, Any]] = json.loads(out or b"[]") or []
+        return items
+
+    async def exec(
+        self,
+        cid: str,
+        process: dict[str, Any],
+        *,
+        time_limit: float | None = None,
+        output_cap: int = EXEC_OUTPUT_CAP,
+    ) -> ExecResult:
+        """Run `process` in the container, capturing its output (ExecSync).
+
+        On timeout the exec'd process is killed and reaped (its runc parent
+        reaps it; if runc had to be killed first, we do: see become_subreaper)
+        and DeadlineExceeded is raised.
+        """
+        if process.get("terminal"):
+            raise InvalidArgument("ExecSync cannot allocate a terminal")
+        with tempfile.TemporaryDirectory(prefix="exec-", dir=self._tmp_dir()) as tmp:
+            pjson, pidf = Path(tmp, "process.json"), Path(tmp, "pid")
+            await asyncio.to_thread(pjson.write_text, json.dumps(process))
+            if shutil.which(self.path) is None:
+                raise Unavailable(f"runtime handler {self.name!r}: {self.path} is not an executable")
+            proc = await asyncio.create_subprocess_exec(
+                *self.base_args(), "exec", "--process", str(pjson), "--pid-file", str(pidf), cid,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            readers = asyncio.gather(
+                _read_capped(proc.stdout, output_cap), _read_capped(proc.stderr, output_cap)
+            )
+            try:
+                await asyncio.wait_for(proc.wait(), time_limit)
+            except TimeoutError:
+                await self._kill_exec(proc, pidf)
+                readers.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readers
+                raise DeadlineExceeded(
+                    f"exec in container {cid} did not finish within {time_limit}s; the process was killed"
+                ) from None
+            try:
+                # Output closes when the last holder of the pipes exits; a
+                # background child of the exec'd process may keep it open.
+                (out, out_t), (err, err_t) = await asyncio.wait_for(asyncio.shield(readers), 2.0)
+            except TimeoutError:
+                readers.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await readers
+                out, out_t, err, err_t = b"", True, b"", True
+        rc = proc.returncode if proc.returncode is not None else -1
+        if rc != 0 and b"does not exist" in err and not out:
+            raise NotFound(
+                f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})"
+            )
+        return ExecResult(rc if rc >= 0 else 128 - rc, out, err, out_t, err_t)
+
+    def _tmp_dir(self) -> str:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return str(self.root)
+
+    async def _kill_exec(self, proc: asyncio.subprocess.Process, pid_file: Path) -> None:
+        pid = _read_pid(pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signals.SIGKILL)
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+        if pid is not None:
+            # Orphaned to us only if runc went first; a no-op otherwise.
+            for _ in range(50):
+                if reap(pid) is not None or not _is_child_zombie_or_alive(pid):
+                    break
+                await asyncio.sleep(0.02)
+
+    async def features(self) -> RuntimeFeatures:
+        """What this handler really supports, probed once by creating a tiny container."""
+        async with self._features_lock:
+            if self._features is None:
+                self._features = await self._probe()
+            return self._features
+
+    async def _probe(self) -> RuntimeFeatures:
+        rro = await self._probe_mount(["rbind", "rro"], None, lambda opts: "ro" in opts.split(","))
+        idmap = await self._probe_mount(
+            ["rbind", "idmap"], [{"containerID": 0, "hostID": 65534, "size": 1}],
+            lambda opts: "idmapped" in opts.split(","),
+        )  # fmt: skip
+        return RuntimeFeatures(recursive_read_only=rro, idmap_mounts=idmap, user_namespaces=True)
+
+    async def _probe_mount(
+        self, options: list[str], mapping: list[dict[str, int]] | None, check: Any
+    ) -> bool:
+        """Create (never start) a container with one bind mount; read its mount options."""
+        cid = f"crishim-probe-{os.getpid()}-{os.urandom(4).hex()}"
+        with tempfile.TemporaryDirectory(prefix="probe-", dir=self._tmp_dir()) as tmp:
+            bundle = Path(tmp)
+            rootfs = bundle / "rootfs"
+            for d in ("dev", "proc", "src", "dst"):
+                (rootfs / d).mkdir(parents=True)
+            (rootfs / "true").touch(mode=0o755)
+            mount: dict[str, Any] = {"destination": "/dst", "type": "bind", "source": str(rootfs / "src"),
+                                     "options": options}  # fmt: skip
+            if mapping:
+                mount["uidMappings"] = mapping
+                mount["gidMappings"] = mapping
+            spec = {
+                "ociVersion": "1.0.2",
+                "process": {"args": ["/true"], "cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/"]},
+                "root": {"path": "rootfs", "readonly": True},
+                "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, mount],
+                "linux": {
+                    "namespaces": [{"type": "mount"}, {"type": "pid"}],
+                    "cgroupsPath": f"/{_PROBE_CGROUP}/{cid}",
+                },
+            }
+            await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
+            try:
+                await asyncio.wait_for(self.create(cid, bundle, bundle / "pid"), 20.0)
+            except Exception:
+                await self._discard_probe(cid)
+                return False
+            try:
+                opts = await asyncio.to_thread(_mount_options, bundle / "pid", "/dst")
+                return opts is not None and bool(check(opts))
+            finally:
+                await self._discard_probe(cid)
+
+    async def _discard_probe(self, cid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.delete(cid, force=True)
+        # The cgroup can stay busy for a moment after the init is killed.
+        for _ in range(50):
+            if await asyncio.to_thread(_remove_cgroup_dirs, f"{_PROBE_CGROUP}/{cid}"):
+                break
+            await asyncio.sleep(0.02)
+
+
+def _mount_options(pid_file: Path, target: str) -> str | None:
+    """The per-mount options of `target` in the mount namespace of the pid in `pid_file`."""
+    pid = _read_pid(pid_file)
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if fields[4] == target:
+                return fields[5]
+    except OSError:
+        return None
+    return None
+
+
+def _remove_cgroup_dirs(rel: str, base: Path = Path("/sys/fs/cgroup")) -> bool:
+    """rmdir `rel` (and its parent if empty) in every hierarchy; True when none is left."""
+    left = False
+    for hierarchy in [base, *(p for p in base.iterdir() if p.is_dir())] if base.is_dir() else []:
+        target = hierarchy / rel
+        if not target.is_dir():
+            continue
+        try:
+            target.rmdir()
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
+        except OSError:
+            left = True
+    return not left
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_child_zombie_or_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+    return ppid == os.getpid()

@@ -1,0 +1,84 @@
+"""Collects what a crash left half-made: objects on the machine that no record names.
+
+RunPodSandbox and CreateContainer commit their record last, so a daemon killed
+mid-flow leaves a netns, a CNI allocation, an overlay mount, a conmon and runc
+state, or a directory that nothing lists. At start-up each is undone, so that
+everything the daemon lists exists and everything that exists is listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from pathlib import Path
+
+from crishim.runtime.container import launch as launching
+from crishim.runtime.mounts import unmount
+from crishim.runtime.services import Services
+
+log = logging.getLogger("crishim.orphans")
+
+
+def _unmount_under(directory: Path) -> None:
+    """Unmounts every mount below `directory`, deepest first."""
+    prefix = str(directory.resolve()) + "/"
+    targets = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+        for line in fh:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point.startswith(prefix):
+                targets.append(point)
+    for target in sorted(targets, key=len, reverse=True):
+        unmount(Path(target))
+
+
+async def collect_orphans(svc: Services) -> None:
+    known_sandboxes = {s.id for s in svc.state.list_sandboxes()}
+    known_containers = {c.id for c in svc.state.list_containers()}
+    known = known_sandboxes | known_containers
+    removed = 0
+
+    for handler in svc.handlers.values():
+        try:
+            listed = await handler.runtime.list_containers()
+        except Exception as exc:  # noqa: BLE001 - an unusable handler has nothing to collect
+            log.debug("cannot list %s containers: %s", handler.name, exc)
+            continue
+        for item in listed:
+            object_id = item.get("id", "")
+            if object_id and object_id not in known:
+                await launching.signal_quietly(handler, object_id, 9)
+                await launching.delete_quietly(handler, object_id)
+                removed += 1
+
+    for kind, ids in (("sandboxes", known_sandboxes), ("containers", known_containers)):
+        base = Path(svc.config.root) / kind
+        if not base.is_dir():
+            continue
+        for entry in base.iterdir():
+            if entry.name in ids:
+                continue
+            await asyncio.to_thread(_unmount_under, entry)
+            for holder in (f"sandbox:{entry.name}", f"container:{entry.name}"):
+                svc.images.release(holder)
+            await asyncio.to_thread(shutil.rmtree, entry, True)
+            removed += 1
+
+    netns_dir = svc.config.netns_dir
+    if netns_dir.is_dir():
+        for pin in netns_dir.iterdir():
+            if pin.name in known_sandboxes:
+                continue
+            try:
+                await svc.network.teardown(pin.name, str(pin))
+            except Exception as exc:  # noqa: BLE001 - still remove the pin
+                log.warning("CNI DEL for orphaned sandbox %s failed: %s", pin.name[:13], exc)
+            await svc.network.remove_netns(str(pin))
+            removed += 1
+
+    for exit_file in svc.config.exits_dir.glob("*"):
+        if exit_file.name not in known:
+            exit_file.unlink(missing_ok=True)
+    if removed:
+        log.warning("removed %d objects a crash left half-made", removed)

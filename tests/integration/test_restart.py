@@ -1,0 +1,140 @@
+"""The daemon dies (SIGKILL included) and comes back: nothing the kubelet saw changes."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from crishim.cri_api import api_pb2 as pb
+from tests.support.cri import container_config, container_status, remove_pod, run_pod, start_container, wait_exited
+from tests.support.daemon import Daemon, running_daemon
+
+pytestmark = pytest.mark.root
+
+
+def snapshot(daemon: Daemon) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    rt = daemon.runtime
+    pods = sorted((p.id, p.state) for p in rt.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items)
+    ctrs = sorted((c.id, c.state) for c in rt.ListContainers(pb.ListContainersRequest(), timeout=10).containers)
+    return pods, ctrs
+
+
+def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test_images) -> None:  # type: ignore[no-untyped-def]
+    with running_daemon() as daemon:
+        image = test_images.ref("busybox:latest")
+        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        sid, pod = run_pod(daemon, "survivor")
+        ticker = start_container(daemon, sid, pod, container_config(
+            "ticker", image, ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]))
+        short = start_container(daemon, sid, pod, container_config("short", image, ["sh", "-c", "sleep 1; exit 5"]))
+        before = snapshot(daemon)
+        status_before = container_status(daemon, ticker)
+        daemon.kill9()
+        time.sleep(2.0)  # `short` exits while nobody watches
+        daemon.start()
+        pods, ctrs = snapshot(daemon)
+        assert pods == before[0]
+        states = dict(ctrs)
+        assert states[ticker] == pb.CONTAINER_RUNNING
+        assert states[short] == pb.CONTAINER_EXITED
+        exited = container_status(daemon, short)
+        assert exited.exit_code == 5 and exited.reason == "Error"
+        assert 0.8e9 < exited.finished_at - exited.started_at < 1.9e9  # the real exit time, not the restart time
+        again = container_status(daemon, ticker)
+        assert again.started_at == status_before.started_at and again.created_at == status_before.created_at
+        log = Path(again.log_path)
+        size = log.stat().st_size
+        time.sleep(0.5)
+        assert log.stat().st_size > size  # logs keep flowing
+        daemon.runtime.StopContainer(pb.StopContainerRequest(container_id=ticker, timeout=1), timeout=30)
+        assert container_status(daemon, ticker).state == pb.CONTAINER_EXITED
+        remove_pod(daemon, sid)
+        assert snapshot(daemon) == ([], [])
+
+
+def leftovers(daemon: Daemon) -> dict[str, list[str]]:
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(daemon.dir) in line]
+    conmons = subprocess.run(["pgrep", "-f", f"conmon.*{daemon.dir}"], capture_output=True, text=True).stdout.split()
+    runc = []
+    for handler in ("runc", "crun"):
+        root = daemon.dir / "run" / handler
+        if root.exists():
+            out = subprocess.run([handler, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
+            runc += out.split()
+    netns = [p.name for p in (daemon.dir / "run" / "netns").glob("*")]
+    cgroups = [str(p) for p in Path("/sys/fs/cgroup/memory/crishim").glob("*")] if Path(
+        "/sys/fs/cgroup/memory/crishim").exists() else []
+    return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
+
+
+def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:  # type: ignore[no-untyped-def]
+    rng = random.Random(20261126)
+    with running_daemon() as daemon:
+        image = test_images.ref("busybox:latest")
+        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        for round_ in range(20):
+            rt = daemon.runtime
+            steps_done = 0
+            crash_after = rng.random() * 1.2
+
+            def lifecycle() -> None:
+                nonlocal steps_done
+                sid, pod = run_pod(daemon, f"crash{round_}")
+                steps_done += 1
+                cfg = container_config("c", image, ["sleep", "100"])
+                cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod),
+                                         timeout=30).container_id
+                rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=30)
+                rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
+                rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
+                rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=30)
+                rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=30)
+
+            import threading
+
+            worker = threading.Thread(target=lambda: _swallow(lifecycle))
+            worker.start()
+            time.sleep(crash_after)
+            daemon.kill9()
+            worker.join(60)
+            daemon.start()
+            # Every listed object exists on the machine.
+            for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
+                assert (daemon.root / "sandboxes" / pod.id).exists()
+            for ctr in daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=10).containers:
+                assert (daemon.root / "containers" / ctr.id).exists()
+        # Cleaning up through CRI leaves nothing behind.
+        for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
+            remove_pod(daemon, pod.id)
+        found = leftovers(daemon)
+        assert found["conmon"] == [] and found["runtime"] == [] and found["netns"] == [], found
+        assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]
+
+
+def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn()
+    except grpc.RpcError:
+        pass  # the daemon died under the call: that is the point
+
+
+def test_twenty_pods_with_two_containers_leave_nothing_behind(test_images) -> None:  # type: ignore[no-untyped-def]
+    with running_daemon() as daemon:
+        image = test_images.ref("busybox:latest")
+        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pods = []
+        for i in range(20):
+            sid, pod = run_pod(daemon, f"leak{i}")
+            start_container(daemon, sid, pod, container_config("a", image, ["sleep", "1000"]))
+            done = start_container(daemon, sid, pod, container_config("b", image, ["true"]))
+            wait_exited(daemon, done)
+            pods.append(sid)
+        for sid in pods:
+            remove_pod(daemon, sid)
+        found = leftovers(daemon)
+        assert found == {"mounts": [], "conmon": [], "runtime": [], "netns": [], "cgroups": []}, found

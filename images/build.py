@@ -530,6 +530,28 @@ nobody:x:65534:
 """
 
 
+# Debian's static busybox is built without pgrep/pkill; tests (and critest) use them.
+PROC_SCRIPTS = {
+    "pgrep": """#!/bin/sh
+# pgrep stand-in: prints the PIDs whose process name contains PATTERN.
+pat="$1"; status=1
+for d in /proc/[0-9]*; do
+    name=$(cat "$d/comm" 2>/dev/null) || continue
+    case "$name" in *$pat*) echo "${d#/proc/}"; status=0;; esac
+done
+exit $status
+""",
+    "pkill": """#!/bin/sh
+# pkill stand-in: signals (default TERM) the processes whose name contains PATTERN.
+sig=TERM
+case "$1" in -*) sig="${1#-}"; shift;; esac
+status=1
+for pid in $(pgrep "$1"); do kill -"$sig" "$pid" 2>/dev/null && status=0; done
+exit $status
+""",
+}
+
+
 def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     """The applet names the busybox binary provides (`busybox --list`)."""
     import subprocess
@@ -542,10 +564,13 @@ def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
     """Entries of a minimal Linux root: static busybox, its applets, accounts and the usual dirs."""
     if not busybox.is_file():
         raise InvalidArgument(f"{busybox} is missing: install Debian's busybox-static")
+    applets = busybox_applets(busybox)
     entries = [
         directory("bin"),
         host_file("bin/busybox", busybox, mode=0o755),
-        *(symlink(f"bin/{name}", "busybox") for name in busybox_applets(busybox)),
+        *(symlink(f"bin/{name}", "busybox") for name in applets),
+        *(regular(f"bin/{name}", text.encode(), mode=0o755) for name, text in PROC_SCRIPTS.items()
+          if name not in applets),
         directory("dev"),
         directory("etc"),
         regular("etc/passwd", PASSWD.encode()),

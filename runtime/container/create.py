@@ -154,7 +154,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             env=merged_env(config, image_cfg),
             cwd=config.working_dir or image_cfg.get("WorkingDir") or "/",
             user=convert.user_spec(sc, image_cfg.get("User", ""), field),
-            hostname=pod_config.hostname or sandbox.name,
+            hostname=_pod_hostname(sandbox),
             tty=config.tty,
             stdin=config.stdin,
             sandbox_pid=sandbox.pid,
@@ -242,6 +242,13 @@ def _container_pid_mode(ns: api_pb2.NamespaceOption, pod_ns: api_pb2.NamespaceOp
     if ns.pid == api_pb2.POD:
         return NamespaceMode.POD
     return NamespaceMode.CONTAINER
+
+
+def _pod_hostname(sandbox: SandboxMeta) -> str:
+    try:
+        return (Path(sandbox.bundle) / "hostname").read_text().strip()
+    except OSError:
+        return ""
 
 
 def pod_mounts(sandbox: SandboxMeta, config: api_pb2.ContainerConfig) -> list[Mount]:

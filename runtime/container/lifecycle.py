@@ -97,8 +97,8 @@ async def record_exit(svc: Services, container_id: str) -> None:
 def stop_signal(svc: Services, meta: ContainerMeta) -> int:
     """CRI stop_signal, else the image's StopSignal, else SIGTERM."""
     config = api_pb2.ContainerConfig.FromString(meta.config)
-    if config.HasField("linux") and config.linux.stop_signal:
-        name = api_pb2.Signal.Name(config.linux.stop_signal).removeprefix("SIGNAL_")
+    if config.stop_signal:
+        name = api_pb2.Signal.Name(config.stop_signal).removeprefix("SIGNAL_")
         if name != "RUNTIME_DEFAULT":
             return _signal_number(name)
     try:

@@ -8,6 +8,7 @@ allocation, conmon, runc state, cgroup, directory).
 from __future__ import annotations
 
 import json
+import socket
 import logging
 import shutil
 from contextlib import AsyncExitStack
@@ -92,7 +93,8 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
             undo.callback(unmount, shm)
             shm_path = str(shm)
 
-        hostname = config.hostname or md.name
+        # No hostname asked: the node's, as containerd and CRI-O do (a pod name may exceed 64 bytes).
+        hostname = config.hostname or socket.gethostname()
         files = await infra.write_pod_files(svc, bundle, config, hostname, host_network)
 
         netns_path: str | None = None

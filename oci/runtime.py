@@ -235,6 +235,12 @@ class OciRuntime:
                 raise DeadlineExceeded(
                     f"exec in container {cid} did not finish within {time_limit}s; the process was killed"
                 ) from None
+            except asyncio.CancelledError:
+                # The caller went away (a gRPC deadline shorter than the exec timeout):
+                # the exec'd process must not outlive the call either.
+                await asyncio.shield(self._kill_exec(proc, pidf))
+                readers.cancel()
+                raise
             try:
                 # Output closes when the last holder of the pipes exits; a
                 # background child of the exec'd process may keep it open.

@@ -52,9 +52,9 @@ def _cgroups(config: Config, fix: bool) -> list[Check]:
     from crishim.cgroups import detect
 
     checks = []
-    version = detect.cgroup_version()
+    layout = detect.detect()
     driver = config.cgroup_driver or detect.default_driver()
-    checks.append(Check("cgroups", True, f"{version}, driver {driver}"))
+    checks.append(Check("cgroups", True, f"{layout.version.name.lower()}, driver {driver}"))
     if detect.hybrid_blocks_crun():
         if fix:
             detect.fix_hybrid_for_crun()
@@ -66,19 +66,27 @@ def _cgroups(config: Config, fix: bool) -> list[Check]:
             ))
         else:
             checks.append(Check("crun on hybrid cgroups", True, "v2 controllers remounted as v1 hierarchies"))
-    psi = detect.psi_available()
+    elif layout.version.name == "HYBRID":
+        checks.append(Check("crun on hybrid cgroups", True, "the v2 hierarchy holds no controllers; crun can run"))
+    psi = detect.detect().psi
     checks.append(Check("PSI", psi, "pressure stall information available" if psi else
                         "no PSI files (boot with psi=1 on cgroup v2); stats omit PSI", warning=not psi))
     return checks
 
 
 def _idmap(config: Config) -> Check:
-    from crishim.oci.features import probe_features
+    import asyncio
+    import tempfile
+
+    from crishim.oci.runtime import OciRuntime
 
     parts = []
     for name, handler in config.runtimes.items():
+        path = shutil.which(handler.path) or handler.path
         try:
-            features = probe_features(handler.path, handler.type)
+            with tempfile.TemporaryDirectory(prefix="crishim-doctor-") as root:
+                runtime = OciRuntime(name, path, Path(root), handler.type)  # type: ignore[arg-type]
+                features = asyncio.run(runtime.features())
         except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
             parts.append(f"{name}: probe failed ({exc})")
             continue

@@ -1,0 +1,68 @@
+"""The `crishim` command as an operator uses it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.daemon import write_config
+
+pytestmark = pytest.mark.root
+
+
+def crishim(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+    base = [sys.executable, "-m", "crishim.runtime.cli"] + (["--config", str(config)] if config else [])
+    return subprocess.run([*base, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version_prints_name_and_cri_version() -> None:
+    out = crishim("version").stdout
+    assert "runtime_name: crishim" in out and "runtime_api_version: v1" in out
+
+
+def test_config_prints_the_effective_toml(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    out = crishim("--log-level", "error", "config", config=config).stdout
+    assert f'root = "{tmp_path}/root"' in out
+    assert 'log_level = "error"' in out  # the flag wins over the file's "debug"
+
+
+def test_config_error_names_file_and_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("sokcet = 1\n")
+    result = crishim("config", config=bad)
+    assert result.returncode != 0
+    assert str(bad) in result.stderr and "sokcet" in result.stderr
+
+
+def test_doctor_checks_the_node() -> None:
+    result = crishim("doctor")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for name in ("runtime runc", "runtime crun", "conmon", "catatonit", "CNI plugins", "overlayfs", "cgroups", "PSI",
+                 "runtime features"):
+        assert f"] {name}:" in result.stdout
+
+
+def test_pull_shows_progress_then_images_lists_it(tmp_path: Path, test_images) -> None:  # type: ignore[no-untyped-def]
+    config = write_config(tmp_path)
+    ref = test_images.ref("layers:latest")
+    pulled = crishim("pull", ref, config=config)
+    assert pulled.returncode == 0, pulled.stderr
+    assert "done" in pulled.stdout and f"pulled {ref} as sha256:" in pulled.stdout
+    listed = crishim("images", config=config).stdout
+    assert ref in listed
+
+
+def test_images_import_loads_an_oci_layout(tmp_path: Path) -> None:
+    from crishim.images import build as b
+
+    image = b.build_image([b.build_layer([b.regular("hello", b"hi\n")])], b.ImageConfig(cmd=("/hello",)))
+    archive = b.write_layout_tar(tmp_path / "img.tar", {"example.com/offline/hello:1": image})
+    (tmp_path / "node").mkdir()
+    config = write_config(tmp_path / "node")
+    result = crishim("images", "import", str(archive), config=config)
+    assert result.returncode == 0, result.stderr
+    assert "example.com/offline/hello:1" in crishim("images", config=config).stdout

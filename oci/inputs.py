@@ -66,6 +66,9 @@ class Mount:
     gid_mappings: tuple[IdMapping, ...] = ()
     type: str = "bind"
     options: tuple[str, ...] = ()
+    # With a pod user namespace, volumes are idmapped to it; the pod's own small files
+    # and its /dev/shm tmpfs are world-accessible and need (and on tmpfs allow) none.
+    follow_pod_userns: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ oom_score_adj floor, a Localhost seccomp file and the image's /etc/passwd.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -291,8 +292,7 @@ def idmapped(m: Mount, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMappin
     """`m` with mount mappings taken from the pod's user namespace (when it has none)."""
     if m.uid_mappings or m.gid_mappings:
         return m
-    return Mount(m.container_path, m.host_path, m.readonly, m.recursive_readonly, m.propagation,
-                 uid_maps, gid_maps, m.type, m.options)  # fmt: skip
+    return dataclasses.replace(m, uid_mappings=uid_maps, gid_mappings=gid_maps)
 
 
 def build_container_spec(inp: ContainerSpecInput) -> Spec:
@@ -340,8 +340,12 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
         o.append(opts.with_readonly_paths(inp.readonly_paths))
     user_mounts = inp.mounts
     if inp.userns is not None and inp.features.idmap_mounts:
+        # Directories only: the kernel refuses to idmap a single-file bind (EPERM from
+        # mount_setattr), and the pod's small files are world-readable anyway.
         user_mounts = tuple(
-            idmapped(m, inp.userns.uid_mappings, inp.userns.gid_mappings) for m in user_mounts
+            idmapped(m, inp.userns.uid_mappings, inp.userns.gid_mappings)
+            if m.follow_pod_userns and os.path.isdir(m.host_path) else m
+            for m in user_mounts
         )
     o.append(opts.with_mounts([_mount_spec(m, inp) for m in user_mounts]))
     dev_pairs = [devices.device_from_host(d.host_path, d.container_path, d.permissions) for d in inp.devices]

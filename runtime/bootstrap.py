@@ -68,6 +68,10 @@ async def build_services(config: Config) -> Services:
 
     for d in (Path(config.root), Path(config.state_dir), config.exits_dir, config.attach_dir, config.netns_dir):
         d.mkdir(parents=True, exist_ok=True)
+    # Traversable (not listable) by the mapped roots of user-namespaced pods.
+    for d in (Path(config.root), Path(config.root) / "sandboxes", Path(config.root) / "containers"):
+        d.mkdir(parents=True, exist_ok=True)
+        d.chmod(0o711)
     become_subreaper()
     driver = config.cgroup_driver or detect.default_driver()
     if "crun" in config.runtimes and detect.hybrid_blocks_crun():

@@ -20,3 +20,39 @@ async def mount_image_rootfs(svc: Services, image_id: str, target: Path, bundle:
     for d in (upper, work, target):
         d.mkdir(parents=True, exist_ok=True)
     await asyncio.to_thread(snapshots.mount_rootfs, lower, upper, work, target)
+
+
+def create_mount_points(rootfs: Path, mounts: list[dict[str, object]]) -> None:
+    """Creates missing mount points in the container's rootfs, as host root.
+
+    In a user namespace the container's root is an unprivileged host user that
+    cannot create them in image directories owned by the host's root. Paths
+    that go through a symlink are left to the OCI runtime, which resolves them
+    safely inside the rootfs.
+    """
+    for mount in mounts:
+        destination = str(mount.get("destination", ""))
+        source = str(mount.get("source", ""))
+        if not destination.startswith("/") or destination == "/":
+            continue
+        current = rootfs
+        parts = [p for p in destination.split("/") if p]
+        for i, part in enumerate(parts):
+            current = current / part
+            if current.is_symlink():
+                break
+            last = i == len(parts) - 1
+            if current.exists():
+                continue
+            if last and mount.get("type") == "bind" and Path(source).is_file():
+                current.touch(mode=0o644)
+            else:
+                current.mkdir(mode=0o755)
+
+
+def chown_writable_layer(bundle: Path, uid: int, gid: int) -> None:
+    """The upper and work dirs belong to the pod's mapped root, so it can write its rootfs."""
+    import os
+
+    for name in ("upper", "work"):
+        os.chown(bundle / name, uid, gid)

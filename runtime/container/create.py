@@ -6,6 +6,7 @@ StartContainer inside `runc create`'s init.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.cri_api import api_pb2
+from crishim.oci import cdi
 from crishim.oci.inputs import ContainerSpecInput, Mount, NamespaceMode
 from crishim.oci.spec import build_container_spec
 from crishim.runtime import convert
@@ -107,7 +109,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
     meta_name = config.metadata.name
 
     async with AsyncExitStack() as undo:
-        bundle.mkdir(parents=True, mode=0o700)
+        bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
         undo.callback(shutil.rmtree, bundle, True)
         rootfs = bundle / "rootfs"
         await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
@@ -185,6 +187,13 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             handler=handler.name,
         )
         spec = build_container_spec(spec_input)
+        cdi_names = [d.name for d in config.CDI_devices] + cdi.names_from_annotations(config.annotations)
+        cdi_edits = await asyncio.to_thread(cdi.resolve_cdi_devices, cdi_names, svc.config.cdi_spec_dirs)
+        cdi.apply_cdi_edits(spec, cdi_edits)
+        if userns is not None:
+            await asyncio.to_thread(rootfs_mount.create_mount_points, rootfs, spec.get("mounts", []))
+            root_uid, root_gid = userns.uid_mappings[0].host_id, userns.gid_mappings[0].host_id
+            await asyncio.to_thread(rootfs_mount.chown_writable_layer, bundle, root_uid, root_gid)
         (bundle / "config.json").write_text(json.dumps(spec))
         proc_user = spec.get("process", {}).get("user", {})
 
@@ -256,12 +265,15 @@ def pod_mounts(sandbox: SandboxMeta, config: api_pb2.ContainerConfig) -> list[Mo
     bundle = Path(sandbox.bundle)
     readonly = config.linux.security_context.readonly_rootfs
     out = [
-        Mount(container_path="/etc/hosts", host_path=str(bundle / "hosts"), readonly=readonly),
-        Mount(container_path="/etc/resolv.conf", host_path=str(bundle / "resolv.conf"), readonly=readonly),
-        Mount(container_path="/etc/hostname", host_path=str(bundle / "hostname"), readonly=readonly),
+        Mount(container_path="/etc/hosts", host_path=str(bundle / "hosts"), readonly=readonly,
+              follow_pod_userns=False),
+        Mount(container_path="/etc/resolv.conf", host_path=str(bundle / "resolv.conf"), readonly=readonly,
+              follow_pod_userns=False),
+        Mount(container_path="/etc/hostname", host_path=str(bundle / "hostname"), readonly=readonly,
+              follow_pod_userns=False),
     ]
     if sandbox.shm_path:
-        out.append(Mount(container_path="/dev/shm", host_path=sandbox.shm_path))
+        out.append(Mount(container_path="/dev/shm", host_path=sandbox.shm_path, follow_pod_userns=False))
     return out
 
 

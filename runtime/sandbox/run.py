@@ -80,7 +80,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
     image = svc.images.resolve(infra.sandbox_image_ref(svc))
 
     async with AsyncExitStack() as undo:
-        bundle.mkdir(parents=True, mode=0o700)
+        bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
         undo.callback(shutil.rmtree, bundle, True)
         if config.log_directory:
             Path(config.log_directory).mkdir(parents=True, exist_ok=True)
@@ -132,9 +132,11 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
             ipc_mode=convert.NAMESPACE_MODES[ns.ipc],
             pid_mode=NamespaceMode.NODE if ns.pid == api_pb2.NODE else NamespaceMode.POD,
             shm_path=shm_path,
-            resolv_conf_path=str(files.resolv_conf),
-            hostname_path=str(files.hostname),
-            hosts_path=str(files.hosts),
+            # The pause process reads none of these; binding them would need mount points
+            # in its image, which a user-namespaced root cannot create.
+            resolv_conf_path="",
+            hostname_path="",
+            hosts_path="",
             sysctls=sysctls,
             cgroups_path=cgroups_path,
             oom_score_adj=clamp_and_log(SANDBOX_OOM_SCORE_ADJ),

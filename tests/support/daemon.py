@@ -126,6 +126,7 @@ def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None, cn
 def running_daemon(extra_config: str = "", *, start: bool = True, cni_extra: str = "") -> Iterator[Daemon]:
     """Starts crishim in fresh temp dirs; on exit removes every pod and stops it."""
     base = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
+    base.chmod(0o711)  # user-namespaced pods must traverse to their rootfs
     config = write_config(base, extra_config, cni_extra=cni_extra)
     daemon = Daemon(dir=base, config_file=config, socket=base / "crishim.sock", extra_config=extra_config)
     try:

@@ -568,7 +568,9 @@ def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
     entries = [
         directory("bin"),
         host_file("bin/busybox", busybox, mode=0o755),
-        *(symlink(f"bin/{name}", "busybox") for name in applets),
+        # Hard links, as upstream busybox images have: masking one applet's path
+        # (critest's MaskedPaths masks /bin/ls) must not mask busybox itself.
+        *(hardlink(f"bin/{name}", "bin/busybox") for name in applets),
         *(regular(f"bin/{name}", text.encode(), mode=0o755) for name, text in PROC_SCRIPTS.items()
           if name not in applets),
         directory("dev"),

@@ -291,7 +291,10 @@ class OciRuntime:
             ["rbind", "idmap"], [{"containerID": 0, "hostID": 65534, "size": 1}],
             lambda opts: "idmapped" in opts.split(","),
         )  # fmt: skip
-        return RuntimeFeatures(recursive_read_only=rro, idmap_mounts=idmap, user_namespaces=True)
+        # A pod user namespace needs idmapped mounts (volumes owned by the mapped root) and a
+        # runtime that joins the pod's pre-made netns from inside the new user namespace;
+        # runc 1.1.5 has neither (setns into the netns fails with EPERM), crun 1.8.1 both.
+        return RuntimeFeatures(recursive_read_only=rro, idmap_mounts=idmap, user_namespaces=idmap)
 
     async def _probe_mount(
         self, options: list[str], mapping: list[dict[str, int]] | None, check: Any

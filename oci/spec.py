@@ -168,7 +168,9 @@ def build_sandbox_spec(inp: SandboxSpecInput) -> Spec:
     if inp.userns is not None:
         _check_userns(inp.userns, inp.features.user_namespaces, inp.handler)
         o.append(opts.with_userns(inp.userns.uid_mappings, inp.userns.gid_mappings))
-        o.append(_sysfs_for_userns(net_host))
+        # The pod's netns is made by the daemon, so its owner is the host's user namespace
+        # either way: a fresh sysfs mount is refused, a bind of the host's works.
+        o.append(_sysfs_for_userns(True))
     if inp.privileged:
         o.append(opts.with_privileged())
     else:
@@ -288,6 +290,22 @@ def _mount_spec(m: Mount, inp: ContainerSpecInput) -> dict[str, Any]:
     return out
 
 
+def _rootfs_propagation(mounts: tuple[Mount, ...]) -> SpecOpt:
+    """Bind propagation only crosses into the container if its root mount propagates too.
+
+    A bidirectional (rshared) volume needs a shared root; a host-to-container (rslave)
+    one a slave root; otherwise the runtime's private default stays.
+    """
+    kinds = {m.propagation for m in mounts}
+    wanted = "rshared" if "rshared" in kinds else ("rslave" if "rslave" in kinds else None)
+
+    def opt(spec: Spec) -> None:
+        if wanted:
+            spec.setdefault("linux", {})["rootfsPropagation"] = wanted
+
+    return opt
+
+
 def idmapped(m: Mount, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMapping, ...]) -> Mount:
     """`m` with mount mappings taken from the pod's user namespace (when it has none)."""
     if m.uid_mappings or m.gid_mappings:
@@ -348,6 +366,7 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
             for m in user_mounts
         )
     o.append(opts.with_mounts([_mount_spec(m, inp) for m in user_mounts]))
+    o.append(_rootfs_propagation(user_mounts))
     dev_pairs = [devices.device_from_host(d.host_path, d.container_path, d.permissions) for d in inp.devices]
     if inp.privileged:
         dev_pairs = devices.host_devices() + dev_pairs

@@ -123,7 +123,8 @@ def _supplemental(
         for g in groups:
             if name in g.members and g.gid not in out:
                 out.append(g.gid)
-    return tuple(g for g in out if g != gid or g in asked)
+    # The primary gid leads the list, as containerd reports it and critest expects.
+    return (gid, *(g for g in out if g != gid))
 
 
 def resolve_user_spec(rootfs: Path | str, spec: UserSpec) -> tuple[int, int, tuple[int, ...]]:

@@ -68,14 +68,15 @@ def test_capabilities_add_drop_all_and_clamping() -> None:
 
 
 def test_user_resolution_forms(rootfs: Path) -> None:
-    assert resolve_user(rootfs, "app") == (1000, 1001, (44,))
-    assert resolve_user(rootfs, "1000") == (1000, 1001, (44,))
-    assert resolve_user(rootfs, "app:staff") == (1000, 50, (44,))
-    assert resolve_user(rootfs, "4000:7") == (4000, 7, ())
+    # The primary gid leads the supplemental groups, as containerd reports them.
+    assert resolve_user(rootfs, "app") == (1000, 1001, (1001, 44))
+    assert resolve_user(rootfs, "1000") == (1000, 1001, (1001, 44))
+    assert resolve_user(rootfs, "app:staff") == (1000, 50, (50, 44))
+    assert resolve_user(rootfs, "4000:7") == (4000, 7, (7,))
     assert resolve_user(rootfs, "app", supplemental=(9,), policy=SupplementalGroupsPolicy.STRICT) == (
         1000,
         1001,
-        (9,),
+        (1001, 9),
     )
     with pytest.raises(InvalidArgument, match="nobody"):
         resolve_user(rootfs, "nobody")
@@ -236,7 +237,7 @@ def test_run_as_group_without_user_is_rejected(rootfs: Path) -> None:
     with pytest.raises(InvalidArgument, match="run_as_group"):
         build_container_spec(cinput(rootfs, user=UserSpec(gid=5)))
     spec = build_container_spec(cinput(rootfs, user=UserSpec(uid=1000, supplemental_groups=(7,))))
-    assert spec["process"]["user"] == {"uid": 1000, "gid": 1001, "additionalGids": [7, 44]}
+    assert spec["process"]["user"] == {"uid": 1000, "gid": 1001, "additionalGids": [1001, 7, 44]}
 
 
 def test_sandbox_spec(tmp_path: Path) -> None:

@@ -1,0 +1,268 @@
+"""critest "Security Context UserNamespaces": pod user namespaces and the mappings a runtime must refuse.
+
+critest runs these only when Status lists its runtime handler ("" unless
+--runtime-handler is given; CRITEST_RUNTIME_HANDLER here) with user_namespaces;
+the NamespaceMode_POD spec also needs the host to idmap-mount the filesystem under
+the runtime's state dir, which it probes with open_tree + mount_setattr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conformance import cri
+from conformance.cri import pb
+from conformance.helpers_b import (
+    RUNTIME_HANDLER,
+    assert_log_matches,
+    handler_features,
+    log_temp_dir,
+    wait_exited,
+)
+from tests.support.daemon import Daemon
+
+pytestmark = pytest.mark.root
+
+POD = pb.NamespaceMode.Value("POD")
+NODE = pb.NamespaceMode.Value("NODE")
+CONTAINER = pb.NamespaceMode.Value("CONTAINER")
+TARGET = pb.NamespaceMode.Value("TARGET")
+DEFAULT_MAPPING = [pb.IDMapping(container_id=0, host_id=1000, length=100000)]
+PROBE_HOST_ID = 65536
+PROBE_SIZE = 65536
+
+
+@pytest.fixture
+def userns_handler(daemon: Daemon) -> str:
+    """critest's BeforeEach: skip unless the handler advertises user namespaces."""
+    features = handler_features(daemon, RUNTIME_HANDLER)
+    if features is None or not features.user_namespaces:
+        pytest.skip(f"no runtime handler found which supports user namespaces (handler {RUNTIME_HANDLER!r})")
+    return RUNTIME_HANDLER
+
+
+# ---- critest's supportsIDMap, with raw syscalls -------------------------------------------------
+
+_SYS_OPEN_TREE = 428
+_SYS_MOUNT_SETATTR = 442
+_OPEN_TREE_CLONE = 1
+_AT_EMPTY_PATH = 0x1000
+_MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _raise_errno(what: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def _mapped_userns() -> Iterator[int]:
+    """A short-lived process in a new user namespace mapping 0 -> 65536 (65536 ids); yields its pid."""
+    child = subprocess.Popen(["unshare", "--user", "sleep", "5"])
+    try:
+        own = os.stat("/proc/self/ns/user").st_ino
+        deadline = time.monotonic() + 5
+        while os.stat(f"/proc/{child.pid}/ns/user").st_ino == own:
+            if time.monotonic() > deadline or child.poll() is not None:
+                raise OSError("the helper process did not enter a new user namespace")
+            time.sleep(0.01)
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{child.pid}/{name}").write_text(f"0 {PROBE_HOST_ID} {PROBE_SIZE}\n")
+        yield child.pid
+    finally:
+        child.kill()
+        child.wait()
+
+
+def idmap_unsupported_reason(path: str) -> str | None:
+    """None if an idmapped mount of `path` can be made; otherwise why not."""
+    try:
+        tree = _libc.syscall(_SYS_OPEN_TREE, -1, os.fsencode(path), _OPEN_TREE_CLONE | os.O_CLOEXEC)
+        if tree < 0:
+            _raise_errno(f"open_tree {path}")
+        try:
+            with _mapped_userns() as pid:
+                ns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=ns_fd)
+                    if (
+                        _libc.syscall(
+                            _SYS_MOUNT_SETATTR,
+                            tree,
+                            b"",
+                            _AT_EMPTY_PATH,
+                            ctypes.byref(attr),
+                            ctypes.sizeof(attr),
+                        )
+                        < 0
+                    ):
+                        _raise_errno(f"mount_setattr(MOUNT_ATTR_IDMAP) {path}")
+                finally:
+                    os.close(ns_fd)
+        finally:
+            os.close(tree)
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def rootfs_path(info: dict[str, str]) -> str:
+    """critest's rootfsPath: the parent of the verbose Status config's stateDir, else /var/lib."""
+    try:
+        state_dir = json.loads(info["config"]).get("stateDir", "")
+    except (KeyError, ValueError, AttributeError):
+        return "/var/lib"
+    return str(Path(state_dir).parent) if state_dir else "/var/lib"
+
+
+# ---- pods ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def userns_pod(
+    daemon: Daemon,
+    handler: str,
+    options: pb.NamespaceOption,
+) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
+    """createNamespacePodSandbox with a log directory from createLogTempDir."""
+    name = "user-namespaces-pod-" + cri.new_uuid()
+    with log_temp_dir(name) as log_dir:
+        config = cri.pod_config(
+            daemon,
+            "user-namespaces-pod-",
+            log_directory=str(log_dir),
+            dns=pb.DNSConfig(),
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=options),
+        )
+        config.metadata.name = name
+        with cri.pod(daemon, config, handler=handler) as entry:
+            yield entry
+
+
+def run_uid_map_container(daemon: Daemon, pod_id: str, pod_cfg: pb.PodSandboxConfig) -> str:
+    """runUserNamespaceContainer: `cat /proc/self/uid_map` in the pod's namespaces; waits for exit."""
+    name = "user-namespaces-container-" + cri.new_uuid()
+    config = cri.container_config(
+        "",
+        command=["cat", "/proc/self/uid_map"],
+        log_path=name + ".log",
+        linux=pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pod_cfg.linux.security_context.namespace_options
+            )
+        ),
+    )
+    config.metadata.name = name
+    config.image.user_specified_image = cri.DEFAULT_IMAGE
+    cid = cri.create_container(daemon, pod_id, pod_cfg, config)
+    cri.start(daemon, cid)
+    wait_exited(daemon, cid)
+    return name + ".log"
+
+
+def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -> None:
+    """runUserNamespacePodWithError: RunPodSandbox must fail."""
+    config = pb.PodSandboxConfig(
+        metadata=pb.PodSandboxMetadata(
+            name="user-namespaces-pod-" + cri.new_uuid(),
+            uid=cri.UID_PREFIX + cri.new_uuid(),
+            namespace=cri.NAMESPACE_PREFIX + cri.new_uuid(),
+            attempt=cri.DEFAULT_ATTEMPT,
+        ),
+        linux=pb.LinuxPodSandboxConfig(
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(userns_options=userns)
+            )
+        ),
+    )
+    created: list[str] = []
+    code = cri.rpc_code(lambda: created.append(cri.run_pod(daemon, config, handler=handler)[0]))
+    for pod_id in created:
+        cri.cleanup_pod(daemon, pod_id)
+    assert code is not None, f"RunPodSandbox accepted user namespace options {userns}"
+
+
+# ---- specs --------------------------------------------------------------------------------------
+
+
+def test_pod_user_namespace_uses_requested_mapping(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is needed runtime should
+    support NamespaceMode_POD"""
+    status = cri.rt(daemon).Status(pb.StatusRequest(verbose=True), timeout=cri.CALL_TIMEOUT)
+    path = rootfs_path(dict(status.info))
+    reason = idmap_unsupported_reason(path)
+    if reason is not None:
+        pytest.skip(f"ID mapping is not supported with path: {path}: {reason}")
+    options = pb.NamespaceOption(
+        userns_options=pb.UserNamespace(mode=POD, uids=DEFAULT_MAPPING, gids=DEFAULT_MAPPING)
+    )
+    with userns_pod(daemon, userns_handler, options) as (pod_id, pod_cfg):
+        log_path = run_uid_map_container(daemon, pod_id, pod_cfg)
+        assert_log_matches(pod_cfg, log_path, r"\s+0\s+1000\s+100000\n")
+
+
+def test_node_user_namespace_shares_host_mapping(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
+    support NamespaceMode_NODE"""
+    options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=NODE))
+    with userns_pod(daemon, userns_handler, options) as (pod_id, pod_cfg):
+        log_path = run_uid_map_container(daemon, pod_id, pod_cfg)
+        host_lines = [
+            line.split() for line in Path("/proc/self/uid_map").read_text().splitlines() if line.strip()
+        ]
+        assert host_lines, "empty host uid_map"
+        for fields in host_lines:
+            assert len(fields) == 3, f"unexpected host mapping line: {fields}"
+            assert_log_matches(pod_cfg, log_path, r"\s+{}\s+{}\s+{}".format(*(re.escape(f) for f in fields)))
+
+
+def test_more_than_one_mapping_is_refused(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
+    fail if more than one mapping provided"""
+    wrong = [
+        pb.IDMapping(container_id=0, host_id=1000, length=100000),
+        pb.IDMapping(container_id=0, host_id=2000, length=100000),
+    ]
+    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=POD, uids=wrong, gids=wrong))
+
+
+def test_mapping_without_container_root_is_refused(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
+    fail if container ID 0 is not mapped"""
+    mapping = [pb.IDMapping(container_id=1, host_id=1000, length=100000)]
+    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=POD, uids=mapping, gids=mapping))
+
+
+def test_container_user_namespace_mode_is_refused(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
+    fail with NamespaceMode_CONTAINER"""
+    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=CONTAINER))
+
+
+def test_target_user_namespace_mode_is_refused(daemon: Daemon, userns_handler: str) -> None:
+    """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
+    fail with NamespaceMode_TARGET"""
+    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=TARGET))

@@ -62,6 +62,11 @@ class MetricsConfig:
 
 @dataclass(slots=True)
 class Config:
+    """The effective daemon settings (top-level keys of crishim.toml).
+
+    `cdi_spec_dirs`: where CDI spec files are read (KEP-4009); a later dir wins over an earlier one.
+    """
+
     socket: str = "/run/crishim/crishim.sock"
     root: str = "/var/lib/crishim"
     state_dir: str = "/run/crishim"
@@ -85,6 +90,7 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    cdi_spec_dirs: list[str] = field(default_factory=lambda: ["/etc/cdi", "/var/run/cdi"])
 
     # Derived locations; one place decides where everything lives.
     @property

@@ -65,17 +65,8 @@ async def collect_orphans(svc: Services) -> None:
             await asyncio.to_thread(shutil.rmtree, entry, True)
             removed += 1
 
-    netns_dir = svc.config.netns_dir
-    if netns_dir.is_dir():
-        for pin in netns_dir.iterdir():
-            if pin.name in known_sandboxes:
-                continue
-            try:
-                await svc.network.teardown(pin.name, str(pin))
-            except Exception as exc:  # noqa: BLE001 - still remove the pin
-                log.warning("CNI DEL for orphaned sandbox %s failed: %s", pin.name[:13], exc)
-            await svc.network.remove_netns(str(pin))
-            removed += 1
+    # Pins and CNI cache entries no record names: DEL from the cache frees their IPs.
+    removed += len(await svc.network.collect_orphans(known_sandboxes))
 
     for exit_file in svc.config.exits_dir.glob("*"):
         if exit_file.name not in known:

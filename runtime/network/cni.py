@@ -348,4 +348,3 @@ class CniRunner:
             if entry.result is not None:
                 return parse_result(entry.result)
         return None
-

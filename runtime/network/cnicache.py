@@ -102,6 +102,22 @@ def find_entries(cache_dir: str, container_id: str) -> list[CacheEntry]:
     return out
 
 
+def cached_ids(cache_dir: str) -> set[str]:
+    """Blocking: the sandbox IDs that have an entry; read from the files, as network names hold '-'."""
+    try:
+        names = [n for n in os.listdir(cache_dir) if n.endswith(".json") and not n.startswith(".")]
+    except FileNotFoundError:
+        return set()
+    out = set()
+    for name in names:
+        try:
+            with open(os.path.join(cache_dir, name), encoding="utf-8") as f:
+                out.add(CacheEntry.from_json(json.load(f)).container_id)
+        except (OSError, ValueError, KeyError, Internal):
+            continue
+    return out
+
+
 def remove_entry(cache_dir: str, network: str, container_id: str) -> None:
     try:
         os.unlink(entry_path(cache_dir, network, container_id))

@@ -14,11 +14,11 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from crishim.runtime.network import netns
+from crishim.runtime.network import cnicache, netns
 from crishim.runtime.network.cni import (
     Bandwidth,
     CniRunner,
@@ -267,6 +267,37 @@ class PodNetwork:
         """Unpin the namespace (RemovePodSandbox); fine if already gone."""
         if netns_path:
             await netns.remove(netns_path)
+
+    async def collect_orphans(self, known_sandboxes: Collection[str]) -> list[str]:
+        """Free the network of every sandbox no record names; returns their IDs.
+
+        Called at start-up. A crash between CNI ADD and the sandbox record, or
+        a failed ADD whose undo DEL failed too, leaves a pin, a cache entry or
+        both, and with them an IP and iptables rules that nothing else would
+        ever release. DEL runs from the cache; a DEL that fails again keeps its
+        cache entry, so the next start-up retries it.
+        """
+        known = set(known_sandboxes)
+        ids = await asyncio.to_thread(cnicache.cached_ids, self.runner.cache_dir)
+        try:
+            ids |= set(await asyncio.to_thread(os.listdir, self.netns_dir))
+        except FileNotFoundError:
+            pass
+        collected = []
+        for sandbox_id in sorted(ids - known):
+            try:
+                path = netns.pin_path(sandbox_id, self.netns_dir)
+            except NetworkError:
+                continue  # not a name we would ever have pinned
+            try:
+                await self.teardown(sandbox_id, path)
+            except NetworkError as exc:
+                log.warning(
+                    "CNI DEL for orphaned sandbox %s failed, retried at next start: %s", sandbox_id[:13], exc
+                )
+            await self.remove_netns(path)
+            collected.append(sandbox_id)
+        return collected
 
     async def check(self, sandbox_id: str, netns_path: str) -> None:
         """CNI CHECK with the cached result: raises if the pod's network drifted."""

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
-from pyroute2 import IPRoute
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
 
@@ -164,7 +163,7 @@ def _is_mount_point(path: str) -> bool:
 
 
 def _loopback_up() -> None:
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         idx = ipr.link_lookup(ifname="lo")
         if not idx:
             raise Internal("the new network namespace has no loopback device")
@@ -235,9 +234,16 @@ def release_dir(netns_dir: str) -> None:
             break
 
 
+def _iproute() -> Any:
+    """pyroute2 is imported on first use: it weighs ~20 MB that an idle daemon need not carry."""
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
 def _stats_here() -> list[IfaceCounters]:
     out = []
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME")
             st = link.get_attr("IFLA_STATS64") or link.get_attr("IFLA_STATS")
@@ -261,7 +267,7 @@ async def interface_stats(path: str) -> list[IfaceCounters]:
 
 
 def _addresses_here(ifname: str) -> list[str]:
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         idx = ipr.link_lookup(ifname=ifname)
         if not idx:
             raise NotFound(f"no interface {ifname} in the network namespace")
@@ -278,7 +284,7 @@ async def addresses(path: str, ifname: str = "eth0") -> list[str]:
 
 
 def _link_names() -> list[str]:
-    with IPRoute() as ipr:
+    with _iproute() as ipr:
         return [n for n in (link.get_attr("IFLA_IFNAME") for link in ipr.get_links()) if n]
 
 

@@ -123,6 +123,7 @@ def build_args(
     tty: bool = False,
     log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     log_level: str = "info",
+    leave_stdin_open: bool = False,
 ) -> list[str]:
     args = [
         conmon_path, "--api-version", "1",
@@ -135,6 +136,9 @@ def build_args(
     ]  # fmt: skip
     if stdin:
         args.append("-i")
+    if leave_stdin_open:
+        # CRI stdin_once=false: a client leaving attach must not close the container's stdin.
+        args.append("--leave-stdin-open")
     if tty:
         args.append("-t")
     return args
@@ -155,6 +159,7 @@ async def launch_container(
     log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     conmon_path: str = "conmon",
     time_limit: float = 60.0,
+    leave_stdin_open: bool = False,
 ) -> ConmonResult:
     """Start conmon, which runs `<runtime> create`; return the container and conmon PIDs.
 
@@ -173,6 +178,7 @@ async def launch_container(
         conmon_path=exe, cid=cid, name=name, runtime_path=runtime_path, runtime_root=runtime_root,
         bundle=bundle, pid_file=pid_file, log_path=Path(log_path), exit_dir=exit_dir, socket_dir=socket_dir,
         conmon_pid_file=conmon_pid_file, stdin=stdin, tty=tty, log_size_max=log_size_max,
+        leave_stdin_open=leave_stdin_open,
     )  # fmt: skip
     conmon_log = bundle / "conmon.log"
     # conmon's own diagnostics go to a file: a pipe would be held open by

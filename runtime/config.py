@@ -46,6 +46,8 @@ class CniConfig:
 @dataclass(slots=True)
 class StreamingConfig:
     address: str = "127.0.0.1:0"
+    # Lifetime of an exec/attach/port-forward URL, as the kubelet's streaming cache keeps them.
+    token_ttl: float = 60.0
     tls_cert: str = ""
     tls_key: str = ""
 
@@ -197,6 +199,8 @@ def check_values(config: Config, source: str) -> None:
             raise ConfigError(f"{where}runtimes.{name}.type must be 'runc' or 'crun', not {handler.type!r}")
         if not handler.path:
             raise ConfigError(f"{where}runtimes.{name}.path is empty: name the runc or crun binary")
+    if config.streaming.token_ttl <= 0:
+        raise ConfigError(f"{where}streaming.token_ttl must be above 0, not {config.streaming.token_ttl}")
     for key in ("socket", "root", "state_dir"):
         if not getattr(config, key).startswith("/"):
             raise ConfigError(f"{where}{key} must be an absolute path, not {getattr(config, key)!r}")

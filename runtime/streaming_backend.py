@@ -17,16 +17,17 @@ class RuntimeStreamBackend:
         self.svc = svc
 
     async def exec(
-        self, container_id: str, cmd: list[str], tty: bool, stdin: ByteReader | None, stdout: ByteWriter | None,
-        stderr: ByteWriter | None, resize: AsyncIterator[TerminalSize],
+        self, container_id: str, cmd: list[str], tty: bool, stdin: ByteReader | None,
+        stdout: ByteWriter | None, stderr: ByteWriter | None, resize: AsyncIterator[TerminalSize],
     ) -> int:
         meta = self.svc.state.get_container(container_id)
         if meta.state != CONTAINER_RUNNING:
             raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING")
         runtime = self.svc.handler(meta.runtime_handler).runtime
-        return await backends.exec_with_runtime(
+        code: int = await backends.exec_with_runtime(
             runtime.path, str(runtime.root), container_id, cmd, tty, stdin, stdout, stderr, resize
         )
+        return code
 
     async def attach(
         self, container_id: str, tty: bool, stdin: ByteReader | None, stdout: ByteWriter | None,

@@ -32,6 +32,7 @@ async def launch(
         tty=tty,
         log_size_max=svc.config.log_size_max,
         conmon_path=svc.config.conmon,
+        leave_stdin_open=stdin and not stdin_once,
     )
 
 

@@ -25,11 +25,12 @@ import signal
 import socket
 import threading
 import tty as tty_mod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from crishim.runtime.streaming.errors import InvalidArgument, NotFound, Unavailable
 from crishim.runtime.streaming.fdio import FdReader, FdWriter, copy, set_winsize
 from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+from crishim.runtime.streaming.terminal import resize_held_terminals
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,13 @@ async def exec_with_runtime(
     finally:
         os.close(slave)
 
-    def relay_size() -> None:
+    async def relay_size(size: TerminalSize) -> None:
+        # runc copies our pty's size to the container's terminal on SIGWINCH; crun
+        # 1.8 ignores SIGWINCH in a foreground exec, so the size is also set straight
+        # on the terminal master the runtime holds.
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGWINCH)
+        await asyncio.to_thread(resize_held_terminals, proc.pid, size)
 
     return await _supervise_tty(
         proc, master, stdin, stdout, resize, kill_group=False, after_resize=relay_size
@@ -188,7 +193,7 @@ async def _supervise_tty(
     resize: AsyncIterator[TerminalSize],
     *,
     kill_group: bool,
-    after_resize: Callable[[], None] | None = None,
+    after_resize: Callable[[TerminalSize], Awaitable[None]] | None = None,
 ) -> int:
     reader = FdReader(master, owns=False)
     writer = FdWriter(master, owns=False)
@@ -198,7 +203,7 @@ async def _supervise_tty(
             with contextlib.suppress(OSError):
                 set_winsize(master, size)
             if after_resize is not None:
-                after_resize()
+                await after_resize(size)
 
     async def drain_output() -> None:
         while chunk := await reader.read():
@@ -386,21 +391,23 @@ async def port_forward_in_netns(
         raise InvalidArgument(f"port {port} is out of range; name a TCP port 1-65535")
     loop = asyncio.get_running_loop()
     sock: socket.socket | None = None
-    last_error: OSError | None = None
-    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    failures: list[str] = []
+    for family, host, label in ((socket.AF_INET, "127.0.0.1", "IPv4"), (socket.AF_INET6, "::1", "IPv6")):
         candidate = await socket_in_netns(netns_path, family)
         candidate.setblocking(False)
         try:
             await loop.sock_connect(candidate, (host, port))
         except OSError as exc:
             candidate.close()
-            last_error = exc
+            failures.append(f"{label} {host}: {os.strerror(exc.errno) if exc.errno else exc}")
             continue
         sock = candidate
         break
     if sock is None:
-        reason = last_error.strerror if last_error and last_error.strerror else str(last_error)
-        raise Unavailable(f"cannot connect to localhost:{port} in the pod's network namespace: {reason}")
+        raise Unavailable(
+            f"cannot connect to localhost:{port} in the pod's network namespace ({'; '.join(failures)}); "
+            "is anything listening on that port?"
+        )
     tcp_reader, tcp_writer = await asyncio.open_connection(sock=sock)
 
     async def to_pod() -> None:

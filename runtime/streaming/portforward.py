@@ -24,6 +24,8 @@ from crishim.runtime.streaming.websocket import ChannelConnection
 log = logging.getLogger(__name__)
 
 SPDY_PORTFORWARD = "portforward.k8s.io"
+# client-go tunnels SPDY through WebSocket under this subprotocol (KEP-4006).
+SPDY_TUNNEL_PORTFORWARD = "SPDY/3.1+portforward.k8s.io"
 WEBSOCKET_PROTOCOLS = (
     "v4.channel.k8s.io",
     "v4.base64.channel.k8s.io",

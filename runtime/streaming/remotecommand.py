@@ -37,11 +37,14 @@ from crishim.runtime.streaming.websocket import (
 
 log = logging.getLogger(__name__)
 
+# Over SPDY, v5 is v4 (its stdin close signal only matters on WebSocket); client-go
+# offers it first and the kubelet accepts it.
+SPDY_V5 = "v5.channel.k8s.io"
 SPDY_V4 = "v4.channel.k8s.io"
 SPDY_V3 = "v3.channel.k8s.io"
 SPDY_V2 = "v2.channel.k8s.io"
 SPDY_V1 = "channel.k8s.io"
-SPDY_PROTOCOLS = (SPDY_V4, SPDY_V3, SPDY_V2, SPDY_V1)
+SPDY_PROTOCOLS = (SPDY_V5, SPDY_V4, SPDY_V3, SPDY_V2, SPDY_V1)
 WEBSOCKET_PROTOCOLS = (V5_CHANNEL, V4_CHANNEL, V4_BASE64_CHANNEL, BASE64_CHANNEL, CHANNEL)
 
 STREAM_ERROR = "error"
@@ -151,7 +154,7 @@ async def serve_spdy(
         expected.add(STREAM_STDOUT)
     if request.stderr and not request.tty:
         expected.add(STREAM_STDERR)
-    if request.tty and protocol in (SPDY_V4, SPDY_V3):
+    if request.tty and protocol in (SPDY_V5, SPDY_V4, SPDY_V3):
         expected.add(STREAM_RESIZE)
     streams: dict[str, SpdyStream] = {}
     try:
@@ -179,7 +182,7 @@ async def serve_spdy(
             stderr=streams.get(STREAM_STDERR),
             resize=streams.get(STREAM_RESIZE),
             error=streams[STREAM_ERROR],
-            v4_status=protocol == SPDY_V4,
+            v4_status=protocol in (SPDY_V5, SPDY_V4),
         )
     )
     await _until_done_or_gone(session, conn.wait_closed())

@@ -27,6 +27,7 @@ from crishim.runtime.streaming.tokens import (
     StreamRequest,
     TokenCache,
 )
+from crishim.runtime.streaming.tunnel import WebSocketTunnel
 from crishim.runtime.streaming.websocket import ChannelConnection, handshake
 
 log = logging.getLogger(__name__)
@@ -258,10 +259,22 @@ class StreamingServer:
     ) -> None:
         is_pf = isinstance(request, PortForwardRequest)
         supported = portforward.WEBSOCKET_PROTOCOLS if is_pf else remotecommand.WEBSOCKET_PROTOCOLS
+        if is_pf:
+            supported = (portforward.SPDY_TUNNEL_PORTFORWARD, *supported)
         accepted = await handshake(raw, reader, writer, supported)
         if accepted is None:
             return
         ws, _req, chosen = accepted
+        if isinstance(request, PortForwardRequest) and chosen == portforward.SPDY_TUNNEL_PORTFORWARD:
+            # client-go's SPDY-over-WebSocket dialer (crictl port-forward --transport websocket).
+            tunnel = WebSocketTunnel(ws, reader, writer)
+            spdy = SpdyConnection(tunnel, tunnel, server=True)
+            spdy.start()
+            try:
+                await portforward.serve_spdy(spdy, request, self._backend)
+            finally:
+                await spdy.close()
+            return
         channels = ChannelConnection(ws, reader, writer, chosen)
         channels.start()
         try:

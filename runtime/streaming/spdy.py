@@ -19,6 +19,7 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 from crishim.runtime.streaming.errors import ProtocolError
 from crishim.runtime.streaming.spdy_dictionary import HEADER_DICTIONARY
@@ -57,6 +58,26 @@ MAX_FRAME_LENGTH = 1 << 24
 MAX_HEADER_BLOCK = 256 * 1024
 
 Headers = dict[str, list[str]]
+
+
+class ByteSource(Protocol):
+    """What the connection reads from: an asyncio.StreamReader, or a WebSocket tunnel."""
+
+    async def read(self, n: int = -1) -> bytes: ...
+
+
+class ByteSink(Protocol):
+    """What the connection writes to: an asyncio.StreamWriter, or a WebSocket tunnel."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    async def wait_closed(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,8 +400,8 @@ class SpdyConnection:
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
+        reader: ByteSource,
+        writer: ByteSink,
         *,
         server: bool,
         initial_data: bytes = b"",

@@ -171,7 +171,7 @@ async def spdy_exec(
             serr = (
                 await conn.open_stream({"streamtype": ["stderr"]}, fin=True) if stderr and not tty else None
             )
-            wants_resize = tty and protocol in ("v4.channel.k8s.io", "v3.channel.k8s.io")
+            wants_resize = tty and protocol in ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io")
             rsz = await conn.open_stream({"streamtype": ["resize"]}) if wants_resize else None
             readers = [asyncio.create_task(_collect(s)) for s in (sout, serr, error)]
             if sin is not None:

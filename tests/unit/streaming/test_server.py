@@ -250,3 +250,12 @@ async def test_client_disconnect_kills_the_exec_process(server: StreamingServer,
         await asyncio.sleep(0.05)
     else:
         pytest.fail(f"exec process {pid} still running after the client left")
+
+
+async def test_spdy_v5_offered_first_by_client_go_behaves_as_v4(server: StreamingServer) -> None:
+    """client-go's SPDY executor offers v5 first; over SPDY v5 is v4 (resize stream, Status JSON)."""
+    url = server.url_for_exec("c1", ["sh", "-c", "exit 3"], stdout=True, stderr=True)
+    result = await spdy_exec(url, protocol="v5.channel.k8s.io")
+    assert result.protocol == "v5.channel.k8s.io"
+    assert result.exit_code == 3
+    assert result.status["reason"] == "NonZeroExitCode"

@@ -19,6 +19,7 @@ class ImageRecord:
     layers: tuple[str, ...]  # chain IDs, lowest first
     manifest_digest: str
     created: float
+    image_set: str = ""  # '' = shared by every runtime handler; else the handler it was pulled for
 
     @property
     def user(self) -> str:

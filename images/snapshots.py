@@ -100,7 +100,9 @@ def mount_rootfs(lower: list[Path], upper: Path, work: Path, target: Path, reado
 
 
 def bind_readonly(source: Path, target: Path) -> None:
-    target.mkdir(parents=True, exist_ok=True)
+    """Read-only bind of `source` (a directory, or a file onto an existing file `target`)."""
+    if not target.exists():
+        target.mkdir(parents=True)
     _mount(str(source), target, None, MS_BIND | MS_REC, None)
     _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
 

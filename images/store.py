@@ -11,7 +11,13 @@ layers are not synced file by file (as containerd does): `sync_layers=True`
 adds one syncfs(2) per layer before it is renamed into place, which costs
 about 2x pull time on a plain disk (scripts/bench-pull --sync).
 
-Concurrency: pulls of one reference share one task; layers (by chain ID) are
+Image sets (KEP-4216): every lookup, pull, pin and removal happens in one image
+set: '' is shared by all runtime handlers; a handler configured with
+`separate_images` gets its own set (named after it), given by `image_sets`,
+a handler -> set map the daemon builds from its config. Layers and blobs are
+shared by every set, so only names, existence and removal are per set.
+
+Concurrency: pulls of one reference (into one set) share one task; layers (by chain ID) are
 shared across pulls; a semaphore bounds parallel layer downloads. A pull
 whose every caller gave up is cancelled and undone; so is one that receives
 no bytes for `pull_progress_timeout` seconds.
@@ -30,7 +36,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -48,7 +54,7 @@ from .errors import (
     NotFound,
     Unavailable,
 )
-from .metadata import Garbage, ImageRow, LayerRow, Metadata
+from .metadata import SHARED_SET, Garbage, ImageRow, LayerRow, Metadata
 from .records import ImageRecord, PullProgress
 from .reference import Reference, looks_like_image_id, parse_reference
 from .registry import BLOB_CHUNK, Credentials, Descriptor, Manifest, RegistryClient
@@ -67,6 +73,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ProgressFn = Callable[[PullProgress], None]
+VOLUME_HOLDER_PREFIX = "image-volume:"  # + the mount point; see volumes.py
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")
 
 
@@ -95,6 +102,7 @@ class _Shared(Generic[T]):
 class _PullState:
     ref: Reference
     listeners: list[ProgressFn]
+    image_set: str = SHARED_SET
     last_progress: float = field(default_factory=time.monotonic)
     bytes: int = 0
 
@@ -132,8 +140,10 @@ class ImageStore:
         pull_progress_timeout: float = 300.0,
         sync_layers: bool = False,
         registry: RegistryClient | None = None,
+        image_sets: Mapping[str, str] | None = None,
     ) -> None:
         self.root = root
+        self.image_sets = dict(image_sets) if image_sets is not None else None
         root.mkdir(parents=True, exist_ok=True)
         self.content = ContentStore(root)
         self.layers_dir = root / "layers"
@@ -177,6 +187,34 @@ class ImageStore:
         for layer in self.meta.all_layers():
             if not self.layer_dir(layer.chain_id).is_dir():
                 log.warning("layer %s is recorded but missing on disk; pull its images again", layer.chain_id)
+        self.sweep_volume_leases()
+
+    def sweep_volume_leases(self) -> None:
+        """Drops image-volume leases whose mount is gone (a crash between unmount and release,
+        a container directory swept as an orphan, a reboot), so their images can be removed."""
+        for holder in self.meta.lease_holders(VOLUME_HOLDER_PREFIX):
+            if not snapshots.is_mounted(Path(holder.removeprefix(VOLUME_HOLDER_PREFIX))):
+                log.info("releasing stale image volume lease %s", holder)
+                self.release(holder)
+
+    # ---- image sets -----------------------------------------------------------------------
+
+    def image_set(self, handler: str) -> str:
+        """The image set serving runtime handler `handler` ('' = the default handler).
+
+        Without a handler map (tools, tests) every handler shares one set; with one, a
+        handler it does not know is refused rather than silently given the shared set.
+        """
+        if self.image_sets is None:
+            return SHARED_SET
+        found = self.image_sets.get(handler)
+        if found is None:
+            known = ", ".join(sorted(h for h in self.image_sets if h))
+            raise InvalidArgument(
+                f"runtime handler {handler!r} is not configured (configured: {known}); "
+                "ImageSpec.runtime_handler must name one of them or be empty"
+            )
+        return found
 
     # ---- paths ----------------------------------------------------------------------------
 
@@ -192,7 +230,7 @@ class ImageStore:
         return self._row(image_id).config
 
     def _row(self, image_id: str) -> ImageRow:
-        row = self.meta.image(image_id, include_removed=True)
+        row = self.meta.image(image_id, None, include_removed=True)
         if row is None:
             raise NotFound(f"image {image_id} is not in the store")
         return row
@@ -211,18 +249,20 @@ class ImageStore:
             layers=row.layers,
             manifest_digest=row.manifest_digest,
             created=row.created,
+            image_set=row.image_set,
         )
 
-    def resolve(self, ref_or_id: str) -> ImageRecord:
-        """By full ID, tag, digest reference or unique ID prefix; NotFound says to pull."""
+    def resolve(self, ref_or_id: str, image_set: str = SHARED_SET) -> ImageRecord:
+        """By full ID, tag, digest reference or unique ID prefix, in `image_set`; NotFound says to pull."""
         text = ref_or_id.strip()
+        where = f" for runtime handler {image_set!r}" if image_set else ""
         if not text:
             raise InvalidArgument("empty image reference")
         if looks_like_image_id(text):
             image_id = text if text.startswith("sha256:") else "sha256:" + text
-            row = self.meta.image(image_id)
+            row = self.meta.image(image_id, image_set)
             if row is None:
-                raise NotFound(f"image {image_id} is not in the store: pull it first")
+                raise NotFound(f"image {image_id} is not in the store{where}: pull it first")
             return self._record(row)
         parse_error: InvalidArgument | None = None
         try:
@@ -230,34 +270,42 @@ class ImageStore:
         except InvalidArgument as exc:
             parse_error = exc
         else:
-            named = self.meta.image_by_name(ref.repo_digest(ref.digest) if ref.digest else str(ref))
+            named = self.meta.image_by_name(
+                ref.repo_digest(ref.digest) if ref.digest else str(ref), image_set
+            )
             if named is not None:
-                found = self.meta.image(named)
+                found = self.meta.image(named, image_set)
                 if found is not None:
                     return self._record(found)
         match = _HEX_PREFIX.match(text)
         if match:
-            ids = self.meta.image_ids_with_prefix("sha256:" + match.group(1))
+            ids = self.meta.image_ids_with_prefix("sha256:" + match.group(1), image_set)
             if len(ids) > 1:
                 raise InvalidArgument(f"image ID prefix {text!r} is ambiguous: it matches {len(ids)} images")
             if ids:
-                return self._record(self._row(ids[0]))
+                found = self.meta.image(ids[0], image_set)
+                if found is not None:
+                    return self._record(found)
         if parse_error is not None:
             raise parse_error
-        raise NotFound(f"image {text!r} is not in the store: pull it first (e.g. crictl pull {text})")
+        raise NotFound(
+            f"image {text!r} is not in the store{where}: pull it first (e.g. crictl pull {text})"
+        )
 
-    def list(self) -> builtins.list[ImageRecord]:
-        return [self._record(row) for row in self.meta.images()]
+    def list(self, image_set: str | None = SHARED_SET) -> builtins.list[ImageRecord]:
+        """The images of one set, or of every set with None (an image in two sets is listed twice)."""
+        return [self._record(row) for row in self.meta.images(image_set)]
 
-    def set_pinned(self, ref_or_id: str, pinned: bool) -> ImageRecord:
-        record = self.resolve(ref_or_id)
-        self.meta.set_pinned(record.id, pinned)
-        return self.resolve(record.id)
+    def set_pinned(self, ref_or_id: str, pinned: bool, image_set: str = SHARED_SET) -> ImageRecord:
+        record = self.resolve(ref_or_id, image_set)
+        self.meta.set_pinned(record.id, pinned, image_set)
+        return self.resolve(record.id, image_set)
 
-    async def remove(self, ref_or_id: str) -> None:
-        """Removes the image and every name it has; absent is fine; pinned is FailedPrecondition."""
+    async def remove(self, ref_or_id: str, image_set: str = SHARED_SET) -> None:
+        """Removes the image and every name it has from `image_set`; absent is fine; pinned is
+        FailedPrecondition. Its layers go only when no image of any set and no lease uses them."""
         try:
-            record = self.resolve(ref_or_id)
+            record = self.resolve(ref_or_id, image_set)
         except NotFound:
             return
         if record.pinned:
@@ -265,13 +313,14 @@ class ImageStore:
                 f"image {record.id} ({', '.join(record.repo_tags) or 'untagged'}) is pinned: "
                 "the runtime keeps it (e.g. the pause image); unpin it before removing"
             )
-        garbage = await _in_thread(functools.partial(self.meta.remove_image, record.id))
+        garbage = await _in_thread(functools.partial(self.meta.remove_image, record.id, image_set))
         await _in_thread(functools.partial(self._collect, garbage))
         log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags))
 
-    def acquire(self, image_id: str, holder: str) -> None:
-        """Marks the image in use by `holder` (a container or image volume): its layers stay on disk."""
-        if not self.meta.acquire(image_id, holder):
+    def acquire(self, image_id: str, holder: str, image_set: str = SHARED_SET) -> None:
+        """Marks the image (of `image_set`) in use by `holder` (a container or image volume):
+        RemoveImage then only drops its names, and its layers stay on disk until release."""
+        if not self.meta.acquire(image_id, holder, image_set):
             raise NotFound(f"image {image_id} is not in the store")
 
     def release(self, holder: str) -> None:
@@ -334,15 +383,22 @@ class ImageStore:
     # ---- pull -----------------------------------------------------------------------------
 
     async def pull(
-        self, ref: str, credentials: Credentials | None = None, progress: ProgressFn | None = None
+        self,
+        ref: str,
+        credentials: Credentials | None = None,
+        progress: ProgressFn | None = None,
+        image_set: str = SHARED_SET,
     ) -> ImageRecord:
-        """Pulls `ref` (or joins a pull of it already running) and returns the stored image."""
+        """Pulls `ref` into `image_set` (or joins a pull of it already running) and returns the
+        stored image; layers another set already has are not downloaded again."""
         parsed = parse_reference(ref)
-        key = str(parsed)
+        key = f"{image_set}\0{parsed}"
         shared = self._pulls.get(key)
         if shared is None:
             listeners: builtins.list[ProgressFn] = []
-            task = asyncio.create_task(self._pull_watched(parsed, credentials, listeners), name=f"pull {key}")
+            task = asyncio.create_task(
+                self._pull_watched(parsed, credentials, listeners, image_set), name=f"pull {parsed}"
+            )
             shared = _Shared(task)
             shared.listeners = listeners
             self._pulls[key] = shared
@@ -356,9 +412,13 @@ class ImageStore:
                 shared.listeners.remove(progress)
 
     async def _pull_watched(
-        self, ref: Reference, credentials: Credentials | None, listeners: builtins.list[ProgressFn]
+        self,
+        ref: Reference,
+        credentials: Credentials | None,
+        listeners: builtins.list[ProgressFn],
+        image_set: str = SHARED_SET,
     ) -> ImageRecord:
-        state = _PullState(ref=ref, listeners=listeners)
+        state = _PullState(ref=ref, listeners=listeners, image_set=image_set)
         self.pulls_in_flight += 1
         self.pulls_total += 1
         started = time.monotonic()
@@ -410,7 +470,7 @@ class ImageStore:
         state.touch()
         config_raw = await self.registry.fetch_blob(session, manifest.config.digest)
         state.touch()
-        config, diff_ids = _parse_config(config_raw, manifest, ref)
+        config, diff_ids, known = _parse_config(config_raw, manifest, ref)
         chains = chain_ids(diff_ids)
         image_id = manifest.config.digest
         self._needed.update(chains)
@@ -421,7 +481,9 @@ class ImageStore:
                     diff_id,
                     chain,
                     state,
-                    functools.partial(self._download_layer, session, desc, diff_id, chain, state),
+                    functools.partial(
+                        self._download_layer, session, desc, diff_id if known else None, chain, state
+                    ),
                     chains[:i],
                 )
                 for i, (desc, diff_id, chain) in enumerate(
@@ -443,15 +505,19 @@ class ImageStore:
                     layers=chains,
                     tags=[t for t in [ref.repo_tag] if t],
                     digests=[ref.repo_digest(manifest.top_digest)],
+                    image_set=state.image_set,
                 )
 
             await _in_thread(commit)
         finally:
             self._needed.subtract(chains)
             self._needed += collections.Counter()  # drops zero counts
-            if self.meta.image(image_id, include_removed=True) is None:
+            if self.meta.image(image_id, None, include_removed=True) is None:
                 self._collect_unreferenced(chains)
-        return self._record(self._row(image_id))
+        row = self.meta.image(image_id, state.image_set)
+        if row is None:
+            raise NotFound(f"image {image_id} was removed while {ref} was being pulled; pull it again")
+        return self._record(row)
 
     async def _layer(
         self,
@@ -521,7 +587,7 @@ class ImageStore:
                 log.exception("progress listener failed")
 
     async def _download_layer(
-        self, session: Any, desc: Descriptor, diff_id: str, chain: str, state: _PullState
+        self, session: Any, desc: Descriptor, diff_id: str | None, chain: str, state: _PullState
     ) -> LayerRow | _Pending:
         retries = self.registry.retries
         for attempt in range(retries + 1):
@@ -538,7 +604,7 @@ class ImageStore:
         raise AssertionError("unreachable")
 
     async def _download_layer_once(
-        self, session: Any, desc: Descriptor, diff_id: str, chain: str, state: _PullState
+        self, session: Any, desc: Descriptor, diff_id: str | None, chain: str, state: _PullState
     ) -> LayerRow | _Pending:
         where = f"layer {desc.digest} of {state.ref}"
         tmpdir = Path(
@@ -664,11 +730,28 @@ def _forget(table: dict[str, Any], key: str, shared: object, _task: object) -> N
         del table[key]
 
 
-def _parse_config(raw: bytes, manifest: Manifest, ref: Reference) -> tuple[dict[str, Any], list[str]]:
+def _parse_config(
+    raw: bytes, manifest: Manifest, ref: Reference
+) -> tuple[dict[str, Any], list[str], bool]:
+    """(config, diff IDs, whether the diff IDs come from the config and can be verified).
+
+    An OCI artifact's config (often the empty `{}`, media type
+    application/vnd.oci.empty.v1+json) says nothing of its layers. KEP-4639 mounts
+    such artifacts when their layers are tars: they are keyed by blob digest
+    instead (equal to the diff ID for an uncompressed tar), and checked against
+    that digest only.
+    """
     try:
         config = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"image {ref}: the config blob is not JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise InvalidArgument(f"image {ref}: the config blob is not a JSON object")
+    if "rootfs" not in config:
+        return config, [d.digest for d in manifest.layers], False
+    try:
         diff_ids = config["rootfs"]["diff_ids"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError) as exc:
         raise InvalidArgument(f"image {ref}: the config blob is not an OCI image config ({exc})") from exc
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise InvalidArgument(f"image {ref}: rootfs.diff_ids must be a list of digests")
@@ -677,7 +760,7 @@ def _parse_config(raw: bytes, manifest: Manifest, ref: Reference) -> tuple[dict[
             f"image {ref}: the manifest lists {len(manifest.layers)} layers but the config "
             f"{len(diff_ids)} diff IDs"
         )
-    return config, diff_ids
+    return config, diff_ids, True
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:

@@ -16,6 +16,7 @@ from crishim.oci.features import RuntimeFeatures
 from crishim.oci.runtime import OciRuntime, become_subreaper
 from crishim.runtime.config import Config
 from crishim.runtime.container.monitor import ExitMonitor
+from crishim.runtime.image_sets import handler_image_sets
 from crishim.runtime.network.manager import PodNetwork
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.store import StateStore
@@ -83,6 +84,7 @@ async def build_services(config: Config) -> Services:
         Path(config.registries.config_path) if config.registries.config_path else None,
         max_parallel_layers=config.max_parallel_layer_downloads,
         pull_progress_timeout=config.image_pull_progress_timeout,
+        image_sets=handler_image_sets(config),
     )
     await ensure_pause_image(images, config.sandbox_image)
     pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
@@ -112,7 +114,8 @@ async def _start_streaming(svc: Services) -> Any:
 
     cfg = svc.config.streaming
     server = StreamingServer(
-        cfg.address, RuntimeStreamBackend(svc), tls_cert=cfg.tls_cert or None, tls_key=cfg.tls_key or None
+        cfg.address, RuntimeStreamBackend(svc), tls_cert=cfg.tls_cert or None, tls_key=cfg.tls_key or None,
+        token_ttl=cfg.token_ttl,
     )
     await server.start()
     return server
@@ -124,4 +127,15 @@ def _start_metrics(svc: Services) -> Any:
     from crishim.runtime import boundary, metrics
 
     boundary.add_call_observer(metrics.observe_cri_call)
+    metrics.set_state_collector(lambda: _objects_by_state(svc))
     return metrics.start_metrics_server(svc.config.metrics.address)
+
+
+def _objects_by_state(svc: Services) -> dict[str, dict[str, int]]:
+    """Containers and sandboxes by state for /metrics (the store is safe to read from its thread)."""
+    from collections import Counter
+
+    return {
+        "containers": dict(Counter(c.state.lower() for c in svc.state.list_containers())),
+        "sandboxes": dict(Counter(s.state.lower() for s in svc.state.list_sandboxes())),
+    }

@@ -19,6 +19,7 @@ from crishim.oci import cdi
 from crishim.oci.inputs import ContainerSpecInput, Mount, NamespaceMode
 from crishim.oci.spec import build_container_spec
 from crishim.runtime import convert
+from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -26,7 +27,6 @@ from crishim.runtime.events import CREATED, ContainerEvent
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import unmount
 from crishim.runtime.oom import clamp_and_log
-from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, SANDBOX_READY, ContainerMeta, SandboxMeta
@@ -88,8 +88,9 @@ async def create_container(
 
 async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.ContainerConfig) -> str:
     handler = svc.handler(sandbox.runtime_handler)
+    image_set = svc.images.image_set(handler.name)  # KEP-4216: the handler's own images, if separate
     try:
-        image = svc.images.resolve(config.image.image)
+        image = svc.images.resolve(config.image.image, image_set)
     except Exception as exc:
         if type(exc).__name__ == "NotFound":
             raise NotFound(
@@ -114,7 +115,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
         rootfs = bundle / "rootfs"
         await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
         undo.callback(unmount, rootfs)
-        svc.images.acquire(image.id, f"container:{container_id}")
+        svc.images.acquire(image.id, f"container:{container_id}", image_set)
         undo.callback(svc.images.release, f"container:{container_id}")
 
         mounts: list[Mount] = list(pod_mounts(sandbox, config))
@@ -122,7 +123,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
         for i, m in enumerate(config.mounts):
             where = f"config.mounts[{i}]"
             if m.HasField("image") and m.image.image:
-                mount = await volumes.mount_image_volume(svc, container_id, bundle, m, where)
+                mount = await volumes.mount_image_volume(svc, container_id, bundle, m, where, image_set)
                 undo.callback(volumes.unmount_image_volume, svc, Path(mount.host_path))
                 image_volume_paths.append(mount.host_path)
             else:

@@ -1,4 +1,11 @@
-"""CRI ImageService: converts protobuf to plain values and calls crishim.images.ImageStore."""
+"""CRI ImageService: converts protobuf to plain values and calls crishim.images.ImageStore.
+
+KEP-4216: every call works in the image set of `ImageSpec.runtime_handler`
+(store.image_set maps handlers to sets; handlers without `separate_images`
+share one). ListImages without a handler lists every set, each image carrying
+the handler of its set in `spec.runtime_handler` ('' for the shared set), so
+the kubelet can key images by (ID, handler) as the KEP does.
+"""
 
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ def image_to_proto(record: ImageRecord) -> api_pb2.Image:
         repo_digests=list(record.repo_digests),
         size=record.size,
         username=record.username,
-        spec=api_pb2.ImageSpec(image=record.id),
+        spec=api_pb2.ImageSpec(image=record.id, runtime_handler=record.image_set),
         pinned=record.pinned,
     )
     if record.uid is not None:
@@ -64,10 +71,11 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
 
     def _matching(self, request_filter: api_pb2.ImageFilter | None) -> list[ImageRecord]:
         wanted = request_filter.image.image if request_filter is not None else ""
+        handler = request_filter.image.runtime_handler if request_filter is not None else ""
         if not wanted:
-            return self.store.list()
+            return self.store.list(self.store.image_set(handler) if handler else None)
         try:
-            return [self.store.resolve(wanted)]
+            return [self.store.resolve(wanted, self.store.image_set(handler))]
         except NotFound:
             return []
 
@@ -91,8 +99,9 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
     async def ImageStatus(
         self, request: api_pb2.ImageStatusRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ImageStatusResponse:
+        image_set = self.store.image_set(request.image.runtime_handler)
         try:
-            record = self.store.resolve(request.image.image)
+            record = self.store.resolve(request.image.image, image_set)
         except NotFound:
             # api.proto: an absent image is an empty response, not an error.
             return api_pb2.ImageStatusResponse()
@@ -104,6 +113,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
                     "chainIDs": list(record.layers),
                     "manifestDigest": record.manifest_digest,
                     "pinned": record.pinned,
+                    "imageSet": record.image_set,
                 }
             )
         return response
@@ -113,7 +123,8 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.PullImageRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PullImageResponse:
         credentials = credentials_from_auth(request.auth) if request.HasField("auth") else None
-        pull = self.store.pull(request.image.image, credentials)
+        image_set = self.store.image_set(request.image.runtime_handler)
+        pull = self.store.pull(request.image.image, credentials, image_set=image_set)
         remaining = context.time_remaining()
         if remaining is not None:
             # The call's deadline: the pull is cancelled (and undone) when it passes.
@@ -128,7 +139,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         self, request: api_pb2.RemoveImageRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RemoveImageResponse:
         # api.proto: removing an absent image is not an error; store.remove ignores it.
-        await self.store.remove(request.image.image)
+        await self.store.remove(request.image.image, self.store.image_set(request.image.runtime_handler))
         return api_pb2.RemoveImageResponse()
 
     @cri_rpc

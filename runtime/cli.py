@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from crishim.runtime.config import DEFAULT_CONFIG_FILE, Config, dump_config, load_config
 from crishim.runtime.errors import ConfigError
 from crishim.runtime.version import RUNTIME_API_VERSION, RUNTIME_NAME, __version__

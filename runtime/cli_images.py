@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import click
-
 from crishim.runtime.config import Config
 
 

@@ -65,6 +65,9 @@ async def collect_orphans(svc: Services) -> None:
             await asyncio.to_thread(shutil.rmtree, entry, True)
             removed += 1
 
+    # Image-volume leases of the containers just collected.
+    svc.images.sweep_volume_leases()
+
     # Pins and CNI cache entries no record names: DEL from the cache frees their IPs.
     removed += len(await svc.network.collect_orphans(known_sandboxes))
 

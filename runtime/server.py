@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 
 import grpc
-
 from crishim.cri_api import api_pb2_grpc
 from crishim.runtime.config import Config
 from crishim.runtime.socket import claim_socket_path, restrict_socket

@@ -112,11 +112,12 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
     async with AsyncExitStack() as undo:
         bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
         undo.callback(shutil.rmtree, bundle, True)
+        # The lease comes first: a RemoveImage between mount and lease must not take the layers.
+        svc.images.acquire(image.id, f"container:{container_id}", image_set)
+        undo.callback(svc.images.release, f"container:{container_id}")
         rootfs = bundle / "rootfs"
         await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
         undo.callback(unmount, rootfs)
-        svc.images.acquire(image.id, f"container:{container_id}", image_set)
-        undo.callback(svc.images.release, f"container:{container_id}")
 
         mounts: list[Mount] = list(pod_mounts(sandbox, config))
         image_volume_paths: list[str] = []

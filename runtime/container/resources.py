@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 
-from google.protobuf import json_format
-
 from crishim.cri_api import api_pb2
 from crishim.oci.opts import resources_to_spec
 from crishim.runtime import convert
 from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING
+from google.protobuf import json_format
 
 
 async def update_container_resources(

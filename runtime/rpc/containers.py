@@ -7,8 +7,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-from google.protobuf import json_format
-
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.container import exec as execs
@@ -22,6 +20,7 @@ from crishim.runtime.state.records import (
     CONTAINER_RUNNING,
     ContainerMeta,
 )
+from google.protobuf import json_format
 
 if TYPE_CHECKING:
     from crishim.runtime.services import Services

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-
 from crishim.cri_api import api_pb2
 from crishim.runtime import events
 from crishim.runtime.boundary import cri_rpc

@@ -6,7 +6,6 @@ import json
 from typing import TYPE_CHECKING
 
 import grpc
-
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.config import config_to_dict

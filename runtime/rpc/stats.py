@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-
 from crishim.cgroups import cadvisor
 from crishim.cgroups.records import CgroupStats, PsiStats
 from crishim.cri_api import api_pb2

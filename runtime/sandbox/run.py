@@ -8,20 +8,20 @@ allocation, conmon, runc state, cgroup, directory).
 from __future__ import annotations
 
 import json
-import socket
 import logging
 import shutil
+import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 from crishim.cri_api import api_pb2
 from crishim.oci.inputs import NamespaceMode, SandboxSpecInput
 from crishim.runtime import convert
+from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.errors import AlreadyExists, InvalidArgument
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.oom import clamp_and_log
-from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import SANDBOX_READY, SandboxMeta
@@ -115,11 +115,11 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
             if ip:
                 infra.write_hosts(files.hosts, hostname, ip)
 
+        svc.images.acquire(image.id, f"sandbox:{sandbox_id}")
+        undo.callback(svc.images.release, f"sandbox:{sandbox_id}")
         rootfs = bundle / "rootfs"
         await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
         undo.callback(unmount, rootfs)
-        svc.images.acquire(image.id, f"sandbox:{sandbox_id}")
-        undo.callback(svc.images.release, f"sandbox:{sandbox_id}")
 
         cgroup_parent = linux.cgroup_parent
         cgroups_path = infra.cgroups_path(svc, cgroup_parent, sandbox_id)

@@ -313,7 +313,7 @@ async def test_user_and_groups_from_image(launcher: Launcher, runtime: OciRuntim
     from crishim.oci.inputs import UserSpec
 
     lines = await output_of(launcher, runtime, "id", user=UserSpec(image_user="app"))
-    assert lines == ["uid=1000(app) gid=1000(app) groups=2000(extra)"]
+    assert lines == ["uid=1000(app) gid=1000(app) groups=1000(app),2000(extra)"]
 
 
 async def test_features_probe_matches_handler(runtime: OciRuntime) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from crishim.cri_api import api_pb2 as pb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crishim.cri_api import api_pb2 as pb
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root

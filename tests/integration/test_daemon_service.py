@@ -13,8 +13,8 @@ import time
 
 import grpc
 import pytest
-
 from crishim.cri_api import api_pb2 as pb
+
 from tests.support.cri import code_of, container_config, remove_pod, run_pod, start_container
 from tests.support.daemon import Daemon, running_daemon
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crishim.cri_api import api_pb2 as pb
+
 from tests.support.cri import (
     code_of,
     container_config,

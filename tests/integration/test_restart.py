@@ -9,9 +9,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crishim.cri_api import api_pb2 as pb
-from tests.support.cri import container_config, container_status, remove_pod, run_pod, start_container, wait_exited
+
+from tests.support.cri import (
+    container_config,
+    container_status,
+    remove_pod,
+    run_pod,
+    start_container,
+    wait_exited,
+)
 from tests.support.daemon import Daemon, running_daemon
 
 pytestmark = pytest.mark.root

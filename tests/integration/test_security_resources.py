@@ -7,9 +7,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from crishim.cri_api import api_pb2 as pb
-from tests.support.cri import code_of, container_config, container_status, pod_config, remove_pod, run_pod, start_container
+
+from tests.support.cri import (
+    code_of,
+    container_config,
+    container_status,
+    pod_config,
+    remove_pod,
+    run_pod,
+    start_container,
+)
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root

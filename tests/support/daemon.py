@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-
 from crishim.cri_api import api_pb2, api_pb2_grpc
 from crishim.runtime.network.netns import release_dir
 

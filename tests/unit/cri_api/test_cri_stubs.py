@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from crishim.cri_api import api_pb2, generate
 
 pytest.importorskip("grpc_tools")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from crishim.runtime.config import dump_config, load_config
 from crishim.runtime.errors import ConfigError
 

@@ -22,6 +22,7 @@ from crishim.images.records import ImageRecord
 from crishim.images.registry import Credentials
 from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
+from crishim.runtime import metrics
 from crishim.runtime.boundary import cri_rpc
 
 STREAM_CHUNK = 200  # images per StreamImagesResponse: well under the gRPC message limit
@@ -126,11 +127,19 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
         image_set = self.store.image_set(request.image.runtime_handler)
         pull = self.store.pull(request.image.image, credentials, image_set=image_set)
         remaining = context.time_remaining()
-        if remaining is not None:
-            # The call's deadline: the pull is cancelled (and undone) when it passes.
-            record = await asyncio.wait_for(pull, timeout=max(remaining, 0.001))
-        else:
-            record = await pull
+        metrics.pull_started()
+        started, ok, pulled_before = time.monotonic(), False, self.store.bytes_pulled_total
+        try:
+            if remaining is not None:
+                # The call's deadline: the pull is cancelled (and undone) when it passes.
+                record = await asyncio.wait_for(pull, timeout=max(remaining, 0.001))
+            else:
+                record = await pull
+            ok = True
+        finally:
+            pulled = self.store.bytes_pulled_total - pulled_before
+            metrics.pull_finished(pulled, time.monotonic() - started, ok)
+        self._publish_usage()
         # image_ref is the image ID: the same value Image.id and ContainerStatus.image_id carry.
         return api_pb2.PullImageResponse(image_ref=record.id)
 
@@ -140,7 +149,13 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
     ) -> api_pb2.RemoveImageResponse:
         # api.proto: removing an absent image is not an error; store.remove ignores it.
         await self.store.remove(request.image.image, self.store.image_set(request.image.runtime_handler))
+        self._publish_usage()
         return api_pb2.RemoveImageResponse()
+
+    def _publish_usage(self) -> None:
+        """The image store's size for /metrics (images' compressed sizes, as ListImages reports)."""
+        if metrics.enabled():
+            metrics.set_image_store_usage(sum(r.size for r in self.store.list(None)))
 
     @cri_rpc
     async def ImageFsInfo(

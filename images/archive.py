@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
+from .manifest import INDEX_TYPES
 from .metadata import LayerRow
 from .records import ImageRecord
 from .reference import parse_reference
-from .registry import INDEX_TYPES, RegistryClient
 from .unpack import READ_SIZE, chain_ids, resolve_deferred_links, unpack_layer
 
 if TYPE_CHECKING:
@@ -182,6 +182,8 @@ def _import_sync(store: ImageStore, path: Path) -> list[ImageRecord]:
 def _import_oci(store: ImageStore, src: _Source) -> list[ImageRecord]:
     index = json.loads(src.read("index.json"))
     out: list[ImageRecord] = []
+    from .registry import RegistryClient  # only an import of archives needs the client's parsers
+
     picker = RegistryClient(None, platform=store.registry.platform)
     for entry in index.get("manifests", []):
         annotations = dict(entry.get("annotations") or {})

@@ -39,9 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
-
-import httpx
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import snapshots
 from .content import BlobWriter, ContentStore
@@ -54,10 +52,10 @@ from .errors import (
     NotFound,
     Unavailable,
 )
+from .manifest import BLOB_CHUNK, Credentials, Descriptor, Manifest
 from .metadata import SHARED_SET, Garbage, ImageRow, LayerRow, Metadata
 from .records import ImageRecord, PullProgress
 from .reference import Reference, looks_like_image_id, parse_reference
-from .registry import BLOB_CHUNK, Credentials, Descriptor, Manifest, RegistryClient
 from .unpack import (
     ChunkFeed,
     UnpackResult,
@@ -68,6 +66,9 @@ from .unpack import (
     unpack_layer,
 )
 from .usage import tree_usage
+
+if TYPE_CHECKING:
+    from .registry import RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,12 @@ class _Pending:
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
+def _transport_errors() -> type[Exception]:
+    import httpx
+
+    return httpx.TransportError
+
+
 class _Transient(Exception):
     """A layer download broke mid-stream; the layer is retried from the start."""
 
@@ -149,7 +156,8 @@ class ImageStore:
         self.layers_dir = root / "layers"
         self.layers_dir.mkdir(exist_ok=True)
         self.meta = Metadata(root / "images.db")
-        self.registry = registry or RegistryClient(registries_config_dir)
+        self._registry = registry
+        self._registries_config_dir = registries_config_dir
         self.pull_progress_timeout = pull_progress_timeout
         self.sync_layers = sync_layers
         self._layer_slots = asyncio.Semaphore(max_parallel_layers)
@@ -173,8 +181,18 @@ class ImageStore:
         for shared in list(self._pulls.values()):
             shared.task.cancel()
         await asyncio.gather(*(s.task for s in self._pulls.values()), return_exceptions=True)
-        await self.registry.aclose()
+        if self._registry is not None:
+            await self._registry.aclose()
         self.meta.close()
+
+    @property
+    def registry(self) -> RegistryClient:
+        """The registry client, made on first pull: httpx and TLS stay out of an idle daemon."""
+        if self._registry is None:
+            from .registry import RegistryClient
+
+            self._registry = RegistryClient(self._registries_config_dir)
+        return self._registry
 
     def _recover(self) -> None:
         """After a crash: drop temp files and layer directories the database does not know."""
@@ -666,7 +684,7 @@ class ImageStore:
                         self.bytes_pulled_total += len(chunk)
                         state.touch()
                         self._report(state, desc, downloaded, done=False)
-            except httpx.TransportError as exc:
+            except _transport_errors() as exc:
                 raise _Transient(f"connection broke after {downloaded} bytes: {exc!r}") from exc
             feed.finish()
             row = await asyncio.shield(thread)  # a cancel must not orphan the thread: see below

@@ -70,7 +70,7 @@ class LayerProgress:
 @click.pass_context
 def pull(ctx: click.Context, image: str, username: str | None, password: str | None) -> None:
     """Pull IMAGE into crishim's image store, showing each layer's progress."""
-    from crishim.images.registry import Credentials
+    from crishim.images.manifest import Credentials
     from crishim.runtime.cli import _load
 
     config = _load(ctx)

@@ -18,8 +18,8 @@ from pathlib import Path
 import grpc
 from crishim.cri_api import api_pb2, api_pb2_grpc
 from crishim.images.errors import NotFound
+from crishim.images.manifest import Credentials
 from crishim.images.records import ImageRecord
-from crishim.images.registry import Credentials
 from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
 from crishim.runtime import metrics

@@ -1,0 +1,92 @@
+"""Manifest records, media types and pull credentials: what the store needs without the HTTP client.
+
+Kept apart from registry.py so that importing the store does not import httpx
+and its TLS stack: a daemon that pulls nothing stays small (idle RSS target).
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidArgument
+from .reference import validate_digest
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_SCHEMA1 = (
+    "application/vnd.docker.distribution.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v1+prettyjws",
+)
+INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
+MAX_MANIFEST_BYTES = 4 << 20
+BLOB_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Credentials:
+    """What the CRI AuthConfig carries, without protobuf; secrets never appear in repr()."""
+
+    username: str = ""
+    password: str = ""
+    auth: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, secrets=<redacted>)"
+
+    def user_password(self) -> tuple[str, str] | None:
+        """username/password, or the decoded `auth` field (base64 of `user:password`)."""
+        if self.username or self.password:
+            return self.username, self.password
+        if self.auth:
+            try:
+                decoded = base64.b64decode(self.auth, validate=True).decode()
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidArgument("auth must be base64 of 'username:password'") from exc
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                raise InvalidArgument("auth must be base64 of 'username:password' (no ':' found)")
+            return user, password
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    urls: tuple[str, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> Descriptor:
+        if not isinstance(data, dict) or not isinstance(data.get("digest"), str):
+            raise InvalidArgument(f"{where}: a descriptor lacks a digest")
+        size = data.get("size", -1)
+        if not isinstance(size, int):
+            raise InvalidArgument(f"{where}: descriptor size must be an integer")
+        validate_digest(data["digest"])
+        return cls(
+            media_type=str(data.get("mediaType", "")),
+            digest=data["digest"],
+            size=size,
+            urls=tuple(data.get("urls") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """An image manifest chosen for this platform, and how it was reached."""
+
+    digest: str  # of the manifest itself
+    top_digest: str  # of what the reference named (an index, or this manifest): the repo digest
+    media_type: str
+    raw: bytes
+    config: Descriptor
+    layers: tuple[Descriptor, ...]

@@ -48,6 +48,8 @@ class Services:
     monitor: Any = None  # crishim.runtime.container.monitor.ExitMonitor
     stats: Any = None  # crishim.cgroups.stats.StatsSampler
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Containers inside `runc start`: their exit must not `runc delete` under the start.
+    starting: set[str] = field(default_factory=set)
     stop_metrics: Any = None
 
     @classmethod

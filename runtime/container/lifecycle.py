@@ -47,9 +47,11 @@ async def start_container(svc: Services, container_id: str) -> None:
         svc.monitor.watch(container_id, meta.conmon_pid)
         # Taken before `runc start`: a process that exits at once must not finish before it started.
         started_at = now_ns()
+        svc.starting.add(container_id)
         try:
             await handler.runtime.start(container_id)
         except Exception as exc:
+            svc.starting.discard(container_id)
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
@@ -58,11 +60,15 @@ async def start_container(svc: Services, container_id: str) -> None:
                 exit_code=START_FAILED_EXIT_CODE, reason="StartError", message=message,
             ))
             raise
+        svc.starting.discard(container_id)
         started = svc.state.update_container(
             container_id,
             lambda m: dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=started_at)
             if m.state == CONTAINER_CREATED else dataclasses.replace(m, started_at=started_at),
         )
+        if started.state == CONTAINER_EXITED:
+            # It exited while `runc start` ran; record_exit left the delete to us.
+            await launching.delete_quietly(handler, container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.started_at))
 
 
@@ -87,11 +93,12 @@ async def record_exit(svc: Services, container_id: str) -> None:
         m, state=CONTAINER_EXITED, exit_code=code, finished_at=max(finished, m.started_at), reason=reason,
         message=m.message or message, started_at=m.started_at or finished,
     ))
-    handler = svc.handler(meta.runtime_handler)
-    # The runc state of an exited container is of no more use; delete frees its cgroup.
-    await launching.delete_quietly(handler, container_id)
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
+    # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at))
+    if container_id not in svc.starting:
+        # The runc state of an exited container is of no more use; delete frees its cgroup.
+        await launching.delete_quietly(svc.handler(meta.runtime_handler), container_id)
 
 
 def stop_signal(svc: Services, meta: ContainerMeta) -> int:
@@ -159,10 +166,13 @@ async def remove_container(svc: Services, container_id: str) -> None:
     except NotFound:
         return  # api.proto: RemoveContainer must not error for a removed container
     async with svc.locks.hold(container_id):
+        handler = svc.handler(meta.runtime_handler)
         if meta.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
             await stop_container(svc, container_id, 0)
-        handler = svc.handler(meta.runtime_handler)
-        await launching.kill_and_delete(svc, handler, container_id)
+            await launching.kill_and_delete(svc, handler, container_id)
+        else:
+            # Exited: nothing to kill; the delete is normally done already (record_exit).
+            await launching.delete_quietly(handler, container_id)
         await release_container_files(svc, meta)
         svc.state.delete_container(container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))

@@ -46,6 +46,10 @@ class ExitMonitor:
         fd = self._fds.pop(object_id, None)
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
+            # As the subreaper, the daemon is conmon's parent: reap it now, or it stays a zombie.
+            # After a restart conmon is someone else's child (ECHILD) and PID 1 reaps it.
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG)
             os.close(fd)
         task = asyncio.get_running_loop().create_task(self._handle(object_id))
         self._tasks.add(task)

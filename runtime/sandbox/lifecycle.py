@@ -12,7 +12,7 @@ from crishim.runtime.errors import NotFound
 from crishim.runtime.mounts import unmount
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Services
-from crishim.runtime.state.records import SANDBOX_NOTREADY
+from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_NOTREADY
 
 log = logging.getLogger("crishim.sandbox")
 
@@ -23,6 +23,9 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         sandbox = svc.state.get_sandbox(sandbox_id)
     except NotFound:
         return  # api.proto: StopPodSandbox must not fail when everything is already reclaimed
+    live = [c for c in svc.state.list_containers(sandbox_id) if c.state in (CONTAINER_CREATED, CONTAINER_RUNNING)]
+    if sandbox.state == SANDBOX_NOTREADY and sandbox.network_torn_down and not live:
+        return  # stopped already: the kubelet calls this repeatedly
     async with svc.locks.hold("sandbox:" + sandbox_id):
         await asyncio.gather(*(
             containers.stop_container(svc, c.id, 0) for c in svc.state.list_containers(sandbox_id)
@@ -49,8 +52,6 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
     async with svc.locks.hold("sandbox:" + sandbox_id):
         for container in svc.state.list_containers(sandbox_id):
             await containers.remove_container(svc, container.id)
-        handler = svc.handler(sandbox.runtime_handler)
-        await infra.destroy_infra(svc, handler, sandbox_id)
         bundle = Path(sandbox.bundle)
         await asyncio.to_thread(unmount, bundle / "rootfs")
         if sandbox.netns_path:

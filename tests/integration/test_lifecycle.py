@@ -238,3 +238,22 @@ def test_remove_pod_with_running_containers_leaves_nothing(live_daemon: Daemon, 
     assert not (live_daemon.root / "containers" / cid).exists()
     assert not (live_daemon.root / "sandboxes" / sid).exists()
     assert str(live_daemon.root) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_reopen_replaces_a_planted_symlink_and_never_follows_it(live_daemon: Daemon, busybox: str, tmp_path: Path) -> None:
+    rt = live_daemon.runtime
+    sid, config = run_pod(live_daemon, "symlinklog")
+    try:
+        cmd = ["sh", "-c", "while true; do echo line; sleep 0.1; done"]
+        cid = start_container(live_daemon, sid, config, container_config("talker", busybox, cmd))
+        log = Path(container_status(live_daemon, cid).log_path)
+        victim = tmp_path / "victim"
+        victim.write_text("untouched\n")
+        os.rename(log, log.with_suffix(".1"))
+        log.symlink_to(victim)
+        rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=10)
+        time.sleep(0.3)
+        assert not log.is_symlink() and log.stat().st_size > 0
+        assert victim.read_text() == "untouched\n"
+    finally:
+        remove_pod(live_daemon, sid)

@@ -9,6 +9,7 @@ request ID that also appears in the log line carrying the traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -84,6 +85,25 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     return code  # unreachable: abort raises
 
 
+@contextlib.asynccontextmanager
+async def _guard(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Times the call, converts any exception into the call's status, tells the observers."""
+    started = time.monotonic()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except asyncio.CancelledError:
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the boundary converts everything
+        code = status_for(exc) or grpc.StatusCode.INTERNAL
+        await _abort(context, method, exc)
+    finally:
+        _notify(method, code, started)
+
+
 def cri_rpc(fn: F) -> F:
     """Wraps a unary or server-streaming servicer method in the error boundary."""
     method = fn.__name__
@@ -92,42 +112,18 @@ def cri_rpc(fn: F) -> F:
 
         @functools.wraps(fn)
         async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.monotonic()
-            code = grpc.StatusCode.OK
-            try:
+            async with _guard(method, context):
                 async for item in fn(self, request, context):
                     yield item
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the boundary converts everything
-                code = status_for(exc) or grpc.StatusCode.INTERNAL
-                await _abort(context, method, exc)
-            finally:
-                _notify(method, code, started)
 
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        started = time.monotonic()
-        code = grpc.StatusCode.OK
-        try:
+        async with _guard(method, context):
             result = fn(self, request, context)
             if isinstance(result, Awaitable):
                 result = await result
             return result
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the boundary converts everything
-            code = status_for(exc) or grpc.StatusCode.INTERNAL
-            await _abort(context, method, exc)
-        finally:
-            _notify(method, code, started)
 
     return wrapper  # type: ignore[return-value]

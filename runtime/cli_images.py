@@ -25,6 +25,22 @@ def _store(config: Config):  # type: ignore[no-untyped-def]
     )
 
 
+def _run_with_store(config: Config, work, failure: str) -> None:  # type: ignore[no-untyped-def]
+    """Runs `work(store)` on the configured image store, closing it, turning errors into click's."""
+
+    async def run() -> None:
+        store = _store(config)
+        try:
+            await work(store)
+        finally:
+            await store.aclose()
+
+    try:
+        asyncio.run(run())
+    except Exception as exc:
+        raise click.ClickException(f"{failure}: {exc}") from exc
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if abs(n) < 1000:
@@ -77,20 +93,13 @@ def pull(ctx: click.Context, image: str, username: str | None, password: str | N
     creds = Credentials(username=username or "", password=password or "") if username else None
     bar = LayerProgress()
 
-    async def run() -> None:
-        store = _store(config)
-        try:
-            started = time.monotonic()
-            record = await store.pull(image, creds, bar.update)
-            seconds = time.monotonic() - started
-            click.echo(f"pulled {image} as {record.id} ({_human(record.size)} in {seconds:.1f}s)")
-        finally:
-            await store.aclose()
+    async def work(store) -> None:  # type: ignore[no-untyped-def]
+        started = time.monotonic()
+        record = await store.pull(image, creds, bar.update)
+        seconds = time.monotonic() - started
+        click.echo(f"pulled {image} as {record.id} ({_human(record.size)} in {seconds:.1f}s)")
 
-    try:
-        asyncio.run(run())
-    except Exception as exc:
-        raise click.ClickException(f"pull {image} failed: {exc}") from exc
+    _run_with_store(config, work, f"pull {image} failed")
 
 
 @click.group(invoke_without_command=True)
@@ -126,15 +135,8 @@ def import_images(ctx: click.Context, archive: Path) -> None:
 
     config = _load(ctx.parent)  # type: ignore[arg-type]
 
-    async def run() -> None:
-        store = _store(config)
-        try:
-            for record in await store.import_archive(archive):
-                click.echo(f"imported {', '.join(record.repo_tags) or record.id}")
-        finally:
-            await store.aclose()
+    async def work(store) -> None:  # type: ignore[no-untyped-def]
+        for record in await store.import_archive(archive):
+            click.echo(f"imported {', '.join(record.repo_tags) or record.id}")
 
-    try:
-        asyncio.run(run())
-    except Exception as exc:
-        raise click.ClickException(f"import of {archive} failed: {exc}") from exc
+    _run_with_store(config, work, f"import of {archive} failed")

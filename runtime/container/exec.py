@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 from crishim.oci.runtime import ExecResult
+from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_RUNNING
@@ -14,7 +13,9 @@ from crishim.runtime.state.records import CONTAINER_RUNNING
 
 def exec_process(bundle: str, cmd: list[str], tty: bool = False) -> dict[str, Any]:
     """The container's own process settings (user, env, cwd, capabilities) with another command."""
-    spec = json.loads((Path(bundle) / "config.json").read_text())
+    spec = read_runtime_spec(bundle)
+    if spec is None:
+        raise FailedPrecondition(f"the bundle {bundle} of this container is gone")
     process: dict[str, Any] = dict(spec["process"])
     process["args"] = cmd
     process["terminal"] = tty

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.container import exec as execs
 from crishim.runtime.container import lifecycle, logs, resources
 from crishim.runtime.container.create import create_container
@@ -145,11 +146,7 @@ class ContainerRpcs:
         meta = self.svc.state.get_container(self._container_id(request.container_id))
         response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, meta))
         if request.verbose:
-            try:
-                with open(f"{meta.bundle}/config.json", encoding="utf-8") as fh:
-                    spec = json.load(fh)
-            except OSError:
-                spec = None
+            spec = read_runtime_spec(meta.bundle)
             response.info["info"] = json.dumps({
                 "pid": meta.pid, "sandboxID": meta.sandbox_id, "runtimeHandler": meta.runtime_handler,
                 "bundle": meta.bundle, "rootfs": meta.rootfs, "runtimeSpec": spec,

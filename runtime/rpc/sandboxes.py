@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import grpc
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
 from crishim.runtime.sandbox import lifecycle
@@ -103,12 +104,7 @@ class SandboxRpcs:
         meta = self.svc.state.get_sandbox(self._resolve_sandbox(request.pod_sandbox_id))
         response = api_pb2.PodSandboxStatusResponse(status=sandbox_status(meta))
         if request.verbose:
-            spec_path = f"{meta.bundle}/config.json"
-            try:
-                with open(spec_path, encoding="utf-8") as fh:
-                    spec = json.load(fh)
-            except OSError:
-                spec = None
+            spec = read_runtime_spec(meta.bundle)
             info = {
                 "pid": meta.pid,
                 "runtimeHandler": meta.runtime_handler,

@@ -14,12 +14,41 @@ from crishim.images import snapshots
 from crishim.runtime.services import Services
 
 
-async def mount_image_rootfs(svc: Services, image_id: str, target: Path, bundle: Path) -> None:
+async def mount_image_rootfs(
+    svc: Services, image_id: str, target: Path, bundle: Path, userns_path: str | None = None
+) -> None:
+    """The overlay rootfs; with `userns_path`, over idmapped views of the layers (see idmap.py)."""
     lower = svc.images.layer_paths(image_id)
     upper, work = bundle / "upper", bundle / "work"
     for d in (upper, work, target):
         d.mkdir(parents=True, exist_ok=True)
+    if userns_path:
+        lower = await asyncio.to_thread(_idmapped_layers, lower, bundle / "idmapped", userns_path)
     await asyncio.to_thread(snapshots.mount_rootfs, lower, upper, work, target)
+
+
+def _idmapped_layers(layers: list[Path], base: Path, userns_path: str) -> list[Path]:
+    from crishim.runtime.idmap import idmapped_bind
+
+    views = []
+    try:
+        for i, layer in enumerate(layers):
+            view = base / str(i)
+            idmapped_bind(layer, view, userns_path)
+            views.append(view)
+    except BaseException:
+        unmount_idmapped_layers(base)
+        raise
+    return views
+
+
+def unmount_idmapped_layers(base: Path) -> None:
+    """Undoes _idmapped_layers; absent is fine."""
+    from crishim.runtime.mounts import unmount
+
+    if base.is_dir():
+        for view in base.iterdir():
+            unmount(view)
 
 
 def create_mount_points(rootfs: Path, mounts: list[dict[str, object]]) -> None:

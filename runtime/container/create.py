@@ -116,7 +116,11 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
         svc.images.acquire(image.id, f"container:{container_id}", image_set)
         undo.callback(svc.images.release, f"container:{container_id}")
         rootfs = bundle / "rootfs"
-        await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
+        userns = convert.user_namespace(pod_ns, "sandbox namespace_options")
+        # With a pod user namespace the layers are seen through its mapping (idmapped mounts).
+        userns_path = f"/proc/{sandbox.pid}/ns/user" if userns and handler.features.idmap_mounts else None
+        undo.callback(rootfs_mount.unmount_idmapped_layers, bundle / "idmapped")
+        await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle, userns_path)
         undo.callback(unmount, rootfs)
 
         mounts: list[Mount] = list(pod_mounts(sandbox, config))
@@ -144,7 +148,6 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
                 )
             target_pid = target.pid
 
-        userns = convert.user_namespace(pod_ns, "sandbox namespace_options")
         privileged = sc.privileged
         if privileged and not pod_config.linux.security_context.privileged:
             raise InvalidArgument(f"{field}.privileged needs a privileged pod sandbox")

@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from crishim.cri_api import api_pb2
+from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.container.monitor import read_exit_file
@@ -183,6 +184,7 @@ async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
     for volume in meta.image_volumes:
         await asyncio.to_thread(volumes.unmount_image_volume, svc, Path(volume))
     await asyncio.to_thread(unmount, Path(meta.rootfs))
+    await asyncio.to_thread(rootfs_mount.unmount_idmapped_layers, Path(meta.bundle) / "idmapped")
     svc.images.release(f"container:{meta.id}")
     await asyncio.to_thread(shutil.rmtree, meta.bundle, True)
     (svc.config.exits_dir / meta.id).unlink(missing_ok=True)

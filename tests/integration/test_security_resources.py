@@ -276,3 +276,22 @@ def test_missing_host_path_is_refused(live_daemon: Daemon, busybox: str, pod) ->
     cfg = container_config("nohost", busybox, SLEEP, mounts=[pb.Mount(container_path="/x", host_path="/no/such/dir")])
     assert code_of(live_daemon.runtime.CreateContainer, pb.CreateContainerRequest(
         pod_sandbox_id=sid, config=cfg, sandbox_config=config)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_user_namespace_rootfs_belongs_to_the_container_root(live_daemon: Daemon, busybox: str) -> None:
+    mapping = [pb.IDMapping(host_id=300000, container_id=0, length=65536)]
+    linux = pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+        namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping))))
+    config = pod_config("userns-rootfs", live_daemon, linux=linux)
+    sid = live_daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config, runtime_handler="crun"),
+                                            timeout=60).pod_sandbox_id
+    try:
+        cid = start_container(live_daemon, sid, config, container_config("owner", busybox, SLEEP))
+        # Image files show as the container's root, not as the overflow "nobody".
+        assert exec_out(live_daemon, cid, ["stat", "-c", "%u:%g", "/etc/passwd", "/bin"]).split() == ["0:0", "0:0"]
+        exec_out(live_daemon, cid, ["sh", "-c", "echo written > /etc/new-file && mkdir /root/dir"])
+        upper = live_daemon.root / "containers" / cid / "upper"
+        assert (upper / "etc" / "new-file").stat().st_uid == 300000  # the write landed as the mapped root
+    finally:
+        remove_pod(live_daemon, sid)
+    assert str(live_daemon.root) + "/containers" not in Path("/proc/self/mountinfo").read_text()

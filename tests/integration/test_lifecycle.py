@@ -113,6 +113,14 @@ def test_stop_escalates_to_sigkill_after_the_timeout(live_daemon: Daemon, busybo
     try:
         cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]
         cid = start_container(live_daemon, sid, config, container_config("stubborn", busybox, cmd))
+        # Wait until the shell ignores SIGTERM (bit 15 of SigIgn), or the test races its `trap`.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/1/status"], timeout=5))
+            sig_ign = next(line for line in status.stdout.decode().splitlines() if line.startswith("SigIgn:"))
+            if int(sig_ign.split()[1], 16) & (1 << 14):
+                break
+            time.sleep(0.05)
         started = time.monotonic()
         rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=2), timeout=30)
         elapsed = time.monotonic() - started

@@ -116,9 +116,11 @@ def test_stop_escalates_to_sigkill_after_the_timeout(live_daemon: Daemon, busybo
         # Wait until the shell ignores SIGTERM (bit 15 of SigIgn), or the test races its `trap`.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            status = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["cat", "/proc/1/status"], timeout=5))
-            sig_ign = next(line for line in status.stdout.decode().splitlines() if line.startswith("SigIgn:"))
-            if int(sig_ign.split()[1], 16) & (1 << 14):
+            # The pod shares one PID namespace (CRI's default POD mode): look at every process.
+            scan = "for s in /proc/[0-9]*/status; do grep '^SigIgn' $s; done"
+            status = rt.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", scan], timeout=5))
+            masks = [int(line.split()[1], 16) for line in status.stdout.decode().splitlines()]
+            if any(mask & (1 << 14) for mask in masks):
                 break
             time.sleep(0.05)
         started = time.monotonic()

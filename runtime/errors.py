@@ -13,43 +13,43 @@ class RuntimeError_(Exception):
 
 
 class NotFound(RuntimeError_):
-    pass
+    """The object named does not exist."""
 
 
 class AlreadyExists(RuntimeError_):
-    pass
+    """A live object already uses that name."""
 
 
 class InvalidArgument(RuntimeError_):
-    pass
+    """The request itself is wrong; the message names the field."""
 
 
 class FailedPrecondition(RuntimeError_):
-    pass
+    """The object is not in a state that allows the call."""
 
 
 class Unimplemented(RuntimeError_):
-    pass
+    """The call is not supported."""
 
 
 class Unavailable(RuntimeError_):
-    pass
+    """A dependency (runtime binary, registry) cannot be reached now."""
 
 
 class DeadlineExceeded(RuntimeError_):
-    pass
+    """The work did not finish in time."""
 
 
 class PermissionDenied(RuntimeError_):
-    pass
+    """The caller may not do this."""
 
 
 class ResourceExhausted(RuntimeError_):
-    pass
+    """A limit was hit."""
 
 
 class Internal(RuntimeError_):
-    pass
+    """Something that should not fail did."""
 
 
 class ConfigError(Exception):

@@ -58,8 +58,10 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     claim_socket_path(socket_path)
     services = await Services.start(config)
     server = grpc.aio.server(options=grpc_options())
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)
-    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(services.images, Path(config.root)), server)
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)  # type: ignore[no-untyped-call]
+    api_pb2_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
+        ImageServicer(services.images, Path(config.root)), server
+    )
     server.add_insecure_port(f"unix://{socket_path}")
     await server.start()
     restrict_socket(socket_path)

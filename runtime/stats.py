@@ -45,7 +45,8 @@ def _read(svc: Services, key: str, cgroups_path: str) -> CgroupStats | None:
     except (OSError, ValueError) as exc:
         log.debug("no cgroup stats for %s: %s", key[:13], exc)
         return None
-    return svc.stats.sample(key, stats)
+    sampled: CgroupStats = svc.stats.sample(key, stats)
+    return sampled
 
 
 def _container_sample(svc: Services, meta: ContainerMeta) -> ContainerSample:

@@ -71,10 +71,6 @@ def merged_env(config: api_pb2.ContainerConfig, image_cfg: dict[str, Any]) -> tu
     return tuple(f"{k}={v}" for k, v in env.items())
 
 
-def _namespace_mode(mode: int) -> NamespaceMode:
-    return convert.NAMESPACE_MODES[mode]
-
-
 async def create_container(
     svc: Services, sandbox_id: str, config: api_pb2.ContainerConfig, sandbox_config: api_pb2.PodSandboxConfig
 ) -> str:
@@ -283,12 +279,15 @@ def pod_mounts(sandbox: SandboxMeta, config: api_pb2.ContainerConfig) -> list[Mo
 
 
 def _resources_json(res: api_pb2.LinuxContainerResources) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    return json_format.MessageToDict(res, preserving_proto_field_name=True)
+    return _as_json(res)
 
 
 def _mount_json(m: api_pb2.Mount) -> dict[str, Any]:
+    return _as_json(m)
+
+
+def _as_json(message: Any) -> dict[str, Any]:
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(m, preserving_proto_field_name=True)
+    data: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return data

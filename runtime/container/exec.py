@@ -30,4 +30,7 @@ async def exec_sync(svc: Services, container_id: str, cmd: list[str], timeout: i
     handler = svc.handler(meta.runtime_handler)
     process = exec_process(meta.bundle, cmd)
     # api.proto: timeout 0 means no timeout.
-    return await handler.runtime.exec(container_id, process, time_limit=float(timeout) if timeout > 0 else None)
+    result: ExecResult = await handler.runtime.exec(
+        container_id, process, time_limit=float(timeout) if timeout > 0 else None
+    )
+    return result

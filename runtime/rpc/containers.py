@@ -33,7 +33,7 @@ STATE = {
 }
 
 
-def container_state(meta: ContainerMeta) -> int:
+def container_state(meta: ContainerMeta) -> api_pb2.ContainerState:
     return STATE.get(meta.state, api_pb2.CONTAINER_UNKNOWN)
 
 

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 STATE = {SANDBOX_READY: api_pb2.SANDBOX_READY}
 
 
-def sandbox_state(meta: SandboxMeta) -> int:
+def sandbox_state(meta: SandboxMeta) -> api_pb2.PodSandboxState:
     return STATE.get(meta.state, api_pb2.SANDBOX_NOTREADY)
 
 

@@ -161,8 +161,8 @@ async def serve_websocket(
         await data_out.write(prefix)
         await err_out.write(prefix)
         jobs.append(forward_one(backend, request, port, data_in, data_out, err_out))
-    run = asyncio.ensure_future(asyncio.gather(*jobs))
-    gone = asyncio.ensure_future(conn.wait_closed())
+    run: asyncio.Future[Any] = asyncio.ensure_future(asyncio.gather(*jobs))
+    gone: asyncio.Future[Any] = asyncio.ensure_future(conn.wait_closed())
     try:
         await asyncio.wait({run, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -258,7 +258,7 @@ class StreamingServer:
         request: StreamRequest,
     ) -> None:
         is_pf = isinstance(request, PortForwardRequest)
-        supported = portforward.WEBSOCKET_PROTOCOLS if is_pf else remotecommand.WEBSOCKET_PROTOCOLS
+        supported: tuple[str, ...] = portforward.WEBSOCKET_PROTOCOLS if is_pf else remotecommand.WEBSOCKET_PROTOCOLS
         if is_pf:
             supported = (portforward.SPDY_TUNNEL_PORTFORWARD, *supported)
         accepted = await handshake(raw, reader, writer, supported)

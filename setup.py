@@ -3,6 +3,7 @@
 pyproject.toml maps crishim.runtime -> runtime/ (and so on); setuptools still
 needs each subpackage named, which this walk provides without a hand-kept list.
 """
+
 from pathlib import Path
 
 from setuptools import setup
@@ -18,4 +19,11 @@ def crishim_packages() -> list[str]:
     return found
 
 
-setup(packages=crishim_packages(), package_data={"crishim.cri_api": ["*.proto"], "crishim.oci": ["*.json"], "crishim.runtime": ["*.service", "*.toml", "*.conflist"]})
+setup(
+    packages=crishim_packages(),
+    package_data={
+        "crishim.cri_api": ["*.proto"],
+        "crishim.oci": ["*.json"],
+        "crishim.runtime": ["*.service", "*.toml", "*.conflist"],
+    },
+)

@@ -155,8 +155,7 @@ def _is_cgroup_mount_of(point: str, controller: str, mountinfo: str) -> bool:
     with open(mountinfo) as f:
         mounts = _parse_mountinfo(f.read())
     return any(
-        m.point == point and m.fstype == "cgroup" and controller in _v1_controllers(m.super_options)
-        for m in mounts
+        m.point == point and m.fstype == "cgroup" and controller in _v1_controllers(m.super_options) for m in mounts
     )
 
 

@@ -99,9 +99,7 @@ def write_value(path: str, value: str | int) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     except FileNotFoundError:
-        raise NotFound(
-            f"cgroup file {path} does not exist: is the cgroup (and its controller) there?"
-        ) from None
+        raise NotFound(f"cgroup file {path} does not exist: is the cgroup (and its controller) there?") from None
     except PermissionError as e:
         raise PermissionDenied(f"cannot open {path}: {e.strerror}; the daemon must run as root") from None
     try:

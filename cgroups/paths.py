@@ -79,14 +79,10 @@ def _check_cgroupfs_path(path: str, what: str) -> str:
 
 def _check_id(container_id: str) -> None:
     if not _ID.match(container_id):
-        raise InvalidArgument(
-            f"container id {container_id!r} cannot name a cgroup: use letters, digits, '_', '.', '-'"
-        )
+        raise InvalidArgument(f"container id {container_id!r} cannot name a cgroup: use letters, digits, '_', '.', '-'")
 
 
-def container_cgroups_path(
-    parent: str, container_id: str, driver: str, prefix: str = DEFAULT_SCOPE_PREFIX
-) -> str:
+def container_cgroups_path(parent: str, container_id: str, driver: str, prefix: str = DEFAULT_SCOPE_PREFIX) -> str:
     """The OCI linux.cgroupsPath for a container under `parent` (empty = default parent).
 
     cgroupfs: `/kubepods/burstable/podUID/CID`; systemd: `kubepods-burstable-podUID.slice:crishim:CID`.

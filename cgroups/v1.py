@@ -172,9 +172,7 @@ class V1Cgroup:
         if memsw is not None and not os.path.exists(sw_file):
             memsw = None
         if memsw is not None and memory is not None and memsw != -1 and memory != -1 and memsw < memory:
-            raise InvalidArgument(
-                f"memory_swap_limit_in_bytes ({memsw}) must be >= memory_limit_in_bytes ({memory})"
-            )
+            raise InvalidArgument(f"memory_swap_limit_in_bytes ({memsw}) must be >= memory_limit_in_bytes ({memory})")
         # memsw must stay >= memory at every step: when raising memory, raise memsw first.
         current = _limit(read_opt_int(mem_file))
         raising = memory is not None and (memory == -1 or (current is not None and memory > current))

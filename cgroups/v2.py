@@ -119,9 +119,7 @@ class V2Cgroup:
             write_value(self._file("pids.max"), "max" if res.pids_limit <= 0 else str(res.pids_limit))
         for key, value in res.unified.items():
             if not _UNIFIED_KEY.match(key):
-                raise InvalidArgument(
-                    f"unified cgroup key {key!r} is not a cgroup file name (like memory.high)"
-                )
+                raise InvalidArgument(f"unified cgroup key {key!r} is not a cgroup file name (like memory.high)")
             f = self._file(key)
             if not os.path.exists(f):
                 raise InvalidArgument(
@@ -146,9 +144,7 @@ class V2Cgroup:
                 "as the difference of the two"
             )
         if memsw < memory:
-            raise InvalidArgument(
-                f"memory_swap_limit_in_bytes ({memsw}) must be >= memory_limit_in_bytes ({memory})"
-            )
+            raise InvalidArgument(f"memory_swap_limit_in_bytes ({memsw}) must be >= memory_limit_in_bytes ({memory})")
         write_value(swap_file, memsw - memory)
 
     # -- stats ---------------------------------------------------------------------------------
@@ -159,9 +155,7 @@ class V2Cgroup:
         if not os.path.isdir(d):
             raise NotFound(f"cgroup {self.path} does not exist under {self.mount}")
         cpu_stat = read_kv(os.path.join(d, "cpu.stat"))
-        cpu = CpuStats(
-            now, cpu_stat.get("usage_usec", 0) * 1000, None, read_psi(os.path.join(d, "cpu.pressure"))
-        )
+        cpu = CpuStats(now, cpu_stat.get("usage_usec", 0) * 1000, None, read_psi(os.path.join(d, "cpu.pressure")))
         memory, swap = self._memory_stats(now)
         current = read_opt_int(os.path.join(d, "pids.current"))
         process = (

@@ -183,7 +183,9 @@ def pod_config(
     name = prefix + new_uuid()
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
-            name=name, uid=UID_PREFIX + new_uuid(), namespace=NAMESPACE_PREFIX + new_uuid(),
+            name=name,
+            uid=UID_PREFIX + new_uuid(),
+            namespace=NAMESPACE_PREFIX + new_uuid(),
             attempt=DEFAULT_ATTEMPT,
         ),
         labels=dict(labels or {}),
@@ -241,8 +243,9 @@ def container_config(
 # ---- pods ------------------------------------------------------------------------------------
 
 
-def run_pod(daemon: HasChannel, config: pb.PodSandboxConfig | None = None, *, prefix: str = "pod-",
-            handler: str = "") -> tuple[str, pb.PodSandboxConfig]:
+def run_pod(
+    daemon: HasChannel, config: pb.PodSandboxConfig | None = None, *, prefix: str = "pod-", handler: str = ""
+) -> tuple[str, pb.PodSandboxConfig]:
     """RunPodSandbox with `config` (default: critest's default pod); returns (pod id, config)."""
     cfg = config if config is not None else pod_config(daemon, prefix)
     req = pb.RunPodSandboxRequest(config=cfg, runtime_handler=handler)
@@ -265,8 +268,9 @@ def cleanup_pod(daemon: HasChannel, pod_id: str) -> None:
 
 
 @contextlib.contextmanager
-def pod(daemon: HasChannel, config: pb.PodSandboxConfig | None = None, *, prefix: str = "pod-",
-        handler: str = "") -> Iterator[tuple[str, pb.PodSandboxConfig]]:
+def pod(
+    daemon: HasChannel, config: pb.PodSandboxConfig | None = None, *, prefix: str = "pod-", handler: str = ""
+) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
     """Runs a pod for the block, then stops and removes it even when the block failed."""
     pod_id, cfg = run_pod(daemon, config, prefix=prefix, handler=handler)
     try:
@@ -277,7 +281,8 @@ def pod(daemon: HasChannel, config: pb.PodSandboxConfig | None = None, *, prefix
 
 def pod_status(daemon: HasChannel, pod_id: str, *, verbose: bool = False) -> pb.PodSandboxStatusResponse:
     return rt(daemon).PodSandboxStatus(
-        pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=verbose), timeout=CALL_TIMEOUT)
+        pb.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=verbose), timeout=CALL_TIMEOUT
+    )
 
 
 def list_pods(daemon: HasChannel, filter: pb.PodSandboxFilter | None = None) -> list[pb.PodSandbox]:
@@ -332,8 +337,9 @@ def list_images(daemon: HasChannel, filter: pb.ImageFilter | None = None) -> lis
 # ---- containers ------------------------------------------------------------------------------
 
 
-def create_container(daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxConfig,
-                     config: pb.ContainerConfig) -> str:
+def create_container(
+    daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig
+) -> str:
     """framework.CreateContainer: pull the image when absent, set user_specified_image, create."""
     ref = normalize_image(config.image.image)
     if image_status(daemon, ref) is None:
@@ -341,19 +347,23 @@ def create_container(daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxC
     if not config.image.user_specified_image:
         config.image.user_specified_image = ref
     resp = rt(daemon).CreateContainer(
-        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config),
-        timeout=CALL_TIMEOUT)
+        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=pod_config), timeout=CALL_TIMEOUT
+    )
     return resp.container_id  # type: ignore[no-any-return]
 
 
-def create_default_container(daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxConfig, prefix: str,
-                             labels: Mapping[str, str] | None = None) -> str:
+def create_default_container(
+    daemon: HasChannel,
+    pod_id: str,
+    pod_config: pb.PodSandboxConfig,
+    prefix: str,
+    labels: Mapping[str, str] | None = None,
+) -> str:
     """framework.CreateDefaultContainer(WithLabels): busybox running `top`."""
     return create_container(daemon, pod_id, pod_config, container_config(prefix, labels=labels))
 
 
-def create_pause_container(daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxConfig,
-                           prefix: str) -> str:
+def create_pause_container(daemon: HasChannel, pod_id: str, pod_config: pb.PodSandboxConfig, prefix: str) -> str:
     """framework.CreatePauseContainer: busybox running `sh -c top`."""
     return create_container(daemon, pod_id, pod_config, container_config(prefix, command=PAUSE_COMMAND))
 
@@ -363,8 +373,9 @@ def start(daemon: HasChannel, container_id: str) -> None:
 
 
 def stop(daemon: HasChannel, container_id: str, timeout: int = STOP_TIMEOUT) -> None:
-    rt(daemon).StopContainer(pb.StopContainerRequest(container_id=container_id, timeout=timeout),
-                             timeout=timeout + CALL_TIMEOUT)
+    rt(daemon).StopContainer(
+        pb.StopContainerRequest(container_id=container_id, timeout=timeout), timeout=timeout + CALL_TIMEOUT
+    )
 
 
 def remove_container(daemon: HasChannel, container_id: str) -> None:
@@ -372,8 +383,9 @@ def remove_container(daemon: HasChannel, container_id: str) -> None:
 
 
 def container_status(daemon: HasChannel, container_id: str, *, verbose: bool = False) -> pb.ContainerStatus:
-    resp = rt(daemon).ContainerStatus(pb.ContainerStatusRequest(container_id=container_id, verbose=verbose),
-                                      timeout=CALL_TIMEOUT)
+    resp = rt(daemon).ContainerStatus(
+        pb.ContainerStatusRequest(container_id=container_id, verbose=verbose), timeout=CALL_TIMEOUT
+    )
     return resp.status
 
 
@@ -385,8 +397,14 @@ def list_containers(daemon: HasChannel, filter: pb.ContainerFilter | None = None
 T = TypeVar("T")
 
 
-def eventually(probe: Callable[[], T], ok: Callable[[T], bool], *, timeout: float = 30.0,
-               interval: float = 0.1, what: str = "condition") -> T:
+def eventually(
+    probe: Callable[[], T],
+    ok: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> T:
     """Polls `probe` until `ok(value)`; fails with the last value seen (gomega's Eventually)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -398,11 +416,14 @@ def eventually(probe: Callable[[], T], ok: Callable[[T], bool], *, timeout: floa
         time.sleep(interval)
 
 
-def wait_state(daemon: HasChannel, container_id: str, state: int,
-               timeout: float = 60.0) -> pb.ContainerStatus:
+def wait_state(daemon: HasChannel, container_id: str, state: int, timeout: float = 60.0) -> pb.ContainerStatus:
     """Polls ContainerStatus until the container is in `state` (pb.CONTAINER_RUNNING...)."""
-    return eventually(lambda: container_status(daemon, container_id), lambda s: s.state == state,
-                      timeout=timeout, what=f"container {container_id} state {pb.ContainerState.Name(state)}")
+    return eventually(
+        lambda: container_status(daemon, container_id),
+        lambda s: s.state == state,
+        timeout=timeout,
+        what=f"container {container_id} state {pb.ContainerState.Name(state)}",
+    )
 
 
 def start_and_wait_running(daemon: HasChannel, container_id: str) -> None:
@@ -417,12 +438,13 @@ def stop_and_wait_exited(daemon: HasChannel, container_id: str) -> None:
     wait_state(daemon, container_id, pb.CONTAINER_EXITED)
 
 
-def exec_sync(daemon: HasChannel, container_id: str, cmd: Sequence[str],
-              timeout: int = EXEC_SYNC_TIMEOUT) -> pb.ExecSyncResponse:
+def exec_sync(
+    daemon: HasChannel, container_id: str, cmd: Sequence[str], timeout: int = EXEC_SYNC_TIMEOUT
+) -> pb.ExecSyncResponse:
     """ExecSync with critest's 30 s default timeout; returns the whole response."""
     return rt(daemon).ExecSync(
-        pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout),
-        timeout=timeout + CALL_TIMEOUT)
+        pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout), timeout=timeout + CALL_TIMEOUT
+    )
 
 
 def exec_ok(daemon: HasChannel, container_id: str, cmd: Sequence[str]) -> str:
@@ -449,8 +471,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return resp.status, resp.read()
 
 
-def check_main_page(daemon: HasChannel, pod_id: str, host_port: int, container_port: int,
-                    timeout: float = 60.0) -> bytes:
+def check_main_page(
+    daemon: HasChannel, pod_id: str, host_port: int, container_port: int, timeout: float = 60.0
+) -> bytes:
     """critest's checkMainPage: GET 127.0.0.1:host_port, or the pod IP:container_port, until 200."""
     if host_port:
         url = f"http://127.0.0.1:{host_port}/"

@@ -75,9 +75,7 @@ def log_entries(pod_config: pb.PodSandboxConfig, log_path: str) -> list[LogEntry
     return [LogEntry(stream=stream, log=content + "\n") for _, stream, _, content in cri.parse_cri_log(text)]
 
 
-def assert_log_contains(
-    pod_config: pb.PodSandboxConfig, log_path: str, expected: str, stream: str = "stdout"
-) -> None:
+def assert_log_contains(pod_config: pb.PodSandboxConfig, log_path: str, expected: str, stream: str = "stdout") -> None:
     """critest's verifyLogContents: some log line on `stream` equals `expected` exactly."""
     entries = log_entries(pod_config, log_path)
     assert any(e.log == expected and e.stream == stream for e in entries), (
@@ -85,9 +83,7 @@ def assert_log_contains(
     )
 
 
-def assert_log_matches(
-    pod_config: pb.PodSandboxConfig, log_path: str, pattern: str, stream: str = "stdout"
-) -> None:
+def assert_log_matches(pod_config: pb.PodSandboxConfig, log_path: str, pattern: str, stream: str = "stdout") -> None:
     """critest's verifyLogContentsRe: some log line on `stream` matches the regular expression."""
     entries = log_entries(pod_config, log_path)
     regex = re.compile(pattern)
@@ -109,9 +105,7 @@ def exec_fails(resp: pb.ExecSyncResponse) -> bool:
     return bool(resp.exit_code != 0)
 
 
-def handler_features(
-    daemon: cri.HasChannel, handler: str = RUNTIME_HANDLER
-) -> pb.RuntimeHandlerFeatures | None:
+def handler_features(daemon: cri.HasChannel, handler: str = RUNTIME_HANDLER) -> pb.RuntimeHandlerFeatures | None:
     """The features Status advertises for `handler` ("" is the default one), or None if not listed."""
     status = cri.rt(daemon).Status(pb.StatusRequest(), timeout=cri.CALL_TIMEOUT)
     for h in status.runtime_handlers:

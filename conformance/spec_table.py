@@ -86,7 +86,7 @@ def _cause(message: str, text: str) -> str:
     cause = details.group(1)
     runc_msg = cause.rfind('msg="')
     if runc_msg >= 0:
-        cause = cause[:cause.find(" failed: ") + 9 if " failed: " in cause else 0] + cause[runc_msg + 5:]
+        cause = cause[: cause.find(" failed: ") + 9 if " failed: " in cause else 0] + cause[runc_msg + 5 :]
     cause = normalize(cause).rstrip('"')
     return f"gRPC {_grpc_code(text)}: {cause}"
 

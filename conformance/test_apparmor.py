@@ -85,9 +85,7 @@ def default_pod(daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
         yield entry
 
 
-def security_context(
-    *, legacy: str | None = None, field: str | None = None
-) -> pb.LinuxContainerSecurityContext:
+def security_context(*, legacy: str | None = None, field: str | None = None) -> pb.LinuxContainerSecurityContext:
     """The deprecated apparmor_profile string and/or the apparmor SecurityProfile (localhost type)."""
     sc = pb.LinuxContainerSecurityContext()
     if legacy is not None:

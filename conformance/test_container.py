@@ -140,12 +140,14 @@ def test_exec_sync_timeout_fails_and_kills_the_process(daemon, pod) -> None:  # 
     cid = cri.create_default_container(daemon, pod_id, cfg, "container-for-execSync-timeout-test-")
     cri.start(daemon, cid)
     # critest sets a 1 s gRPC deadline and the same timeout in the request; either way it must error.
-    code = cri.rpc_code(lambda: cri.rt(daemon).ExecSync(
-        pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "4321"], timeout=1), timeout=1.0))
+    code = cri.rpc_code(
+        lambda: cri.rt(daemon).ExecSync(
+            pb.ExecSyncRequest(container_id=cid, cmd=["sleep", "4321"], timeout=1), timeout=1.0
+        )
+    )
     assert code is not None, "ExecSync of `sleep 4321` with a 1 s timeout returned successfully"
     # The intent, checked without relying on the image: no `sleep` process is left.
-    scan = ("for f in /proc/[0-9]*/comm; do read c < $f 2>/dev/null && [ \"$c\" = sleep ] && echo $f; done;"
-            " true")
+    scan = 'for f in /proc/[0-9]*/comm; do read c < $f 2>/dev/null && [ "$c" = sleep ] && echo $f; done; true'
     left = cri.exec_sync(daemon, cid, ["sh", "-c", scan])
     assert left.stdout.strip() == b"", f"the timed-out exec is still running: {left.stdout!r}"
     # critest's own check, which needs a pgrep in the image.
@@ -162,8 +164,7 @@ def test_container_stats_by_id(daemon, pod) -> None:  # type: ignore[no-untyped-
     pod_id, cfg = pod
     cid = cri.create_default_container(daemon, pod_id, cfg, "container-for-stats-")
     cri.start(daemon, cid)
-    stats = cri.rt(daemon).ContainerStats(pb.ContainerStatsRequest(container_id=cid),
-                                          timeout=cri.CALL_TIMEOUT).stats
+    stats = cri.rt(daemon).ContainerStats(pb.ContainerStatsRequest(container_id=cid), timeout=cri.CALL_TIMEOUT).stats
     assert stats.attributes.id == cid
     assert "container-for-stats-" in stats.attributes.metadata.name
     assert stats.cpu.timestamp != 0
@@ -192,8 +193,7 @@ def test_list_stats_of_three_containers_without_filter(daemon, pod) -> None:  # 
     """[k8s.io] Container runtime should support basic operations on container
     runtime should support listing stats for three created containers when filter is nil. [Conformance]"""
     pod_id, cfg = pod
-    cids = [cri.create_default_container(daemon, pod_id, cfg, "container-for-stats-with-nil-filter-")
-            for _ in range(3)]
+    cids = [cri.create_default_container(daemon, pod_id, cfg, "container-for-stats-with-nil-filter-") for _ in range(3)]
     for cid in cids:
         cri.start(daemon, cid)
     stats = _stats(daemon, None)
@@ -296,15 +296,14 @@ def test_reopen_container_log_starts_a_new_file(daemon, log_pod) -> None:  # typ
     cid = cri.create_container(daemon, pod_id, cfg, config)
     cri.start(daemon, cid)
     log = Path(cfg.log_directory, config.log_path)
-    cri.eventually(lambda: log.exists() and _log_entries(cfg, config.log_path), bool, timeout=60,
-                   what="first container log lines")
+    cri.eventually(
+        lambda: log.exists() and _log_entries(cfg, config.log_path), bool, timeout=60, what="first container log lines"
+    )
     moved = log.with_name(log.name + ".new")
     log.rename(moved)
-    cri.rt(daemon).ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid),
-                                      timeout=cri.CALL_TIMEOUT)
+    cri.rt(daemon).ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid), timeout=cri.CALL_TIMEOUT)
     assert log.exists(), "ReopenContainerLog did not create a new log file"
-    cri.eventually(lambda: _log_entries(cfg, config.log_path), bool, timeout=60,
-                   what="lines in the reopened log")
+    cri.eventually(lambda: _log_entries(cfg, config.log_path), bool, timeout=60, what="lines in the reopened log")
     old_length = len(cri.parse_cri_log(moved.read_text()))
     # critest watches for 5 s; the container writes every second, so 3 s is enough to catch a stray write.
     for _ in range(3):

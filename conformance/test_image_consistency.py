@@ -63,16 +63,22 @@ def test_concurrent_removals_all_succeed(daemon) -> None:  # type: ignore[no-unt
     assert cri.image_status(daemon, image_id) is None
 
 
-def _container_from_ref(daemon, pod_id: str, cfg: pb.PodSandboxConfig, prefix: str,  # type: ignore[no-untyped-def]
-                        image_ref: str, user_ref: str) -> str:
+def _container_from_ref(
+    daemon,
+    pod_id: str,
+    cfg: pb.PodSandboxConfig,
+    prefix: str,  # type: ignore[no-untyped-def]
+    image_ref: str,
+    user_ref: str,
+) -> str:
     # critest creates this container directly: image = the pulled image_ref, no command, no Linux config.
     config = pb.ContainerConfig(
         metadata=pb.ContainerMetadata(name=prefix + cri.new_uuid(), attempt=cri.DEFAULT_ATTEMPT),
         image=pb.ImageSpec(image=image_ref, user_specified_image=user_ref),
     )
     resp = cri.rt(daemon).CreateContainer(
-        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=cfg),
-        timeout=cri.CALL_TIMEOUT)
+        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=cfg), timeout=cri.CALL_TIMEOUT
+    )
     return resp.container_id  # type: ignore[no-any-return]
 
 

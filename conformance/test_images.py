@@ -18,12 +18,14 @@ ALL_REFERENCES = STAGING + "test-image-tag:all"
 DIFFERENT_IMAGES = [STAGING + f"test-image-{n}:latest" for n in (1, 2, 3)]
 SAME_IMAGE_TAGS = [STAGING + f"test-image-tags:{n}" for n in (1, 2, 3)]
 SAME_IMAGE_REGISTRIES = ["registry.k8s.io/pause:3.9", "k8s.gcr.io/pause:3.9"]
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-])
+MANIFEST_TYPES = ", ".join(
+    [
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+    ]
+)
 
 
 def _pull_and_remove(daemon, ref: str) -> pb.Image:  # type: ignore[no-untyped-def]
@@ -46,8 +48,9 @@ def test_pull_by_tag_then_remove(daemon) -> None:  # type: ignore[no-untyped-def
 
 def test_pull_with_expired_deadline_fails_deadline_exceeded(daemon) -> None:  # type: ignore[no-untyped-def]
     """[k8s.io] Image Manager public image should timeout if requested [Conformance] [Serial]"""
-    code = cri.rpc_code(lambda: cri.img(daemon).PullImage(
-        pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001))
+    code = cri.rpc_code(
+        lambda: cri.img(daemon).PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001)
+    )
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
@@ -61,8 +64,11 @@ def test_pull_by_digest_has_digest_and_no_tag(daemon, registry, critest_images) 
     """[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance] [Serial]"""
     # critest pulls test-image-digest@sha256:9700f9a2..., a digest of upstream bytes we cannot
     # rebuild; our test-image-digest has its own digest, which we ask the registry for.
-    resp = httpx.head(f"{registry.url}/v2/k8s-staging-cri-tools/test-image-digest/manifests/latest",
-                      headers={"Accept": MANIFEST_TYPES}, timeout=10)
+    resp = httpx.head(
+        f"{registry.url}/v2/k8s-staging-cri-tools/test-image-digest/manifests/latest",
+        headers={"Accept": MANIFEST_TYPES},
+        timeout=10,
+    )
     resp.raise_for_status()
     ref = f"{STAGING}test-image-digest@{resp.headers['Docker-Content-Digest']}"
     status = _pull_and_remove(daemon, ref)
@@ -82,12 +88,15 @@ def test_image_status_by_id_tag_and_digest_agree(daemon) -> None:  # type: ignor
     assert cri.image_status(daemon, ALL_REFERENCES) is None
 
 
-@pytest.mark.parametrize(("image", "uid", "username"), [
-    pytest.param(STAGING + "test-image-user-uid", 1002, "", id="uid-only"),
-    pytest.param(STAGING + "test-image-user-username", 0, "www-data", id="username-only"),
-    pytest.param(STAGING + "test-image-user-uid-group", 1003, "", id="uid-group"),
-    pytest.param(STAGING + "test-image-user-username-group", 0, "www-data", id="username-group"),
-])
+@pytest.mark.parametrize(
+    ("image", "uid", "username"),
+    [
+        pytest.param(STAGING + "test-image-user-uid", 1002, "", id="uid-only"),
+        pytest.param(STAGING + "test-image-user-username", 0, "www-data", id="username-only"),
+        pytest.param(STAGING + "test-image-user-uid-group", 1003, "", id="uid-group"),
+        pytest.param(STAGING + "test-image-user-username-group", 0, "www-data", id="username-group"),
+    ],
+)
 def test_image_status_reports_image_user(daemon, image: str, uid: int, username: str) -> None:  # type: ignore[no-untyped-def]
     """[k8s.io] Image Manager image status get image fields should not have Uid|Username empty
     [Conformance] [Serial]"""

@@ -91,9 +91,7 @@ def _check_propagation(daemon: Daemon, propagation: int) -> None:
             "mount-propagation-test-",
             command=cri.PAUSE_COMMAND,
             linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=True)),
-            mounts=[
-                pb.Mount(host_path=str(mnt_source), container_path=str(mnt_source), propagation=propagation)
-            ],
+            mounts=[pb.Mount(host_path=str(mnt_source), container_path=str(mnt_source), propagation=propagation)],
         )
         cid = cri.create_container(daemon, pod_id, pod_cfg, config)
 
@@ -198,9 +196,7 @@ def _check_readonly_mount(daemon: Daemon, rro: bool) -> None:
         cri.start(daemon, cid)
         wait_running(daemon, cid)
         if rro:
-            cri.exec_ok(
-                daemon, cid, ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"']
-            )
+            cri.exec_ok(daemon, cid, ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"'])
         else:
             cri.exec_ok(daemon, cid, ["touch", "/mnt/tmpfs/file"])
 
@@ -230,9 +226,7 @@ def _check_rro_refused(daemon: Daemon, *, readonly: bool, propagation: int) -> N
                 propagation=propagation,
             )
         ]
-        code = cri.rpc_code(
-            lambda: cri.create_container(daemon, pod_id, pod_cfg, mount_container_config(mounts))
-        )
+        code = cri.rpc_code(lambda: cri.create_container(daemon, pod_id, pod_cfg, mount_container_config(mounts)))
         assert code is not None, "CreateContainer accepted an invalid recursive read-only mount"
 
 

@@ -31,12 +31,15 @@ class MultiPod:
 def multi_pod(daemon, critest_images: dict[str, str]) -> Iterator[MultiPod]:  # type: ignore[no-untyped-def]
     """critest's BeforeEach: a pod with a log dir and port 80, a running httpd and a running busybox."""
     if HTTPD_IMAGE not in critest_images:
-        pytest.fail(f"{HTTPD_IMAGE} is not among the images scripts/build-test-images pushes: "
-                    "critest's multi-container specs run it")
+        pytest.fail(
+            f"{HTTPD_IMAGE} is not among the images scripts/build-test-images pushes: "
+            "critest's multi-container specs run it"
+        )
     base = tempfile.mkdtemp(prefix="podLogTest")
     try:
-        config = cri.pod_config(daemon, "PodSandbox-for-multi-container-test-",
-                                port_mappings=[pb.PortMapping(container_port=HTTPD_PORT)])
+        config = cri.pod_config(
+            daemon, "PodSandbox-for-multi-container-test-", port_mappings=[pb.PortMapping(container_port=HTTPD_PORT)]
+        )
         config.log_directory = os.path.join(base, config.metadata.name)
         os.makedirs(config.log_directory, mode=0o777)
         with cri.pod(daemon, config) as (pod_id, cfg):
@@ -58,8 +61,7 @@ def multi_pod(daemon, critest_images: dict[str, str]) -> Iterator[MultiPod]:  # 
 def _wait_log(daemon, cid: str, text: str) -> None:  # type: ignore[no-untyped-def]
     """The log file ContainerStatus names holds `text` within a minute (critest polls every 100 ms)."""
     path = Path(cri.container_status(daemon, cid).log_path)
-    cri.eventually(lambda: path.exists() and text in path.read_text(), bool, timeout=60,
-                   what=f"{text!r} in {path}")
+    cri.eventually(lambda: path.exists() and text in path.read_text(), bool, timeout=60, what=f"{text!r} in {path}")
 
 
 def test_httpd_reachable_on_pod_ip(daemon, multi_pod: MultiPod) -> None:  # type: ignore[no-untyped-def]

@@ -14,20 +14,30 @@ WEB_PORT = 80
 HOST_PORT_FOR_MAPPING = 12000
 
 
-def web_server_container(daemon, pod_id: str, cfg: pb.PodSandboxConfig, prefix: str,  # type: ignore[no-untyped-def]
-                         image: str = WEB_SERVER_IMAGE) -> str:
+def web_server_container(
+    daemon,
+    pod_id: str,
+    cfg: pb.PodSandboxConfig,
+    prefix: str,  # type: ignore[no-untyped-def]
+    image: str = WEB_SERVER_IMAGE,
+) -> str:
     """critest's createWebServerContainer: the image's own command, an empty Linux config."""
     return cri.create_container(daemon, pod_id, cfg, cri.container_config(prefix, image=image, command=None))
 
 
-def port_mapping_pod(daemon, mappings: list[pb.PortMapping], *,  # type: ignore[no-untyped-def]
-                     host_network: bool = False) -> pb.PodSandboxConfig:
+def port_mapping_pod(
+    daemon,
+    mappings: list[pb.PortMapping],
+    *,  # type: ignore[no-untyped-def]
+    host_network: bool = False,
+) -> pb.PodSandboxConfig:
     """critest's createPodSandboxWithPortMapping config."""
     security = None
     if host_network:
         security = pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(network=pb.NODE))
-    return cri.pod_config(daemon, "create-PodSandbox-with-port-mapping", port_mappings=mappings,
-                          security_context=security)
+    return cri.pod_config(
+        daemon, "create-PodSandbox-with-port-mapping", port_mappings=mappings, security_context=security
+    )
 
 
 def test_pod_dns_config_reaches_resolv_conf(daemon) -> None:  # type: ignore[no-untyped-def]

@@ -59,7 +59,11 @@ def test_pod_status_and_list_preserve_metadata_labels_annotations(daemon) -> Non
         assert len(pods) == 1
         for got in (status, pods[0]):
             assert (got.metadata.name, got.metadata.uid, got.metadata.namespace, got.metadata.attempt) == (
-                md.name, md.uid, md.namespace, md.attempt)
+                md.name,
+                md.uid,
+                md.namespace,
+                md.attempt,
+            )
             assert labels.items() <= dict(got.labels).items()
             assert annotations.items() <= dict(got.annotations).items()
 
@@ -77,11 +81,13 @@ def _check_sysctl(daemon, sysctls: dict[str, str], prefix: str, path: str, expec
 
 def test_safe_sysctl_is_set_in_pod(daemon) -> None:  # type: ignore[no-untyped-def]
     """[k8s.io] PodSandbox runtime should support sysctls should support safe sysctls"""
-    _check_sysctl(daemon, {"kernel.shm_rmid_forced": "1"}, "container-shm-rmid-forced",
-                  "/proc/sys/kernel/shm_rmid_forced", "1")
+    _check_sysctl(
+        daemon, {"kernel.shm_rmid_forced": "1"}, "container-shm-rmid-forced", "/proc/sys/kernel/shm_rmid_forced", "1"
+    )
 
 
 def test_unsafe_sysctl_is_set_in_pod(daemon) -> None:  # type: ignore[no-untyped-def]
     """[k8s.io] PodSandbox runtime should support sysctls should support unsafe sysctls"""
-    _check_sysctl(daemon, {"fs.mqueue.msg_max": "100"}, "container-fs-mqueue-msg-max",
-                  "/proc/sys/fs/mqueue/msg_max", "100")
+    _check_sysctl(
+        daemon, {"fs.mqueue.msg_max": "100"}, "container-fs-mqueue-msg-max", "/proc/sys/fs/mqueue/msg_max", "100"
+    )

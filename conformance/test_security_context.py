@@ -84,9 +84,7 @@ def namespace_container(
         image=image,
         command=command,
         log_path=log_path,
-        linux=pb.LinuxContainerConfig(
-            security_context=pb.LinuxContainerSecurityContext(namespace_options=options)
-        ),
+        linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(namespace_options=options)),
     )
     return cri.create_container(daemon, pod_id, pod_cfg, config)
 
@@ -157,9 +155,7 @@ def test_host_pid_container_sees_other_host_pid_processes(daemon: Daemon) -> Non
     with namespace_pod(daemon, options) as (pod_id, pod_cfg):
         nginx = started(
             daemon,
-            namespace_container(
-                daemon, pod_id, pod_cfg, "nginx-container-hostpid-", NGINX_IMAGE, options, None
-            ),
+            namespace_container(daemon, pod_id, pod_cfg, "nginx-container-hostpid-", NGINX_IMAGE, options, None),
         )
         out = cri.exec_ok(
             daemon,
@@ -253,9 +249,7 @@ def test_container_pid_namespace_pid1_is_the_container(daemon: Daemon) -> None:
             daemon,
             namespace_container(daemon, pod_id, pod_cfg, "nginx-container-pid-", NGINX_IMAGE, options, None),
         )
-        cri.exec_ok(
-            daemon, cid, ["sh", "-c", 'while ! cat /proc/1/cmdline | grep "master process"; do sleep 1; done']
-        )
+        cri.exec_ok(daemon, cid, ["sh", "-c", 'while ! cat /proc/1/cmdline | grep "master process"; do sleep 1; done'])
 
 
 @contextlib.contextmanager
@@ -327,9 +321,7 @@ def test_supplemental_groups_are_added(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support SupplementalGroups"""
     with default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(supplemental_groups=[1234, 5678])
-        cid = started(
-            daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-SupplementalGroups-test-", sc)
-        )
+        cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-SupplementalGroups-test-", sc))
         groups = cri.exec_ok(daemon, cid, ["id", "-G"]).strip().split(" ")
         assert "1234" in groups, groups
         assert "5678" in groups, groups
@@ -450,9 +442,7 @@ def test_added_capability_is_granted(daemon: Daemon) -> None:
     with default_pod(daemon) as (pod_id, pod_cfg):
         cid = started(
             daemon,
-            sc_container(
-                daemon, pod_id, pod_cfg, "container-with-added-capability-test-", _caps(add=["NET_ADMIN"])
-            ),
+            sc_container(daemon, pod_id, pod_cfg, "container-with-added-capability-test-", _caps(add=["NET_ADMIN"])),
         )
         check_network_management(daemon, cid, True)
         plain = started(
@@ -467,9 +457,7 @@ def test_dropped_capability_is_denied(daemon: Daemon) -> None:
     with default_pod(daemon) as (pod_id, pod_cfg):
         cid = started(
             daemon,
-            sc_container(
-                daemon, pod_id, pod_cfg, "container-with-dropped-capability-test-", _caps(drop=["NET_RAW"])
-            ),
+            sc_container(daemon, pod_id, pod_cfg, "container-with-dropped-capability-test-", _caps(drop=["NET_RAW"])),
         )
         resp = cri.exec_sync(daemon, cid, ["ping", "127.0.0.1"])
         assert exec_fails(resp), f"ping without NET_RAW succeeded: {resp.stdout!r}"
@@ -593,9 +581,7 @@ def test_strict_policy_ignores_image_groups(daemon: Daemon) -> None:
     """[k8s.io] Security Context SupplementalGroupsPolicy when SupplementalGroupsPolicy=Strict even if the
     container's primary UID belongs to some groups in the image, runtime should not add
     SupplementalGroups to them"""
-    _check_supplemental_groups_policy(
-        daemon, pb.SupplementalGroupsPolicy.Value("Strict"), [PREDEFINED_GROUP_UID, 1234]
-    )
+    _check_supplemental_groups_policy(daemon, pb.SupplementalGroupsPolicy.Value("Strict"), [PREDEFINED_GROUP_UID, 1234])
 
 
 # ---- SeccompProfilePath ------------------------------------------------------------------------
@@ -661,9 +647,7 @@ def test_unconfined_seccomp_disables_filtering(daemon: Daemon) -> None:
         assert seccomp_mode(daemon, cid) == "0"
 
 
-def test_localhost_seccomp_profile_blocks_its_syscalls(
-    daemon: Daemon, seccomp_profiles: dict[str, str]
-) -> None:
+def test_localhost_seccomp_profile_blocks_its_syscalls(daemon: Daemon, seccomp_profiles: dict[str, str]) -> None:
     """[k8s.io] Security Context SeccompProfilePath should support seccomp localhost profile on the
     container"""
     with seccomp_container(daemon, localhost(seccomp_profiles["block-chmod.json"])) as cid:
@@ -685,9 +669,7 @@ def test_nil_seccomp_profile_is_unconfined(daemon: Daemon) -> None:
         assert seccomp_mode(daemon, cid) == "0"
 
 
-def _check_set_hostname(
-    daemon: Daemon, profile: pb.SecurityProfile, *, privileged: bool, settable: bool
-) -> None:
+def _check_set_hostname(daemon: Daemon, profile: pb.SecurityProfile, *, privileged: bool, settable: bool) -> None:
     """createSeccompContainer + checkSetHostname: `hostname ANewHostName` in a `sleep 60` container."""
     pod_manager = privileged_pod(daemon, True) if privileged else default_pod(daemon)
     with pod_manager as (pod_id, pod_cfg):
@@ -718,24 +700,16 @@ def test_unconfined_seccomp_with_sys_admin_can_set_hostname(daemon: Daemon) -> N
     _check_set_hostname(daemon, UNCONFINED, privileged=False, settable=True)
 
 
-def test_seccomp_profile_blocks_sethostname_despite_sys_admin(
-    daemon: Daemon, seccomp_profiles: dict[str, str]
-) -> None:
+def test_seccomp_profile_blocks_sethostname_despite_sys_admin(daemon: Daemon, seccomp_profiles: dict[str, str]) -> None:
     """[k8s.io] Security Context SeccompProfilePath runtime should support an seccomp profile that blocks
     setting hostname with SYS_ADMIN"""
-    _check_set_hostname(
-        daemon, localhost(seccomp_profiles["block-host-name.json"]), privileged=False, settable=False
-    )
+    _check_set_hostname(daemon, localhost(seccomp_profiles["block-host-name.json"]), privileged=False, settable=False)
 
 
-def test_privileged_container_ignores_seccomp_profile(
-    daemon: Daemon, seccomp_profiles: dict[str, str]
-) -> None:
+def test_privileged_container_ignores_seccomp_profile(daemon: Daemon, seccomp_profiles: dict[str, str]) -> None:
     """[k8s.io] Security Context SeccompProfilePath runtime should ignore a seccomp profile that blocks
     setting hostname when privileged"""
-    _check_set_hostname(
-        daemon, localhost(seccomp_profiles["block-host-name.json"]), privileged=True, settable=True
-    )
+    _check_set_hostname(daemon, localhost(seccomp_profiles["block-host-name.json"]), privileged=True, settable=True)
 
 
 # ---- NoNewPrivs --------------------------------------------------------------------------------
@@ -744,9 +718,7 @@ def test_privileged_container_ignores_seccomp_profile(
 def _effective_uid_line(daemon: Daemon, no_new_privs: bool) -> None:
     with pod_with_log_directory(daemon) as (pod_id, pod_cfg):
         name = f"alpine-nnp-{'true' if no_new_privs else 'false'}-{cri.new_uuid()}"
-        sc = pb.LinuxContainerSecurityContext(
-            no_new_privs=no_new_privs, run_as_user=pb.Int64Value(value=1000)
-        )
+        sc = pb.LinuxContainerSecurityContext(no_new_privs=no_new_privs, run_as_user=pb.Int64Value(value=1000))
         cid = sc_container(
             daemon,
             pod_id,

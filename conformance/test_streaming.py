@@ -24,8 +24,9 @@ HTTP_GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 
 
 def _exec_url(daemon, cid: str, *, tty: bool, stdin: bool, stderr: bool) -> str:  # type: ignore[no-untyped-def]
-    req = pb.ExecRequest(container_id=cid, cmd=["echo", "-n", "hello"], stdout=True, stderr=stderr,
-                         tty=tty, stdin=stdin)
+    req = pb.ExecRequest(
+        container_id=cid, cmd=["echo", "-n", "hello"], stdout=True, stderr=stderr, tty=tty, stdin=stdin
+    )
     url: str = cri.rt(daemon).Exec(req, timeout=cri.CALL_TIMEOUT).url
     assert url.startswith("http"), f"Exec URL has no host: {url!r}"
     return url
@@ -83,11 +84,11 @@ async def _attach_echo(url: str) -> tuple[bytes, bytes, bytes]:
             await stdin.write(b"echo -n hello\n")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(30):
-                    while bytes(out[len(header):]) != b"hello":
+                    while bytes(out[len(header) :]) != b"hello":
                         grew.clear()
                         await grew.wait()
             await asyncio.sleep(2)  # critest then watches 3 s for anything more
-            seen = bytes(out[len(header):])
+            seen = bytes(out[len(header) :])
             await stdin.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(10):
@@ -101,8 +102,7 @@ def test_attach_echoes_stdin_command(daemon) -> None:  # type: ignore[no-untyped
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support attach [Conformance]"""
     with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
-        config = cri.container_config("container-for-attach-test", command=["/bin/sh"], stdin=True,
-                                      stdin_once=True)
+        config = cri.container_config("container-for-attach-test", command=["/bin/sh"], stdin=True, stdin_once=True)
         cid = cri.create_container(daemon, pod_id, cfg, config)
         cri.start(daemon, cid)
         req = pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True, tty=False)
@@ -124,8 +124,7 @@ async def _forward_get(url: str, port: int) -> bytes:
 
 
 def _port_forward_url(daemon, pod_id: str) -> str:  # type: ignore[no-untyped-def]
-    url: str = cri.rt(daemon).PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id),
-                                          timeout=cri.CALL_TIMEOUT).url
+    url: str = cri.rt(daemon).PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id), timeout=cri.CALL_TIMEOUT).url
     assert url.startswith("http"), f"PortForward URL has no host: {url!r}"
     return url
 
@@ -152,8 +151,9 @@ def test_port_forward_reaches_host_network_web_server(daemon) -> None:  # type: 
     runtime should support portforward in host network"""
     config = port_mapping_pod(daemon, [pb.PortMapping(container_port=HOSTNET_WEB_PORT)], host_network=True)
     with cri.pod(daemon, config) as (pod_id, cfg):
-        cid = web_server_container(daemon, pod_id, cfg, "container-for-host-net-portforward-test",
-                                   image=HOSTNET_WEB_IMAGE)
+        cid = web_server_container(
+            daemon, pod_id, cfg, "container-for-host-net-portforward-test", image=HOSTNET_WEB_IMAGE
+        )
         cri.start(daemon, cid)
         cri.check_main_page(daemon, "", HOSTNET_WEB_PORT, 0)
         response = asyncio.run(_forward_get(_port_forward_url(daemon, pod_id), HOSTNET_WEB_PORT))

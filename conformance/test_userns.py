@@ -200,9 +200,7 @@ def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -
             attempt=cri.DEFAULT_ATTEMPT,
         ),
         linux=pb.LinuxPodSandboxConfig(
-            security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(userns_options=userns)
-            )
+            security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(userns_options=userns))
         ),
     )
     created: list[str] = []
@@ -223,9 +221,7 @@ def test_pod_user_namespace_uses_requested_mapping(daemon: Daemon, userns_handle
     reason = idmap_unsupported_reason(path)
     if reason is not None:
         pytest.skip(f"ID mapping is not supported with path: {path}: {reason}")
-    options = pb.NamespaceOption(
-        userns_options=pb.UserNamespace(mode=POD, uids=DEFAULT_MAPPING, gids=DEFAULT_MAPPING)
-    )
+    options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=POD, uids=DEFAULT_MAPPING, gids=DEFAULT_MAPPING))
     with userns_pod(daemon, userns_handler, options) as (pod_id, pod_cfg):
         log_path = run_uid_map_container(daemon, pod_id, pod_cfg)
         assert_log_matches(pod_cfg, log_path, r"\s+0\s+1000\s+100000\n")
@@ -237,9 +233,7 @@ def test_node_user_namespace_shares_host_mapping(daemon: Daemon, userns_handler:
     options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=NODE))
     with userns_pod(daemon, userns_handler, options) as (pod_id, pod_cfg):
         log_path = run_uid_map_container(daemon, pod_id, pod_cfg)
-        host_lines = [
-            line.split() for line in Path("/proc/self/uid_map").read_text().splitlines() if line.strip()
-        ]
+        host_lines = [line.split() for line in Path("/proc/self/uid_map").read_text().splitlines() if line.strip()]
         assert host_lines, "empty host uid_map"
         for fields in host_lines:
             assert len(fields) == 3, f"unexpected host mapping line: {fields}"

@@ -44,9 +44,7 @@ class _Source:
             try:
                 self.tar = stack.enter_context(tarfile.open(path, "r:*"))
             except (tarfile.TarError, OSError) as exc:
-                raise InvalidArgument(
-                    f"{path} is neither a directory nor a readable tar archive: {exc}"
-                ) from exc
+                raise InvalidArgument(f"{path} is neither a directory nor a readable tar archive: {exc}") from exc
             for member in self.tar.getmembers():
                 self.members[member.name.removeprefix("./")] = member
 
@@ -112,9 +110,7 @@ def _import_image(
     config = json.loads(config_raw)
     diff_ids = list(config.get("rootfs", {}).get("diff_ids", []))
     if len(diff_ids) != len(layers):
-        raise InvalidArgument(
-            f"image config lists {len(diff_ids)} diff IDs but the archive {len(layers)} layers"
-        )
+        raise InvalidArgument(f"image config lists {len(diff_ids)} diff IDs but the archive {len(layers)} layers")
     chains = chain_ids(diff_ids)
     image_id = "sha256:" + hashlib.sha256(config_raw).hexdigest()
     size = len(config_raw)

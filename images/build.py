@@ -84,9 +84,7 @@ def regular(path: str, data: bytes = b"", *, mode: int = 0o644, uid: int = 0, gi
     return FileEntry(_rel(path), "file", data=data, mode=mode, uid=uid, gid=gid)
 
 
-def host_file(
-    path: str, source: Path | str, *, mode: int | None = None, uid: int = 0, gid: int = 0
-) -> FileEntry:
+def host_file(path: str, source: Path | str, *, mode: int | None = None, uid: int = 0, gid: int = 0) -> FileEntry:
     """A regular file whose content is read from the host when the layer is built."""
     src = Path(source)
     if mode is None:
@@ -188,9 +186,7 @@ def layer_media_type(compression: Compression, docker: bool) -> str:
     return OCI_LAYER + {"gzip": "+gzip", "zstd": "+zstd", "none": ""}[compression]
 
 
-def build_layer(
-    entries: Iterable[FileEntry], compression: Compression = "gzip", *, docker: bool = False
-) -> LayerBlob:
+def build_layer(entries: Iterable[FileEntry], compression: Compression = "gzip", *, docker: bool = False) -> LayerBlob:
     raw = layer_tar(entries)
     blob = compress(raw, compression)
     return LayerBlob(blob, sha256_digest(blob), sha256_digest(raw), layer_media_type(compression, docker))
@@ -333,14 +329,11 @@ def build_image(
     platform = platform or Platform()
     config = config if config is not None else ImageConfig()
     built = [
-        layer if isinstance(layer, LayerBlob) else build_layer(layer, compression, docker=docker)
-        for layer in layers
+        layer if isinstance(layer, LayerBlob) else build_layer(layer, compression, docker=docker) for layer in layers
     ]
     for layer in built:
         if docker and not layer.media_type.startswith(DOCKER_LAYER):
-            raise InvalidArgument(
-                f"layer {layer.digest} has OCI media type {layer.media_type} in a Docker image"
-            )
+            raise InvalidArgument(f"layer {layer.digest} has OCI media type {layer.media_type} in a Docker image")
     config_doc: dict[str, object] = {
         "created": CREATED,
         **platform.as_dict(),
@@ -571,8 +564,11 @@ def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
         # Hard links, as upstream busybox images have: masking one applet's path
         # (critest's MaskedPaths masks /bin/ls) must not mask busybox itself.
         *(hardlink(f"bin/{name}", "bin/busybox") for name in applets),
-        *(regular(f"bin/{name}", text.encode(), mode=0o755) for name, text in PROC_SCRIPTS.items()
-          if name not in applets),
+        *(
+            regular(f"bin/{name}", text.encode(), mode=0o755)
+            for name, text in PROC_SCRIPTS.items()
+            if name not in applets
+        ),
         directory("dev"),
         directory("etc"),
         regular("etc/passwd", PASSWD.encode()),

@@ -142,9 +142,7 @@ def _parse_url(url: str, source: Path, override_path: bool) -> tuple[str, str, s
     return scheme, netloc, path
 
 
-def _host_entry(
-    url: str, table: dict[str, Any], base: Path, source: Path, *, is_mirror: bool
-) -> RegistryHost:
+def _host_entry(url: str, table: dict[str, Any], base: Path, source: Path, *, is_mirror: bool) -> RegistryHost:
     override = bool(table.get("override_path", False))
     scheme, netloc, path = _parse_url(url, source, override)
     caps = table.get("capabilities")

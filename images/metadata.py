@@ -197,8 +197,7 @@ class Metadata:
     def delete_layer(self, chain_id: str) -> None:
         with self._tx() as db:
             db.execute(
-                "DELETE FROM layers WHERE chain_id = ? AND NOT EXISTS "
-                "(SELECT 1 FROM image_layers WHERE chain_id = ?)",
+                "DELETE FROM layers WHERE chain_id = ? AND NOT EXISTS (SELECT 1 FROM image_layers WHERE chain_id = ?)",
                 (chain_id, chain_id),
             )
 
@@ -217,15 +216,11 @@ class Metadata:
     def _image_row(self, row: sqlite3.Row) -> ImageRow:
         image_id, image_set = row["id"], row["image_set"]
         key = (image_set, image_id)
-        names = self._query(
-            "SELECT name, kind FROM names WHERE image_set = ? AND image_id = ? ORDER BY name", key
-        )
+        names = self._query("SELECT name, kind FROM names WHERE image_set = ? AND image_id = ? ORDER BY name", key)
         layers = self._query(
             "SELECT chain_id FROM image_layers WHERE image_set = ? AND image_id = ? ORDER BY position", key
         )
-        holders = self._query(
-            "SELECT holder FROM leases WHERE image_set = ? AND image_id = ? ORDER BY holder", key
-        )
+        holders = self._query("SELECT holder FROM leases WHERE image_set = ? AND image_id = ? ORDER BY holder", key)
         return ImageRow(
             id=image_id,
             config=json.loads(row["config"]),
@@ -246,9 +241,7 @@ class Metadata:
     ) -> ImageRow | None:
         """The image in `image_set`; with None, in any set (its config and layers are the same in all)."""
         if image_set is None:
-            rows = self._query(
-                "SELECT * FROM images WHERE id = ? ORDER BY removed, image_set LIMIT 1", (image_id,)
-            )
+            rows = self._query("SELECT * FROM images WHERE id = ? ORDER BY removed, image_set LIMIT 1", (image_id,))
         else:
             rows = self._query("SELECT * FROM images WHERE image_set = ? AND id = ?", (image_set, image_id))
         if not rows or (rows[0]["removed"] and not include_removed):
@@ -324,13 +317,9 @@ class Metadata:
             else:
                 db.execute("UPDATE images SET removed = 0 WHERE image_set = ? AND id = ?", key)
                 if pinned is not None:
-                    db.execute(
-                        "UPDATE images SET pinned = ? WHERE image_set = ? AND id = ?", (int(pinned), *key)
-                    )
+                    db.execute("UPDATE images SET pinned = ? WHERE image_set = ? AND id = ?", (int(pinned), *key))
             for name, kind in [(t, "tag") for t in tags] + [(d, "digest") for d in digests]:
-                db.execute(
-                    "INSERT OR REPLACE INTO names VALUES (?, ?, ?, ?)", (image_set, name, image_id, kind)
-                )
+                db.execute("INSERT OR REPLACE INTO names VALUES (?, ?, ?, ?)", (image_set, name, image_id, kind))
 
     def set_pinned(self, image_id: str, pinned: bool, image_set: str = SHARED_SET) -> bool:
         with self._tx() as db:
@@ -380,9 +369,7 @@ class Metadata:
 
     def acquire(self, image_id: str, holder: str, image_set: str = SHARED_SET) -> bool:
         with self._tx() as db:
-            found = db.execute(
-                "SELECT 1 FROM images WHERE image_set = ? AND id = ?", (image_set, image_id)
-            ).fetchone()
+            found = db.execute("SELECT 1 FROM images WHERE image_set = ? AND id = ?", (image_set, image_id)).fetchone()
             if found is None:
                 return False
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (holder, image_set, image_id))

@@ -98,9 +98,7 @@ class Pusher:
             return
         detail = response.text[:300]
         if response.status_code in (401, 403):
-            raise PermissionDenied(
-                f"{what}: registry {self.base} refused access ({response.status_code}): {detail}"
-            )
+            raise PermissionDenied(f"{what}: registry {self.base} refused access ({response.status_code}): {detail}")
         if response.status_code == 404:
             raise NotFound(f"{what}: registry {self.base} says not found: {detail}")
         raise Unavailable(f"{what}: registry {self.base} answered {response.status_code}: {detail}")

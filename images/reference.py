@@ -71,9 +71,7 @@ def validate_digest(digest: str) -> str:
         raise InvalidArgument(f"invalid digest {digest!r}: expected 'sha256:<64 hex characters>'")
     algorithm, _, hex_part = digest.partition(":")
     if algorithm != "sha256":
-        raise InvalidArgument(
-            f"unsupported digest algorithm {algorithm!r} in {digest!r}: only sha256 is supported"
-        )
+        raise InvalidArgument(f"unsupported digest algorithm {algorithm!r} in {digest!r}: only sha256 is supported")
     if not _SHA256_HEX.match(hex_part):
         raise InvalidArgument(f"invalid sha256 digest {digest!r}: expected 64 lowercase hex characters")
     return digest
@@ -97,9 +95,7 @@ def parse_reference(text: str) -> Reference:
     """Parses and normalises `text`; raises InvalidArgument saying what is wrong."""
     original = text
     if not text:
-        raise InvalidArgument(
-            "empty image reference: give a name such as 'busybox' or 'registry:5000/app:1.0'"
-        )
+        raise InvalidArgument("empty image reference: give a name such as 'busybox' or 'registry:5000/app:1.0'")
     if text != text.strip() or any(c.isspace() for c in text):
         raise InvalidArgument(f"invalid image reference {original!r}: it contains whitespace")
     if looks_like_image_id(text):
@@ -139,9 +135,7 @@ def parse_reference(text: str) -> Reference:
     if domain == DEFAULT_DOMAIN and "/" not in path:
         path = f"{OFFICIAL_NAMESPACE}/{path}"
     if len(domain) + 1 + len(path) > MAX_NAME_LENGTH:
-        raise InvalidArgument(
-            f"invalid image reference {original!r}: the name is longer than {MAX_NAME_LENGTH}"
-        )
+        raise InvalidArgument(f"invalid image reference {original!r}: the name is longer than {MAX_NAME_LENGTH}")
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(domain=domain, path=path, tag=tag, digest=digest)

@@ -55,6 +55,7 @@ from .reference import Reference
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(slots=True)
 class _Session:
     """One registry endpoint plus the Authorization header that worked for one repository."""
@@ -166,8 +167,7 @@ class RegistryClient:
                 attempt += 1
                 if attempt > self.retries:
                     raise Unavailable(
-                        f"registry {registry} unreachable while fetching {what} after "
-                        f"{attempt} attempts: {exc!r}"
+                        f"registry {registry} unreachable while fetching {what} after {attempt} attempts: {exc!r}"
                     ) from exc
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
@@ -199,8 +199,7 @@ class RegistryClient:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
             raise InvalidArgument(
-                f"registry {registry} rejected the request for {what}: HTTP {status} "
-                f"{body.decode(errors='replace')}"
+                f"registry {registry} rejected the request for {what}: HTTP {status} {body.decode(errors='replace')}"
             )
 
     async def _authorize(self, session: _Session, challenge: str) -> str:
@@ -226,9 +225,7 @@ class RegistryClient:
         client = session.client
         try:
             if creds is not None and creds.identity_token:
-                form = dict(
-                    query, grant_type="refresh_token", refresh_token=creds.identity_token, client_id="crishim"
-                )
+                form = dict(query, grant_type="refresh_token", refresh_token=creds.identity_token, client_id="crishim")
                 response = await client.post(realm, data=form)
             else:
                 pair = creds.user_password() if creds else None
@@ -238,13 +235,10 @@ class RegistryClient:
             raise Unavailable(f"token service {realm} of registry {registry} unreachable: {exc!r}") from exc
         if response.status_code in (401, 403):
             raise PermissionDenied(
-                f"token service {realm} of registry {registry} refused the credentials "
-                f"(HTTP {response.status_code})"
+                f"token service {realm} of registry {registry} refused the credentials (HTTP {response.status_code})"
             )
         if response.status_code >= 400:
-            raise Unavailable(
-                f"token service {realm} of registry {registry} failed: HTTP {response.status_code}"
-            )
+            raise Unavailable(f"token service {realm} of registry {registry} failed: HTTP {response.status_code}")
         try:
             data = response.json()
             token = data.get("token") or data.get("access_token")
@@ -283,17 +277,13 @@ class RegistryClient:
                     raise InvalidArgument(f"manifest {ref}: larger than {MAX_MANIFEST_BYTES} bytes")
                 chunks.append(chunk)
         except httpx.TransportError as exc:
-            raise Unavailable(
-                f"registry {session.host.display} dropped the manifest of {ref}: {exc!r}"
-            ) from exc
+            raise Unavailable(f"registry {session.host.display} dropped the manifest of {ref}: {exc!r}") from exc
         finally:
             await response.aclose()
         raw = b"".join(chunks)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if obj.startswith("sha256:") and digest != obj:
-            raise DataLoss(
-                f"manifest of {ref} from {session.host.display} has digest {digest}, expected {obj}"
-            )
+            raise DataLoss(f"manifest of {ref} from {session.host.display} has digest {digest}, expected {obj}")
         content_type = response.headers.get("content-type", "").split(";")[0].strip()
         return raw, digest, content_type
 
@@ -355,9 +345,7 @@ class RegistryClient:
             raise InvalidArgument(f"{where}: the manifest has no layers list")
         return config, tuple(Descriptor.from_json(layer, where) for layer in layers_json)
 
-    async def resolve(
-        self, ref: Reference, credentials: Credentials | None = None
-    ) -> tuple[Manifest, _Session]:
+    async def resolve(self, ref: Reference, credentials: Credentials | None = None) -> tuple[Manifest, _Session]:
         """Finds the image manifest for this platform, trying mirrors in order and then the upstream."""
         hosts = load_hosts(ref.domain, self.config_dir)
         failures: list[str] = []
@@ -420,9 +408,7 @@ class RegistryClient:
                 break
             except httpx.TransportError as exc:
                 if attempt >= self.retries:
-                    raise Unavailable(
-                        f"registry {session.host.display} dropped blob {digest}: {exc!r}"
-                    ) from exc
+                    raise Unavailable(f"registry {session.host.display} dropped blob {digest}: {exc!r}") from exc
                 await asyncio.sleep(self.backoff * 2**attempt)
         data = b"".join(chunks)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -288,9 +288,7 @@ class ImageStore:
         except InvalidArgument as exc:
             parse_error = exc
         else:
-            named = self.meta.image_by_name(
-                ref.repo_digest(ref.digest) if ref.digest else str(ref), image_set
-            )
+            named = self.meta.image_by_name(ref.repo_digest(ref.digest) if ref.digest else str(ref), image_set)
             if named is not None:
                 found = self.meta.image(named, image_set)
                 if found is not None:
@@ -306,9 +304,7 @@ class ImageStore:
                     return self._record(found)
         if parse_error is not None:
             raise parse_error
-        raise NotFound(
-            f"image {text!r} is not in the store{where}: pull it first (e.g. crictl pull {text})"
-        )
+        raise NotFound(f"image {text!r} is not in the store{where}: pull it first (e.g. crictl pull {text})")
 
     def list(self, image_set: str | None = SHARED_SET) -> builtins.list[ImageRecord]:
         """The images of one set, or of every set with None (an image in two sets is listed twice)."""
@@ -384,11 +380,7 @@ class ImageStore:
         """After a failed or cancelled pull: drop layers it unpacked that no image uses."""
         for chain in chains:
             running = self._layer_tasks.get(chain)
-            if (
-                self._needed[chain]
-                or (running and not running.task.done())
-                or self.meta.layer_refcount(chain)
-            ):
+            if self._needed[chain] or (running and not running.task.done()) or self.meta.layer_refcount(chain):
                 continue
             row = self.meta.layer(chain)
             if row is None:
@@ -499,14 +491,10 @@ class ImageStore:
                     diff_id,
                     chain,
                     state,
-                    functools.partial(
-                        self._download_layer, session, desc, diff_id if known else None, chain, state
-                    ),
+                    functools.partial(self._download_layer, session, desc, diff_id if known else None, chain, state),
                     chains[:i],
                 )
-                for i, (desc, diff_id, chain) in enumerate(
-                    zip(manifest.layers, diff_ids, chains, strict=True)
-                )
+                for i, (desc, diff_id, chain) in enumerate(zip(manifest.layers, diff_ids, chains, strict=True))
             ]
             await _gather_or_cancel(jobs)
             size = manifest.config.size + sum(d.size for d in manifest.layers)
@@ -577,9 +565,7 @@ class ImageStore:
             lower_dirs = [self.layer_dir(c) for c in reversed(lowers)]
 
             def finish() -> LayerRow:
-                resolve_deferred_links(
-                    outcome.tmpdir, outcome.result.deferred_links, lower_dirs, outcome.where
-                )
+                resolve_deferred_links(outcome.tmpdir, outcome.result.deferred_links, lower_dirs, outcome.where)
                 return self._install_layer(outcome.tmpdir, outcome.chain, outcome.result, outcome.writer)
 
             return await _in_thread(finish)
@@ -625,9 +611,7 @@ class ImageStore:
         self, session: Any, desc: Descriptor, diff_id: str | None, chain: str, state: _PullState
     ) -> LayerRow | _Pending:
         where = f"layer {desc.digest} of {state.ref}"
-        tmpdir = Path(
-            tempfile.mkdtemp(prefix="layer-", dir=self.content.tmp)
-        )  # one mkdir: not worth a thread
+        tmpdir = Path(tempfile.mkdtemp(prefix="layer-", dir=self.content.tmp))  # one mkdir: not worth a thread
         os.chmod(tmpdir, 0o755)  # the layer root; a "./" entry in the tar overrides it
         if self.content.has(desc.digest):
             source = file_source(self.content.path(desc.digest))
@@ -707,9 +691,7 @@ class ImageStore:
             await _in_thread(cleanup)
             raise
 
-    def _install_layer(
-        self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None
-    ) -> LayerRow:
+    def _install_layer(self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None) -> LayerRow:
         """Runs in a thread: commits the blob, flushes and renames the layer into place, records it."""
         if writer is not None:
             writer.commit()
@@ -748,9 +730,7 @@ def _forget(table: dict[str, Any], key: str, shared: object, _task: object) -> N
         del table[key]
 
 
-def _parse_config(
-    raw: bytes, manifest: Manifest, ref: Reference
-) -> tuple[dict[str, Any], list[str], bool]:
+def _parse_config(raw: bytes, manifest: Manifest, ref: Reference) -> tuple[dict[str, Any], list[str], bool]:
     """(config, diff IDs, whether the diff IDs come from the config and can be verified).
 
     An OCI artifact's config (often the empty `{}`, media type
@@ -775,8 +755,7 @@ def _parse_config(
         raise InvalidArgument(f"image {ref}: rootfs.diff_ids must be a list of digests")
     if len(diff_ids) != len(manifest.layers):
         raise InvalidArgument(
-            f"image {ref}: the manifest lists {len(manifest.layers)} layers but the config "
-            f"{len(diff_ids)} diff IDs"
+            f"image {ref}: the manifest lists {len(manifest.layers)} layers but the config {len(diff_ids)} diff IDs"
         )
     return config, diff_ids, True
 

@@ -312,13 +312,10 @@ class _Extractor:
                 continue
             if stat.S_ISLNK(st.st_mode):
                 raise LayerEscape(
-                    f"{self.where}: entry below {current!r} would be written through a symlink; "
-                    "refusing the layer"
+                    f"{self.where}: entry below {current!r} would be written through a symlink; refusing the layer"
                 )
             if not stat.S_ISDIR(st.st_mode):
-                raise InvalidArgument(
-                    f"{self.where}: {current!r} is not a directory but has entries below it"
-                )
+                raise InvalidArgument(f"{self.where}: {current!r} is not a directory but has entries below it")
             self.dirs.add(current)
 
     def _clear(self, rel: str, keep_dir: bool) -> None:
@@ -412,9 +409,7 @@ class _Extractor:
             os.mkfifo(path, 0o600)
             self.inodes += 1
         else:
-            raise InvalidArgument(
-                f"{self.where}: entry {member.name!r} has unsupported tar type {member.type!r}"
-            )
+            raise InvalidArgument(f"{self.where}: entry {member.name!r} has unsupported tar type {member.type!r}")
         self._apply_metadata(path, member)
 
     def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
@@ -489,9 +484,7 @@ def unpack_layer(
     if expected_digest is not None and digest != expected_digest:
         raise DataLoss(f"{where}: blob digest mismatch: expected {expected_digest}, got {digest}")
     if expected_diff_id is not None and diff_id != expected_diff_id:
-        raise DataLoss(
-            f"{where}: uncompressed content has diff ID {diff_id}, the image config says {expected_diff_id}"
-        )
+        raise DataLoss(f"{where}: uncompressed content has diff ID {diff_id}, the image config says {expected_diff_id}")
     extractor.finish()
     return UnpackResult(
         digest=digest,
@@ -521,17 +514,13 @@ def _lookup_in_layer(layer: Path, rel: str) -> Path | None:
     return current
 
 
-def resolve_deferred_links(
-    dest: Path, links: tuple[tuple[str, str], ...], lowers: list[Path], where: str
-) -> None:
+def resolve_deferred_links(dest: Path, links: tuple[tuple[str, str], ...], lowers: list[Path], where: str) -> None:
     """Creates hardlinks whose target lives in a lower layer (`lowers`, topmost first) by copying
     the target up into this layer first, as overlayfs copy-up would."""
     for link_rel, target_rel in links:
         copied = dest / target_rel
         if not os.path.lexists(copied):
-            found = next(
-                (p for layer in lowers if (p := _lookup_in_layer(layer, target_rel)) is not None), None
-            )
+            found = next((p for layer in lowers if (p := _lookup_in_layer(layer, target_rel)) is not None), None)
             if found is None:
                 raise InvalidArgument(f"{where}: hardlink {link_rel!r} points to missing {target_rel!r}")
             extractor = _Extractor(dest, where)
@@ -546,9 +535,7 @@ def resolve_deferred_links(
                 if not stat.S_ISLNK(st.st_mode):
                     os.chmod(copied, stat.S_IMODE(st.st_mode))
             for name in os.listxattr(found, follow_symlinks=False):
-                os.setxattr(
-                    copied, name, os.getxattr(found, name, follow_symlinks=False), follow_symlinks=False
-                )
+                os.setxattr(copied, name, os.getxattr(found, name, follow_symlinks=False), follow_symlinks=False)
         link = dest / link_rel
         if os.path.lexists(link):
             os.unlink(link)

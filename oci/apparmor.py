@@ -73,7 +73,5 @@ def select_profile(
         raise InvalidArgument("apparmor: the localhost type needs a profile name")
     names = loaded_profiles() if loaded is None else loaded
     if profile.name not in names:
-        raise FailedPrecondition(
-            f"apparmor profile {profile.name!r} is not loaded; load it with apparmor_parser first"
-        )
+        raise FailedPrecondition(f"apparmor profile {profile.name!r} is not loaded; load it with apparmor_parser first")
     return profile.name

@@ -104,8 +104,14 @@ class CdiEdits:
 
     @property
     def empty(self) -> bool:
-        return not (self.env or self.device_nodes or self.mounts or self.hooks or self.additional_gids
-                    or self.intel_rdt is not None)
+        return not (
+            self.env
+            or self.device_nodes
+            or self.mounts
+            or self.hooks
+            or self.additional_gids
+            or self.intel_rdt is not None
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,9 +132,7 @@ def parse_device_name(name: str) -> tuple[str, str, str]:
     kind, sep, dev = name.partition("=")
     vendor, slash, cls = kind.partition("/")
     if not sep or not slash:
-        raise InvalidArgument(
-            f"CDI device {name!r} is not a fully-qualified name: use vendor.com/class=name"
-        )
+        raise InvalidArgument(f"CDI device {name!r} is not a fully-qualified name: use vendor.com/class=name")
     if not _VENDOR.match(vendor):
         raise InvalidArgument(f"CDI device {name!r}: invalid vendor {vendor!r}")
     if not _CLASS.match(cls) or len(cls) > 63:
@@ -223,9 +227,15 @@ def _parse_edits(raw: Any, where: str, needs: _Needs) -> CdiEdits:
         w = f"{where}.deviceNodes[{i}]"
         d = _check_keys(d, _NODE_KEYS, w)
         node = DeviceNode(
-            path=_str(d, "path", w, required=True), host_path=_str(d, "hostPath", w), type=_str(d, "type", w),
-            major=_int(d, "major", w), minor=_int(d, "minor", w), file_mode=_int(d, "fileMode", w),
-            permissions=_str(d, "permissions", w), uid=_int(d, "uid", w), gid=_int(d, "gid", w),
+            path=_str(d, "path", w, required=True),
+            host_path=_str(d, "hostPath", w),
+            type=_str(d, "type", w),
+            major=_int(d, "major", w),
+            minor=_int(d, "minor", w),
+            file_mode=_int(d, "fileMode", w),
+            permissions=_str(d, "permissions", w),
+            uid=_int(d, "uid", w),
+            gid=_int(d, "gid", w),
         )
         if node.host_path:
             needs.need("0.5.0", f"{w}.hostPath")
@@ -240,9 +250,12 @@ def _parse_edits(raw: Any, where: str, needs: _Needs) -> CdiEdits:
     for i, m in enumerate(obj.get("mounts") or []):
         w = f"{where}.mounts[{i}]"
         m = _check_keys(m, ("hostPath", "containerPath", "type", "options"), w)
-        mount = CdiMount(host_path=_str(m, "hostPath", w, required=True),
-                         container_path=_str(m, "containerPath", w, required=True),
-                         type=_str(m, "type", w), options=_strs(m, "options", w))
+        mount = CdiMount(
+            host_path=_str(m, "hostPath", w, required=True),
+            container_path=_str(m, "containerPath", w, required=True),
+            type=_str(m, "type", w),
+            options=_strs(m, "options", w),
+        )
         if mount.type:
             needs.need("0.4.0", f"{w}.type")
         mounts.append(mount)
@@ -250,10 +263,13 @@ def _parse_edits(raw: Any, where: str, needs: _Needs) -> CdiEdits:
     for i, h in enumerate(obj.get("hooks") or []):
         w = f"{where}.hooks[{i}]"
         h = _check_keys(h, ("hookName", "path", "args", "env", "timeout"), w)
-        hook = CdiHook(hook_name=_str(h, "hookName", w, required=True),
-                       path=_str(h, "path", w, required=True), args=_strs(h, "args", w),
-                       env=_env(_strs(h, "env", w), f"{w}.env"),
-                       timeout=_int(h, "timeout", w))
+        hook = CdiHook(
+            hook_name=_str(h, "hookName", w, required=True),
+            path=_str(h, "path", w, required=True),
+            args=_strs(h, "args", w),
+            env=_env(_strs(h, "env", w), f"{w}.env"),
+            timeout=_int(h, "timeout", w),
+        )
         if hook.hook_name not in HOOK_NAMES:
             raise InvalidArgument(f"{w}.hookName {hook.hook_name!r} must be one of {', '.join(HOOK_NAMES)}")
         if not hook.path.startswith("/"):
@@ -268,11 +284,18 @@ def _parse_edits(raw: Any, where: str, needs: _Needs) -> CdiEdits:
         needs.need("0.7.0", f"{where}.additionalGids")
     rdt = obj.get("intelRdt")
     if rdt is not None:
-        rdt = _check_keys(rdt, ("closID", "l3CacheSchema", "memBwSchema", "enableCMT", "enableMBM"),
-                          f"{where}.intelRdt")
+        rdt = _check_keys(
+            rdt, ("closID", "l3CacheSchema", "memBwSchema", "enableCMT", "enableMBM"), f"{where}.intelRdt"
+        )
         needs.need("0.7.0", f"{where}.intelRdt")
-    return CdiEdits(env=env, device_nodes=tuple(nodes), mounts=tuple(mounts), hooks=tuple(hooks),
-                    additional_gids=tuple(gids_raw), intel_rdt=dict(rdt) if rdt is not None else None)
+    return CdiEdits(
+        env=env,
+        device_nodes=tuple(nodes),
+        mounts=tuple(mounts),
+        hooks=tuple(hooks),
+        additional_gids=tuple(gids_raw),
+        intel_rdt=dict(rdt) if rdt is not None else None,
+    )
 
 
 def parse_spec(data: Any, path: Path, priority: int = 0) -> CdiSpec:
@@ -314,8 +337,9 @@ def parse_spec(data: Any, path: Path, priority: int = 0) -> CdiSpec:
             raise InvalidArgument(f"{w}: device {name!r} has no containerEdits")
         devices[name] = dev_edits
     if _version_key(needs.version) > _version_key(version):
-        raise InvalidArgument(f"{where}: {needs.why} needs cdiVersion {needs.version} or later, "
-                              f"but the file declares {version}")
+        raise InvalidArgument(
+            f"{where}: {needs.why} needs cdiVersion {needs.version} or later, but the file declares {version}"
+        )
     return CdiSpec(path=path, priority=priority, kind=kind, version=version, edits=edits, devices=devices)
 
 
@@ -412,8 +436,11 @@ def _host_info(node: DeviceNode, where: str) -> DeviceNode:
     node = replace(node, host_path=host, type=node.type or kind, file_mode=file_mode)
     if node.type == "p":
         return node
-    return replace(node, major=os.major(st.st_rdev) if node.major is None else node.major,
-                   minor=os.minor(st.st_rdev) if node.minor is None else node.minor)
+    return replace(
+        node,
+        major=os.major(st.st_rdev) if node.major is None else node.major,
+        minor=os.minor(st.st_rdev) if node.minor is None else node.minor,
+    )
 
 
 def _with_host_info(edits: CdiEdits, where: str) -> CdiEdits:
@@ -422,9 +449,7 @@ def _with_host_info(edits: CdiEdits, where: str) -> CdiEdits:
     return replace(edits, device_nodes=tuple(_host_info(n, f"{where}: {n.path}") for n in edits.device_nodes))
 
 
-def resolve_cdi_devices(
-    names: Sequence[str], spec_dirs: Sequence[Path | str] = DEFAULT_SPEC_DIRS
-) -> CdiEdits:
+def resolve_cdi_devices(names: Sequence[str], spec_dirs: Sequence[Path | str] = DEFAULT_SPEC_DIRS) -> CdiEdits:
     """The combined edits for `names` (duplicates ignored), read from `spec_dirs`.
 
     Blocking (reads files, stats host nodes): run it in a worker thread.
@@ -539,8 +564,15 @@ def apply_cdi_edits(spec: dict[str, Any], edits: CdiEdits) -> None:
             access = "rwm" if not node.permissions else "" if node.permissions == "none" else node.permissions
             # 'none' asks for no cgroup access at all: with default-deny, that is no allow rule.
             if node.type in ("b", "c") and access:
-                rules.append({"allow": True, "type": node.type, "major": dev.get("major"),
-                              "minor": dev.get("minor"), "access": access})
+                rules.append(
+                    {
+                        "allow": True,
+                        "type": node.type,
+                        "major": dev.get("major"),
+                        "minor": dev.get("minor"),
+                        "access": access,
+                    }
+                )
     if edits.mounts:
         new = [_oci_mount(m) for m in edits.mounts]
         dests = {m["destination"] for m in new}

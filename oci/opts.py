@@ -170,9 +170,7 @@ def without_namespace(kind: str) -> SpecOpt:
     return opt
 
 
-def with_userns(
-    uid_maps: Sequence[IdMapping], gid_maps: Sequence[IdMapping], path: str | None = None
-) -> SpecOpt:
+def with_userns(uid_maps: Sequence[IdMapping], gid_maps: Sequence[IdMapping], path: str | None = None) -> SpecOpt:
     def opt(spec: Spec) -> None:
         with_namespace("user", path)(spec)
         _linux(spec)["uidMappings"] = [m.to_spec() for m in uid_maps]

@@ -135,9 +135,7 @@ class OciRuntime:
             return AlreadyExists(f"{self.name}: container {cid} already exists ({text})")
         return RuntimeCommandError(msg, returncode=rc, stderr=text)
 
-    async def create(
-        self, cid: str, bundle: Path, pid_file: Path, console_socket: Path | None = None
-    ) -> None:
+    async def create(self, cid: str, bundle: Path, pid_file: Path, console_socket: Path | None = None) -> None:
         """`create` directly (conmon normally does this, see conmon.py).
 
         The container's init inherits the runtime's stdio, so it must not be
@@ -222,9 +220,7 @@ class OciRuntime:
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )  # fmt: skip
-            readers = asyncio.gather(
-                _read_capped(proc.stdout, output_cap), _read_capped(proc.stderr, output_cap)
-            )
+            readers = asyncio.gather(_read_capped(proc.stdout, output_cap), _read_capped(proc.stderr, output_cap))
             try:
                 await asyncio.wait_for(proc.wait(), time_limit)
             except TimeoutError:
@@ -252,9 +248,7 @@ class OciRuntime:
                 out, out_t, err, err_t = b"", True, b"", True
         rc = proc.returncode if proc.returncode is not None else -1
         if rc != 0 and b"does not exist" in err and not out:
-            raise NotFound(
-                f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})"
-            )
+            raise NotFound(f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})")
         return ExecResult(rc if rc >= 0 else 128 - rc, out, err, out_t, err_t)
 
     def _tmp_dir(self) -> str:
@@ -296,9 +290,7 @@ class OciRuntime:
         # runc 1.1.5 has neither (setns into the netns fails with EPERM), crun 1.8.1 both.
         return RuntimeFeatures(recursive_read_only=rro, idmap_mounts=idmap, user_namespaces=idmap)
 
-    async def _probe_mount(
-        self, options: list[str], mapping: list[dict[str, int]] | None, check: Any
-    ) -> bool:
+    async def _probe_mount(self, options: list[str], mapping: list[dict[str, int]] | None, check: Any) -> bool:
         """Create (never start) a container with one bind mount; read its mount options."""
         cid = f"crishim-probe-{os.getpid()}-{os.urandom(4).hex()}"
         with tempfile.TemporaryDirectory(prefix="probe-", dir=self._tmp_dir()) as tmp:

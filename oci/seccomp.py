@@ -156,9 +156,7 @@ def default_profile(capabilities: Iterable[str], machine: str | None = None) -> 
     }
 
 
-def load_localhost_profile(
-    path: str, capabilities: Iterable[str] = (), machine: str | None = None
-) -> dict[str, Any]:
+def load_localhost_profile(path: str, capabilities: Iterable[str] = (), machine: str | None = None) -> dict[str, Any]:
     """A Localhost profile file as an OCI linux.seccomp object.
 
     Files in Docker's format are accepted too: `archMap` becomes the host's

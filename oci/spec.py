@@ -102,9 +102,7 @@ def _check_userns(u: UserNamespace, features_ok: bool, handler: str) -> None:
         raise InvalidArgument(f"runtime handler {handler!r} does not support user namespaces")
     for label, maps in (("uid", u.uid_mappings), ("gid", u.gid_mappings)):
         if len(maps) != 1:
-            raise InvalidArgument(
-                f"userns_options: exactly one {label} mapping is supported, got {len(maps)}"
-            )
+            raise InvalidArgument(f"userns_options: exactly one {label} mapping is supported, got {len(maps)}")
         m = maps[0]
         if m.container_id != 0 or m.size <= 0:
             raise InvalidArgument(f"userns_options: the {label} mapping must start at container ID 0")
@@ -154,9 +152,7 @@ def build_sandbox_spec(inp: SandboxSpecInput) -> Spec:
         opts.with_mounts(_file_binds(inp.resolv_conf_path, inp.hostname_path, inp.hosts_path, True)),
         _sysctl_opts(inp.sysctls, ipc_host, net_host),
         opts.with_cgroups_path(inp.cgroups_path),
-        opts.with_oom_score_adj(
-            None if inp.oom_score_adj is None else clamp_oom_score_adj(inp.oom_score_adj)
-        ),
+        opts.with_oom_score_adj(None if inp.oom_score_adj is None else clamp_oom_score_adj(inp.oom_score_adj)),
         opts.with_annotations(inp.annotations),
     ]
     caps = capabilities.resolve((), (), base=capabilities.DEFAULT_CAPABILITIES)
@@ -260,8 +256,7 @@ def _mount_spec(m: Mount, inp: ContainerSpecInput) -> dict[str, Any]:
             raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs readonly true")
         if m.propagation != "private":
             raise InvalidArgument(
-                f"mount {m.container_path}: recursive_read_only needs private propagation, "
-                f"not {m.propagation}"
+                f"mount {m.container_path}: recursive_read_only needs private propagation, not {m.propagation}"
             )
         if not inp.features.recursive_read_only:
             raise InvalidArgument(
@@ -281,8 +276,7 @@ def _mount_spec(m: Mount, inp: ContainerSpecInput) -> dict[str, Any]:
     if m.uid_mappings or m.gid_mappings:
         if not inp.features.idmap_mounts:
             raise InvalidArgument(
-                f"mount {m.container_path}: idmapped mounts are not supported by "
-                f"runtime handler {inp.handler!r}"
+                f"mount {m.container_path}: idmapped mounts are not supported by runtime handler {inp.handler!r}"
             )
         out["uidMappings"] = [x.to_spec() for x in m.uid_mappings]
         out["gidMappings"] = [x.to_spec() for x in m.gid_mappings]
@@ -318,9 +312,7 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
     if inp.privileged and inp.userns is not None:
         raise InvalidArgument("a privileged container cannot run in a pod user namespace")
     if not inp.args:
-        raise InvalidArgument(
-            "the container has no command: set command/args or use an image with an entrypoint"
-        )
+        raise InvalidArgument("the container has no command: set command/args or use an image with an entrypoint")
     spec = default_spec(inp.rootfs)
     users_root = inp.rootfs_path_for_users or inp.rootfs
     uid, gid, groups = resolve_user_spec(users_root, inp.user)
@@ -362,7 +354,8 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
         # mount_setattr), and the pod's small files are world-readable anyway.
         user_mounts = tuple(
             idmapped(m, inp.userns.uid_mappings, inp.userns.gid_mappings)
-            if m.follow_pod_userns and os.path.isdir(m.host_path) else m
+            if m.follow_pod_userns and os.path.isdir(m.host_path)
+            else m
             for m in user_mounts
         )
     o.append(opts.with_mounts([_mount_spec(m, inp) for m in user_mounts]))

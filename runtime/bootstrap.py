@@ -76,8 +76,7 @@ async def build_services(config: Config) -> Services:
     become_subreaper()
     driver = config.cgroup_driver or detect.default_driver()
     if "crun" in config.runtimes and detect.hybrid_blocks_crun():
-        log.warning("cgroup v2 holds controllers beside v1 ones: crun will refuse to run; "
-                    "run 'crishim doctor --fix'")
+        log.warning("cgroup v2 holds controllers beside v1 ones: crun will refuse to run; run 'crishim doctor --fix'")
     state = StateStore(config.db_path)
     images = ImageStore(
         config.image_store_path,
@@ -89,13 +88,17 @@ async def build_services(config: Config) -> Services:
     await ensure_pause_image(images, config.sandbox_image)
     pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
     network = PodNetwork(
-        config.cni.conf_dir, config.cni.bin_dirs, str(config.cni_cache_dir), str(config.netns_dir),
-        config.cni.plugin_timeout, pod_cidr=pod_cidr, install_default=config.cni.install_default,
+        config.cni.conf_dir,
+        config.cni.bin_dirs,
+        str(config.cni_cache_dir),
+        str(config.netns_dir),
+        config.cni.plugin_timeout,
+        pod_cidr=pod_cidr,
+        install_default=config.cni.install_default,
     )
     await network.start()
     handlers = await probe_handlers(config)
-    svc = Services(config=config, state=state, images=images, network=network, handlers=handlers,
-                   cgroup_driver=driver)
+    svc = Services(config=config, state=state, images=images, network=network, handlers=handlers, cgroup_driver=driver)
 
     async def on_exit(object_id: str) -> None:
         await on_object_exit(svc, object_id)
@@ -114,7 +117,10 @@ async def _start_streaming(svc: Services) -> Any:
 
     cfg = svc.config.streaming
     server = StreamingServer(
-        cfg.address, RuntimeStreamBackend(svc), tls_cert=cfg.tls_cert or None, tls_key=cfg.tls_key or None,
+        cfg.address,
+        RuntimeStreamBackend(svc),
+        tls_cert=cfg.tls_cert or None,
+        tls_key=cfg.tls_key or None,
         token_ttl=cfg.token_ttl,
     )
     await server.start()

@@ -36,8 +36,13 @@ def _load(ctx: click.Context) -> Config:
 
 
 @click.group()
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help=f"Config file (default {DEFAULT_CONFIG_FILE}); drop-ins beside it still apply.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"Config file (default {DEFAULT_CONFIG_FILE}); drop-ins beside it still apply.",
+)
 @click.option("--socket", default=None, help="Unix socket to serve CRI on.")
 @click.option("--root", default=None, help="Persistent state directory.")
 @click.option("--state-dir", default=None, help="Runtime state directory (tmpfs).")
@@ -49,19 +54,33 @@ def _load(ctx: click.Context) -> Config:
 @click.option("--metrics-address", default=None, help="Address of the Prometheus endpoint; empty: off.")
 @click.option("--cni-conf-dir", default=None, help="CNI configuration directory.")
 @click.pass_context
-def main(ctx: click.Context, config_file: Path | None, socket: str | None, root: str | None,
-         state_dir: str | None, image_store: str | None, log_level: str | None, log_format: str | None,
-         default_runtime: str | None, streaming_address: str | None, metrics_address: str | None,
-         cni_conf_dir: str | None) -> None:
+def main(
+    ctx: click.Context,
+    config_file: Path | None,
+    socket: str | None,
+    root: str | None,
+    state_dir: str | None,
+    image_store: str | None,
+    log_level: str | None,
+    log_format: str | None,
+    default_runtime: str | None,
+    streaming_address: str | None,
+    metrics_address: str | None,
+    cni_conf_dir: str | None,
+) -> None:
     """crishim: a Kubernetes CRI v1 runtime on runc/crun and conmon."""
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
     ctx.obj["explicit"] = config_file is not None
     ctx.obj["overrides"] = _overrides(
-        socket=socket, root=root, state_dir=state_dir, image_store=image_store, log_level=log_level,
-        log_format=log_format, default_runtime=default_runtime,
-        **{"streaming.address": streaming_address, "metrics.address": metrics_address,
-           "cni.conf_dir": cni_conf_dir},
+        socket=socket,
+        root=root,
+        state_dir=state_dir,
+        image_store=image_store,
+        log_level=log_level,
+        log_format=log_format,
+        default_runtime=default_runtime,
+        **{"streaming.address": streaming_address, "metrics.address": metrics_address, "cni.conf_dir": cni_conf_dir},
     )
 
 

@@ -119,7 +119,9 @@ def images(ctx: click.Context) -> None:
             for record in store.list():
                 names = list(record.repo_tags) or [d.split("@")[0] + "@<none>" for d in record.repo_digests]
                 for name in names or ["<none>"]:
-                    click.echo(f"{name:60} {record.id[7:19]:15} {_human(record.size):>10} {'yes' if record.pinned else ''}")
+                    click.echo(
+                        f"{name:60} {record.id[7:19]:15} {_human(record.size):>10} {'yes' if record.pinned else ''}"
+                    )
         finally:
             await store.aclose()
 

@@ -178,7 +178,9 @@ def _merge_into(target: Any, data: dict[str, Any], source: str, prefix: str = ""
             for name, table in value.items():
                 if not isinstance(table, dict):
                     raise ConfigError(f"{where}.{name}: expected a table [runtimes.{name}]")
-                handler = current.get(name) or RuntimeHandlerConfig(path=name, type="crun" if name == "crun" else "runc")
+                handler = current.get(name) or RuntimeHandlerConfig(
+                    path=name, type="crun" if name == "crun" else "runc"
+                )
                 _merge_into(handler, table, source, f"{prefix}{key}.{name}.")
                 current[name] = handler
         else:

@@ -121,9 +121,7 @@ def resources(res: api_pb2.LinuxContainerResources | None) -> Resources | None:
     )
 
 
-def seccomp_profile(
-    profile: api_pb2.SecurityProfile | None, legacy_path: str, field: str
-) -> SeccompProfile:
+def seccomp_profile(profile: api_pb2.SecurityProfile | None, legacy_path: str, field: str) -> SeccompProfile:
     """The structured field wins over the deprecated seccomp_profile_path."""
     if profile is not None:
         if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
@@ -140,12 +138,12 @@ def seccomp_profile(
         return SeccompProfile(kind="runtime/default")
     if legacy_path.startswith("localhost/"):
         return SeccompProfile(kind="localhost", path=legacy_path.removeprefix("localhost/"))
-    raise InvalidArgument(f"{field}.seccomp_profile_path {legacy_path!r} is not runtime/default, unconfined or localhost/PATH")
+    raise InvalidArgument(
+        f"{field}.seccomp_profile_path {legacy_path!r} is not runtime/default, unconfined or localhost/PATH"
+    )
 
 
-def apparmor_profile(
-    profile: api_pb2.SecurityProfile | None, legacy_name: str, field: str
-) -> AppArmorProfile | None:
+def apparmor_profile(profile: api_pb2.SecurityProfile | None, legacy_name: str, field: str) -> AppArmorProfile | None:
     if profile is not None:
         if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
             return AppArmorProfile(kind="unconfined")
@@ -162,7 +160,9 @@ def apparmor_profile(
         return AppArmorProfile(kind="runtime/default")
     if legacy_name.startswith("localhost/"):
         return AppArmorProfile(kind="localhost", name=legacy_name.removeprefix("localhost/"))
-    raise InvalidArgument(f"{field}.apparmor_profile {legacy_name!r} is not runtime/default, unconfined or localhost/NAME")
+    raise InvalidArgument(
+        f"{field}.apparmor_profile {legacy_name!r} is not runtime/default, unconfined or localhost/NAME"
+    )
 
 
 def user_spec(sc: api_pb2.LinuxContainerSecurityContext, image_user: str, field: str) -> UserSpec:

@@ -35,9 +35,12 @@ def _cni_plugins(config: Config) -> Check:
     wanted = ("bridge", "host-local", "loopback", "portmap")
     missing = [p for p in wanted if not any((Path(d) / p).exists() for d in config.cni.bin_dirs)]
     if missing:
-        return Check("CNI plugins", False,
-                     f"missing {', '.join(missing)} in {', '.join(config.cni.bin_dirs)}; "
-                     "install the Debian package 'containernetworking-plugins'")
+        return Check(
+            "CNI plugins",
+            False,
+            f"missing {', '.join(missing)} in {', '.join(config.cni.bin_dirs)}; "
+            "install the Debian package 'containernetworking-plugins'",
+        )
     return Check("CNI plugins", True, f"bridge, host-local, loopback, portmap in {', '.join(config.cni.bin_dirs)}")
 
 
@@ -59,18 +62,30 @@ def _cgroups(config: Config, fix: bool) -> list[Check]:
         if fix:
             detect.fix_hybrid_for_crun()
         if detect.hybrid_blocks_crun():
-            checks.append(Check(
-                "crun on hybrid cgroups", False,
-                "the cgroup v2 hierarchy holds controllers beside v1 ones and crun refuses to run; "
-                "run 'crishim doctor --fix' to mount them as v1 hierarchies", warning="crun" not in config.runtimes,
-            ))
+            checks.append(
+                Check(
+                    "crun on hybrid cgroups",
+                    False,
+                    "the cgroup v2 hierarchy holds controllers beside v1 ones and crun refuses to run; "
+                    "run 'crishim doctor --fix' to mount them as v1 hierarchies",
+                    warning="crun" not in config.runtimes,
+                )
+            )
         else:
             checks.append(Check("crun on hybrid cgroups", True, "v2 controllers remounted as v1 hierarchies"))
     elif layout.version.name == "HYBRID":
         checks.append(Check("crun on hybrid cgroups", True, "the v2 hierarchy holds no controllers; crun can run"))
     psi = detect.detect().psi
-    checks.append(Check("PSI", psi, "pressure stall information available" if psi else
-                        "no PSI files (boot with psi=1 on cgroup v2); stats omit PSI", warning=not psi))
+    checks.append(
+        Check(
+            "PSI",
+            psi,
+            "pressure stall information available"
+            if psi
+            else "no PSI files (boot with psi=1 on cgroup v2); stats omit PSI",
+            warning=not psi,
+        )
+    )
     return checks
 
 
@@ -90,19 +105,28 @@ def _idmap(config: Config) -> Check:
         except Exception as exc:  # noqa: BLE001 - doctor reports, never crashes
             parts.append(f"{name}: probe failed ({exc})")
             continue
-        parts.append(f"{name}: idmap mounts {'yes' if features.idmap_mounts else 'no'}, "
-                     f"recursive read-only {'yes' if features.recursive_read_only else 'no'}")
+        parts.append(
+            f"{name}: idmap mounts {'yes' if features.idmap_mounts else 'no'}, "
+            f"recursive read-only {'yes' if features.recursive_read_only else 'no'}"
+        )
     return Check("runtime features", True, "; ".join(parts))
 
 
 def run_checks(config: Config, fix: bool = False) -> list[Check]:
-    checks = [Check("running as root", os.geteuid() == 0, "yes" if os.geteuid() == 0 else
-                    "crishim serve needs root (mounts, namespaces, cgroups)")]
+    checks = [
+        Check(
+            "running as root",
+            os.geteuid() == 0,
+            "yes" if os.geteuid() == 0 else "crishim serve needs root (mounts, namespaces, cgroups)",
+        )
+    ]
     for name, handler in config.runtimes.items():
         checks.append(_binary(f"runtime {name}", handler.path, handler.type))
     checks.append(_binary("conmon", config.conmon, "conmon"))
     cat = shutil.which("catatonit")
-    checks.append(Check("catatonit", bool(cat), cat or "not found; install 'catatonit' (the built-in pause image needs it)"))
+    checks.append(
+        Check("catatonit", bool(cat), cat or "not found; install 'catatonit' (the built-in pause image needs it)")
+    )
     checks.append(_cni_plugins(config))
     checks.append(_overlayfs())
     checks.extend(_cgroups(config, fix))

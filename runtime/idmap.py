@@ -52,17 +52,23 @@ def idmapped_bind(source: Path, target: Path, userns_path: str, readonly: bool =
     infra process's /proc/PID/ns/user). Blocking; call it from a thread.
     """
     target.mkdir(parents=True, exist_ok=True)
-    tree = _check(_libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), OPEN_TREE_CLONE | os.O_CLOEXEC),
-                  f"open_tree {source}")
+    tree = _check(
+        _libc.syscall(SYS_OPEN_TREE, AT_FDCWD, os.fsencode(source), OPEN_TREE_CLONE | os.O_CLOEXEC),
+        f"open_tree {source}",
+    )
     try:
         ns_fd = os.open(userns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             attr = _MountAttr(attr_set=MOUNT_ATTR_IDMAP | (MOUNT_ATTR_RDONLY if readonly else 0), userns_fd=ns_fd)
-            _check(_libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr),
-                                 ctypes.sizeof(attr)), f"mount_setattr (idmap) {source}")
+            _check(
+                _libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)),
+                f"mount_setattr (idmap) {source}",
+            )
         finally:
             os.close(ns_fd)
-        _check(_libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH),
-               f"move_mount {source} -> {target}")
+        _check(
+            _libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH),
+            f"move_mount {source} -> {target}",
+        )
     finally:
         os.close(tree)

@@ -16,8 +16,6 @@ SHARED_SET = ""
 
 def handler_image_sets(config: Config) -> dict[str, str]:
     """handler name -> image set name, including '' for the default handler."""
-    sets = {
-        name: (name if handler.separate_images else SHARED_SET) for name, handler in config.runtimes.items()
-    }
+    sets = {name: (name if handler.separate_images else SHARED_SET) for name, handler in config.runtimes.items()}
     sets[""] = sets.get(config.default_runtime, SHARED_SET)
     return sets

@@ -17,7 +17,8 @@ def clamp_and_log(value: int) -> int:
     if clamped != value and not _warned:
         _warned = True
         log.warning(
-            "oom_score_adj %d cannot be set without CAP_SYS_RESOURCE; using %d instead "
-            "(logged once)", value, clamped,
+            "oom_score_adj %d cannot be set without CAP_SYS_RESOURCE; using %d instead (logged once)",
+            value,
+            clamped,
         )
     return clamped

@@ -29,9 +29,7 @@ def claim_socket_path(path: Path) -> None:
     if not (path.exists() or path.is_symlink()):
         return
     if socket_in_use(path):
-        raise FailedPrecondition(
-            f"another daemon is serving on {path}; stop it first or set a different 'socket'"
-        )
+        raise FailedPrecondition(f"another daemon is serving on {path}; stop it first or set a different 'socket'")
     try:
         path.unlink()
     except OSError as exc:

@@ -17,8 +17,14 @@ class RuntimeStreamBackend:
         self.svc = svc
 
     async def exec(
-        self, container_id: str, cmd: list[str], tty: bool, stdin: ByteReader | None,
-        stdout: ByteWriter | None, stderr: ByteWriter | None, resize: AsyncIterator[TerminalSize],
+        self,
+        container_id: str,
+        cmd: list[str],
+        tty: bool,
+        stdin: ByteReader | None,
+        stdout: ByteWriter | None,
+        stderr: ByteWriter | None,
+        resize: AsyncIterator[TerminalSize],
     ) -> int:
         meta = self.svc.state.get_container(container_id)
         if meta.state != CONTAINER_RUNNING:
@@ -30,8 +36,13 @@ class RuntimeStreamBackend:
         return code
 
     async def attach(
-        self, container_id: str, tty: bool, stdin: ByteReader | None, stdout: ByteWriter | None,
-        stderr: ByteWriter | None, resize: AsyncIterator[TerminalSize],
+        self,
+        container_id: str,
+        tty: bool,
+        stdin: ByteReader | None,
+        stdout: ByteWriter | None,
+        stderr: ByteWriter | None,
+        resize: AsyncIterator[TerminalSize],
     ) -> None:
         meta = self.svc.state.get_container(container_id)
         if meta.state != CONTAINER_RUNNING:

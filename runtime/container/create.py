@@ -77,7 +77,9 @@ async def create_container(
     validate_container_config(config)
     sandbox = svc.state.get_sandbox(sandbox_id)
     if sandbox.state != SANDBOX_READY:
-        raise FailedPrecondition(f"pod sandbox {sandbox_id} is not ready; containers can only be created in a ready sandbox")
+        raise FailedPrecondition(
+            f"pod sandbox {sandbox_id} is not ready; containers can only be created in a ready sandbox"
+        )
     async with svc.locks.hold("sandbox:" + sandbox_id):
         return await _create(svc, sandbox, config)
 
@@ -182,8 +184,12 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             # proto3 cannot tell an empty list from an absent one: empty keeps our defaults.
             masked_paths=tuple(sc.masked_paths) if sc.masked_paths else None,
             readonly_paths=tuple(sc.readonly_paths) if sc.readonly_paths else None,
-            seccomp=convert.seccomp_profile(sc.seccomp if sc.HasField("seccomp") else None, sc.seccomp_profile_path, field),
-            apparmor=convert.apparmor_profile(sc.apparmor if sc.HasField("apparmor") else None, sc.apparmor_profile, field),
+            seccomp=convert.seccomp_profile(
+                sc.seccomp if sc.HasField("seccomp") else None, sc.seccomp_profile_path, field
+            ),
+            apparmor=convert.apparmor_profile(
+                sc.apparmor if sc.HasField("apparmor") else None, sc.apparmor_profile, field
+            ),
             features=handler.features,
             handler=handler.name,
         )
@@ -199,9 +205,14 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
         proc_user = spec.get("process", {}).get("user", {})
 
         result = await launching.launch(
-            svc, handler, container_id, bundle,
+            svc,
+            handler,
+            container_id,
+            bundle,
             log_path=Path(log_path) if log_path else bundle / "container.log",
-            tty=config.tty, stdin=config.stdin, stdin_once=config.stdin_once,
+            tty=config.tty,
+            stdin=config.stdin,
+            stdin_once=config.stdin_once,
         )
         undo.push_async_callback(launching.kill_and_delete, svc, handler, container_id)
 
@@ -227,11 +238,13 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             stdin=config.stdin,
             stdin_once=config.stdin_once,
             resources=json.dumps(_resources_json(linux.resources)) if linux.HasField("resources") else "",
-            user=json.dumps({
-                "uid": proc_user.get("uid", 0),
-                "gid": proc_user.get("gid", 0),
-                "supplemental_groups": proc_user.get("additionalGids", []),
-            }),
+            user=json.dumps(
+                {
+                    "uid": proc_user.get("uid", 0),
+                    "gid": proc_user.get("gid", 0),
+                    "supplemental_groups": proc_user.get("additionalGids", []),
+                }
+            ),
             image_volumes=tuple(image_volume_paths),
             mounts=json.dumps([_mount_json(m) for m in config.mounts]),
             labels=dict(config.labels),
@@ -266,12 +279,19 @@ def pod_mounts(sandbox: SandboxMeta, config: api_pb2.ContainerConfig) -> list[Mo
     bundle = Path(sandbox.bundle)
     readonly = config.linux.security_context.readonly_rootfs
     out = [
-        Mount(container_path="/etc/hosts", host_path=str(bundle / "hosts"), readonly=readonly,
-              follow_pod_userns=False),
-        Mount(container_path="/etc/resolv.conf", host_path=str(bundle / "resolv.conf"), readonly=readonly,
-              follow_pod_userns=False),
-        Mount(container_path="/etc/hostname", host_path=str(bundle / "hostname"), readonly=readonly,
-              follow_pod_userns=False),
+        Mount(container_path="/etc/hosts", host_path=str(bundle / "hosts"), readonly=readonly, follow_pod_userns=False),
+        Mount(
+            container_path="/etc/resolv.conf",
+            host_path=str(bundle / "resolv.conf"),
+            readonly=readonly,
+            follow_pod_userns=False,
+        ),
+        Mount(
+            container_path="/etc/hostname",
+            host_path=str(bundle / "hostname"),
+            readonly=readonly,
+            follow_pod_userns=False,
+        ),
     ]
     if sandbox.shm_path:
         out.append(Mount(container_path="/dev/shm", host_path=sandbox.shm_path, follow_pod_userns=False))

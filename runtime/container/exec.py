@@ -23,14 +23,16 @@ def exec_process(bundle: str, cmd: list[str], tty: bool = False) -> dict[str, An
     return process
 
 
-async def exec_sync(svc: Services, container_id: str, cmd: list[str], timeout: int) -> ExecResult:
+async def exec_sync(svc: Services, container_id: str, cmd: list[str], timeout_seconds: int) -> ExecResult:
     meta = svc.state.get_container(container_id)
     if meta.state != CONTAINER_RUNNING:
-        raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING: exec needs a running container")
+        raise FailedPrecondition(
+            f"container {container_id} is {meta.state}, not RUNNING: exec needs a running container"
+        )
     handler = svc.handler(meta.runtime_handler)
     process = exec_process(meta.bundle, cmd)
     # api.proto: timeout 0 means no timeout.
     result: ExecResult = await handler.runtime.exec(
-        container_id, process, time_limit=float(timeout) if timeout > 0 else None
+        container_id, process, time_limit=float(timeout_seconds) if timeout_seconds > 0 else None
     )
     return result

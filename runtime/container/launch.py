@@ -15,7 +15,14 @@ log = logging.getLogger("crishim.container")
 
 
 async def launch(
-    svc: Services, handler: Handler, object_id: str, bundle: Path, *, log_path: Path, tty: bool, stdin: bool,
+    svc: Services,
+    handler: Handler,
+    object_id: str,
+    bundle: Path,
+    *,
+    log_path: Path,
+    tty: bool,
+    stdin: bool,
     stdin_once: bool,
 ) -> conmon.ConmonResult:
     """conmon runs `runc create`; returns the container's and conmon's PIDs."""

@@ -56,16 +56,27 @@ async def start_container(svc: Services, container_id: str) -> None:
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
-            svc.state.update_container(container_id, lambda m: dataclasses.replace(
-                m, state=CONTAINER_EXITED, started_at=m.started_at or now_ns(), finished_at=now_ns(),
-                exit_code=START_FAILED_EXIT_CODE, reason="StartError", message=message,
-            ))
+            svc.state.update_container(
+                container_id,
+                lambda m: dataclasses.replace(
+                    m,
+                    state=CONTAINER_EXITED,
+                    started_at=m.started_at or now_ns(),
+                    finished_at=now_ns(),
+                    exit_code=START_FAILED_EXIT_CODE,
+                    reason="StartError",
+                    message=message,
+                ),
+            )
             raise
         svc.starting.discard(container_id)
         started = svc.state.update_container(
             container_id,
-            lambda m: dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=started_at)
-            if m.state == CONTAINER_CREATED else dataclasses.replace(m, started_at=started_at),
+            lambda m: (
+                dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=started_at)
+                if m.state == CONTAINER_CREATED
+                else dataclasses.replace(m, started_at=started_at)
+            ),
         )
         if started.state == CONTAINER_EXITED:
             # It exited while `runc start` ran; record_exit left the delete to us.
@@ -90,10 +101,18 @@ async def record_exit(svc: Services, container_id: str) -> None:
     else:
         (code, finished), message = result, ""
     reason = exit_reason(code, oom)
-    updated = svc.state.update_container(container_id, lambda m: dataclasses.replace(
-        m, state=CONTAINER_EXITED, exit_code=code, finished_at=max(finished, m.started_at), reason=reason,
-        message=m.message or message, started_at=m.started_at or finished,
-    ))
+    updated = svc.state.update_container(
+        container_id,
+        lambda m: dataclasses.replace(
+            m,
+            state=CONTAINER_EXITED,
+            exit_code=code,
+            finished_at=max(finished, m.started_at),
+            reason=reason,
+            message=m.message or message,
+            started_at=m.started_at or finished,
+        ),
+    )
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
     # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at))
@@ -134,8 +153,8 @@ def _signal_number(name: str) -> int:
     return int(getattr(signal, name, signal.SIGTERM))
 
 
-async def stop_container(svc: Services, container_id: str, timeout: int) -> None:
-    """Signal, wait up to `timeout` seconds, then SIGKILL; stopping a stopped container succeeds."""
+async def stop_container(svc: Services, container_id: str, grace_seconds: int) -> None:
+    """Signal, wait up to `grace_seconds`, then SIGKILL; stopping a stopped container succeeds."""
     meta = svc.state.get_container(container_id)
     if meta.state != CONTAINER_RUNNING:
         if meta.state == CONTAINER_CREATED:
@@ -143,9 +162,9 @@ async def stop_container(svc: Services, container_id: str, timeout: int) -> None
         return
     handler = svc.handler(meta.runtime_handler)
     svc.monitor.watch(container_id, meta.conmon_pid)
-    if timeout > 0:
+    if grace_seconds > 0:
         await launching.signal_quietly(handler, container_id, stop_signal(svc, meta))
-        if await svc.monitor.wait(container_id, float(timeout)):
+        if await svc.monitor.wait(container_id, float(grace_seconds)):
             return
     await launching.signal_quietly(handler, container_id, int(signal.SIGKILL))
     if not await svc.monitor.wait(container_id, 30.0):

@@ -26,14 +26,20 @@ async def reopen_container_log(svc: Services, container_id: str) -> None:
     if not meta.log_path:
         raise FailedPrecondition(f"container {container_id} has no log path")
     path = Path(meta.log_path)
-    if path.is_symlink():
-        path.unlink()
+    await asyncio.to_thread(_remove_symlink, path)
     await conmon.reopen_log(Path(meta.bundle) / "ctl")
     deadline = asyncio.get_running_loop().time() + REOPEN_WAIT_SECONDS
-    while not path.exists():
+    while not await asyncio.to_thread(path.exists):
         if asyncio.get_running_loop().time() > deadline:
             raise FailedPrecondition(f"conmon did not reopen the log of {container_id} within {REOPEN_WAIT_SECONDS}s")
         await asyncio.sleep(0.01)
+    if await asyncio.to_thread(_remove_symlink, path):
+        raise FailedPrecondition(f"log path {path} was replaced by a symlink while reopening; refused")
+
+
+def _remove_symlink(path: Path) -> bool:
+    """Removes a symlink planted at the log path; True if there was one."""
     if path.is_symlink():
         os.unlink(path)
-        raise FailedPrecondition(f"log path {path} was replaced by a symlink while reopening; refused")
+        return True
+    return False

@@ -65,13 +65,13 @@ class ExitMonitor:
             if event is not None:
                 event.set()
 
-    async def wait(self, object_id: str, timeout: float | None) -> bool:
+    async def wait(self, object_id: str, within: float | None) -> bool:
         """Waits until the exit of object_id is recorded; False on timeout or if not watched."""
         event = self._waiters.get(object_id)
         if event is None:
             return object_id not in self._fds
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await asyncio.wait_for(event.wait(), within)
         except TimeoutError:
             return False
         return True

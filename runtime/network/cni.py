@@ -210,9 +210,7 @@ class CniRunner:
             start_new_session=True,
         )
         try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(conf).encode()), timeout=self.plugin_timeout
-            )
+            out, err = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()), timeout=self.plugin_timeout)
         except BaseException as exc:
             # Timeout or cancellation: kill the plugin and whatever it delegated to.
             try:
@@ -222,8 +220,7 @@ class CniRunner:
             await proc.wait()
             if isinstance(exc, TimeoutError):
                 raise DeadlineExceeded(
-                    f"CNI plugin {ptype} did not finish {command} within "
-                    f"{self.plugin_timeout:g}s and was killed"
+                    f"CNI plugin {ptype} did not finish {command} within {self.plugin_timeout:g}s and was killed"
                 ) from None
             raise
         if proc.returncode != 0:
@@ -233,9 +230,7 @@ class CniRunner:
         try:
             result = json.loads(out)
         except ValueError:
-            raise Internal(
-                f"CNI plugin {ptype} printed no JSON result for ADD: {out[:200]!r} {err[:200]!r}"
-            ) from None
+            raise Internal(f"CNI plugin {ptype} printed no JSON result for ADD: {out[:200]!r} {err[:200]!r}") from None
         if not isinstance(result, dict):
             raise Internal(f"CNI plugin {ptype} printed a result that is not a JSON object")
         return result

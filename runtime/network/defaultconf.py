@@ -31,9 +31,7 @@ def parse_pod_cidrs(pod_cidr: str) -> list[str]:
         try:
             out.append(str(ipaddress.ip_network(part, strict=False)))
         except ValueError:
-            raise InvalidArgument(
-                f"pod CIDR {part!r} is not a valid IP network (e.g. 10.88.0.0/16)"
-            ) from None
+            raise InvalidArgument(f"pod CIDR {part!r} is not a valid IP network (e.g. 10.88.0.0/16)") from None
     if not out:
         raise InvalidArgument("the pod CIDR is empty")
     if len({ipaddress.ip_network(c).version for c in out}) != len(out):

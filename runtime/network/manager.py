@@ -292,9 +292,7 @@ class PodNetwork:
             try:
                 await self.teardown(sandbox_id, path)
             except NetworkError as exc:
-                log.warning(
-                    "CNI DEL for orphaned sandbox %s failed, retried at next start: %s", sandbox_id[:13], exc
-                )
+                log.warning("CNI DEL for orphaned sandbox %s failed, retried at next start: %s", sandbox_id[:13], exc)
             await self.remove_netns(path)
             collected.append(sandbox_id)
         return collected

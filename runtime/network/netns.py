@@ -178,9 +178,7 @@ def _create_pinned(path: str) -> None:
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
     except FileExistsError:
-        raise FailedPrecondition(
-            f"network namespace pin {path} already exists; remove the old sandbox first"
-        ) from None
+        raise FailedPrecondition(f"network namespace pin {path} already exists; remove the old sandbox first") from None
     try:
         # This thread alone moves to the new namespace and then ends.
         _check(_c().unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")

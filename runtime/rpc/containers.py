@@ -75,18 +75,30 @@ def container_status(svc: Services, meta: ContainerMeta) -> api_pb2.ContainerSta
         status.resources.CopyFrom(api_pb2.ContainerResources(linux=linux))
     if meta.user:
         user = json.loads(meta.user)
-        status.user.CopyFrom(api_pb2.ContainerUser(linux=api_pb2.LinuxContainerUser(
-            uid=user.get("uid", 0), gid=user.get("gid", 0),
-            supplemental_groups=user.get("supplemental_groups", []),
-        )))
+        status.user.CopyFrom(
+            api_pb2.ContainerUser(
+                linux=api_pb2.LinuxContainerUser(
+                    uid=user.get("uid", 0),
+                    gid=user.get("gid", 0),
+                    supplemental_groups=user.get("supplemental_groups", []),
+                )
+            )
+        )
     return status
 
 
 def _summary(meta: ContainerMeta) -> api_pb2.Container:
     return api_pb2.Container(
-        id=meta.id, pod_sandbox_id=meta.sandbox_id, metadata=_metadata(meta), image=_image_spec(meta),
-        image_ref=meta.image_ref, image_id=meta.image_id, state=container_state(meta),
-        created_at=meta.created_at, labels=meta.labels, annotations=meta.annotations,
+        id=meta.id,
+        pod_sandbox_id=meta.sandbox_id,
+        metadata=_metadata(meta),
+        image=_image_spec(meta),
+        image_ref=meta.image_ref,
+        image_id=meta.image_id,
+        state=container_state(meta),
+        created_at=meta.created_at,
+        labels=meta.labels,
+        annotations=meta.annotations,
     )
 
 
@@ -111,7 +123,9 @@ class ContainerRpcs:
         return self.svc.resolve_container_id(container_id, missing_ok=missing_ok)
 
     @cri_rpc
-    async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CreateContainerResponse:
+    async def CreateContainer(
+        self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CreateContainerResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         if not request.HasField("config"):
@@ -121,12 +135,16 @@ class ContainerRpcs:
         return api_pb2.CreateContainerResponse(container_id=cid)
 
     @cri_rpc
-    async def StartContainer(self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StartContainerResponse:
+    async def StartContainer(
+        self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.StartContainerResponse:
         await lifecycle.start_container(self.svc, self._container_id(request.container_id))
         return api_pb2.StartContainerResponse()
 
     @cri_rpc
-    async def StopContainer(self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopContainerResponse:
+    async def StopContainer(
+        self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.StopContainerResponse:
         cid = self._container_id(request.container_id, missing_ok=True)
         try:
             await lifecycle.stop_container(self.svc, cid, max(0, request.timeout))
@@ -137,20 +155,30 @@ class ContainerRpcs:
         return api_pb2.StopContainerResponse()
 
     @cri_rpc
-    async def RemoveContainer(self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveContainerResponse:
+    async def RemoveContainer(
+        self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RemoveContainerResponse:
         await lifecycle.remove_container(self.svc, self._container_id(request.container_id, missing_ok=True))
         return api_pb2.RemoveContainerResponse()
 
     @cri_rpc
-    async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
+    async def ContainerStatus(
+        self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ContainerStatusResponse:
         meta = self.svc.state.get_container(self._container_id(request.container_id))
         response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, meta))
         if request.verbose:
             spec = read_runtime_spec(meta.bundle)
-            response.info["info"] = json.dumps({
-                "pid": meta.pid, "sandboxID": meta.sandbox_id, "runtimeHandler": meta.runtime_handler,
-                "bundle": meta.bundle, "rootfs": meta.rootfs, "runtimeSpec": spec,
-            })
+            response.info["info"] = json.dumps(
+                {
+                    "pid": meta.pid,
+                    "sandboxID": meta.sandbox_id,
+                    "runtimeHandler": meta.runtime_handler,
+                    "bundle": meta.bundle,
+                    "rootfs": meta.rootfs,
+                    "runtimeSpec": spec,
+                }
+            )
         return response
 
     def _list(self, f: api_pb2.ContainerFilter | None) -> list[api_pb2.Container]:
@@ -159,18 +187,24 @@ class ContainerRpcs:
         return [_summary(m) for m in items]
 
     @cri_rpc
-    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
+    async def ListContainers(
+        self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListContainersResponse:
         f = request.filter if request.HasField("filter") else None
         return api_pb2.ListContainersResponse(containers=self._list(f))
 
     @cri_rpc
-    async def StreamContainers(self, request: api_pb2.StreamContainersRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamContainersResponse]:
+    async def StreamContainers(
+        self, request: api_pb2.StreamContainersRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(self._list(f)):
             yield api_pb2.StreamContainersResponse(containers=batch)
 
     @cri_rpc
-    async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecSyncResponse:
+    async def ExecSync(
+        self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ExecSyncResponse:
         if not request.cmd:
             raise InvalidArgument("cmd is empty: name the command to run")
         result = await execs.exec_sync(
@@ -179,12 +213,16 @@ class ContainerRpcs:
         return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 
     @cri_rpc
-    async def ReopenContainerLog(self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext) -> api_pb2.ReopenContainerLogResponse:
+    async def ReopenContainerLog(
+        self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ReopenContainerLogResponse:
         await logs.reopen_container_log(self.svc, self._container_id(request.container_id))
         return api_pb2.ReopenContainerLogResponse()
 
     @cri_rpc
-    async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateContainerResourcesResponse:
+    async def UpdateContainerResources(
+        self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.UpdateContainerResourcesResponse:
         linux = request.linux if request.HasField("linux") else None
         await resources.update_container_resources(self.svc, self._container_id(request.container_id), linux)
         return api_pb2.UpdateContainerResourcesResponse()

@@ -26,7 +26,9 @@ class EventRpcs:
     svc: Services
 
     @cri_rpc
-    async def GetContainerEvents(self, request: api_pb2.GetEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+    async def GetContainerEvents(
+        self, request: api_pb2.GetEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.ContainerEventResponse]:
         from crishim.runtime.rpc.containers import container_status
         from crishim.runtime.rpc.sandboxes import sandbox_status
 

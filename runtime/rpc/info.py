@@ -23,7 +23,9 @@ class InfoRpcs:
     svc: Services
 
     @cri_rpc
-    async def Version(self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> api_pb2.VersionResponse:
+    async def Version(
+        self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.VersionResponse:
         return api_pb2.VersionResponse(
             version=KUBELET_API_VERSION,
             runtime_name=RUNTIME_NAME,
@@ -36,9 +38,7 @@ class InfoRpcs:
         net_ready, net_reason, net_message = self.svc.network_status()
         conditions = [
             api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
-            api_pb2.RuntimeCondition(
-                type="NetworkReady", status=net_ready, reason=net_reason, message=net_message
-            ),
+            api_pb2.RuntimeCondition(type="NetworkReady", status=net_ready, reason=net_reason, message=net_message),
         ]
         handlers = []
         for name, features in self.svc.handler_features().items():

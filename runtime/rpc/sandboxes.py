@@ -61,8 +61,13 @@ def _matches(meta: SandboxMeta, f: api_pb2.PodSandboxFilter | None) -> bool:
 
 def _summary(meta: SandboxMeta) -> api_pb2.PodSandbox:
     return api_pb2.PodSandbox(
-        id=meta.id, metadata=sandbox_metadata(meta), state=sandbox_state(meta), created_at=meta.created_at,
-        labels=meta.labels, annotations=meta.annotations, runtime_handler=meta.runtime_handler,
+        id=meta.id,
+        metadata=sandbox_metadata(meta),
+        state=sandbox_state(meta),
+        created_at=meta.created_at,
+        labels=meta.labels,
+        annotations=meta.annotations,
+        runtime_handler=meta.runtime_handler,
     )
 
 
@@ -75,14 +80,18 @@ class SandboxRpcs:
         return self.svc.resolve_sandbox_id(sandbox_id)
 
     @cri_rpc
-    async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RunPodSandboxResponse:
+    async def RunPodSandbox(
+        self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RunPodSandboxResponse:
         if not request.HasField("config"):
             raise InvalidArgument("config is required")
         sandbox_id = await run_pod_sandbox(self.svc, request.config, request.runtime_handler)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
 
     @cri_rpc
-    async def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopPodSandboxResponse:
+    async def StopPodSandbox(
+        self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.StopPodSandboxResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
@@ -90,7 +99,9 @@ class SandboxRpcs:
         return api_pb2.StopPodSandboxResponse()
 
     @cri_rpc
-    async def RemovePodSandbox(self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemovePodSandboxResponse:
+    async def RemovePodSandbox(
+        self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RemovePodSandboxResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
@@ -98,7 +109,9 @@ class SandboxRpcs:
         return api_pb2.RemovePodSandboxResponse()
 
     @cri_rpc
-    async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse:
+    async def PodSandboxStatus(
+        self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PodSandboxStatusResponse:
         from crishim.runtime.rpc.containers import container_status
 
         meta = self.svc.state.get_sandbox(self._resolve_sandbox(request.pod_sandbox_id))
@@ -125,12 +138,16 @@ class SandboxRpcs:
         return [_summary(m) for m in items]
 
     @cri_rpc
-    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse:
+    async def ListPodSandbox(
+        self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListPodSandboxResponse:
         f = request.filter if request.HasField("filter") else None
         return api_pb2.ListPodSandboxResponse(items=self._list_sandboxes(f))
 
     @cri_rpc
-    async def StreamPodSandboxes(self, request: api_pb2.StreamPodSandboxesRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
+    async def StreamPodSandboxes(
+        self, request: api_pb2.StreamPodSandboxesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(self._list_sandboxes(f)):
             yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=batch)

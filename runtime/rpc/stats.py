@@ -14,7 +14,7 @@ from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
-from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY
+from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY, ContainerMeta, SandboxMeta
 
 if TYPE_CHECKING:
     from crishim.runtime.services import Services
@@ -27,11 +27,15 @@ def _u64(value: int | None) -> api_pb2.UInt64Value | None:
 def _psi(psi: PsiStats | None) -> api_pb2.PsiStats | None:
     if psi is None:
         return None
-    out = api_pb2.PsiStats(Some=api_pb2.PsiData(Total=psi.some.total_ns, Avg10=psi.some.avg10,
-                                                  Avg60=psi.some.avg60, Avg300=psi.some.avg300))
+    out = api_pb2.PsiStats(
+        Some=api_pb2.PsiData(
+            Total=psi.some.total_ns, Avg10=psi.some.avg10, Avg60=psi.some.avg60, Avg300=psi.some.avg300
+        )
+    )
     if psi.full is not None:
-        out.Full.CopyFrom(api_pb2.PsiData(Total=psi.full.total_ns, Avg10=psi.full.avg10,
-                                          Avg60=psi.full.avg60, Avg300=psi.full.avg300))
+        out.Full.CopyFrom(
+            api_pb2.PsiData(Total=psi.full.total_ns, Avg10=psi.full.avg10, Avg60=psi.full.avg60, Avg300=psi.full.avg300)
+        )
     return out
 
 
@@ -40,8 +44,10 @@ def _cpu(stats: CgroupStats | None) -> api_pb2.CpuUsage:
         return api_pb2.CpuUsage(timestamp=now_ns())
     cpu = stats.cpu
     return api_pb2.CpuUsage(
-        timestamp=cpu.timestamp_ns, usage_core_nano_seconds=_u64(cpu.usage_core_ns),
-        usage_nano_cores=_u64(cpu.usage_nano_cores), psi=_psi(cpu.psi),
+        timestamp=cpu.timestamp_ns,
+        usage_core_nano_seconds=_u64(cpu.usage_core_ns),
+        usage_nano_cores=_u64(cpu.usage_nano_cores),
+        psi=_psi(cpu.psi),
     )
 
 
@@ -50,17 +56,25 @@ def _memory(stats: CgroupStats | None) -> api_pb2.MemoryUsage:
         return api_pb2.MemoryUsage(timestamp=now_ns())
     m = stats.memory
     return api_pb2.MemoryUsage(
-        timestamp=m.timestamp_ns, working_set_bytes=_u64(m.working_set_bytes), available_bytes=_u64(m.available_bytes),
-        usage_bytes=_u64(m.usage_bytes), rss_bytes=_u64(m.rss_bytes), page_faults=_u64(m.page_faults),
-        major_page_faults=_u64(m.major_page_faults), psi=_psi(m.psi),
+        timestamp=m.timestamp_ns,
+        working_set_bytes=_u64(m.working_set_bytes),
+        available_bytes=_u64(m.available_bytes),
+        usage_bytes=_u64(m.usage_bytes),
+        rss_bytes=_u64(m.rss_bytes),
+        page_faults=_u64(m.page_faults),
+        major_page_faults=_u64(m.major_page_faults),
+        psi=_psi(m.psi),
     )
 
 
 def _swap(stats: CgroupStats | None) -> api_pb2.SwapUsage | None:
     if stats is None or stats.swap is None:
         return None
-    return api_pb2.SwapUsage(timestamp=stats.swap.timestamp_ns, swap_usage_bytes=_u64(stats.swap.usage_bytes),
-                             swap_available_bytes=_u64(stats.swap.available_bytes))
+    return api_pb2.SwapUsage(
+        timestamp=stats.swap.timestamp_ns,
+        swap_usage_bytes=_u64(stats.swap.usage_bytes),
+        swap_available_bytes=_u64(stats.swap.available_bytes),
+    )
 
 
 def _io(stats: CgroupStats | None) -> api_pb2.IoUsage | None:
@@ -73,8 +87,10 @@ def container_stats(svc: Services, sample: collect.ContainerSample) -> api_pb2.C
     meta = sample.meta
     return api_pb2.ContainerStats(
         attributes=api_pb2.ContainerAttributes(
-            id=meta.id, metadata=api_pb2.ContainerMetadata(name=meta.name, attempt=meta.attempt),
-            labels=meta.labels, annotations=meta.annotations,
+            id=meta.id,
+            metadata=api_pb2.ContainerMetadata(name=meta.name, attempt=meta.attempt),
+            labels=meta.labels,
+            annotations=meta.annotations,
         ),
         cpu=_cpu(sample.cgroup),
         memory=_memory(sample.cgroup),
@@ -83,7 +99,8 @@ def container_stats(svc: Services, sample: collect.ContainerSample) -> api_pb2.C
         writable_layer=api_pb2.FilesystemUsage(
             timestamp=now_ns(),
             fs_id=api_pb2.FilesystemIdentifier(mountpoint=svc.config.root),
-            used_bytes=_u64(sample.writable_bytes), inodes_used=_u64(sample.writable_inodes),
+            used_bytes=_u64(sample.writable_bytes),
+            inodes_used=_u64(sample.writable_inodes),
         ),
     )
 
@@ -92,8 +109,13 @@ def pod_stats(svc: Services, sample: collect.PodSample) -> api_pb2.PodSandboxSta
     meta = sample.meta
     ts = now_ns()
     interfaces = [
-        api_pb2.NetworkInterfaceUsage(name=i.name, rx_bytes=_u64(i.rx_bytes), rx_errors=_u64(i.rx_errors),
-                                      tx_bytes=_u64(i.tx_bytes), tx_errors=_u64(i.tx_errors))
+        api_pb2.NetworkInterfaceUsage(
+            name=i.name,
+            rx_bytes=_u64(i.rx_bytes),
+            rx_errors=_u64(i.rx_errors),
+            tx_bytes=_u64(i.tx_bytes),
+            tx_errors=_u64(i.tx_errors),
+        )
         for i in sample.interfaces
     ]
     default = next((i for i in interfaces if i.name == "eth0"), interfaces[0] if interfaces else None)
@@ -101,33 +123,43 @@ def pod_stats(svc: Services, sample: collect.PodSample) -> api_pb2.PodSandboxSta
     cgroup = sample.cgroup
     process = None
     if cgroup is not None and cgroup.process is not None:
-        process = api_pb2.ProcessUsage(timestamp=cgroup.process.timestamp_ns,
-                                       process_count=_u64(cgroup.process.process_count))
+        process = api_pb2.ProcessUsage(
+            timestamp=cgroup.process.timestamp_ns, process_count=_u64(cgroup.process.process_count)
+        )
     return api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=meta.id,
-            metadata=api_pb2.PodSandboxMetadata(name=meta.name, uid=meta.uid, namespace=meta.namespace,
-                                                attempt=meta.attempt),
-            labels=meta.labels, annotations=meta.annotations,
+            metadata=api_pb2.PodSandboxMetadata(
+                name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt
+            ),
+            labels=meta.labels,
+            annotations=meta.annotations,
         ),
         linux=api_pb2.LinuxPodSandboxStats(
-            cpu=_cpu(cgroup), memory=_memory(cgroup), network=network, process=process, io=_io(cgroup),
+            cpu=_cpu(cgroup),
+            memory=_memory(cgroup),
+            network=network,
+            process=process,
+            io=_io(cgroup),
             containers=[container_stats(svc, c) for c in sample.containers],
         ),
     )
 
 
-def _container_filter(meta: object, f: api_pb2.ContainerStatsFilter | None) -> bool:
+def _container_filter(meta: ContainerMeta, f: api_pb2.ContainerStatsFilter | None) -> bool:
     if f is None:
         return True
-    return (id_matches(meta.id, f.id) and (not f.pod_sandbox_id or meta.sandbox_id.startswith(f.pod_sandbox_id))  # type: ignore[attr-defined]
-            and labels_match(meta.labels, f.label_selector))  # type: ignore[attr-defined]
+    return (
+        id_matches(meta.id, f.id)
+        and (not f.pod_sandbox_id or meta.sandbox_id.startswith(f.pod_sandbox_id))
+        and labels_match(meta.labels, f.label_selector)
+    )
 
 
-def _pod_filter(meta: object, f: api_pb2.PodSandboxStatsFilter | None) -> bool:
+def _pod_filter(meta: SandboxMeta, f: api_pb2.PodSandboxStatsFilter | None) -> bool:
     if f is None:
         return True
-    return id_matches(meta.id, f.id) and labels_match(meta.labels, f.label_selector)  # type: ignore[attr-defined]
+    return id_matches(meta.id, f.id) and labels_match(meta.labels, f.label_selector)
 
 
 class StatsRpcs:
@@ -143,7 +175,9 @@ class StatsRpcs:
         return [pod_stats(self.svc, await collect.pod_sample(self.svc, m)) for m in metas]
 
     @cri_rpc
-    async def ContainerStats(self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatsResponse:
+    async def ContainerStats(
+        self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ContainerStatsResponse:
         if not request.container_id:
             raise InvalidArgument("container_id is empty")
         meta = self.svc.state.get_container(self.svc.resolve_container_id(request.container_id))
@@ -151,40 +185,54 @@ class StatsRpcs:
         return api_pb2.ContainerStatsResponse(stats=container_stats(self.svc, sample))
 
     @cri_rpc
-    async def ListContainerStats(self, request: api_pb2.ListContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainerStatsResponse:
+    async def ListContainerStats(
+        self, request: api_pb2.ListContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListContainerStatsResponse:
         f = request.filter if request.HasField("filter") else None
         return api_pb2.ListContainerStatsResponse(stats=await self._container_stats(f))
 
     @cri_rpc
-    async def StreamContainerStats(self, request: api_pb2.StreamContainerStatsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
+    async def StreamContainerStats(
+        self, request: api_pb2.StreamContainerStatsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(await self._container_stats(f)):
             yield api_pb2.StreamContainerStatsResponse(container_stats=batch)
 
     @cri_rpc
-    async def PodSandboxStats(self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatsResponse:
+    async def PodSandboxStats(
+        self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PodSandboxStatsResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         meta = self.svc.state.get_sandbox(self.svc.resolve_sandbox_id(request.pod_sandbox_id))
         return api_pb2.PodSandboxStatsResponse(stats=pod_stats(self.svc, await collect.pod_sample(self.svc, meta)))
 
     @cri_rpc
-    async def ListPodSandboxStats(self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxStatsResponse:
+    async def ListPodSandboxStats(
+        self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListPodSandboxStatsResponse:
         f = request.filter if request.HasField("filter") else None
         return api_pb2.ListPodSandboxStatsResponse(stats=await self._pod_stats(f))
 
     @cri_rpc
-    async def StreamPodSandboxStats(self, request: api_pb2.StreamPodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
+    async def StreamPodSandboxStats(
+        self, request: api_pb2.StreamPodSandboxStatsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(await self._pod_stats(f)):
             yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
     @cri_rpc
-    async def ListMetricDescriptors(self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListMetricDescriptorsResponse:
-        return api_pb2.ListMetricDescriptorsResponse(descriptors=[
-            api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.label_keys))
-            for d in cadvisor.list_descriptors()
-        ])
+    async def ListMetricDescriptors(
+        self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListMetricDescriptorsResponse:
+        return api_pb2.ListMetricDescriptorsResponse(
+            descriptors=[
+                api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.label_keys))
+                for d in cadvisor.list_descriptors()
+            ]
+        )
 
     async def _pod_metrics(self) -> list[api_pb2.PodSandboxMetrics]:
         out = []
@@ -194,32 +242,48 @@ class StatsRpcs:
             sample = await collect.pod_sample(self.svc, meta)
             pod = api_pb2.PodSandboxMetrics(pod_sandbox_id=meta.id)
             if sample.cgroup is not None:
-                net = [cadvisor.NetworkCounters(i.name, i.rx_bytes, i.tx_bytes, i.rx_errors, i.tx_errors)
-                       for i in sample.interfaces]
-                pod.metrics.extend(_metric(v) for v in cadvisor.cgroup_metrics(
-                    sample.cgroup, meta.cgroup_parent or meta.cgroups_path, "", "", net))
+                net = [
+                    cadvisor.NetworkCounters(i.name, i.rx_bytes, i.tx_bytes, i.rx_errors, i.tx_errors)
+                    for i in sample.interfaces
+                ]
+                pod.metrics.extend(
+                    _metric(v)
+                    for v in cadvisor.cgroup_metrics(
+                        sample.cgroup, meta.cgroup_parent or meta.cgroups_path, "", "", net
+                    )
+                )
             for c in sample.containers:
                 if c.cgroup is None or c.meta.state != CONTAINER_RUNNING:
                     continue
-                pod.container_metrics.append(api_pb2.ContainerMetrics(
-                    container_id=c.meta.id,
-                    metrics=[_metric(v) for v in cadvisor.cgroup_metrics(c.cgroup, c.meta.cgroups_path,
-                                                                         c.meta.name, c.meta.image)],
-                ))
+                pod.container_metrics.append(
+                    api_pb2.ContainerMetrics(
+                        container_id=c.meta.id,
+                        metrics=[
+                            _metric(v)
+                            for v in cadvisor.cgroup_metrics(c.cgroup, c.meta.cgroups_path, c.meta.name, c.meta.image)
+                        ],
+                    )
+                )
             out.append(pod)
         return out
 
     @cri_rpc
-    async def ListPodSandboxMetrics(self, request: api_pb2.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxMetricsResponse:
+    async def ListPodSandboxMetrics(
+        self, request: api_pb2.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.ListPodSandboxMetricsResponse:
         return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=await self._pod_metrics())
 
     @cri_rpc
-    async def StreamPodSandboxMetrics(self, request: api_pb2.StreamPodSandboxMetricsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
+    async def StreamPodSandboxMetrics(
+        self, request: api_pb2.StreamPodSandboxMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[api_pb2.StreamPodSandboxMetricsResponse]:
         for batch in chunks(await self._pod_metrics()):
             yield api_pb2.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=batch)
 
     @cri_rpc
-    async def UpdatePodSandboxResources(self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdatePodSandboxResourcesResponse:
+    async def UpdatePodSandboxResources(
+        self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.UpdatePodSandboxResourcesResponse:
         # KEP-2837: the kubelet owns the pod cgroup and has already resized it; this call
         # informs the runtime. We check the sandbox exists and keep nothing else.
         if not request.pod_sandbox_id:
@@ -230,5 +294,10 @@ class StatsRpcs:
 
 def _metric(v: cadvisor.MetricValue) -> api_pb2.Metric:
     kind = api_pb2.COUNTER if v.type == "counter" or getattr(v.type, "value", v.type) == "counter" else api_pb2.GAUGE
-    return api_pb2.Metric(name=v.name, timestamp=v.timestamp_ns, metric_type=kind,
-                          label_values=list(v.label_values), value=api_pb2.UInt64Value(value=v.value))
+    return api_pb2.Metric(
+        name=v.name,
+        timestamp=v.timestamp_ns,
+        metric_type=kind,
+        label_values=list(v.label_values),
+        value=api_pb2.UInt64Value(value=v.value),
+    )

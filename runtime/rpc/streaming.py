@@ -34,7 +34,11 @@ class StreamingRpcs:
         if not (request.stdin or request.stdout or request.stderr):
             raise InvalidArgument("one of stdin, stdout and stderr must be true")
         url = self.svc.streaming.url_for_exec(
-            cid, list(request.cmd), tty=request.tty, stdin=request.stdin, stdout=request.stdout,
+            cid,
+            list(request.cmd),
+            tty=request.tty,
+            stdin=request.stdin,
+            stdout=request.stdout,
             stderr=request.stderr and not request.tty,
         )
         return api_pb2.ExecResponse(url=url)
@@ -50,7 +54,9 @@ class StreamingRpcs:
         return api_pb2.AttachResponse(url=url)
 
     @cri_rpc
-    async def PortForward(self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext) -> api_pb2.PortForwardResponse:
+    async def PortForward(
+        self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.PortForwardResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         sid = self.svc.resolve_sandbox_id(request.pod_sandbox_id)

@@ -59,12 +59,17 @@ async def write_pod_files(
         import socket
 
         await asyncio.to_thread(dnsfiles.write_hostname, str(files.hostname), socket.gethostname())
-        host_hosts = Path("/etc/hosts")
-        files.hosts.write_text(host_hosts.read_text() if host_hosts.exists() else "")
+        await asyncio.to_thread(_copy_host_hosts, files.hosts)
     else:
         await asyncio.to_thread(dnsfiles.write_hostname, str(files.hostname), hostname)
         await asyncio.to_thread(dnsfiles.write_hosts, str(files.hosts), hostname, "")
     return files
+
+
+def _copy_host_hosts(target: Path) -> None:
+    """A host-network pod sees the node's /etc/hosts."""
+    host_hosts = Path("/etc/hosts")
+    target.write_text(host_hosts.read_text() if host_hosts.exists() else "")
 
 
 def write_hosts(path: Path, hostname: str, ip: str) -> None:
@@ -74,8 +79,12 @@ def write_hosts(path: Path, hostname: str, ip: str) -> None:
 def port_mappings(config: api_pb2.PodSandboxConfig) -> list[PortMapping]:
     """CNI portMappings capability entries (only those that publish a host port)."""
     return [
-        PortMapping(host_port=pm.host_port, container_port=pm.container_port,
-                    protocol=PROTOCOLS.get(pm.protocol, "tcp"), host_ip=pm.host_ip)
+        PortMapping(
+            host_port=pm.host_port,
+            container_port=pm.container_port,
+            protocol=PROTOCOLS.get(pm.protocol, "tcp"),
+            host_ip=pm.host_ip,
+        )
         for pm in config.port_mappings
         if pm.host_port > 0
     ]

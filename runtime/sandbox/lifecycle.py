@@ -27,15 +27,11 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
     if sandbox.state == SANDBOX_NOTREADY and sandbox.network_torn_down and not live:
         return  # stopped already: the kubelet calls this repeatedly
     async with svc.locks.hold("sandbox:" + sandbox_id):
-        await asyncio.gather(*(
-            containers.stop_container(svc, c.id, 0) for c in svc.state.list_containers(sandbox_id)
-        ))
+        await asyncio.gather(*(containers.stop_container(svc, c.id, 0) for c in svc.state.list_containers(sandbox_id)))
         handler = svc.handler(sandbox.runtime_handler)
         await infra.destroy_infra(svc, handler, sandbox_id)
         if sandbox.netns_path and not sandbox.network_torn_down:
-            await svc.network.teardown(
-                sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid
-            )
+            await svc.network.teardown(sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid)
         if sandbox.shm_path:
             await asyncio.to_thread(unmount, Path(sandbox.shm_path))
         svc.state.set_sandbox(sandbox_id, state=SANDBOX_NOTREADY, network_torn_down=True)

@@ -7,6 +7,7 @@ allocation, conmon, runc state, cgroup, directory).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import shutil
@@ -67,8 +68,9 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
     ns = sc.namespace_options
     host_network = ns.network == api_pb2.NODE
     host_ipc = ns.ipc == api_pb2.NODE
-    sysctls = convert.check_sysctls(linux.sysctls, host_network=host_network, host_ipc=host_ipc,
-                                    field="config.linux.sysctls")
+    sysctls = convert.check_sysctls(
+        linux.sysctls, host_network=host_network, host_ipc=host_ipc, field="config.linux.sysctls"
+    )
     userns = convert.user_namespace(ns, "config.linux.security_context.namespace_options")
     if userns is not None and not handler.features.user_namespaces:
         raise InvalidArgument(f"runtime handler {handler.name!r} does not support user namespaces")
@@ -83,7 +85,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
         bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
         undo.callback(shutil.rmtree, bundle, True)
         if config.log_directory:
-            Path(config.log_directory).mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(Path(config.log_directory).mkdir, parents=True, exist_ok=True)
 
         # /dev/shm shared by the pod's containers, unless the pod uses the host IPC.
         shm_path = ""

@@ -126,9 +126,7 @@ class StateStore:
                     f"container {meta.name!r} attempt {meta.attempt} already exists in sandbox "
                     f"{meta.sandbox_id} as {row[0]}; remove it or use another attempt number"
                 )
-            db.execute(
-                "INSERT INTO containers VALUES (?, ?, ?, ?)", (meta.id, meta.sandbox_id, key, encode(meta))
-            )
+            db.execute("INSERT INTO containers VALUES (?, ?, ?, ?)", (meta.id, meta.sandbox_id, key, encode(meta)))
 
     def get_container(self, container_id: str) -> ContainerMeta:
         row = self._db.execute("SELECT data FROM containers WHERE id = ?", (container_id,)).fetchone()
@@ -143,9 +141,7 @@ class StateStore:
             rows = self._db.execute("SELECT data FROM containers WHERE sandbox_id = ?", (sandbox_id,)).fetchall()
         return [decode(ContainerMeta, r[0]) for r in rows]
 
-    def update_container(
-        self, container_id: str, fn: Callable[[ContainerMeta], ContainerMeta]
-    ) -> ContainerMeta:
+    def update_container(self, container_id: str, fn: Callable[[ContainerMeta], ContainerMeta]) -> ContainerMeta:
         with self._tx() as db:
             row = db.execute("SELECT data FROM containers WHERE id = ?", (container_id,)).fetchone()
             if row is None:

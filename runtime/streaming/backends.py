@@ -109,9 +109,7 @@ async def exec_with_runtime(
             proc.send_signal(signal.SIGWINCH)
         await asyncio.to_thread(resize_held_terminals, proc.pid, size)
 
-    return await _supervise_tty(
-        proc, master, stdin, stdout, resize, kill_group=False, after_resize=relay_size
-    )
+    return await _supervise_tty(proc, master, stdin, stdout, resize, kill_group=False, after_resize=relay_size)
 
 
 async def exec_on_host(
@@ -338,11 +336,7 @@ async def attach_via_conmon(
                 target = stdout if packet[0] == ATTACH_PIPE_STDOUT else stderr
                 if packet[0] == ATTACH_PIPE_STDERR and tty:
                     target = stdout
-                if (
-                    target is not None
-                    and len(packet) > 1
-                    and packet[0] in (ATTACH_PIPE_STDOUT, ATTACH_PIPE_STDERR)
-                ):
+                if target is not None and len(packet) > 1 and packet[0] in (ATTACH_PIPE_STDOUT, ATTACH_PIPE_STDERR):
                     await target.write(packet[1:])
         except ConnectionResetError:
             pass

@@ -128,9 +128,7 @@ async def serve_spdy(
                 del pending[request_id]
                 deadlines.pop(request_id, None)
                 data, err = pair["data"], pair["error"]
-                task = asyncio.create_task(
-                    forward_one(backend, request, port, data, data, err, data.reset_event)
-                )
+                task = asyncio.create_task(forward_one(backend, request, port, data, data, err, data.reset_event))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             now = loop.time()
@@ -146,9 +144,7 @@ async def serve_spdy(
                 await task
 
 
-async def serve_websocket(
-    conn: ChannelConnection, request: PortForwardRequest, backend: StreamBackend
-) -> None:
+async def serve_websocket(conn: ChannelConnection, request: PortForwardRequest, backend: StreamBackend) -> None:
     """Forward one TCP connection per requested port; close when all have ended."""
     if not request.ports:
         await conn.writer(1).write(b"no ports to forward: pass the ports query parameter, e.g. ?ports=8080")

@@ -310,9 +310,7 @@ async def _respond(
     ]
     try:
         data = conn.send(h11.Response(status_code=status, headers=headers))
-        data = (
-            (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-        )
+        data = (data or b"") + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
     except h11.LocalProtocolError:
         return
     writer.write(data)

@@ -164,9 +164,7 @@ class HeaderCodec:
     """Header blocks of one direction share a single zlib stream primed with the dictionary."""
 
     def __init__(self) -> None:
-        self._compress = zlib.compressobj(
-            zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zdict=HEADER_DICTIONARY
-        )
+        self._compress = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, 15, 8, zdict=HEADER_DICTIONARY)
         self._decompress = zlib.decompressobj(15, zdict=HEADER_DICTIONARY)
 
     def encode(self, headers: Headers) -> bytes:
@@ -225,9 +223,7 @@ def encode_frame(frame: Frame, codec: HeaderCodec) -> bytes:
         case DataFrame(stream_id, flags, data):
             return data_frame(stream_id, flags, data)
         case SynStreamFrame(stream_id, associated_id, priority, flags, headers):
-            payload = struct.pack(">IIBB", stream_id, associated_id, (priority & 7) << 5, 0) + codec.encode(
-                headers
-            )
+            payload = struct.pack(">IIBB", stream_id, associated_id, (priority & 7) << 5, 0) + codec.encode(headers)
             return control_frame(SYN_STREAM, flags, payload)
         case SynReplyFrame(stream_id, flags, headers):
             return control_frame(SYN_REPLY, flags, struct.pack(">I", stream_id) + codec.encode(headers))
@@ -262,9 +258,7 @@ def decode_frame(head: bytes, payload: bytes, codec: HeaderCodec) -> Frame:
     try:
         if frame_type == SYN_STREAM:
             sid, assoc, pri, _slot = struct.unpack_from(">IIBB", payload)
-            return SynStreamFrame(
-                sid & 0x7FFFFFFF, assoc & 0x7FFFFFFF, pri >> 5, flags, codec.decode(payload[10:])
-            )
+            return SynStreamFrame(sid & 0x7FFFFFFF, assoc & 0x7FFFFFFF, pri >> 5, flags, codec.decode(payload[10:]))
         if frame_type == SYN_REPLY:
             (sid,) = struct.unpack_from(">I", payload)
             return SynReplyFrame(sid & 0x7FFFFFFF, flags, codec.decode(payload[4:]))
@@ -447,9 +441,7 @@ class SpdyConnection:
             self._incoming.put_nowait(None)  # keep answering None to later callers
         return stream
 
-    async def open_stream(
-        self, headers: Headers, *, fin: bool = False, reply_timeout: float = 30.0
-    ) -> SpdyStream:
+    async def open_stream(self, headers: Headers, *, fin: bool = False, reply_timeout: float = 30.0) -> SpdyStream:
         """Send SYN_STREAM and wait for the peer's SYN_REPLY."""
         if self.closed:
             raise ConnectionError("SPDY connection is closed")

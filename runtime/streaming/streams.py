@@ -67,9 +67,7 @@ class StreamBackend(Protocol):
         resize: AsyncIterator[TerminalSize],
     ) -> None: ...
 
-    async def port_forward(
-        self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter
-    ) -> None: ...
+    async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None: ...
 
 
 class Pipe:

@@ -114,9 +114,7 @@ def test_unknown_cdi_device_is_invalid_argument_naming_it(
 ) -> None:
     sid, pod = run_pod(cdi_daemon, "cdi-unknown")
     try:
-        config = container_config(
-            "app", image, ["true"], CDI_devices=[pb.CDIDevice(name="example.com/test=gpu9")]
-        )
+        config = container_config("app", image, ["true"], CDI_devices=[pb.CDIDevice(name="example.com/test=gpu9")])
         with pytest.raises(grpc.RpcError) as err:
             cdi_daemon.runtime.CreateContainer(
                 pb.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=pod), timeout=60

@@ -20,7 +20,8 @@ def crishim(*args: str, config: Path | None = None) -> subprocess.CompletedProce
 
 def test_version_prints_name_and_cri_version() -> None:
     out = crishim("version").stdout
-    assert "runtime_name: crishim" in out and "runtime_api_version: v1" in out
+    assert "runtime_name: crishim" in out
+    assert "runtime_api_version: v1" in out
 
 
 def test_config_prints_the_effective_toml(tmp_path: Path) -> None:
@@ -35,14 +36,24 @@ def test_config_error_names_file_and_key(tmp_path: Path) -> None:
     bad.write_text("sokcet = 1\n")
     result = crishim("config", config=bad)
     assert result.returncode != 0
-    assert str(bad) in result.stderr and "sokcet" in result.stderr
+    assert str(bad) in result.stderr
+    assert "sokcet" in result.stderr
 
 
 def test_doctor_checks_the_node() -> None:
     result = crishim("doctor")
     assert result.returncode == 0, result.stdout + result.stderr
-    for name in ("runtime runc", "runtime crun", "conmon", "catatonit", "CNI plugins", "overlayfs", "cgroups", "PSI",
-                 "runtime features"):
+    for name in (
+        "runtime runc",
+        "runtime crun",
+        "conmon",
+        "catatonit",
+        "CNI plugins",
+        "overlayfs",
+        "cgroups",
+        "PSI",
+        "runtime features",
+    ):
         assert f"] {name}:" in result.stdout
 
 
@@ -51,7 +62,8 @@ def test_pull_shows_progress_then_images_lists_it(tmp_path: Path, test_images) -
     ref = test_images.ref("layers:latest")
     pulled = crishim("pull", ref, config=config)
     assert pulled.returncode == 0, pulled.stderr
-    assert "done" in pulled.stdout and f"pulled {ref} as sha256:" in pulled.stdout
+    assert "done" in pulled.stdout
+    assert f"pulled {ref} as sha256:" in pulled.stdout
     listed = crishim("images", config=config).stdout
     assert ref in listed
 

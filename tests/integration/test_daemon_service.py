@@ -78,7 +78,9 @@ def test_socket_is_mode_0660(live_daemon: Daemon) -> None:
 def test_second_daemon_on_a_live_socket_is_refused(live_daemon: Daemon) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "crishim.runtime.cli", "--config", str(live_daemon.config_file), "serve"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode != 0
     assert "another daemon is serving on" in proc.stderr
@@ -100,8 +102,11 @@ def test_stale_socket_file_is_replaced() -> None:
 
 @pytest.mark.parametrize(
     ("method", "request_type"),
-    [("CheckpointContainer", pb.CheckpointContainerRequest), ("CheckpointPod", pb.CheckpointPodRequest),
-     ("RestorePod", pb.RestorePodRequest)],
+    [
+        ("CheckpointContainer", pb.CheckpointContainerRequest),
+        ("CheckpointPod", pb.CheckpointPodRequest),
+        ("RestorePod", pb.RestorePodRequest),
+    ],
 )
 def test_unsupported_rpcs_answer_unimplemented_naming_themselves(
     live_daemon: Daemon, method: str, request_type: type
@@ -119,10 +124,21 @@ def test_network_not_ready_until_a_conflist_appears() -> None:
         assert conditions["NetworkReady"].reason == "NetworkPluginNotReady"
         conf = daemon.dir / "net.d"
         conf.mkdir(exist_ok=True)
-        (conf / "10-test.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": "t",
-            "plugins": [{"type": "bridge", "bridge": "cstest0", "ipam": {"type": "host-local", "subnet": "10.55.0.0/24"}}],
-        }))
+        (conf / "10-test.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "t",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": "cstest0",
+                            "ipam": {"type": "host-local", "subnet": "10.55.0.0/24"},
+                        }
+                    ],
+                }
+            )
+        )
         deadline = time.monotonic() + 10
         ready = False
         while time.monotonic() < deadline and not ready:

@@ -55,14 +55,14 @@ pytestmark = pytest.mark.root
 # when started with --leave-stdin-open.
 LEAVES_STDIN_OPEN = "leave_stdin_open" in inspect.signature(conmon.build_args).parameters
 needs_leave_stdin_open = pytest.mark.xfail(
-    not LEAVES_STDIN_OPEN, strict=True,
+    not LEAVES_STDIN_OPEN,
+    strict=True,
     reason="conmon is not started with --leave-stdin-open: detaching closes the container's stdin",
 )
 
 HANDLERS = ["runc", "crun"]
 # client-go's SPDY executor offers these, newest first (crictl exec/attach, the kubelet's proxy).
-CLIENT_GO_SPDY = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io",
-                  "channel.k8s.io"]
+CLIENT_GO_SPDY = ["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
 WEB_PORTS = (8080, 8081)
 WEB_SERVERS = (
     "mkdir -p /w0 /w1; echo port-8080 > /w0/index.html; echo port-8081 > /w1/index.html; "
@@ -148,8 +148,9 @@ async def test_exec_echoes_stdin_over_spdy_and_websocket(live_daemon: Daemon, po
     over_spdy = await spdy_exec(exec_url(live_daemon, pod.sleeper, ["cat"], stdin=True), stdin=payload)
     assert over_spdy.stdout == payload
     assert over_spdy.exit_code == 0
-    over_ws = await ws_exec(exec_url(live_daemon, pod.sleeper, ["sh", "-c", "cat; exit 4"], stdin=True),
-                            stdin=b"via websocket\n")
+    over_ws = await ws_exec(
+        exec_url(live_daemon, pod.sleeper, ["sh", "-c", "cat; exit 4"], stdin=True), stdin=b"via websocket\n"
+    )
     assert over_ws.protocol == "v5.channel.k8s.io"
     assert over_ws.stdout == b"via websocket\n"
     assert over_ws.exit_code == 4
@@ -172,15 +173,18 @@ async def test_exec_with_tty_sees_resizes_in_stty_size(live_daemon: Daemon, pod:
 
 async def test_exec_with_tty_over_websocket_sees_resize(live_daemon: Daemon, pod: Pod) -> None:
     url = exec_url(live_daemon, pod.sleeper, ["sh"], tty=True, stdin=True)
-    result = await ws_exec(url, stdin=b"", tty=True, close_stdin=False,
-                           resizes=[ResizeScript(TerminalSize(width=77, height=22), b"stty size; exit\n")])
+    result = await ws_exec(
+        url,
+        stdin=b"",
+        tty=True,
+        close_stdin=False,
+        resizes=[ResizeScript(TerminalSize(width=77, height=22), b"stty size; exit\n")],
+    )
     assert b"22 77" in result.stdout, result.stdout
     assert result.exit_code == 0
 
 
-async def test_crictl_exec_it_negotiates_over_spdy_with_client_go_protocols(
-    live_daemon: Daemon, pod: Pod
-) -> None:
+async def test_crictl_exec_it_negotiates_over_spdy_with_client_go_protocols(live_daemon: Daemon, pod: Pod) -> None:
     """crictl exec -it: POST, every client-go version offered, then stdin+stdout+resize and a v4 status."""
     cmd = ["sh", "-c", "read line; echo got-$line; exit 5"]
     url = exec_url(live_daemon, pod.sleeper, cmd, tty=True, stdin=True)
@@ -286,8 +290,9 @@ async def session_at(url: str, *, tty: bool):  # type: ignore[no-untyped-def]
             await conn.close()
 
 
-def start_stdin_container(daemon: Daemon, pod: Pod, busybox: str, name: str, cmd: list[str], *,
-                          tty: bool = False, stdin_once: bool = False) -> str:
+def start_stdin_container(
+    daemon: Daemon, pod: Pod, busybox: str, name: str, cmd: list[str], *, tty: bool = False, stdin_once: bool = False
+) -> str:
     config = container_config(name, busybox, cmd, stdin=True, stdin_once=stdin_once, tty=tty)
     return start_container(daemon, pod.sid, pod.config, config)
 
@@ -383,9 +388,7 @@ async def wait_for_web(daemon: Daemon, sid: str, port: int = 8080) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_port_forward_over_spdy_serves_several_ports_and_connections(
-    live_daemon: Daemon, pod: Pod
-) -> None:
+async def test_port_forward_over_spdy_serves_several_ports_and_connections(live_daemon: Daemon, pod: Pod) -> None:
     await wait_for_web(live_daemon, pod.sid)
     url = port_forward_url(live_daemon, pod.sid)  # crictl names no ports: they come with each stream
     conn, chosen = await spdy_connect(url, ["portforward.k8s.io"])
@@ -462,9 +465,7 @@ async def spdy_over_websocket(url: str) -> tuple[SpdyConnection, str]:
     return conn, event.subprotocol or ""
 
 
-async def test_port_forward_over_spdy_tunnelled_in_websocket_like_crictl(
-    live_daemon: Daemon, pod: Pod
-) -> None:
+async def test_port_forward_over_spdy_tunnelled_in_websocket_like_crictl(live_daemon: Daemon, pod: Pod) -> None:
     """crictl port-forward --transport websocket: SPDY portforward.k8s.io inside binary WebSocket messages."""
     await wait_for_web(live_daemon, pod.sid)
     conn, chosen = await spdy_over_websocket(port_forward_url(live_daemon, pod.sid))
@@ -559,12 +560,15 @@ def test_tokens_are_bound_to_their_kind(live_daemon: Daemon, pod: Pod) -> None:
     assert info.value.status == 404
 
 
-@pytest.mark.skipif("token_ttl" not in StreamingConfig.__dataclass_fields__,
-                    reason="needs the streaming.token_ttl setting in the daemon config")
+@pytest.mark.skipif(
+    "token_ttl" not in StreamingConfig.__dataclass_fields__,
+    reason="needs the streaming.token_ttl setting in the daemon config",
+)
 def test_an_expired_token_is_refused_with_404(test_images) -> None:  # type: ignore[no-untyped-def]
     with running_daemon("[streaming]\ntoken_ttl = 1.0\n") as daemon:
-        sid = daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod_config("ttl", daemon)),
-                                           timeout=60).pod_sandbox_id
+        sid = daemon.runtime.RunPodSandbox(
+            pb.RunPodSandboxRequest(config=pod_config("ttl", daemon)), timeout=60
+        ).pod_sandbox_id
         fresh = port_forward_url(daemon, sid)
         stale = port_forward_url(daemon, sid)
         conn, chosen = asyncio.run(spdy_connect(fresh, ["portforward.k8s.io"]))
@@ -592,5 +596,3 @@ async def test_attach_works_on_a_container_started_before_a_daemon_restart(
         await session.until(b"after the restart\n")
     exec_after = await spdy_exec(exec_url(live_daemon, pod.sleeper, ["echo", "still here"]))
     assert exec_after.stdout == b"still here\n"
-
-

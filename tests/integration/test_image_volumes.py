@@ -67,10 +67,12 @@ def oci_artifact(registry: RegistryServer) -> str:
         "artifactType": "application/vnd.example.model.v1",
         "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty_digest, "size": 2},
         "layers": [
-            {"mediaType": "application/vnd.example.model.config.v1.tar", "digest": plain.digest,
-             "size": plain.size},
-            {"mediaType": "application/vnd.example.model.weights.v1.tar+gzip", "digest": packed.digest,
-             "size": packed.size},
+            {"mediaType": "application/vnd.example.model.config.v1.tar", "digest": plain.digest, "size": plain.size},
+            {
+                "mediaType": "application/vnd.example.model.weights.v1.tar+gzip",
+                "digest": packed.digest,
+                "size": packed.size,
+            },
         ],
     }
     repository = f"{REPO_PREFIX}/model-artifact"
@@ -238,9 +240,7 @@ def test_shared_volume_survives_remove_image_until_its_last_container_goes(
     before = volume_mounts(live_daemon)
 
     first = start_container(live_daemon, sid, config, sleeper("first", busybox, image_mount(data_image)))
-    second = start_container(
-        live_daemon, sid, config, sleeper("second", busybox, image_mount(data_image, "/shared"))
-    )
+    second = start_container(live_daemon, sid, config, sleeper("second", busybox, image_mount(data_image, "/shared")))
     assert len(volume_mounts(live_daemon)) == len(before) + 2
     images.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image=data_image)), timeout=30)
     gone = images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=pulled_data)), timeout=10)

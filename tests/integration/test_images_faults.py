@@ -117,9 +117,7 @@ def leftovers(store: ImageStore) -> list[str]:
 
 
 def big_image() -> b.BuiltImage:
-    return b.build_image(
-        [[b.regular("data", hashlib.sha256(b"x").digest() * 40000)], [b.regular("more", b"more\n")]]
-    )
+    return b.build_image([[b.regular("data", hashlib.sha256(b"x").digest() * 40000)], [b.regular("more", b"more\n")]])
 
 
 @pytest.fixture

@@ -39,9 +39,7 @@ def listing(store: ImageStore) -> set[str]:
     return {p.name for p in (store.root / "tmp").iterdir()}
 
 
-async def test_pull_returns_the_config_digest_and_records_names(
-    store: ImageStore, test_images: TestImages
-) -> None:
+async def test_pull_returns_the_config_digest_and_records_names(store: ImageStore, test_images: TestImages) -> None:
     ref = test_images.ref("busybox:latest")
     seen: list[PullProgress] = []
     record = await store.pull(ref, progress=seen.append)
@@ -74,9 +72,7 @@ async def test_whiteouts_hardlinks_and_ownership_survive(store: ImageStore, test
     assert (top / "data/keep-hardlink").stat().st_ino == (top / "data/keep").stat().st_ino
 
 
-async def test_index_picks_this_platform_and_other_formats_pull(
-    store: ImageStore, test_images: TestImages
-) -> None:
+async def test_index_picks_this_platform_and_other_formats_pull(store: ImageStore, test_images: TestImages) -> None:
     multi = await store.pull(test_images.ref("multiarch:latest"))
     zstd = await store.pull(test_images.ref("busybox-zstd:latest"))
     docker = await store.pull(test_images.ref("busybox-docker:latest"))
@@ -116,9 +112,7 @@ async def test_same_image_from_two_registries_has_one_id_and_both_names(
     assert len(store.list()) == 1
 
 
-async def test_shared_layers_are_unpacked_once_and_kept_while_used(
-    store: ImageStore, test_images: TestImages
-) -> None:
+async def test_shared_layers_are_unpacked_once_and_kept_while_used(store: ImageStore, test_images: TestImages) -> None:
     busybox = await store.pull(test_images.ref("busybox:latest"))
     layers = await store.pull(test_images.ref("layers:latest"))
     base = store.layer_paths(busybox.id)[0]
@@ -190,9 +184,7 @@ async def test_token_auth_registry(store: ImageStore, token_registry: RegistrySe
     ref = f"{token_registry.host}/private/app:1"
     with pytest.raises(PermissionDenied):
         await store.pull(ref)
-    record = await store.pull(
-        ref, Credentials(username=token_registry.username, password=token_registry.password)
-    )
+    record = await store.pull(ref, Credentials(username=token_registry.username, password=token_registry.password))
     assert record.id == built.config_digest
 
 

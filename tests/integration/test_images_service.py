@@ -74,9 +74,7 @@ async def test_image_service_round_trip(
     assert json.loads(status.info["info"])["imageSpec"]["config"]["User"] == "1001"
     listed = await stub.ListImages(api_pb2.ListImagesRequest())
     assert [i.id for i in listed.images] == [pulled.image_ref]
-    filtered = await stub.ListImages(
-        api_pb2.ListImagesRequest(filter=api_pb2.ImageFilter(image=spec("nope")))
-    )
+    filtered = await stub.ListImages(api_pb2.ListImagesRequest(filter=api_pb2.ImageFilter(image=spec("nope"))))
     assert list(filtered.images) == []
     chunks = [c async for c in stub.StreamImages(api_pb2.StreamImagesRequest())]
     assert [i.id for c in chunks for i in c.images] == [pulled.image_ref]
@@ -126,9 +124,7 @@ async def test_split_image_filesystem_is_reported_separately(
     assert not list((images / "store").rglob("written-by-container"))
 
 
-async def test_overlay_rootfs_shows_whiteouts_and_opaque_dirs(
-    tmp_path: Path, test_images: TestImages
-) -> None:
+async def test_overlay_rootfs_shows_whiteouts_and_opaque_dirs(tmp_path: Path, test_images: TestImages) -> None:
     store = ImageStore(tmp_path / "store", None, sync_layers=False)
     try:
         record = await store.pull(test_images.ref("layers:latest"))

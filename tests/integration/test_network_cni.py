@@ -49,9 +49,7 @@ class NetEnv:
     gateway: str
     pods: list[tuple[str, str]] = field(default_factory=list)
 
-    def make(
-        self, *, install: bool = True, timeout: float = 20.0, bin_dirs: list[str] | None = None
-    ) -> PodNetwork:
+    def make(self, *, install: bool = True, timeout: float = 20.0, bin_dirs: list[str] | None = None) -> PodNetwork:
         if install:
             install_default_conflist(self.conf_dir, self.subnet, network=self.network, bridge=self.bridge)
         return PodNetwork(
@@ -192,9 +190,7 @@ class _Httpd:
 def _curl(url: str) -> str:
     deadline = time.monotonic() + 5
     while True:
-        out = subprocess.run(
-            ["curl", "-s", "--noproxy", "*", "--max-time", "2", url], capture_output=True, text=True
-        )
+        out = subprocess.run(["curl", "-s", "--noproxy", "*", "--max-time", "2", url], capture_output=True, text=True)
         if out.returncode == 0 or time.monotonic() > deadline:
             return out.stdout
         time.sleep(0.1)
@@ -246,9 +242,7 @@ async def test_host_port_mapping_reaches_the_pod_through_portmap(env: NetEnv) ->
 async def test_teardown_leaves_no_namespace_veth_ip_reservation_or_iptables_rule(env: NetEnv) -> None:
     pn = env.make()
     await pn.start()
-    sid, path, ip = await _setup(
-        pn, env, [PortMapping(host_port=random.randint(20000, 29999), container_port=80)]
-    )
+    sid, path, ip = await _setup(pn, env, [PortMapping(host_port=random.randint(20000, 29999), container_port=80)])
     veths = _host_veths_for(path)
     assert veths, "no host-side veth found"
     assert _present(os.path.join(HOST_LOCAL_DIR, env.network, ip))

@@ -178,12 +178,8 @@ async def output_of(launcher: Launcher, rt: OciRuntime, script: str, **kw: objec
     return [CRI_LINE.match(line).group(4) for line in run.log_path.read_text().splitlines()]  # type: ignore[union-attr]
 
 
-async def test_output_goes_to_cri_log_and_exit_code_to_exit_file(
-    launcher: Launcher, runtime: OciRuntime
-) -> None:
-    run = await launcher.run(
-        runtime, launcher.input(runtime, ("sh", "-c", "echo hello; echo oops >&2; exit 3"))
-    )
+async def test_output_goes_to_cri_log_and_exit_code_to_exit_file(launcher: Launcher, runtime: OciRuntime) -> None:
+    run = await launcher.run(runtime, launcher.input(runtime, ("sh", "-c", "echo hello; echo oops >&2; exit 3")))
     assert await wait_exit(run) == 3
     lines = run.log_path.read_text().splitlines()
     parsed = [CRI_LINE.match(line) for line in lines]
@@ -265,9 +261,7 @@ async def test_update_changes_memory_cgroup(launcher: Launcher, runtime: OciRunt
     assert int(read(limit_file)) == 96 << 20
 
 
-async def test_missing_command_fails_create_with_runtime_message(
-    launcher: Launcher, runtime: OciRuntime
-) -> None:
+async def test_missing_command_fails_create_with_runtime_message(launcher: Launcher, runtime: OciRuntime) -> None:
     with pytest.raises(RuntimeCommandError) as info:
         await launcher.create(runtime, launcher.input(runtime, ("/bin/no-such-thing",)))
     assert "no-such-thing" in str(info.value)

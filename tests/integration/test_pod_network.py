@@ -41,9 +41,7 @@ from tests.support.daemon import Daemon, running_daemon
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(
-        not os.path.exists("/usr/lib/cni/portmap"), reason="needs containernetworking-plugins"
-    ),
+    pytest.mark.skipif(not os.path.exists("/usr/lib/cni/portmap"), reason="needs containernetworking-plugins"),
 ]
 
 HOST_LOCAL_DIR = Path("/var/lib/cni/networks")
@@ -67,9 +65,7 @@ def eventually(fn: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10
 
 
 def exec_out(daemon: Daemon, cid: str, cmd: list[str], timeout: int = 10) -> tuple[int, str]:
-    resp = daemon.runtime.ExecSync(
-        pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout), timeout=timeout + 10
-    )
+    resp = daemon.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout), timeout=timeout + 10)
     return resp.exit_code, (resp.stdout + resp.stderr).decode(errors="replace")
 
 
@@ -131,9 +127,7 @@ def host_ip() -> str:
 def iptables_mentions(token: str) -> list[str]:
     lines = []
     for table in ("nat", "filter"):
-        out = subprocess.run(
-            ["iptables-save", "-t", table], capture_output=True, text=True, check=True
-        ).stdout
+        out = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True, check=True).stdout
         lines += [line for line in out.splitlines() if token in line]
     return lines
 
@@ -190,13 +184,9 @@ class WebPod:
 
 
 def start_web_pod(daemon: Daemon, image: str, name: str, host_port: int = 0) -> WebPod:
-    ports = (
-        [pb.PortMapping(protocol=pb.TCP, container_port=WEB_PORT, host_port=host_port)] if host_port else []
-    )
+    ports = [pb.PortMapping(protocol=pb.TCP, container_port=WEB_PORT, host_port=host_port)] if host_port else []
     sid, cfg = run_pod(daemon, name, port_mappings=ports)
-    script = (
-        f"mkdir -p /www && echo served-by-{name} > /www/index.html && exec httpd -f -p {WEB_PORT} -h /www"
-    )
+    script = f"mkdir -p /www && echo served-by-{name} > /www/index.html && exec httpd -f -p {WEB_PORT} -h /www"
     cid = start_container(daemon, sid, cfg, container_config("web", image, ["sh", "-c", script]))
     ip = pod_status(daemon, sid).network.ip
     assert ip, f"pod {name} got no IP"
@@ -292,13 +282,9 @@ def test_dns_config_and_hostname_are_what_the_pod_asked(live_daemon: Daemon, bus
 
 def test_host_network_pod_sees_host_interfaces_and_gets_no_netns(live_daemon: Daemon, busybox: str) -> None:
     security = pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(network=pb.NODE))
-    sid, cid = start_sleeper(
-        live_daemon, busybox, "hostnet", linux=pb.LinuxPodSandboxConfig(security_context=security)
-    )
+    sid, cid = start_sleeper(live_daemon, busybox, "hostnet", linux=pb.LinuxPodSandboxConfig(security_context=security))
     try:
-        assert exec_ok(live_daemon, cid, ["readlink", "/proc/self/ns/net"]).strip() == os.readlink(
-            "/proc/self/ns/net"
-        )
+        assert exec_ok(live_daemon, cid, ["readlink", "/proc/self/ns/net"]).strip() == os.readlink("/proc/self/ns/net")
         seen = exec_ok(live_daemon, cid, ["cat", "/proc/net/dev"])
         for name in ("lo", "crishim0", *[n for n in os.listdir("/sys/class/net") if n.startswith("eth")]):
             assert f"{name}:" in seen, (name, seen)
@@ -534,9 +520,7 @@ def test_daemon_killed_during_add_cleans_up_at_the_next_start(custom_net: Custom
 
 
 @pytest.mark.parametrize("cni_version", ["0.4.0", "1.0.0"])
-def test_dual_stack_pod_reports_both_families(
-    custom_net: CustomNet, test_images: Any, cni_version: str
-) -> None:
+def test_dual_stack_pod_reports_both_families(custom_net: CustomNet, test_images: Any, cni_version: str) -> None:
     """IPv4 first as the primary IP, IPv6 as an additional one, as the kubelet expects."""
     daemon = custom_net.daemon
     v4 = f"10.{random.randint(200, 249)}.{random.randint(0, 255)}.0/24"
@@ -570,10 +554,7 @@ def test_dual_stack_pod_reports_both_families(
     assert extra[0] in ipaddress.ip_network(v6)
     out = exec_ok(daemon, pod.cid, ["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"])
     assert f"inet6 {extra[0]}/64" in out, out
-    assert (
-        http_get_eventually(f"http://[{extra[0]}]:{WEB_PORT}/index.html").strip()
-        == f"served-by-dual-{cni_version}"
-    )
+    assert http_get_eventually(f"http://[{extra[0]}]:{WEB_PORT}/index.html").strip() == f"served-by-dual-{cni_version}"
     remove_pod(daemon, pod.sid)
     assert reservations_of(custom_net.network, pod.sid) == []
 
@@ -627,9 +608,7 @@ async def test_orphan_collection_frees_what_a_failed_cleanup_left(tmp_path: Path
     (bin_dir / "crishim-fake").chmod(0o755)
     net = CustomNet(None, bin_dir, f"crishim-orphan-{tag}", f"cso{tag}")  # type: ignore[arg-type]
     (conf_dir / "10-orphan.conflist").write_text(json.dumps(net.conflist()))
-    network = PodNetwork(
-        str(conf_dir), [str(bin_dir), "/usr/lib/cni"], str(tmp_path / "cache"), str(netns_dir), 5.0
-    )
+    network = PodNetwork(str(conf_dir), [str(bin_dir), "/usr/lib/cni"], str(tmp_path / "cache"), str(netns_dir), 5.0)
     await network.reload()
     failed, bare, known = (uuid.uuid4().hex for _ in range(3))
     try:

@@ -57,9 +57,7 @@ def test_basic_auth_registry_refuses_anonymous_and_accepts_credentials(auth_regi
         push_image(auth_registry.host, "private/img", image, ["v1"])
     creds = Credentials(auth_registry.username, auth_registry.password)
     digest = push_image(auth_registry.host, "private/img", image, ["v1"], credentials=creds)
-    anonymous = httpx.get(
-        f"{auth_registry.url}/v2/private/img/manifests/v1", headers={"Accept": b.OCI_MANIFEST}
-    )
+    anonymous = httpx.get(f"{auth_registry.url}/v2/private/img/manifests/v1", headers={"Accept": b.OCI_MANIFEST})
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Basic")
     with Pusher(auth_registry.host, credentials=creds) as client:
@@ -98,10 +96,7 @@ def test_critest_images_are_pushed_under_upstream_paths(registry: RegistryServer
     script = runpy.run_path(str(ROOT / "scripts" / "build-test-images"))
     pushed = script["push_critest_images"](registry.host, "critest")
     staging = "gcr.io/k8s-staging-cri-tools/"
-    assert (
-        pushed[staging + "test-image-tags:1"]
-        == f"{registry.host}/critest/k8s-staging-cri-tools/test-image-tags:1"
-    )
+    assert pushed[staging + "test-image-tags:1"] == f"{registry.host}/critest/k8s-staging-cri-tools/test-image-tags:1"
     with Pusher(registry.host) as client:
 
         def config_of(ref: str) -> dict[str, object]:

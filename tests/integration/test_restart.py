@@ -36,8 +36,12 @@ def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test
         image = test_images.ref("busybox:latest")
         daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
         sid, pod = run_pod(daemon, "survivor")
-        ticker = start_container(daemon, sid, pod, container_config(
-            "ticker", image, ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]))
+        ticker = start_container(
+            daemon,
+            sid,
+            pod,
+            container_config("ticker", image, ["sh", "-c", "while true; do echo tick; sleep 0.2; done"]),
+        )
         short = start_container(daemon, sid, pod, container_config("short", image, ["sh", "-c", "sleep 1; exit 5"]))
         before = snapshot(daemon)
         status_before = container_status(daemon, ticker)
@@ -50,10 +54,12 @@ def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test
         assert states[ticker] == pb.CONTAINER_RUNNING
         assert states[short] == pb.CONTAINER_EXITED
         exited = container_status(daemon, short)
-        assert exited.exit_code == 5 and exited.reason == "Error"
+        assert exited.exit_code == 5
+        assert exited.reason == "Error"
         assert 0.8e9 < exited.finished_at - exited.started_at < 1.9e9  # the real exit time, not the restart time
         again = container_status(daemon, ticker)
-        assert again.started_at == status_before.started_at and again.created_at == status_before.created_at
+        assert again.started_at == status_before.started_at
+        assert again.created_at == status_before.created_at
         log = Path(again.log_path)
         size = log.stat().st_size
         time.sleep(0.5)
@@ -67,8 +73,11 @@ def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test
 def leftovers(daemon: Daemon) -> dict[str, list[str]]:
     # The pin directory itself is a shared self-bind by design (as iproute2 makes /run/netns).
     pin_dir = f" {daemon.dir}/run/netns "
-    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-              if str(daemon.dir) in line and pin_dir not in line]
+    mounts = [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if str(daemon.dir) in line and pin_dir not in line
+    ]
     conmons = subprocess.run(["pgrep", "-f", f"conmon.*{daemon.dir}"], capture_output=True, text=True).stdout.split()
     runc = []
     for handler in ("runc", "crun"):
@@ -77,8 +86,11 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
             out = subprocess.run([handler, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
             runc += out.split()
     netns = [p.name for p in (daemon.dir / "run" / "netns").glob("*")]
-    cgroups = [str(p) for p in Path("/sys/fs/cgroup/memory/crishim").glob("*") if p.is_dir()] if Path(
-        "/sys/fs/cgroup/memory/crishim").exists() else []
+    cgroups = (
+        [str(p) for p in Path("/sys/fs/cgroup/memory/crishim").glob("*") if p.is_dir()]
+        if Path("/sys/fs/cgroup/memory/crishim").exists()
+        else []
+    )
     return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
 
 
@@ -92,13 +104,14 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
             steps_done = 0
             crash_after = rng.random() * 1.2
 
-            def lifecycle() -> None:
+            def lifecycle(round_: int = round_, rt=rt) -> None:  # type: ignore[no-untyped-def]
                 nonlocal steps_done
                 sid, pod = run_pod(daemon, f"crash{round_}")
                 steps_done += 1
                 cfg = container_config("c", image, ["sleep", "100"])
-                cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod),
-                                         timeout=30).container_id
+                cid = rt.CreateContainer(
+                    pb.CreateContainerRequest(pod_sandbox_id=sid, config=cfg, sandbox_config=pod), timeout=30
+                ).container_id
                 rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=30)
                 rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0), timeout=30)
                 rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid), timeout=30)
@@ -122,7 +135,9 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
         for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
             remove_pod(daemon, pod.id)
         found = leftovers(daemon)
-        assert found["conmon"] == [] and found["runtime"] == [] and found["netns"] == [], found
+        assert found["conmon"] == [], found
+        assert found["runtime"] == [], found
+        assert found["netns"] == [], found
         assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]
 
 

@@ -87,9 +87,7 @@ def remove_pod(daemon: Daemon, sid: str) -> None:
     daemon.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=60)
 
 
-def test_a_separate_handler_pulls_lists_and_removes_its_own_images(
-    daemon: Daemon, test_images: TestImages
-) -> None:
+def test_a_separate_handler_pulls_lists_and_removes_its_own_images(daemon: Daemon, test_images: TestImages) -> None:
     image = test_images.ref("user-uid:latest")
     image_id = pull(daemon, image, "crun")
     assert status_of(daemon, image, "crun") is not None
@@ -119,9 +117,7 @@ def test_a_separate_handler_pulls_lists_and_removes_its_own_images(
     assert not any(Path(d).exists() for d in layers)
 
 
-def test_containers_resolve_images_in_their_sandbox_handlers_set(
-    daemon: Daemon, test_images: TestImages
-) -> None:
+def test_containers_resolve_images_in_their_sandbox_handlers_set(daemon: Daemon, test_images: TestImages) -> None:
     image = test_images.ref("user-name:latest")
     pull(daemon, image)  # shared set only
     config = container_config("whoami", image, ["id", "-u"])
@@ -141,9 +137,10 @@ def test_containers_resolve_images_in_their_sandbox_handlers_set(
         # While the crun container exists, RemoveImage in crun's set leaves it working.
         remove(daemon, image, "crun")
         assert status_of(daemon, image, "crun") is None
-        assert daemon.runtime.ContainerStatus(
-            pb.ContainerStatusRequest(container_id=cid), timeout=10
-        ).status.image_id == status.image_id
+        assert (
+            daemon.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=cid), timeout=10).status.image_id
+            == status.image_id
+        )
     finally:
         remove_pod(daemon, sid)
 

@@ -97,16 +97,10 @@ def pod(daemon: Daemon, image: str) -> Iterator[Pod]:
     top = f"/crishim-test-{secrets.token_hex(4)}"
     sid, config = run_pod(daemon, "stats", linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{top}/pod-stats"))
     try:
-        status = daemon.runtime.PodSandboxStatus(
-            pb.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10
-        ).status
+        status = daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10).status
         p = Pod(sid, config, status.network.ip)
-        p.burn = start_container(
-            daemon, sid, config, container_config("burn", image, BURN, labels={"app": "burn"})
-        )
-        p.alloc = start_container(
-            daemon, sid, config, container_config("alloc", image, ALLOC, labels={"app": "mem"})
-        )
+        p.burn = start_container(daemon, sid, config, container_config("burn", image, BURN, labels={"app": "burn"}))
+        p.alloc = start_container(daemon, sid, config, container_config("alloc", image, ALLOC, labels={"app": "mem"}))
         p.containers = [p.burn, p.alloc]
         deadline = time.monotonic() + 20
         log = ""
@@ -171,9 +165,7 @@ def test_list_container_stats_filters_by_id_sandbox_and_labels(daemon: Daemon, p
 def test_stream_container_stats_sends_the_pods_containers(daemon: Daemon, pod: Pod) -> None:
     request = pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(pod_sandbox_id=pod.id))
     got = {
-        s.attributes.id: s
-        for r in daemon.runtime.StreamContainerStats(request, timeout=10)
-        for s in r.container_stats
+        s.attributes.id: s for r in daemon.runtime.StreamContainerStats(request, timeout=10) for s in r.container_stats
     }
     assert set(got) == {pod.burn, pod.alloc}
     assert got[pod.burn].cpu.usage_core_nano_seconds.value > 0
@@ -225,9 +217,7 @@ def test_pod_stats_have_cgroup_usage_network_traffic_and_containers(daemon: Daem
 
 def test_metric_descriptors_and_pod_metrics_use_cadvisor_names(daemon: Daemon, pod: Pod) -> None:
     rt = daemon.runtime
-    names = {
-        d.name for d in rt.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=10).descriptors
-    }
+    names = {d.name for d in rt.ListMetricDescriptors(pb.ListMetricDescriptorsRequest(), timeout=10).descriptors}
     expected = {
         "container_cpu_usage_seconds_total",
         "container_memory_working_set_bytes",
@@ -236,8 +226,7 @@ def test_metric_descriptors_and_pod_metrics_use_cadvisor_names(daemon: Daemon, p
     }
     assert expected <= names
     metrics = {
-        m.pod_sandbox_id: m
-        for m in rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=10).pod_metrics
+        m.pod_sandbox_id: m for m in rt.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest(), timeout=10).pod_metrics
     }
     ours = metrics[pod.id]
     pod_names = {m.name for m in ours.metrics}

@@ -172,9 +172,7 @@ def remove_container(root: Path, container: Container) -> None:
     subprocess.run([RUNC, "--root", str(root), "kill", container.cid, "KILL"], capture_output=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        state = subprocess.run(
-            [RUNC, "--root", str(root), "state", container.cid], capture_output=True, text=True
-        )
+        state = subprocess.run([RUNC, "--root", str(root), "state", container.cid], capture_output=True, text=True)
         if state.returncode != 0 or json.loads(state.stdout)["status"] == "stopped":
             break
         time.sleep(0.05)
@@ -215,9 +213,7 @@ class RuncBackend:
         resize: AsyncIterator[TerminalSize],
     ) -> int:
         c = self._get(container_id)
-        code: int = await exec_with_runtime(
-            RUNC, str(self.root), c.cid, cmd, tty, stdin, stdout, stderr, resize
-        )
+        code: int = await exec_with_runtime(RUNC, str(self.root), c.cid, cmd, tty, stdin, stdout, stderr, resize)
         return code
 
     async def attach(
@@ -319,9 +315,7 @@ async def test_exec_in_container_runs_inside_its_namespaces(server: StreamingSer
 
 
 async def test_exec_tty_in_container_sees_resize(server: StreamingServer) -> None:
-    url = server.url_for_exec(
-        "sleeper", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stderr=False
-    )
+    url = server.url_for_exec("sleeper", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stderr=False)
     result = await spdy_exec(
         url,
         stdin=b"",
@@ -346,9 +340,7 @@ async def test_exec_in_missing_container_reports_failure(server: StreamingServer
 
 
 async def test_attach_through_conmon_with_stdin(workdir: Path, runc_root: Path) -> None:
-    container = start_container(
-        workdir, runc_root, ["sh", "-c", "echo ready; cat; echo done >&2"], stdin=True
-    )
+    container = start_container(workdir, runc_root, ["sh", "-c", "echo ready; cat; echo done >&2"], stdin=True)
     try:
         backend = RuncBackend(runc_root, {"cat": container}, {})
         srv = StreamingServer("127.0.0.1:0", backend)
@@ -375,9 +367,7 @@ async def test_detach_leaves_the_container_running(workdir: Path, runc_root: Pat
         srv = StreamingServer("127.0.0.1:0", backend)
         await srv.start()
         try:
-            conn, _ = await spdy_connect(
-                srv.url_for_attach("ticker", stdout=True, stderr=False), ["v4.channel.k8s.io"]
-            )
+            conn, _ = await spdy_connect(srv.url_for_attach("ticker", stdout=True, stderr=False), ["v4.channel.k8s.io"])
             error = await conn.open_stream({"streamtype": ["error"]})
             await error.close()
             out = await conn.open_stream({"streamtype": ["stdout"]}, fin=True)
@@ -403,9 +393,7 @@ async def test_port_forward_into_pod_netns_over_spdy(server: StreamingServer) ->
     conn, _ = await spdy_connect(server.url_for_port_forward("pod"), ["portforward.k8s.io"])
     try:
         results = await asyncio.wait_for(
-            asyncio.gather(
-                *(spdy_port_forward(conn, 8080, i, b"GET /index.html HTTP/1.0\r\n\r\n") for i in range(3))
-            ),
+            asyncio.gather(*(spdy_port_forward(conn, 8080, i, b"GET /index.html HTTP/1.0\r\n\r\n") for i in range(3))),
             15,
         )
     finally:

@@ -20,8 +20,11 @@ def pod_config(name: str, daemon: Daemon, *, attempt: int = 0, **kwargs) -> pb.P
 
 def container_config(name: str, image: str, cmd: list[str], **kwargs) -> pb.ContainerConfig:  # type: ignore[no-untyped-def]
     return pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=image), command=cmd,
-        log_path=f"{name}.log", **kwargs,
+        metadata=pb.ContainerMetadata(name=name),
+        image=pb.ImageSpec(image=image),
+        command=cmd,
+        log_path=f"{name}.log",
+        **kwargs,
     )
 
 
@@ -33,8 +36,9 @@ def run_pod(daemon: Daemon, name: str, **kwargs) -> tuple[str, pb.PodSandboxConf
 
 def start_container(daemon: Daemon, sid: str, pod: pb.PodSandboxConfig, config: pb.ContainerConfig) -> str:
     rt = daemon.runtime
-    cid = rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=pod),
-                             timeout=60).container_id
+    cid = rt.CreateContainer(
+        pb.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=pod), timeout=60
+    ).container_id
     rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=60)
     return cid
 

@@ -45,8 +45,10 @@ class Daemon:
         if self._channel is None:
             self._channel = grpc.insecure_channel(
                 f"unix://{self.socket}",
-                options=[("grpc.max_send_message_length", MAX_MESSAGE),
-                         ("grpc.max_receive_message_length", MAX_MESSAGE)],
+                options=[
+                    ("grpc.max_send_message_length", MAX_MESSAGE),
+                    ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ],
             )
         return self._channel
 
@@ -67,7 +69,9 @@ class Daemon:
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "crishim.runtime.cli", "--config", str(self.config_file), "serve"],
-                stdout=log, stderr=log, start_new_session=True,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -109,13 +113,9 @@ def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None, cn
         f'socket = "{base}/crishim.sock"\n'
         f'root = "{base}/root"\n'
         f'state_dir = "{base}/run"\n'
-        'log_level = "debug"\n'
-        + extra
-        + "\n[cni]\n"
+        'log_level = "debug"\n' + extra + "\n[cni]\n"
         f'conf_dir = "{cni}"\n'
-        f'cache_dir = "{base}/cni-cache"\n'
-        + cni_extra
-        + "[registries]\n"
+        f'cache_dir = "{base}/cni-cache"\n' + cni_extra + "[registries]\n"
         f'config_path = "{base}/certs.d"\n'
     )
     return config

@@ -74,9 +74,7 @@ def standard_images() -> dict[str, b.Built]:
         "user-uid:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="1001")),
         "user-name:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="www-data")),
         "user-uid-group:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="1001:1234")),
-        "user-name-group:latest": b.build_image(
-            [base], b.ImageConfig(cmd=("sh",), user="test-user:test-group")
-        ),
+        "user-name-group:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="test-user:test-group")),
         "artifact:latest": b.build_artifact(
             [[b.directory("content"), b.regular("content/hello.txt", b"hello from an image volume\n")]]
         ),

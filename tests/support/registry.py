@@ -130,9 +130,7 @@ class TokenServer:
             user, _, password = base64.b64decode(value).decode().partition(":")
         except ValueError:
             return False
-        return secrets.compare_digest(user, self._username) and secrets.compare_digest(
-            password, self._password
-        )
+        return secrets.compare_digest(user, self._username) and secrets.compare_digest(password, self._password)
 
     def issue(self, authorization: str, query: dict[str, list[str]]) -> dict[str, object]:
         from cryptography.hazmat.primitives import hashes
@@ -185,9 +183,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: flo
         except httpx.TransportError:
             pass
         time.sleep(0.05)
-    raise RuntimeError(
-        f"docker-registry did not answer on {url} within {timeout}s: {log.read_text()[-2000:]}"
-    )
+    raise RuntimeError(f"docker-registry did not answer on {url} within {timeout}s: {log.read_text()[-2000:]}")
 
 
 @contextlib.contextmanager

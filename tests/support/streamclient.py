@@ -168,9 +168,7 @@ async def spdy_exec(
             await error.close()  # the client never writes on the error stream
             sin = await conn.open_stream({"streamtype": ["stdin"]}) if stdin is not None else None
             sout = await conn.open_stream({"streamtype": ["stdout"]}, fin=True) if stdout else None
-            serr = (
-                await conn.open_stream({"streamtype": ["stderr"]}, fin=True) if stderr and not tty else None
-            )
+            serr = await conn.open_stream({"streamtype": ["stderr"]}, fin=True) if stderr and not tty else None
             wants_resize = tty and protocol in ("v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io")
             rsz = await conn.open_stream({"streamtype": ["resize"]}) if wants_resize else None
             readers = [asyncio.create_task(_collect(s)) for s in (sout, serr, error)]
@@ -188,9 +186,7 @@ async def spdy_exec(
                     await sin.close()
             elif rsz is not None:
                 for script in resizes:
-                    await rsz.write(
-                        json.dumps({"Width": script.size.width, "Height": script.size.height}).encode()
-                    )
+                    await rsz.write(json.dumps({"Width": script.size.width, "Height": script.size.height}).encode())
             out, err, status = await asyncio.gather(*readers)
             return ExecResult(out, err, status, chosen)
         finally:
@@ -236,9 +232,7 @@ class WebSocketClient:
     async def connect(cls, url: str, subprotocols: Sequence[str]) -> WebSocketClient:
         reader, writer, target = await _open(url)
         ws = WSConnection(ConnectionType.CLIENT)
-        writer.write(
-            ws.send(Request(host=urlsplit(url).netloc, target=target, subprotocols=list(subprotocols)))
-        )
+        writer.write(ws.send(Request(host=urlsplit(url).netloc, target=target, subprotocols=list(subprotocols))))
         await writer.drain()
         body = b""
         status = 0
@@ -267,9 +261,7 @@ class WebSocketClient:
 
     async def send(self, channel: int, data: bytes) -> None:
         if self._base64:
-            message: Message[Any] = TextMessage(
-                data=chr(ord("0") + channel) + base64.b64encode(data).decode()
-            )
+            message: Message[Any] = TextMessage(data=chr(ord("0") + channel) + base64.b64encode(data).decode())
         else:
             message = BytesMessage(data=bytes([channel]) + data)
         self._writer.write(self._ws.send(message))
@@ -361,9 +353,7 @@ async def ws_exec(
             if stdin:
                 await client.send(0, stdin)
             for script in resizes:
-                await client.send(
-                    4, json.dumps({"Width": script.size.width, "Height": script.size.height}).encode()
-                )
+                await client.send(4, json.dumps({"Width": script.size.width, "Height": script.size.height}).encode())
                 if script.after:
                     await asyncio.sleep(0.05)
                     await client.send(0, script.after)

@@ -11,8 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or not (REPO / ".venv/bin/mypy").exists(),
-                    reason="needs the project's venv with mypy (scripts/setup installs it)")
+@pytest.mark.skipif(
+    shutil.which("bash") is None or not (REPO / ".venv/bin/mypy").exists(),
+    reason="needs the project's venv with mypy (scripts/setup installs it)",
+)
 def test_mypy_strict_finds_no_issues() -> None:
     result = subprocess.run([str(REPO / "scripts" / "typecheck")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

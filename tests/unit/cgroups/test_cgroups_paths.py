@@ -13,10 +13,7 @@ from crishim.cgroups.paths import (
 
 
 def test_cgroupfs_container_path_appends_id_to_parent() -> None:
-    assert (
-        container_cgroups_path("/kubepods/burstable/pod1", "abc", "cgroupfs")
-        == "/kubepods/burstable/pod1/abc"
-    )
+    assert container_cgroups_path("/kubepods/burstable/pod1", "abc", "cgroupfs") == "/kubepods/burstable/pod1/abc"
 
 
 def test_systemd_container_path_is_slice_prefix_name() -> None:

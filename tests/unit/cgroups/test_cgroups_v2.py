@@ -12,9 +12,7 @@ from crishim.cgroups.stats import StatsSampler, read_cgroup_stats
 from crishim.cgroups.v2 import V2Cgroup
 
 PSI = "some avg10=1.50 avg60=0.75 avg300=0.25 total=1234\nfull avg10=0.50 avg60=0.10 avg300=0.00 total=99\n"
-MEMORY_STAT = (
-    "anon 4096000\nfile 2000000\ninactive_file 1000000\nactive_file 1000000\npgfault 555\npgmajfault 7\n"
-)
+MEMORY_STAT = "anon 4096000\nfile 2000000\ninactive_file 1000000\nactive_file 1000000\npgfault 555\npgmajfault 7\n"
 
 WRITABLE = (
     "cpu.weight",

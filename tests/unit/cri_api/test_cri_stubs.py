@@ -29,6 +29,11 @@ def test_proto_has_every_cri_rpc() -> None:
         m.name for m in images.methods if m.server_streaming
     }
     assert streaming == {
-        "StreamPodSandboxes", "StreamContainers", "StreamContainerStats", "StreamPodSandboxStats",
-        "GetContainerEvents", "StreamPodSandboxMetrics", "StreamImages",
+        "StreamPodSandboxes",
+        "StreamContainers",
+        "StreamContainerStats",
+        "StreamPodSandboxStats",
+        "GetContainerEvents",
+        "StreamPodSandboxMetrics",
+        "StreamImages",
     }

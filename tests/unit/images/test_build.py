@@ -210,9 +210,7 @@ def test_layout_directory_and_tar_hold_every_blob(tmp_path: Path) -> None:
     with tarfile.open(tar_path) as tar:
         tar.extractall(tmp_path / "untarred", filter="data")
     verify_layout(tmp_path / "untarred")
-    assert (tmp_path / "untarred" / "index.json").read_bytes() == (
-        tmp_path / "layout/index.json"
-    ).read_bytes()
+    assert (tmp_path / "untarred" / "index.json").read_bytes() == (tmp_path / "layout/index.json").read_bytes()
 
 
 def test_busybox_layer_has_applets_accounts_and_dirs() -> None:

@@ -59,9 +59,7 @@ def sample(tf: tarfile.TarFile) -> None:
 @pytest.mark.parametrize("compression", ["tar", "gzip", "zstd"])
 def test_layers_unpack_with_metadata_and_both_digests_checked(tmp_path: Path, compression: str) -> None:
     raw = make_tar(sample)
-    blob = {"tar": raw, "gzip": gzip.compress(raw), "zstd": zstandard.ZstdCompressor().compress(raw)}[
-        compression
-    ]
+    blob = {"tar": raw, "gzip": gzip.compress(raw), "zstd": zstandard.ZstdCompressor().compress(raw)}[compression]
     result = unpack_layer(
         feed(blob), tmp_path, where="test", expected_digest=digest(blob), expected_diff_id=digest(raw)
     )

@@ -73,9 +73,7 @@ def _calls(log_dir: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _conf(*plugins: dict[str, Any], version: str = "1.0.0") -> Any:
-    return parse_config(
-        json.dumps({"cniVersion": version, "name": "fake", "plugins": list(plugins)}), "f.conflist"
-    )
+    return parse_config(json.dumps({"cniVersion": version, "name": "fake", "plugins": list(plugins)}), "f.conflist")
 
 
 POD = PodRef("sb123", name="web", namespace="prod", uid="u-1")

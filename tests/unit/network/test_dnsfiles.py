@@ -9,9 +9,7 @@ from crishim.runtime.network.errors import InvalidArgument
 
 def test_resolv_conf_holds_what_the_pod_asked(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
-    write_resolv_conf(
-        str(path), ["10.96.0.10"], ["default.svc.cluster.local", "svc.cluster.local"], ["ndots:5"]
-    )
+    write_resolv_conf(str(path), ["10.96.0.10"], ["default.svc.cluster.local", "svc.cluster.local"], ["ndots:5"])
     assert path.read_text() == (
         "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n"
     )

@@ -34,9 +34,7 @@ def gpu_spec(version: str = "0.6.0", **extra: Any) -> dict[str, Any]:
         "kind": "example.com/gpu",
         "containerEdits": {
             "env": ["GPU_DRIVER=1"],
-            "mounts": [
-                {"hostPath": "/usr/lib/gpu", "containerPath": "/usr/lib/gpu", "options": ["ro", "bind"]}
-            ],
+            "mounts": [{"hostPath": "/usr/lib/gpu", "containerPath": "/usr/lib/gpu", "options": ["ro", "bind"]}],
         },
         "devices": [
             {
@@ -50,9 +48,7 @@ def gpu_spec(version: str = "0.6.0", **extra: Any) -> dict[str, Any]:
                 "name": "gpu1",
                 "containerEdits": {
                     "env": ["GPU=1"],
-                    "deviceNodes": [
-                        {"path": "/dev/gpu1", "type": "c", "major": 195, "minor": 1, "permissions": "rw"}
-                    ],
+                    "deviceNodes": [{"path": "/dev/gpu1", "type": "c", "major": 195, "minor": 1, "permissions": "rw"}],
                 },
             },
         ],
@@ -89,9 +85,7 @@ def test_device_from_json_spec_gets_host_major_minor_and_spec_edits(tmp_path: Pa
 
 def test_spec_level_edits_are_applied_once_for_two_devices(tmp_path: Path) -> None:
     write_json(tmp_path, "gpu.json", gpu_spec())
-    edits = resolve_cdi_devices(
-        ["example.com/gpu=gpu0", "example.com/gpu=gpu1", "example.com/gpu=gpu0"], [tmp_path]
-    )
+    edits = resolve_cdi_devices(["example.com/gpu=gpu0", "example.com/gpu=gpu1", "example.com/gpu=gpu0"], [tmp_path])
     assert edits.env == ("GPU_DRIVER=1", "GPU=0", "GPU=1")
     assert len(edits.mounts) == 1
     assert [n.path for n in edits.device_nodes] == ["/dev/gpu0", "/dev/gpu1"]
@@ -128,8 +122,7 @@ def test_apply_edits_to_oci_spec(tmp_path: Path) -> None:
 
 def test_yaml_spec_with_hooks_and_additional_gids(tmp_path: Path) -> None:
     hooks = "\n".join(
-        f"    - hookName: {name}\n      path: /usr/bin/{name}-hook\n"
-        f"      args: [{name}-hook, x]\n      timeout: 5"
+        f"    - hookName: {name}\n      path: /usr/bin/{name}-hook\n      args: [{name}-hook, x]\n      timeout: 5"
         for name in (
             "prestart",
             "createRuntime",
@@ -148,9 +141,7 @@ def test_yaml_spec_with_hooks_and_additional_gids(tmp_path: Path) -> None:
     spec["process"]["user"]["additionalGids"] = [1000]
     apply_cdi_edits(spec, resolve_cdi_devices(["vendor.com/net=nic0"], [tmp_path]))
     for name in ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"):
-        assert spec["hooks"][name] == [
-            {"path": f"/usr/bin/{name}-hook", "args": [f"{name}-hook", "x"], "timeout": 5}
-        ]
+        assert spec["hooks"][name] == [{"path": f"/usr/bin/{name}-hook", "args": [f"{name}-hook", "x"], "timeout": 5}]
     assert spec["process"]["user"]["additionalGids"] == [1000, 44]
     assert "NIC=0" in spec["process"]["env"]
 
@@ -166,9 +157,7 @@ def test_unknown_device_names_it_and_the_dirs_searched(tmp_path: Path) -> None:
     assert "gpu0, gpu1" in msg
 
 
-@pytest.mark.parametrize(
-    "name", ["gpu0", "example.com/gpu", "example.com=gpu0", "/gpu=0", "example.com/gpu=-x"]
-)
+@pytest.mark.parametrize("name", ["gpu0", "example.com/gpu", "example.com=gpu0", "/gpu=0", "example.com/gpu=-x"])
 def test_unqualified_or_malformed_name_is_refused(name: str) -> None:
     with pytest.raises(InvalidArgument, match="CDI device"):
         resolve_cdi_devices([name], [])

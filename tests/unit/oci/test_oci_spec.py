@@ -167,9 +167,7 @@ def test_mount_options_and_rro_rules(rootfs: Path, tmp_path: Path) -> None:
     assert by_dest["/a"]["options"] == ["rbind", "rslave", "ro"]
     assert by_dest["/b"]["options"] == ["rbind", "rprivate", "rro"]
     with pytest.raises(InvalidArgument, match="readonly"):
-        build_container_spec(
-            cinput(rootfs, features=feats, mounts=(Mount("/b", "/x", recursive_readonly=True),))
-        )
+        build_container_spec(cinput(rootfs, features=feats, mounts=(Mount("/b", "/x", recursive_readonly=True),)))
     with pytest.raises(InvalidArgument, match="propagation"):
         build_container_spec(
             cinput(
@@ -204,9 +202,7 @@ def test_sysctls_only_namespaced(rootfs: Path) -> None:
     with pytest.raises(InvalidArgument, match="not namespaced"):
         build_container_spec(cinput(rootfs, sysctls={"vm.swappiness": "1"}))
     with pytest.raises(InvalidArgument, match="host network"):
-        build_container_spec(
-            cinput(rootfs, network_mode=NamespaceMode.NODE, sysctls={"net.core.somaxconn": "1"})
-        )
+        build_container_spec(cinput(rootfs, network_mode=NamespaceMode.NODE, sysctls={"net.core.somaxconn": "1"}))
 
 
 def test_resources_and_devices(rootfs: Path) -> None:
@@ -219,9 +215,7 @@ def test_resources_and_devices(rootfs: Path) -> None:
         unified={"memory.high": "1"},
         pids_limit=10,
     )
-    spec = build_container_spec(
-        cinput(rootfs, resources=res, devices=(Device("/dev/null", "/dev/mynull", "r"),))
-    )
+    spec = build_container_spec(cinput(rootfs, resources=res, devices=(Device("/dev/null", "/dev/mynull", "r"),)))
     r = spec["linux"]["resources"]
     assert r["cpu"] == {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"}
     assert r["memory"] == {"limit": 1 << 20, "swap": 1 << 20}
@@ -322,9 +316,7 @@ def test_seccomp_localhost_profile(tmp_path: Path) -> None:
 
 
 def test_seccomp_kinds_in_container_spec(rootfs: Path, tmp_path: Path) -> None:
-    assert (
-        "seccomp" not in build_container_spec(cinput(rootfs, seccomp=SeccompProfile("unconfined")))["linux"]
-    )
+    assert "seccomp" not in build_container_spec(cinput(rootfs, seccomp=SeccompProfile("unconfined")))["linux"]
     (tmp_path / "p.json").write_text('{"defaultAction": "SCMP_ACT_LOG"}')
     spec = build_container_spec(cinput(rootfs, seccomp=SeccompProfile("localhost", str(tmp_path / "p.json"))))
     assert spec["linux"]["seccomp"] == {"defaultAction": "SCMP_ACT_LOG"}
@@ -342,10 +334,7 @@ def test_apparmor_with_apparmor_on_host() -> None:
     loaded = {"crishim-default", "mine"}
     assert select_profile(None, privileged=False, enabled=True, loaded=loaded) == "crishim-default"
     assert select_profile(None, privileged=True, enabled=True, loaded=loaded) is None
-    assert (
-        select_profile(AppArmorProfile("localhost", "mine"), privileged=False, enabled=True, loaded=loaded)
-        == "mine"
-    )
+    assert select_profile(AppArmorProfile("localhost", "mine"), privileged=False, enabled=True, loaded=loaded) == "mine"
     with pytest.raises(FailedPrecondition, match="not loaded"):
         select_profile(AppArmorProfile("localhost", "other"), privileged=False, enabled=True, loaded=loaded)
 

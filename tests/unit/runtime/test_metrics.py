@@ -49,21 +49,13 @@ def test_pulls_report_bytes_duration_in_flight_and_failures(server: metrics.Metr
     metrics.pull_started()
     metrics.pull_started()
     during = _scrape(server)
-    assert (
-        _value(during, "crishim_image_pulls_in_flight") == _value(before, "crishim_image_pulls_in_flight") + 2
-    )
+    assert _value(during, "crishim_image_pulls_in_flight") == _value(before, "crishim_image_pulls_in_flight") + 2
     metrics.pull_finished(1000, 1.5, ok=True)
     metrics.pull_finished(0, 0.2, ok=False)
     after = _scrape(server)
     assert _value(after, "crishim_image_pulls_in_flight") == _value(before, "crishim_image_pulls_in_flight")
-    assert (
-        _value(after, "crishim_image_pull_bytes_total")
-        == _value(before, "crishim_image_pull_bytes_total") + 1000
-    )
-    assert (
-        _value(after, "crishim_image_pull_failures_total")
-        == _value(before, "crishim_image_pull_failures_total") + 1
-    )
+    assert _value(after, "crishim_image_pull_bytes_total") == _value(before, "crishim_image_pull_bytes_total") + 1000
+    assert _value(after, "crishim_image_pull_failures_total") == _value(before, "crishim_image_pull_failures_total") + 1
     assert (
         _value(after, "crishim_image_pull_duration_seconds_count")
         == _value(before, "crishim_image_pull_duration_seconds_count") + 2

@@ -35,7 +35,9 @@ def test_file_then_dropins_in_name_order_then_flags(tmp_path: Path) -> None:
 
 
 def test_runtime_handler_tables_merge(tmp_path: Path) -> None:
-    main = write(tmp_path / "c.toml", '[runtimes.kata]\npath = "/usr/bin/crun"\ntype = "crun"\n[runtimes.runc]\nroot = "/r"\n')
+    main = write(
+        tmp_path / "c.toml", '[runtimes.kata]\npath = "/usr/bin/crun"\ntype = "crun"\n[runtimes.runc]\nroot = "/r"\n'
+    )
     config = load_config(main)
     assert config.runtimes["kata"].type == "crun"
     assert config.runtimes["runc"].root == "/r"
@@ -50,10 +52,10 @@ def test_runtime_handler_tables_merge(tmp_path: Path) -> None:
         ("socket = 3\n", "key 'socket': expected a string"),
         ('[cni]\nbin_dirs = "/opt"\n', "key 'cni.bin_dirs': expected a list of strings"),
         ('[cni]\nplugin_timeout = "fast"\n', "key 'cni.plugin_timeout': expected a number"),
-        ('[cni]\nnope = 1\n', "key 'cni.nope' is unknown"),
+        ("[cni]\nnope = 1\n", "key 'cni.nope' is unknown"),
         ("cni = 1\n", "key 'cni': expected a table"),
         ('[runtimes.x]\ntype = "kata"\n', "runtimes.x.type must be 'runc' or 'crun'"),
-        ('[runtimes.runc]\npath = 7\n', "key 'runtimes.runc.path': expected a string"),
+        ("[runtimes.runc]\npath = 7\n", "key 'runtimes.runc.path': expected a string"),
         ('default_runtime = "youki"\n', "default_runtime 'youki' is not a configured handler"),
         ('log_level = "loud"\n', "log_level must be one of"),
         ('log_format = "xml"\n', "log_format must be one of"),

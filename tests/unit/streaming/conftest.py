@@ -54,9 +54,7 @@ class HostBackend:
 
 @pytest.fixture
 def backend() -> HostBackend:
-    return HostBackend(
-        {"cat-container": ["cat"], "tty-container": ["sh", "-c", "read x; stty size; echo got $x"]}
-    )
+    return HostBackend({"cat-container": ["cat"], "tty-container": ["sh", "-c", "read x; stty size; echo got $x"]})
 
 
 @pytest.fixture

@@ -40,9 +40,7 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_spdy_port_forward_carries_several_connections_at_once(
-    server: StreamingServer, echo_port: int
-) -> None:
+async def test_spdy_port_forward_carries_several_connections_at_once(server: StreamingServer, echo_port: int) -> None:
     conn, proto = await spdy_connect(server.url_for_port_forward("pod1"), ["portforward.k8s.io"])
     try:
         assert proto == "portforward.k8s.io"

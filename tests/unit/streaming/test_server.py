@@ -49,9 +49,7 @@ async def test_spdy_exec_reports_nonzero_exit_code_in_v4_status(server: Streamin
 
 
 @pytest.mark.parametrize("protocol", SPDY_VERSIONS)
-async def test_spdy_exec_echoes_stdin_for_every_protocol_version(
-    server: StreamingServer, protocol: str
-) -> None:
+async def test_spdy_exec_echoes_stdin_for_every_protocol_version(server: StreamingServer, protocol: str) -> None:
     url = server.url_for_exec("c1", ["cat"], stdin=True, stdout=True, stderr=True)
     result = await spdy_exec(url, protocol=protocol, stdin=b"hello over spdy\n")
     assert result.protocol == protocol
@@ -73,9 +71,7 @@ async def test_spdy_large_stdin_round_trips_under_flow_control(server: Streaming
 
 
 async def test_spdy_tty_exec_sees_resize_in_stty_size(server: StreamingServer) -> None:
-    url = server.url_for_exec(
-        "c1", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stdout=True, stderr=False
-    )
+    url = server.url_for_exec("c1", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stdout=True, stderr=False)
     result = await spdy_exec(
         url,
         stdin=b"",
@@ -110,9 +106,7 @@ async def test_attach_to_unknown_container_reports_failure(server: StreamingServ
 
 
 @pytest.mark.parametrize("protocol", WS_VERSIONS)
-async def test_websocket_exec_echoes_stdin_for_every_subprotocol(
-    server: StreamingServer, protocol: str
-) -> None:
+async def test_websocket_exec_echoes_stdin_for_every_subprotocol(server: StreamingServer, protocol: str) -> None:
     # Without v5 there is no stdin half-close, so the command reads one line only.
     url = server.url_for_exec("c1", ["sh", "-c", 'read line; echo "$line"; echo e >&2; exit 4'], stdin=True)
     result = await ws_exec(url, protocol=protocol, stdin=b"via websocket\n")
@@ -227,9 +221,7 @@ def test_url_requests_are_validated(server: StreamingServer) -> None:
 
 async def test_client_disconnect_kills_the_exec_process(server: StreamingServer, tmp_path: Path) -> None:
     marker = tmp_path / "pid"
-    url = server.url_for_exec(
-        "c1", ["sh", "-c", f"echo $$ > {marker}; exec sleep 30"], stdout=True, stderr=False
-    )
+    url = server.url_for_exec("c1", ["sh", "-c", f"echo $$ > {marker}; exec sleep 30"], stdout=True, stderr=False)
     conn, _ = await spdy_connect(url, ["v4.channel.k8s.io"])
     error = await conn.open_stream({"streamtype": ["error"]})
     await error.close()

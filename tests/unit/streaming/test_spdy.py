@@ -43,9 +43,7 @@ def test_control_frames_layout() -> None:
     assert encode_frame(PingFrame(7), codec) == bytes.fromhex("800300060000000400000007")
     window_update = encode_frame(WindowUpdateFrame(0, 1000), codec)
     assert window_update == bytes.fromhex("800300090000000800000000") + struct.pack(">I", 1000)
-    assert encode_frame(GoAwayFrame(9, 0), codec) == bytes.fromhex("8003000700000008") + struct.pack(
-        ">II", 9, 0
-    )
+    assert encode_frame(GoAwayFrame(9, 0), codec) == bytes.fromhex("8003000700000008") + struct.pack(">II", 9, 0)
     settings = encode_frame(SettingsFrame(0, ((0, 7, 65536),)), codec)
     assert settings == bytes.fromhex("800300040000000c00000001") + struct.pack(">II", 7, 65536)
 
@@ -56,10 +54,7 @@ def test_header_block_is_zlib_with_the_dictionary() -> None:
     assert raw[:4] == bytes.fromhex("80030001")
     assert raw[8:18] == struct.pack(">IIBB", 1, 0, 0, 0)
     plain = zlib.decompressobj(zdict=HEADER_DICTIONARY).decompress(raw[18:])
-    assert (
-        plain
-        == struct.pack(">I", 1) + struct.pack(">I", 10) + b"streamtype" + struct.pack(">I", 5) + b"error"
-    )
+    assert plain == struct.pack(">I", 1) + struct.pack(">I", 10) + b"streamtype" + struct.pack(">I", 5) + b"error"
 
 
 def test_headers_round_trip_through_one_shared_zlib_stream() -> None:

@@ -61,9 +61,7 @@ async def upper_port() -> AsyncIterator[int]:
         await srv.wait_closed()
 
 
-async def test_tunnelled_spdy_carries_large_concurrent_connections(
-    server: StreamingServer, upper_port: int
-) -> None:
+async def test_tunnelled_spdy_carries_large_concurrent_connections(server: StreamingServer, upper_port: int) -> None:
     conn, chosen = await tunnel_connect(server.url_for_port_forward("pod1"), [TUNNEL])
     try:
         assert chosen == TUNNEL

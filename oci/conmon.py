@@ -124,11 +124,13 @@ def build_args(
     log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     log_level: str = "info",
     leave_stdin_open: bool = False,
+    runtime_args: tuple[str, ...] = (),
 ) -> list[str]:
     args = [
         conmon_path, "--api-version", "1",
         "-c", cid, "-n", name, "-u", cid,
         "-r", runtime_path, "--runtime-arg", f"--root={runtime_root}",
+        *(arg for extra in runtime_args for arg in ("--runtime-arg", extra)),
         "-b", str(bundle), "-p", str(pid_file), "-P", str(conmon_pid_file),
         "-l", f"k8s-file:{log_path}", "--log-size-max", str(log_size_max),
         "--exit-dir", str(exit_dir), "--socket-dir-path", str(socket_dir), "--full-attach",
@@ -160,6 +162,7 @@ async def launch_container(
     conmon_path: str = "conmon",
     time_limit: float = 60.0,
     leave_stdin_open: bool = False,
+    runtime_args: tuple[str, ...] = (),
 ) -> ConmonResult:
     """Start conmon, which runs `<runtime> create`; return the container and conmon PIDs.
 
@@ -178,7 +181,7 @@ async def launch_container(
         conmon_path=exe, cid=cid, name=name, runtime_path=runtime_path, runtime_root=runtime_root,
         bundle=bundle, pid_file=pid_file, log_path=Path(log_path), exit_dir=exit_dir, socket_dir=socket_dir,
         conmon_pid_file=conmon_pid_file, stdin=stdin, tty=tty, log_size_max=log_size_max,
-        leave_stdin_open=leave_stdin_open,
+        leave_stdin_open=leave_stdin_open, runtime_args=runtime_args,
     )  # fmt: skip
     conmon_log = bundle / "conmon.log"
     # conmon's own diagnostics go to a file: a pipe would be held open by

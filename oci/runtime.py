@@ -93,16 +93,25 @@ async def _read_capped(stream: asyncio.StreamReader | None, cap: int) -> tuple[b
 class OciRuntime:
     """One runtime handler: a runc or crun binary with its own state root."""
 
-    def __init__(self, name: str, path: str, root: Path, kind: Literal["runc", "crun"]) -> None:
+    def __init__(
+        self, name: str, path: str, root: Path, kind: Literal["runc", "crun"], *, systemd_cgroup: bool = False
+    ) -> None:
         self.name = name
         self.path = path
         self.root = Path(root)
         self.kind = kind
+        # With the systemd cgroup driver, cgroupsPath is "slice:prefix:name" and the runtime
+        # must be told to ask systemd for the scope.
+        self.systemd_cgroup = systemd_cgroup
         self._features: RuntimeFeatures | None = None
         self._features_lock = asyncio.Lock()
 
+    def global_args(self) -> list[str]:
+        """The runtime's options before the command, shared by every caller (conmon included)."""
+        return ["--root", str(self.root)] + (["--systemd-cgroup"] if self.systemd_cgroup else [])
+
     def base_args(self) -> list[str]:
-        return [self.path, "--root", str(self.root)]
+        return [self.path, *self.global_args()]
 
     async def _run(self, *args: str, stdin: bytes | None = None, time_limit: float | None = 60.0) -> bytes:
         if shutil.which(self.path) is None:

@@ -26,14 +26,20 @@ log = logging.getLogger("crishim.bootstrap")
 FEATURE_PROBE_SECONDS = 20.0
 
 
-async def probe_handlers(config: Config) -> dict[str, Handler]:
+async def probe_handlers(config: Config, driver: str = "cgroupfs") -> dict[str, Handler]:
     """Each handler's real features, probed side by side; a broken handler is left out."""
 
     async def probe(name: str) -> Handler | None:
         handler_config = config.runtimes[name]
         # conmon needs an absolute path to the runtime binary.
         path = shutil.which(handler_config.path) or handler_config.path
-        runtime = OciRuntime(name, path, config.handler_root(name), handler_config.type)  # type: ignore[arg-type]
+        runtime = OciRuntime(
+            name,
+            path,
+            config.handler_root(name),
+            handler_config.type,  # type: ignore[arg-type]
+            systemd_cgroup=driver == "systemd",
+        )
         try:
             features = await asyncio.wait_for(runtime.features(), FEATURE_PROBE_SECONDS)
         except TimeoutError:
@@ -97,7 +103,7 @@ async def build_services(config: Config) -> Services:
         install_default=config.cni.install_default,
     )
     await network.start()
-    handlers = await probe_handlers(config)
+    handlers = await probe_handlers(config, driver)
     svc = Services(config=config, state=state, images=images, network=network, handlers=handlers, cgroup_driver=driver)
 
     async def on_exit(object_id: str) -> None:

@@ -31,7 +31,16 @@ class RuntimeStreamBackend:
             raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING")
         runtime = self.svc.handler(meta.runtime_handler).runtime
         code: int = await backends.exec_with_runtime(
-            runtime.path, str(runtime.root), container_id, cmd, tty, stdin, stdout, stderr, resize
+            runtime.path,
+            str(runtime.root),
+            container_id,
+            cmd,
+            tty,
+            stdin,
+            stdout,
+            stderr,
+            resize,
+            runtime_args=["--systemd-cgroup"] if runtime.systemd_cgroup else [],
         )
         return code
 

@@ -40,6 +40,7 @@ async def launch(
         log_size_max=svc.config.log_size_max,
         conmon_path=svc.config.conmon,
         leave_stdin_open=stdin and not stdin_once,
+        runtime_args=("--systemd-cgroup",) if handler.runtime.systemd_cgroup else (),
     )
 
 

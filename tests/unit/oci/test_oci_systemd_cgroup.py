@@ -1,0 +1,25 @@
+"""With the systemd cgroup driver every runtime invocation carries --systemd-cgroup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crishim.oci.conmon import build_args
+from crishim.oci.runtime import OciRuntime
+
+
+def test_runtime_global_args_follow_the_cgroup_driver() -> None:
+    assert OciRuntime("runc", "/usr/sbin/runc", Path("/r"), "runc").global_args() == ["--root", "/r"]
+    systemd = OciRuntime("runc", "/usr/sbin/runc", Path("/r"), "runc", systemd_cgroup=True)
+    assert systemd.base_args() == ["/usr/sbin/runc", "--root", "/r", "--systemd-cgroup"]
+
+
+def test_conmon_passes_extra_runtime_args() -> None:
+    args = build_args(
+        conmon_path="conmon", cid="c", name="c", runtime_path="/usr/sbin/runc", runtime_root=Path("/r"),
+        bundle=Path("/b"), pid_file=Path("/b/pid"), log_path=Path("/l"), exit_dir=Path("/e"),
+        socket_dir=Path("/s"), conmon_pid_file=Path("/b/conmon.pid"), runtime_args=("--systemd-cgroup",),
+    )  # fmt: skip
+    pairs = list(zip(args, args[1:], strict=False))
+    assert ("--runtime-arg", "--root=/r") in pairs
+    assert ("--runtime-arg", "--systemd-cgroup") in pairs

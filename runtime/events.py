@@ -29,10 +29,6 @@ class ContainerEvent:
     created_at: int  # ns
 
 
-class _Dropped(Exception):
-    pass
-
-
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: set[asyncio.Queue[ContainerEvent | None]] = set()

@@ -16,7 +16,7 @@ from typing import Any
 from crishim.oci.features import RuntimeFeatures
 from crishim.runtime.config import Config
 from crishim.runtime.errors import InvalidArgument, NotFound
-from crishim.runtime.events import EventBus
+from crishim.runtime.events import ContainerEvent, EventBus
 from crishim.runtime.locks import KeyedLocks
 from crishim.runtime.state.store import StateStore
 
@@ -48,8 +48,9 @@ class Services:
     monitor: Any = None  # crishim.runtime.container.monitor.ExitMonitor
     stats: Any = None  # crishim.cgroups.stats.StatsSampler
     background: list[asyncio.Task[Any]] = field(default_factory=list)
-    # Containers inside `runc start`: their exit must not `runc delete` under the start.
-    starting: set[str] = field(default_factory=set)
+    # Containers inside `runc start`, with the events their exit produced meanwhile: the exit
+    # must not `runc delete` under the start, and STOPPED must not reach subscribers before STARTED.
+    starting: dict[str, list[ContainerEvent]] = field(default_factory=dict)
     stop_metrics: Any = None
 
     @classmethod

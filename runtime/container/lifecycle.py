@@ -48,11 +48,12 @@ async def start_container(svc: Services, container_id: str) -> None:
         svc.monitor.watch(container_id, meta.conmon_pid)
         # Taken before `runc start`: a process that exits at once must not finish before it started.
         started_at = now_ns()
-        svc.starting.add(container_id)
+        svc.starting[container_id] = []
         try:
             await handler.runtime.start(container_id)
         except Exception as exc:
-            svc.starting.discard(container_id)
+            for event in svc.starting.pop(container_id, []):
+                svc.events.publish(event)
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
@@ -69,7 +70,7 @@ async def start_container(svc: Services, container_id: str) -> None:
                 ),
             )
             raise
-        svc.starting.discard(container_id)
+        deferred = svc.starting.pop(container_id, [])
         started = svc.state.update_container(
             container_id,
             lambda m: (
@@ -82,6 +83,8 @@ async def start_container(svc: Services, container_id: str) -> None:
             # It exited while `runc start` ran; record_exit left the delete to us.
             await launching.delete_quietly(handler, container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.started_at))
+    for late in deferred:  # an exit seen while `runc start` ran comes after STARTED
+        svc.events.publish(late)
 
 
 async def record_exit(svc: Services, container_id: str) -> None:
@@ -114,8 +117,12 @@ async def record_exit(svc: Services, container_id: str) -> None:
         ),
     )
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
-    # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
-    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at))
+    stopped = ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at)
+    if container_id in svc.starting:
+        svc.starting[container_id].append(stopped)  # start_container publishes it after STARTED
+    else:
+        # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
+        svc.events.publish(stopped)
     if container_id not in svc.starting:
         # The runc state of an exited container is of no more use; delete frees its cgroup.
         await launching.delete_quietly(svc.handler(meta.runtime_handler), container_id)

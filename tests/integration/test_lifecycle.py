@@ -332,3 +332,38 @@ def test_reopen_replaces_a_planted_symlink_and_never_follows_it(
         assert victim.read_text() == "untouched\n"
     finally:
         remove_pod(live_daemon, sid)
+
+
+def test_events_of_a_container_that_exits_at_once_come_in_order(live_daemon: Daemon, busybox: str) -> None:
+    import threading
+
+    rt = live_daemon.runtime
+    sid, config = run_pod(live_daemon, "eventorder")
+    seen: list[tuple[str, int]] = []
+    stream = rt.GetContainerEvents(pb.GetEventsRequest())
+
+    def read() -> None:
+        try:
+            for event in stream:
+                seen.append((event.container_id, event.container_event_type))
+        except grpc.RpcError:
+            pass  # cancelled at the end of the test
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        time.sleep(0.2)
+        ids = [
+            start_container(live_daemon, sid, config, container_config(f"quick{i}", busybox, ["true"]))
+            for i in range(5)
+        ]
+        for cid in ids:
+            wait_exited(live_daemon, cid)
+        time.sleep(0.3)
+        for cid in ids:
+            kinds = [kind for event_cid, kind in seen if event_cid == cid]
+            assert kinds == [pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT, pb.CONTAINER_STOPPED_EVENT]
+    finally:
+        stream.cancel()
+        reader.join(10)
+        remove_pod(live_daemon, sid)

@@ -11,6 +11,7 @@ from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.errors import InvalidArgument
+from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
 from crishim.runtime.sandbox import lifecycle
 from crishim.runtime.sandbox.run import run_pod_sandbox
@@ -115,7 +116,13 @@ class SandboxRpcs:
         from crishim.runtime.rpc.containers import container_status
 
         meta = self.svc.state.get_sandbox(self._resolve_sandbox(request.pod_sandbox_id))
-        response = api_pb2.PodSandboxStatusResponse(status=sandbox_status(meta))
+        # The evented PLEG reads the pod's container statuses and the time they were taken
+        # from this one answer (api.proto: containers_statuses, timestamp).
+        response = api_pb2.PodSandboxStatusResponse(
+            status=sandbox_status(meta),
+            containers_statuses=[container_status(self.svc, c) for c in self.svc.state.list_containers(meta.id)],
+            timestamp=now_ns(),
+        )
         if request.verbose:
             spec = read_runtime_spec(meta.bundle)
             info = {
@@ -127,9 +134,6 @@ class SandboxRpcs:
                 "runtimeSpec": spec,
             }
             response.info["info"] = json.dumps(info)
-            response.containers_statuses.extend(
-                container_status(self.svc, c) for c in self.svc.state.list_containers(meta.id)
-            )
         return response
 
     def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[api_pb2.PodSandbox]:

@@ -343,6 +343,8 @@ class OciRuntime:
             if await asyncio.to_thread(_remove_cgroup_dirs, f"{_PROBE_CGROUP}/{cid}"):
                 break
             await asyncio.sleep(0.02)
+        # The shared parent goes too once empty; a probe running beside us keeps it (EBUSY).
+        await asyncio.to_thread(_remove_cgroup_dirs, _PROBE_CGROUP)
 
 
 def _mount_options(pid_file: Path, target: str) -> str | None:

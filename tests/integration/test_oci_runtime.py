@@ -39,6 +39,7 @@ CONTROLLERS = (
     "pids",
     "hugetlb",
     "systemd",
+    "unified",  # the v2 hierarchy of a hybrid host: runc makes the cgroup there too
 )
 CRI_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) (stdout|stderr) (F|P) (.*)$")
 

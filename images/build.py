@@ -523,7 +523,7 @@ nobody:x:65534:
 """
 
 
-# Debian's static busybox is built without pgrep/pkill; tests (and critest) use them.
+# Debian's static busybox is built without pgrep, pkill and ipcs; tests (and critest) use them.
 PROC_SCRIPTS = {
     "pgrep": """#!/bin/sh
 # pgrep stand-in: prints the PIDs whose process name contains PATTERN.
@@ -533,6 +533,15 @@ for d in /proc/[0-9]*; do
     case "$name" in *$pat*) echo "${d#/proc/}"; status=0;; esac
 done
 exit $status
+""",
+    "ipcs": """#!/bin/sh
+# ipcs stand-in: lists System V shared memory segments (ipcs -m) from /proc/sysvipc/shm.
+echo
+echo "------ Shared Memory Segments --------"
+echo "key        shmid      owner      perms      bytes      nattch     status"
+tail -n +2 /proc/sysvipc/shm 2>/dev/null | while read -r key shmid perms size cpid lpid nattch uid rest; do
+    printf '%-10s %-10s %-10s %-10s %-10s %-10s\\n' "$key" "$shmid" "$uid" "$perms" "$size" "$nattch"
+done
 """,
     "pkill": """#!/bin/sh
 # pkill stand-in: signals (default TERM) the processes whose name contains PATTERN.

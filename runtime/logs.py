@@ -31,5 +31,8 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # grpc and asyncio chatter at debug level drowns the daemon's own lines.
-    for noisy in ("grpc", "asyncio", "httpx", "httpcore", "pyroute2"):
+    for noisy in ("grpc", "asyncio", "pyroute2"):
         logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+    # httpx logs every request at INFO; the pull log line already says what an operator needs.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

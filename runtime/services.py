@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crishim.oci.features import RuntimeFeatures
 from crishim.runtime.config import Config
@@ -19,6 +19,14 @@ from crishim.runtime.errors import InvalidArgument, NotFound
 from crishim.runtime.events import ContainerEvent, EventBus
 from crishim.runtime.locks import KeyedLocks
 from crishim.runtime.state.store import StateStore
+
+if TYPE_CHECKING:  # the real types, without importing them at start-up
+    from crishim.cgroups.stats import StatsSampler
+    from crishim.images.store import ImageStore
+    from crishim.oci.runtime import OciRuntime
+    from crishim.runtime.container.monitor import ExitMonitor
+    from crishim.runtime.network.manager import PodNetwork
+    from crishim.runtime.streaming.server import StreamingServer
 
 log = logging.getLogger("crishim.services")
 
@@ -30,7 +38,7 @@ class Handler:
     """One runtime handler: its OCI runtime wrapper and probed features."""
 
     name: str
-    runtime: Any  # crishim.oci.runtime.OciRuntime
+    runtime: OciRuntime
     features: RuntimeFeatures
 
 
@@ -38,15 +46,16 @@ class Handler:
 class Services:
     config: Config
     state: StateStore
-    images: Any  # crishim.images.store.ImageStore
-    network: Any  # crishim.runtime.network.manager.PodNetwork
+    images: ImageStore
+    network: PodNetwork
     handlers: dict[str, Handler]
     cgroup_driver: str
     events: EventBus = field(default_factory=EventBus)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
-    streaming: Any = None  # crishim.runtime.streaming.server.StreamingServer
-    monitor: Any = None  # crishim.runtime.container.monitor.ExitMonitor
-    stats: Any = None  # crishim.cgroups.stats.StatsSampler
+    # Set by bootstrap right after construction (they need the Services they serve).
+    streaming: StreamingServer = field(init=False)
+    monitor: ExitMonitor = field(init=False)
+    stats: StatsSampler = field(init=False)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     # Containers inside `runc start`, with the events their exit produced meanwhile: the exit
     # must not `runc delete` under the start, and STOPPED must not reach subscribers before STARTED.
@@ -67,17 +76,15 @@ class Services:
                 await task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
-        if self.monitor is not None:
+        if hasattr(self, "monitor"):
             self.monitor.close()
-        if self.streaming is not None:
+        if hasattr(self, "streaming"):
             await self.streaming.stop()
-        if self.network is not None:
-            await self.network.close()
+        await self.network.close()
         if self.stop_metrics is not None:
             self.stop_metrics()
         self.events.close()
-        if self.images is not None:
-            await self.images.aclose()
+        await self.images.aclose()
         self.state.close()
 
     # -- lookups used by many flows -------------------------------------------
@@ -93,8 +100,6 @@ class Services:
         return {name: h.features for name, h in self.handlers.items()}
 
     def network_status(self) -> tuple[bool, str, str]:
-        if self.network is None:
-            return False, "NetworkPluginNotReady", "the network manager is not running"
         ready, reason, message = self.network.status()
         return bool(ready), reason, message
 
@@ -115,11 +120,9 @@ class Services:
             "podCIDR": self.pod_cidr,
             "pid": os.getpid(),
         }
-        if self.network is not None:
-            config = self.network.config
-            info["cniconfig"] = {"confDir": self.network.conf_dir, "network": getattr(config, "name", None)}
-        if self.streaming is not None:
-            info["streamingURL"] = self.streaming.base_url
+        config = self.network.config
+        info["cniconfig"] = {"confDir": self.network.conf_dir, "network": getattr(config, "name", None)}
+        info["streamingURL"] = self.streaming.base_url
         return info
 
     @property
@@ -128,8 +131,7 @@ class Services:
 
     async def set_pod_cidr(self, cidr: str) -> None:
         self.state.set_setting(POD_CIDR_SETTING, cidr)
-        if self.network is not None:
-            await self.network.set_pod_cidr(cidr)
+        await self.network.set_pod_cidr(cidr)
 
     def resolve_sandbox_id(self, wanted: str, missing_ok: bool = False) -> str:
         """A full ID or a unique prefix of one (crictl accepts prefixes)."""

@@ -100,7 +100,8 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
         files = await infra.write_pod_files(svc, bundle, config, hostname, host_network)
 
         netns_path: str | None = None
-        ip, additional_ips = "", ()
+        ip = ""
+        additional_ips: tuple[str, ...] = ()
         if not host_network:
             netns_path, setup = await svc.network.setup(
                 sandbox_id,

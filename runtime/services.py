@@ -135,10 +135,10 @@ class Services:
 
     def resolve_sandbox_id(self, wanted: str, missing_ok: bool = False) -> str:
         """A full ID or a unique prefix of one (crictl accepts prefixes)."""
-        return _resolve(wanted, [m.id for m in self.state.list_sandboxes()], "pod sandbox", missing_ok)
+        return _resolve(wanted, self.state.ids_matching("sandboxes", wanted), "pod sandbox", missing_ok)
 
     def resolve_container_id(self, wanted: str, missing_ok: bool = False) -> str:
-        return _resolve(wanted, [m.id for m in self.state.list_containers()], "container", missing_ok)
+        return _resolve(wanted, self.state.ids_matching("containers", wanted), "container", missing_ok)
 
     # -- paths ------------------------------------------------------------------
     def sandbox_dir(self, sandbox_id: str) -> Path:
@@ -148,10 +148,8 @@ class Services:
         return Path(self.config.root) / "containers" / container_id
 
 
-def _resolve(wanted: str, ids: list[str], kind: str, missing_ok: bool) -> str:
-    if wanted in ids:
-        return wanted
-    matches = [i for i in ids if i.startswith(wanted)] if wanted else []
+def _resolve(wanted: str, matches: list[str], kind: str, missing_ok: bool) -> str:
+    """`matches`: the exact ID alone, or up to two IDs starting with `wanted`."""
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:

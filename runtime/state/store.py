@@ -157,6 +157,21 @@ class StateStore:
         with self._tx() as db:
             db.execute("DELETE FROM containers WHERE id = ?", (container_id,))
 
+    # -- ID lookups (every CRI call resolves one: no record is decoded) ----------
+    def ids_matching(self, table: str, prefix: str, limit: int = 2) -> list[str]:
+        """IDs equal to `prefix` first, else those starting with it (up to `limit`)."""
+        if table not in ("sandboxes", "containers"):
+            raise ValueError(table)
+        exact = self._db.execute(f"SELECT id FROM {table} WHERE id = ?", (prefix,)).fetchone()
+        if exact:
+            return [exact[0]]
+        if not prefix:
+            return []
+        rows = self._db.execute(
+            f"SELECT id FROM {table} WHERE substr(id, 1, ?) = ? LIMIT ?", (len(prefix), prefix, limit)
+        ).fetchall()
+        return [r[0] for r in rows]
+
     # -- small settings that must survive restarts (pod CIDR) ---------------
     def get_setting(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()

@@ -7,6 +7,10 @@ refused: the pod asked for a specific confinement and silently running it
 unconfined would be a security surprise. containerd refuses runtime/default
 too; we accept it because the kubelet may send it for every pod and the
 runtime's default on such a host is genuinely "no profile" (as CRI-O does).
+
+On an AppArmor host the default is crishim's own profile, which the daemon
+loads at start-up (apparmor_profile.py). The CRI's `localhost/NAME` must name
+a profile already loaded: a pod never runs under a profile it did not ask for.
 """
 
 from __future__ import annotations
@@ -19,6 +23,17 @@ from .inputs import AppArmorProfile
 DEFAULT_PROFILE_NAME = "crishim-default"
 _ENABLED = Path("/sys/module/apparmor/parameters/enabled")
 _PROFILES = Path("/sys/kernel/security/apparmor/profiles")
+# Why the default profile could not be loaded at start-up ("" when it was, or not tried).
+_default_failure = ""
+
+
+def record_default_failure(reason: str) -> None:
+    global _default_failure
+    _default_failure = reason
+
+
+def default_failure() -> str:
+    return _default_failure
 
 
 def apparmor_enabled(enabled_path: Path = _ENABLED) -> bool:
@@ -62,9 +77,10 @@ def select_profile(
             return None
         names = loaded_profiles() if loaded is None else loaded
         if DEFAULT_PROFILE_NAME not in names:
+            cause = f" ({_default_failure})" if _default_failure else ""
             raise FailedPrecondition(
-                f"AppArmor is enabled but the default profile {DEFAULT_PROFILE_NAME!r} is not loaded; "
-                "load it with apparmor_parser or ask for the unconfined profile"
+                f"AppArmor is enabled but the default profile {DEFAULT_PROFILE_NAME!r} is not loaded{cause}; "
+                "fix that and restart crishim, or ask for the unconfined profile"
             )
         return DEFAULT_PROFILE_NAME
     if profile.kind == "unconfined":

@@ -12,6 +12,7 @@ from typing import Any
 from crishim.cgroups import detect
 from crishim.cgroups.stats import StatsSampler
 from crishim.images.store import ImageStore
+from crishim.oci.apparmor_profile import ensure_default_profile
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.runtime import OciRuntime, become_subreaper
 from crishim.runtime.config import Config
@@ -103,7 +104,9 @@ async def build_services(config: Config) -> Services:
         install_default=config.cni.install_default,
     )
     await network.start()
-    handlers = await probe_handlers(config, driver)
+    # The default AppArmor profile loads while the handlers are probed; a failure only
+    # refuses runtime/default containers later, naming the cause.
+    handlers, _ = await asyncio.gather(probe_handlers(config, driver), ensure_default_profile(Path(config.state_dir)))
     svc = Services(config=config, state=state, images=images, network=network, handlers=handlers, cgroup_driver=driver)
 
     async def on_exit(object_id: str) -> None:

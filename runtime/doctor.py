@@ -112,6 +112,31 @@ def _idmap(config: Config) -> Check:
     return Check("runtime features", True, "; ".join(parts))
 
 
+def _apparmor() -> Check:
+    """AppArmor on or off; if on, the parser and crishim's default profile (compiled here as a check)."""
+    import asyncio
+
+    from crishim.oci import apparmor, apparmor_profile
+
+    name = apparmor.DEFAULT_PROFILE_NAME
+    if not apparmor.apparmor_enabled():
+        return Check("AppArmor", True, "not enabled in this kernel; containers run without an AppArmor profile")
+    parser = apparmor_profile.find_parser()
+    loaded = name in apparmor.loaded_profiles()
+    state = f"{name} loaded" if loaded else f"{name} not loaded yet (crishim serve loads it at start-up)"
+    if parser is None:
+        return Check(
+            "AppArmor",
+            loaded,
+            f"enabled; apparmor_parser not found, install the Debian package 'apparmor'; {state}",
+        )
+    text = apparmor_profile.render_default_profile(name, label=apparmor_profile.daemon_label())
+    rc, err = asyncio.run(apparmor_profile.run_parser(parser, ["-Q", "-K"], text))
+    if rc != 0:
+        return Check("AppArmor", False, f"enabled; {parser} refuses the {name} profile: {err}")
+    return Check("AppArmor", True, f"enabled; {parser}; {state}")
+
+
 def run_checks(config: Config, fix: bool = False) -> list[Check]:
     checks = [
         Check(
@@ -131,4 +156,5 @@ def run_checks(config: Config, fix: bool = False) -> list[Check]:
     checks.append(_overlayfs())
     checks.extend(_cgroups(config, fix))
     checks.append(_idmap(config))
+    checks.append(_apparmor())
     return checks

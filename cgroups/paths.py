@@ -65,6 +65,24 @@ def expand_slice(name: str) -> str:
     return "/" + "/".join(out)
 
 
+def systemd_slice(parent: str) -> str:
+    """The slice a systemd-driver cgroup parent names.
+
+    The kubelet sends the unit name (`kubepods-burstable-podUID.slice`); critest sends
+    `/test.slice`, and some callers the expanded path (`/kubepods.slice/kubepods-pod1.slice`).
+    As containerd and CRI-O do, the last path component is the slice.
+    """
+    name = parent.rstrip("/").rsplit("/", 1)[-1] if "/" in parent else parent
+    if not is_slice(name):
+        raise InvalidArgument(
+            f"cgroup parent {parent!r} is not a systemd slice but the cgroup driver is systemd: "
+            "name a slice such as 'kubepods-burstable-pod<uid>.slice', or set the same cgroup driver "
+            "for the kubelet and crishim"
+        )
+    expand_slice(name)
+    return name
+
+
 def _check_cgroupfs_path(path: str, what: str) -> str:
     if is_slice(path):
         raise InvalidArgument(
@@ -91,13 +109,7 @@ def container_cgroups_path(parent: str, container_id: str, driver: str, prefix: 
     _check_id(container_id)
     parent = parent or default_parent(drv)
     if drv == "systemd":
-        if not is_slice(parent):
-            raise InvalidArgument(
-                f"cgroup parent {parent!r} is not a systemd slice but the cgroup driver is systemd: "
-                "set the same cgroup driver for the kubelet and crishim"
-            )
-        expand_slice(parent)
-        return f"{parent}:{prefix}:{container_id}"
+        return f"{systemd_slice(parent)}:{prefix}:{container_id}"
     parent = _check_cgroupfs_path(parent, "cgroup parent")
     return f"{parent.rstrip('/')}/{container_id}"
 
@@ -107,9 +119,7 @@ def parent_to_fs(parent: str, driver: str) -> str:
     drv = check_driver(driver)
     parent = parent or default_parent(drv)
     if drv == "systemd":
-        if not is_slice(parent):
-            raise InvalidArgument(f"cgroup parent {parent!r} is not a systemd slice (driver systemd)")
-        return expand_slice(parent)
+        return expand_slice(systemd_slice(parent))
     return _check_cgroupfs_path(parent, "cgroup parent")
 
 
@@ -137,8 +147,11 @@ def cgroups_path_to_fs(cgroups_path: str, driver: str) -> str:
 
 def to_fs(path_or_cgroups_path: str, driver: str) -> str:
     """Accept either an OCI cgroupsPath or an already relative cgroup path ("/a/b")."""
-    if check_driver(driver) == "systemd" and ":" in path_or_cgroups_path:
-        return cgroups_path_to_fs(path_or_cgroups_path, driver)
+    if check_driver(driver) == "systemd":
+        if ":" in path_or_cgroups_path:
+            return cgroups_path_to_fs(path_or_cgroups_path, driver)
+        if path_or_cgroups_path.rstrip("/").endswith(".slice"):
+            return parent_to_fs(path_or_cgroups_path, driver)  # a pod's slice
     return _check_cgroupfs_path(path_or_cgroups_path, "cgroup path")
 
 

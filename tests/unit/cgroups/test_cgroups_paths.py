@@ -75,3 +75,20 @@ def test_dotdot_and_bad_ids_are_refused() -> None:
         container_cgroups_path("/kubepods", "a/b", "cgroupfs")
     with pytest.raises(InvalidArgument, match="unknown cgroup driver"):
         container_cgroups_path("/kubepods", "abc", "lxc")
+
+
+def test_systemd_parent_given_as_a_path_names_its_last_slice() -> None:
+    # critest sends "/test.slice"; an expanded path names the same unit as its last component.
+    assert container_cgroups_path("/test.slice", "abc", "systemd") == "test.slice:crishim:abc"
+    assert parent_to_fs("/kubepods.slice/kubepods-pod1.slice", "systemd") == "/kubepods.slice/kubepods-pod1.slice"
+    assert parent_to_fs("/test.slice", "systemd") == "/test.slice"
+
+
+def test_systemd_pod_slice_resolves_for_stats() -> None:
+    from crishim.cgroups.paths import to_fs
+
+    assert (
+        to_fs("kubepods-burstable-pod1.slice", "systemd")
+        == "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
+    )
+    assert to_fs("test.slice:crishim:abc", "systemd") == "/test.slice/crishim-abc.scope"

@@ -146,6 +146,21 @@ def build_args(
     return args
 
 
+def scope_args(cid: str, slice_: str) -> list[str]:
+    """Runs conmon in a transient scope of its own inside the pod's slice.
+
+    Under the systemd driver every process belongs to a unit: conmon is accounted to
+    the pod (CRI-O's `conmon_cgroup = "pod"`) instead of to crishim.service, and it
+    outlives a restart of the service. The scope ends, and --collect unloads it even
+    after a failure, once conmon exits.
+    """
+    return ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={conmon_scope(cid)}", f"--slice={slice_}", "--"]
+
+
+def conmon_scope(cid: str) -> str:
+    return f"crishim-conmon-{cid}.scope"
+
+
 async def launch_container(
     *,
     cid: str,
@@ -163,6 +178,7 @@ async def launch_container(
     time_limit: float = 60.0,
     leave_stdin_open: bool = False,
     runtime_args: tuple[str, ...] = (),
+    systemd_slice: str | None = None,
 ) -> ConmonResult:
     """Start conmon, which runs `<runtime> create`; return the container and conmon PIDs.
 
@@ -183,6 +199,8 @@ async def launch_container(
         conmon_pid_file=conmon_pid_file, stdin=stdin, tty=tty, log_size_max=log_size_max,
         leave_stdin_open=leave_stdin_open, runtime_args=runtime_args,
     )  # fmt: skip
+    if systemd_slice:
+        args = scope_args(cid, systemd_slice) + args
     conmon_log = bundle / "conmon.log"
     # conmon's own diagnostics go to a file: a pipe would be held open by
     # the daemonized monitor for the container's whole life.

@@ -213,6 +213,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             tty=config.tty,
             stdin=config.stdin,
             stdin_once=config.stdin_once,
+            cgroups_path=spec_input.cgroups_path,
         )
         undo.push_async_callback(launching.kill_and_delete, svc, handler, container_id)
 

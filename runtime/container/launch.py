@@ -24,8 +24,13 @@ async def launch(
     tty: bool,
     stdin: bool,
     stdin_once: bool,
+    cgroups_path: str,
 ) -> conmon.ConmonResult:
-    """conmon runs `runc create`; returns the container's and conmon's PIDs."""
+    """conmon runs `runc create`; returns the container's and conmon's PIDs.
+
+    Under the systemd driver conmon gets a scope in the slice of the container's
+    cgroups path (`slice:prefix:id`).
+    """
     return await conmon.launch_container(
         cid=object_id,
         name=object_id,
@@ -41,6 +46,7 @@ async def launch(
         conmon_path=svc.config.conmon,
         leave_stdin_open=stdin and not stdin_once,
         runtime_args=("--systemd-cgroup",) if handler.runtime.systemd_cgroup else (),
+        systemd_slice=cgroups_path.split(":", 1)[0] if handler.runtime.systemd_cgroup else None,
     )
 
 

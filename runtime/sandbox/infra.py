@@ -125,13 +125,14 @@ def build_spec(spec_input: SandboxSpecInput) -> dict[str, Any]:
     return build_sandbox_spec(spec_input)
 
 
-async def start_infra(svc: Services, handler: Handler, sandbox_id: str, bundle: Path) -> Started:
+async def start_infra(svc: Services, handler: Handler, sandbox_id: str, bundle: Path, cgroups_path: str) -> Started:
     """conmon runs `runc create`; then `runc start` makes the pause process run."""
     from crishim.runtime.container.launch import launch
 
     result = await launch(
-        svc, handler, sandbox_id, bundle, log_path=bundle / "infra.log", tty=False, stdin=False, stdin_once=False
-    )
+        svc, handler, sandbox_id, bundle, log_path=bundle / "infra.log", tty=False, stdin=False, stdin_once=False,
+        cgroups_path=cgroups_path,
+    )  # fmt: skip
     try:
         await handler.runtime.start(sandbox_id)
     except BaseException:

@@ -155,7 +155,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
         spec = infra.build_spec(spec_input)
         (bundle / "config.json").write_text(json.dumps(spec))
 
-        started = await infra.start_infra(svc, handler, sandbox_id, bundle)
+        started = await infra.start_infra(svc, handler, sandbox_id, bundle, cgroups_path)
         undo.push_async_callback(infra.destroy_infra, svc, handler, sandbox_id)
 
         meta = SandboxMeta(

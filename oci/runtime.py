@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import logging
 import os
 import shutil
 import signal as signals
@@ -33,6 +34,7 @@ from .features import RuntimeFeatures
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 _PR_SET_CHILD_SUBREAPER = 36
 _PROBE_CGROUP = "crishim-probe"
+log = logging.getLogger("crishim.oci.runtime")
 _NOT_FOUND_MARKERS = ("does not exist", "No such file or directory", "not found")
 
 
@@ -320,13 +322,14 @@ class OciRuntime:
                 "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}, mount],
                 "linux": {
                     "namespaces": [{"type": "mount"}, {"type": "pid"}],
-                    "cgroupsPath": f"/{_PROBE_CGROUP}/{cid}",
+                    "cgroupsPath": self._probe_cgroups_path(cid),
                 },
             }
             await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
             try:
                 await asyncio.wait_for(self.create(cid, bundle, bundle / "pid"), 20.0)
-            except Exception:
+            except Exception as exc:  # noqa: BLE001 - any refusal means "not supported"
+                log.info("%s: no support for mount options %s: %s", self.name, ",".join(options), exc)
                 await self._discard_probe(cid)
                 return False
             try:
@@ -335,9 +338,21 @@ class OciRuntime:
             finally:
                 await self._discard_probe(cid)
 
+    def _probe_cgroups_path(self, cid: str) -> str:
+        """A throw-away cgroup in the form the handler's cgroup driver expects.
+
+        With --systemd-cgroup the runtime refuses a plain path: it wants slice:prefix:name,
+        and deletes the transient scope itself on `delete`.
+        """
+        if self.systemd_cgroup:
+            return f"system.slice:{_PROBE_CGROUP}:{cid}"
+        return f"/{_PROBE_CGROUP}/{cid}"
+
     async def _discard_probe(self, cid: str) -> None:
         with contextlib.suppress(Exception):
             await self.delete(cid, force=True)
+        if self.systemd_cgroup:
+            return
         # The cgroup can stay busy for a moment after the init is killed.
         for _ in range(50):
             if await asyncio.to_thread(_remove_cgroup_dirs, f"{_PROBE_CGROUP}/{cid}"):

@@ -44,11 +44,34 @@ def _cni_plugins(config: Config) -> Check:
     return Check("CNI plugins", True, f"bridge, host-local, loopback, portmap in {', '.join(config.cni.bin_dirs)}")
 
 
-def _overlayfs() -> Check:
-    text = Path("/proc/filesystems").read_text()
-    if "overlay" in text:
+def _overlayfs(modules: Path = Path("/lib/modules")) -> Check:
+    """Registered, or a module the kernel loads on the first overlay mount (a fresh Debian boot)."""
+    if "overlay" in Path("/proc/filesystems").read_text():
         return Check("overlayfs", True, "supported by the kernel")
-    return Check("overlayfs", False, "the kernel lacks overlayfs: load the 'overlay' module (modprobe overlay)")
+    try:
+        dep = (modules / os.uname().release / "modules.dep").read_text()
+    except OSError:
+        dep = ""
+    if "/overlay.ko" in dep:
+        return Check("overlayfs", True, "available as a module, loaded on the first overlay mount")
+    return Check("overlayfs", False, "the kernel lacks overlayfs: install a kernel with the 'overlay' module")
+
+
+def _criu() -> Check:
+    """CheckpointContainer needs a criu that passes `criu check` on this kernel."""
+    found = shutil.which("criu")
+    if not found:
+        return Check("CRIU", False, "not installed; checkpoint and restore are unavailable (Debian package 'criu')",
+                     warning=True)  # fmt: skip
+    try:
+        run = subprocess.run([found, "check"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return Check("CRIU", False, f"{found} check did not finish: {exc}; checkpoint is unavailable", warning=True)
+    if run.returncode != 0:
+        last = (run.stderr or run.stdout).strip().splitlines()[-1:] or ["no output"]
+        return Check("CRIU", False, f"{found} check fails on this kernel ({last[0]}); checkpoint is unavailable",
+                     warning=True)  # fmt: skip
+    return Check("CRIU", True, f"{found}: criu check passes")
 
 
 def _cgroups(config: Config, fix: bool) -> list[Check]:
@@ -157,4 +180,5 @@ def run_checks(config: Config, fix: bool = False) -> list[Check]:
     checks.extend(_cgroups(config, fix))
     checks.append(_idmap(config))
     checks.append(_apparmor())
+    checks.append(_criu())
     return checks

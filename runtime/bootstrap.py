@@ -55,6 +55,30 @@ async def probe_handlers(config: Config, driver: str = "cgroupfs") -> dict[str, 
     return {h.name: h for h in probed if h is not None}
 
 
+def choose_default_handler(config: Config, handlers: dict[str, Handler]) -> str:
+    """The configured default_runtime; unset, crun where it probed fully, else runc.
+
+    Like CRI-O we prefer crun: on a node where it does user namespaces, idmapped and
+    recursive read-only mounts, a pod asking for no runtime class gets all of them.
+    """
+    if config.default_runtime:
+        return config.default_runtime
+    crun = handlers.get("crun")
+    if (
+        crun is not None
+        and crun.features.user_namespaces
+        and crun.features.idmap_mounts
+        and (crun.features.recursive_read_only)
+    ):
+        chosen = "crun"
+    elif "runc" in handlers or not handlers:
+        chosen = "runc"
+    else:
+        chosen = sorted(handlers)[0]
+    log.info("default runtime handler: %s", chosen)
+    return chosen
+
+
 async def ensure_pause_image(images: ImageStore, wanted: str) -> None:
     """The built-in pause image is made from catatonit on first start; never pulled."""
     from crishim.images.pause import PAUSE_IMAGE, build_pause_layout
@@ -84,13 +108,17 @@ async def build_services(config: Config) -> Services:
     driver = config.cgroup_driver or detect.default_driver()
     if "crun" in config.runtimes and detect.hybrid_blocks_crun():
         log.warning("cgroup v2 holds controllers beside v1 ones: crun will refuse to run; run 'crishim doctor --fix'")
+    # The default AppArmor profile loads while the handlers are probed; a failure only
+    # refuses runtime/default containers later, naming the cause.
+    handlers, _ = await asyncio.gather(probe_handlers(config, driver), ensure_default_profile(Path(config.state_dir)))
+    default_handler = choose_default_handler(config, handlers)
     state = StateStore(config.db_path)
     images = ImageStore(
         config.image_store_path,
         Path(config.registries.config_path) if config.registries.config_path else None,
         max_parallel_layers=config.max_parallel_layer_downloads,
         pull_progress_timeout=config.image_pull_progress_timeout,
-        image_sets=handler_image_sets(config),
+        image_sets=handler_image_sets(config, default_handler),
     )
     await ensure_pause_image(images, config.sandbox_image)
     pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
@@ -104,10 +132,10 @@ async def build_services(config: Config) -> Services:
         install_default=config.cni.install_default,
     )
     await network.start()
-    # The default AppArmor profile loads while the handlers are probed; a failure only
-    # refuses runtime/default containers later, naming the cause.
-    handlers, _ = await asyncio.gather(probe_handlers(config, driver), ensure_default_profile(Path(config.state_dir)))
-    svc = Services(config=config, state=state, images=images, network=network, handlers=handlers, cgroup_driver=driver)
+    svc = Services(
+        config=config, state=state, images=images, network=network, handlers=handlers, cgroup_driver=driver,
+        default_handler=default_handler,
+    )  # fmt: skip
 
     async def on_exit(object_id: str) -> None:
         await on_object_exit(svc, object_id)

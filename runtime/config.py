@@ -73,7 +73,9 @@ class Config:
     root: str = "/var/lib/crishim"
     state_dir: str = "/run/crishim"
     image_store: str = ""
-    default_runtime: str = "runc"
+    # "" chooses at start-up: crun where it probes fully (user namespaces, idmapped and
+    # recursive read-only mounts), as CRI-O prefers it, else runc.
+    default_runtime: str = ""
     runtimes: dict[str, RuntimeHandlerConfig] = field(
         default_factory=lambda: {
             "runc": RuntimeHandlerConfig(path="runc", type="runc"),
@@ -210,7 +212,7 @@ def check_values(config: Config, source: str) -> None:
 
 def validate(config: Config) -> None:
     """Cross-field checks on the effective configuration."""
-    if config.default_runtime not in config.runtimes:
+    if config.default_runtime and config.default_runtime not in config.runtimes:
         raise ConfigError(
             f"default_runtime {config.default_runtime!r} is not a configured handler "
             f"(configured: {', '.join(sorted(config.runtimes))})"

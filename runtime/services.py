@@ -50,6 +50,8 @@ class Services:
     network: PodNetwork
     handlers: dict[str, Handler]
     cgroup_driver: str
+    # The handler serving an empty runtime_handler (the configured one, or the one chosen at start-up).
+    default_handler: str = "runc"
     events: EventBus = field(default_factory=EventBus)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     # Set by bootstrap right after construction (they need the Services they serve).
@@ -89,7 +91,7 @@ class Services:
 
     # -- lookups used by many flows -------------------------------------------
     def handler(self, name: str) -> Handler:
-        name = name or self.config.default_runtime
+        name = name or self.default_handler
         handler = self.handlers.get(name)
         if handler is None:
             known = ", ".join(sorted(self.handlers))

@@ -47,7 +47,7 @@ class InfoRpcs:
                 user_namespaces=features.user_namespaces,
             )
             handlers.append(api_pb2.RuntimeHandler(name=name, features=handler_features))
-            if name == self.svc.config.default_runtime:
+            if name == self.svc.default_handler:
                 # api.proto: the handler with an empty name is the default one.
                 handlers.append(api_pb2.RuntimeHandler(name="", features=handler_features))
         response = api_pb2.StatusResponse(

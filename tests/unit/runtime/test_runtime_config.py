@@ -18,7 +18,7 @@ def write(path: Path, text: str) -> Path:
 def test_defaults_when_no_file_exists(tmp_path: Path) -> None:
     config = load_config(tmp_path / "absent.toml")
     assert config.socket == "/run/crishim/crishim.sock"
-    assert config.default_runtime == "runc"
+    assert config.default_runtime == ""  # chosen at start-up from the probed handlers
     assert set(config.runtimes) == {"runc", "crun"}
     assert config.image_store_path == Path("/var/lib/crishim/images")
 

@@ -15,7 +15,7 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci.apparmor import DEFAULT_PROFILE_NAME, apparmor_enabled, loaded_profiles
 
-from tests.support.cri import container_config, remove_pod, run_pod, start_container
+from tests.support.cri import container_config, pod_config, remove_pod, start_container
 from tests.support.daemon import Daemon
 
 pytestmark = [
@@ -46,7 +46,11 @@ def pod(request: pytest.FixtureRequest, live_daemon: Daemon) -> Iterator[Pod]:
     handler: str = request.param
     if shutil.which(handler) is None:
         pytest.skip(f"{handler} is not installed")
-    sid, config = run_pod(live_daemon, f"apparmor-{handler}", runtime_handler=handler)
+    # Privileged, so that one of its containers may be.
+    privileged = pb.LinuxSandboxSecurityContext(privileged=True)
+    config = pod_config(f"apparmor-{handler}", live_daemon, linux=pb.LinuxPodSandboxConfig(security_context=privileged))
+    request_ = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
+    sid = live_daemon.runtime.RunPodSandbox(request_, timeout=60).pod_sandbox_id
     yield sid, config
     remove_pod(live_daemon, sid)
 

@@ -83,6 +83,21 @@ def systemd_slice(parent: str) -> str:
     return name
 
 
+def is_pod_cgroup(parent: str, pod_uid: str) -> bool:
+    """Whether cgroup parent `parent` is the cgroup the kubelet made for pod `pod_uid` alone.
+
+    The kubelet names a pod's cgroup after its UID: `/kubepods/burstable/pod<uid>` with
+    cgroupfs, `kubepods-burstable-pod<uid>.slice` with systemd, where the UID's dashes
+    become underscores (a dash nests slices). A parent several pods share (crishim's
+    default, critest's /test.slice) never matches, so its limits are never a pod's.
+    """
+    if not parent or not pod_uid:
+        return False
+    leaf = parent.rstrip("/").rsplit("/", 1)[-1].removesuffix(".slice")
+    names = {f"pod{pod_uid}", f"pod{pod_uid.replace('-', '_')}"}
+    return leaf in names or any(leaf.endswith("-" + n) for n in names)
+
+
 def _check_cgroupfs_path(path: str, what: str) -> str:
     if is_slice(path):
         raise InvalidArgument(

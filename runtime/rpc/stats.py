@@ -11,6 +11,7 @@ from crishim.cgroups.records import CgroupStats, PsiStats
 from crishim.cri_api import api_pb2
 from crishim.runtime import stats as collect
 from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.container.resources import update_pod_sandbox_resources
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
@@ -284,11 +285,17 @@ class StatsRpcs:
     async def UpdatePodSandboxResources(
         self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.UpdatePodSandboxResourcesResponse:
-        # KEP-2837: the kubelet owns the pod cgroup and has already resized it; this call
-        # informs the runtime. We check the sandbox exists and keep nothing else.
+        # KEP-2837: the kubelet has already resized the pod cgroup it owns; crishim writes the
+        # same limits into a pod cgroup of the pod's own (see update_pod_sandbox_resources).
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
-        self.svc.resolve_sandbox_id(request.pod_sandbox_id)
+        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
+        await update_pod_sandbox_resources(
+            self.svc,
+            sandbox_id,
+            request.resources if request.HasField("resources") else None,
+            request.overhead if request.HasField("overhead") else None,
+        )
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
 

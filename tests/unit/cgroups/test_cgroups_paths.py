@@ -7,6 +7,7 @@ from crishim.cgroups.paths import (
     container_cgroups_path,
     default_parent,
     expand_slice,
+    is_pod_cgroup,
     parent_to_fs,
     to_fs,
 )
@@ -92,3 +93,33 @@ def test_systemd_pod_slice_resolves_for_stats() -> None:
         == "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice"
     )
     assert to_fs("test.slice:crishim:abc", "systemd") == "/test.slice/crishim-abc.scope"
+
+
+UID = "5a1e3f2c-7b4d-4c1e-9f00-0123456789ab"
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        f"/kubepods/burstable/pod{UID}",
+        f"/kubepods/pod{UID}/",
+        f"kubepods-burstable-pod{UID.replace('-', '_')}.slice",
+        f"kubepods-pod{UID.replace('-', '_')}.slice",
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID.replace('-', '_')}.slice",
+    ],
+)
+def test_the_kubelets_pod_cgroup_names_the_pod(parent: str) -> None:
+    assert is_pod_cgroup(parent, UID)
+
+
+@pytest.mark.parametrize(
+    "parent",
+    ["", "/crishim", "crishim.slice", "/test.slice", "/kubepods/burstable", "kubepods-burstable.slice",
+     "/kubepods/burstable/pod0000", f"/kubepods/pod{UID}/extra"],
+)  # fmt: skip
+def test_a_shared_or_foreign_parent_is_not_the_pods_cgroup(parent: str) -> None:
+    assert not is_pod_cgroup(parent, UID)
+
+
+def test_a_pod_without_uid_has_no_cgroup_of_its_own() -> None:
+    assert not is_pod_cgroup("/kubepods/pod", "")

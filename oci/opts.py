@@ -244,10 +244,34 @@ def with_oom_score_adj(value: int | None) -> SpecOpt:
     return opt
 
 
+# Under the systemd driver (cgroupsPath "slice:prefix:name") the runtime asks systemd for a
+# transient scope per container; these annotations shape that scope (runc and crun read both
+# forms: `org.systemd.property.NAME` as a unit property in GVariant text, the crun key as is).
+SYSTEMD_SCOPE_ANNOTATIONS = {
+    # A scope that ends failed (an OOM kill under newer systemd, a stop timeout) is unloaded
+    # like a clean one; without this it stays listed as failed until `systemctl reset-failed`.
+    "org.systemd.property.CollectMode": "'inactive-or-failed'",
+    # crun puts the process in a `container` child of the scope by default; without it the
+    # container's cgroup is the scope its cgroupsPath names, as with runc, and its limits,
+    # stats and memory.events sit where the daemon reads them.
+    "run.oci.systemd.subgroup": "",
+}
+
+
+def is_systemd_cgroups_path(path: str) -> bool:
+    return path.count(":") == 2
+
+
 def with_cgroups_path(path: str) -> SpecOpt:
+    """linux.cgroupsPath; a systemd one ("slice:prefix:name") also gets SYSTEMD_SCOPE_ANNOTATIONS."""
+
     def opt(spec: Spec) -> None:
         if path:
             _linux(spec)["cgroupsPath"] = path
+            if is_systemd_cgroups_path(path):
+                annotations = spec.setdefault("annotations", {})
+                for key, value in SYSTEMD_SCOPE_ANNOTATIONS.items():
+                    annotations.setdefault(key, value)
 
     return opt
 

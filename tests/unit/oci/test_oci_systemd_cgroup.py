@@ -23,3 +23,23 @@ def test_conmon_passes_extra_runtime_args() -> None:
     pairs = list(zip(args, args[1:], strict=False))
     assert ("--runtime-arg", "--root=/r") in pairs
     assert ("--runtime-arg", "--systemd-cgroup") in pairs
+
+
+def test_systemd_cgroups_path_shapes_the_scope_through_annotations() -> None:
+    from crishim.oci.opts import apply, with_annotations, with_cgroups_path
+
+    spec = apply({"process": {}}, with_cgroups_path("kubepods-pod1.slice:crishim:abc"))
+    assert spec["linux"]["cgroupsPath"] == "kubepods-pod1.slice:crishim:abc"
+    assert spec["annotations"]["org.systemd.property.CollectMode"] == "'inactive-or-failed'"
+    assert spec["annotations"]["run.oci.systemd.subgroup"] == ""
+    # The pod's own annotations come later and win.
+    spec = apply(spec, with_annotations({"run.oci.systemd.subgroup": "sub"}))
+    assert spec["annotations"]["run.oci.systemd.subgroup"] == "sub"
+
+
+def test_cgroupfs_path_adds_no_systemd_annotations() -> None:
+    from crishim.oci.opts import apply, with_cgroups_path
+
+    spec = apply({"process": {}}, with_cgroups_path("/kubepods/pod1/abc"))
+    assert spec["linux"]["cgroupsPath"] == "/kubepods/pod1/abc"
+    assert "annotations" not in spec

@@ -184,6 +184,16 @@ class V1Cgroup:
         if memsw is not None:
             write_value(sw_file, memsw)
 
+    def oom_kills(self) -> int | None:
+        """memory.oom_control `oom_kill` (kernel 4.13+); None when the cgroup is gone or the kernel lacks it."""
+        try:
+            d = self.dir("memory")
+        except FailedPrecondition:
+            return None
+        if not os.path.isdir(d):
+            return None
+        return read_kv(os.path.join(d, "memory.oom_control")).get("oom_kill")
+
     # -- stats ---------------------------------------------------------------------------------
 
     def stats(self, now_ns: int | None = None) -> CgroupStats:

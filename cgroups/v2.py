@@ -147,6 +147,12 @@ class V2Cgroup:
             raise InvalidArgument(f"memory_swap_limit_in_bytes ({memsw}) must be >= memory_limit_in_bytes ({memory})")
         write_value(swap_file, memsw - memory)
 
+    def oom_kills(self) -> int | None:
+        """memory.events `oom_kill`: processes of this cgroup and below the OOM killer killed; None if gone."""
+        if not self.exists():
+            return None
+        return read_kv(os.path.join(self.dir, "memory.events")).get("oom_kill")
+
     # -- stats ---------------------------------------------------------------------------------
 
     def stats(self, now_ns: int | None = None) -> CgroupStats:

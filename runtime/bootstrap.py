@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.cgroups import detect
+from crishim.cgroups.oomkills import OomKillLog
 from crishim.cgroups.stats import StatsSampler
 from crishim.images.store import ImageStore
 from crishim.oci.apparmor_profile import ensure_default_profile
@@ -142,6 +143,7 @@ async def build_services(config: Config) -> Services:
 
     svc.monitor = ExitMonitor(on_exit)
     svc.stats = StatsSampler()
+    svc.oom_log = OomKillLog.open()
     svc.streaming = await _start_streaming(svc)
     svc.stop_metrics = _start_metrics(svc)
     await reconcile(svc)

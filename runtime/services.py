@@ -21,6 +21,7 @@ from crishim.runtime.locks import KeyedLocks
 from crishim.runtime.state.store import StateStore
 
 if TYPE_CHECKING:  # the real types, without importing them at start-up
+    from crishim.cgroups.oomkills import OomKillLog
     from crishim.cgroups.stats import StatsSampler
     from crishim.images.store import ImageStore
     from crishim.oci.runtime import OciRuntime
@@ -63,6 +64,8 @@ class Services:
     # must not `runc delete` under the start, and STOPPED must not reach subscribers before STARTED.
     starting: dict[str, list[ContainerEvent]] = field(default_factory=dict)
     stop_metrics: Any = None
+    # The kernel's record of OOM kills (/dev/kmsg), None where it cannot be read.
+    oom_log: OomKillLog | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Services:
@@ -86,6 +89,8 @@ class Services:
         if self.stop_metrics is not None:
             self.stop_metrics()
         self.events.close()
+        if self.oom_log is not None:
+            self.oom_log.close()
         await self.images.aclose()
         self.state.close()
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
 
+from crishim.cgroups.errors import CgroupError
+from crishim.cgroups.paths import to_fs
+from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon
 from crishim.oci.runtime import reap
 from crishim.runtime.services import Handler, Services
@@ -86,7 +90,37 @@ def _read_pid(path: Path) -> int:
         return 0
 
 
-def oom_killed(svc: Services, meta: ContainerMeta) -> bool:
-    """conmon (2.1) writes an `oom` file in its bundle dir when the kernel OOM-killed the container."""
+async def oom_killed(svc: Services, meta: ContainerMeta) -> bool:
+    """Whether the kernel OOM-killed a process of the container; called once it has exited.
+
+    Asked in turn: conmon's `oom` file in the bundle (it watches memory.events, or v1's
+    oom eventfd); the container cgroup's own `oom_kill` counter, while the cgroup is still
+    there (cgroupfs: until `runc delete`); the kernel log, for a cgroup already gone
+    (systemd removes a scope as its last process exits).
+    """
+    source = await asyncio.to_thread(_oom_evidence, svc, meta)
+    if source:
+        log.info("container %s was OOM-killed (seen in %s)", meta.id[:13], source)
+    return source is not None
+
+
+def _oom_evidence(svc: Services, meta: ContainerMeta) -> str | None:
     bundle = Path(meta.bundle)
-    return any((bundle / name).exists() for name in ("oom", ".oom"))
+    if any((bundle / name).exists() for name in ("oom", ".oom")):
+        return "conmon's oom file"
+    if not meta.cgroups_path:
+        return None
+    try:
+        rel = to_fs(meta.cgroups_path, svc.cgroup_driver)
+        if cgroup_for(rel).oom_kills():
+            return "the cgroup's oom_kill counter"
+    except (CgroupError, OSError) as exc:
+        log.debug("no OOM counter for %s: %s", meta.id[:13], exc)
+        return None
+    if svc.oom_log is None:
+        return None
+    try:
+        return "the kernel log" if svc.oom_log.killed(rel, meta.pid, meta.created_at) else None
+    except OSError as exc:
+        log.warning("reading the kernel log for OOM kills failed: %s", exc)
+        return None

@@ -97,16 +97,22 @@ async def record_exit(svc: Services, container_id: str) -> None:
         return
     exit_file = svc.config.exits_dir / container_id
     result = read_exit_file(exit_file)
-    oom = launching.oom_killed(svc, meta)
+    oom = await launching.oom_killed(svc, meta)
     if result is None:
         code, finished = (137 if oom else 255), now_ns()
         message = "" if oom else "container monitor exited without recording an exit code"
     else:
         (code, finished), message = result, ""
     reason = exit_reason(code, oom)
-    updated = svc.state.update_container(
-        container_id,
-        lambda m: dataclasses.replace(
+    recorded_meanwhile = False
+
+    def exited(m: ContainerMeta) -> ContainerMeta:
+        nonlocal recorded_meanwhile
+        if m.state == CONTAINER_EXITED:
+            # Another record_exit ran while this one read the OOM evidence: keep its record.
+            recorded_meanwhile = True
+            return m
+        return dataclasses.replace(
             m,
             state=CONTAINER_EXITED,
             exit_code=code,
@@ -114,8 +120,11 @@ async def record_exit(svc: Services, container_id: str) -> None:
             reason=reason,
             message=m.message or message,
             started_at=m.started_at or finished,
-        ),
-    )
+        )
+
+    updated = svc.state.update_container(container_id, exited)
+    if recorded_meanwhile:
+        return
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
     stopped = ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at)
     if container_id in svc.starting:

@@ -133,6 +133,7 @@ def test_limits_are_written_and_read_back(parent: V1Cgroup) -> None:
     assert read("cpu", "cpu.cfs_quota_us") == "50000"
     assert read("cpuset", "cpuset.cpus") == "0"
     assert read("pids", "pids.max") == "64"
+    assert child.oom_kills() == 0
     st = child.stats()
     assert st.memory is not None
     assert st.memory.limit_bytes == 128 << 20

@@ -205,3 +205,13 @@ def test_sampler_derives_nano_cores_from_two_samples(tmp_path: Path) -> None:
     assert second.cpu.usage_nano_cores == 500_000_000
     sampler.forget("a")
     assert sampler.keys() == []
+
+
+def test_oom_kills_come_from_memory_events_and_vanish_with_the_cgroup(tmp_path: Path) -> None:
+    d = _fake_cgroup(tmp_path, "/pod/c1")
+    cg = V2Cgroup(str(tmp_path), "/pod/c1")
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n")
+    assert cg.oom_kills() == 1
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 0\noom_kill 0\n")
+    assert cg.oom_kills() == 0
+    assert V2Cgroup(str(tmp_path), "/pod/gone").oom_kills() is None

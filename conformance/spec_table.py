@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Print the conformance table: every critest spec, the test that checks it, and its status.
 
-Usage: conformance/spec_table.py [--junit RESULTS.xml]
+Usage: conformance/spec_table.py [--junit [LABEL=]RESULTS.xml ...]
 
 Each test names its spec in the first paragraph of its docstring (whitespace may wrap).
 Statuses come from a pytest JUnit report of the conformance suite, e.g.
-`pytest conformance --junitxml=/tmp/conf.xml`; without one every status reads "not run".
+`pytest conformance --junitxml=/tmp/conf.xml`, one column a report (`--junit host=a.xml
+--junit node-vm=b.xml`); without one every status reads "not run".
 A spec with no test reads "no test", so a gap shows instead of hiding.
 """
 
@@ -101,21 +102,35 @@ def _grpc_code(message: str) -> str:
     return code.group(1) if code else "error"
 
 
-def render(specs: list[str], tests: dict[str, SpecTest], statuses: dict[str, str] | None) -> str:
-    lines = ["| critest spec | our test | status |", "| --- | --- | --- |"]
+def render(specs: list[str], tests: dict[str, SpecTest], runs: dict[str, dict[str, str]]) -> str:
+    """One row a spec; one status column a run (none: a single column reading "not run")."""
+    labels = list(runs) or ["status"]
+    lines = [f"| critest spec | our test | {' | '.join(labels)} |", "| --- | --- |" + " --- |" * len(labels)]
     for spec in specs:
         test = tests.get(spec)
         if test is None:
-            lines.append(f"| {spec} | - | no test |")
+            lines.append(f"| {spec} | - |" + " no test |" * len(labels))
             continue
-        status = "not run" if statuses is None else statuses.get(test.node, "not run")
-        lines.append(f"| {spec} | `{test.node}` | {status} |")
+        cells = [runs[label].get(test.node, "not run") if runs else "not run" for label in labels]
+        lines.append(f"| {spec} | `{test.node}` | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _run_arg(value: str) -> tuple[str, Path]:
+    """LABEL=REPORT.xml, or a bare REPORT.xml labelled "status"."""
+    label, sep, path = value.partition("=")
+    return (label, Path(path)) if sep else ("status", Path(value))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--junit", type=Path, help="pytest --junitxml report of the conformance suite")
+    parser.add_argument(
+        "--junit",
+        type=_run_arg,
+        action="append",
+        default=[],
+        help="[LABEL=]pytest --junitxml report of the conformance suite; repeat for one column a run",
+    )
     args = parser.parse_args(argv)
     specs = [normalize(line) for line in SPECS.read_text().splitlines() if line.strip()]
     tests = find_spec_tests()
@@ -123,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print("docstrings naming no critest spec:\n  " + "\n  ".join(unknown), file=sys.stderr)
         return 1
-    print(render(specs, tests, read_junit(args.junit) if args.junit else None))
+    print(render(specs, tests, {label: read_junit(path) for label, path in args.junit}))
     return 0
 
 

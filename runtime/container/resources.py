@@ -95,8 +95,9 @@ async def update_pod_sandbox_resources(
     pod cgroup when a container has no limit (the pod cgroup is then unlimited).
 
     Under the systemd driver the files of the pod's slice are written directly, as the
-    kubelet's own writes land there too; systemd keeps what the slice's unit properties
-    say, which are the kubelet's values for a kubelet pod.
+    kubelet's own writes land there too. When systemd re-applies the slice's unit
+    properties (a daemon-reload), it writes the kubelet's values back, the same ones for
+    a kubelet pod; a slice with no such properties keeps the write until then.
     """
     meta = svc.state.get_sandbox(sandbox_id)
     if resources is None:

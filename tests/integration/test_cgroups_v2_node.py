@@ -8,6 +8,7 @@ runs with its defaults: on a systemd node that is the systemd driver.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 import uuid
@@ -22,7 +23,7 @@ from crishim.cgroups.records import shares_to_weight
 from crishim.cri_api import api_pb2 as pb
 
 from tests.support.cri import container_config, container_status, pod_config, remove_pod, start_container, wait_exited
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 from tests.support.node import (
     cgroup_dir,
     container_cgroup,
@@ -147,6 +148,24 @@ def test_memory_hog_exits_oom_killed(live_daemon: Daemon, pod, busybox: str) -> 
     status = wait_exited(live_daemon, cid, timeout=120)
     assert status.state == pb.CONTAINER_EXITED
     assert (status.reason, status.exit_code) == ("OOMKilled", 137), status.message
+
+
+def test_memory_hog_exits_oom_killed_under_the_cgroupfs_driver(test_images) -> None:  # type: ignore[no-untyped-def]
+    """Without systemd nobody removes the container's cgroup before its exit is recorded."""
+    image = test_images.ref("busybox:latest")
+    with running_daemon('cgroup_driver = "cgroupfs"\n') as daemon:
+        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=120)
+        config = pod_config("v2-cgroupfs", daemon)
+        sid = daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config), timeout=60).pod_sandbox_id
+        cid = start(
+            daemon, (sid, config), "hog", image, HOG,
+            memory_limit_in_bytes=32 * MiB, memory_swap_limit_in_bytes=32 * MiB,
+        )  # fmt: skip
+        status = wait_exited(daemon, cid, timeout=120)
+        assert (status.reason, status.exit_code) == ("OOMKilled", 137), status.message
+        remove_pod(daemon, sid)
+    with contextlib.suppress(OSError):
+        cgroup_dir("/crishim").rmdir()  # the daemon's default parent, empty once its pods are gone
 
 
 # -- a pod with a cgroup of its own: stats and pod-level resources ---------------------------

@@ -1,9 +1,10 @@
 """The one place where Python exceptions become gRPC status codes.
 
 Every servicer method is wrapped by `cri_rpc`: domain errors from any package
-(runtime, oci, images, cgroups, network) map to a code by their class name, so
-those packages never import grpc. Anything unexpected becomes INTERNAL with a
-request ID that also appears in the log line carrying the traceback.
+(runtime, oci, images, cgroups, network, streaming) map to a code through one
+table of their classes, so those packages never import grpc. Anything unexpected
+becomes INTERNAL with a request ID that also appears in the log line carrying
+the traceback.
 """
 
 from __future__ import annotations
@@ -19,22 +20,64 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from crishim.cgroups import errors as cgroups_errors
+from crishim.images import errors as images_errors
+from crishim.oci import errors as oci_errors
+from crishim.runtime import errors as runtime_errors
+from crishim.runtime.network import errors as network_errors
+from crishim.runtime.streaming import errors as streaming_errors
 
 log = logging.getLogger("crishim.rpc")
 
-CODE_BY_ERROR_NAME: dict[str, grpc.StatusCode] = {
-    "NotFound": grpc.StatusCode.NOT_FOUND,
-    "AlreadyExists": grpc.StatusCode.ALREADY_EXISTS,
-    "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT,
-    "FailedPrecondition": grpc.StatusCode.FAILED_PRECONDITION,
-    "PermissionDenied": grpc.StatusCode.PERMISSION_DENIED,
-    "Unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "Unavailable": grpc.StatusCode.UNAVAILABLE,
-    "DeadlineExceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "ResourceExhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "Unimplemented": grpc.StatusCode.UNIMPLEMENTED,
-    "Internal": grpc.StatusCode.INTERNAL,
-    "Aborted": grpc.StatusCode.ABORTED,
+# Every domain error class of every package, by class (a renamed class fails the
+# import here instead of silently becoming INTERNAL). Subclasses not listed
+# (oci RuntimeCommandError, images DataLoss, network PluginError...) take the
+# code of their nearest listed base. tests/unit/runtime/test_boundary_codes.py
+# checks that every class of every package maps to a code.
+CODE_BY_ERROR: dict[type[BaseException], grpc.StatusCode] = {
+    runtime_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    runtime_errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    runtime_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    runtime_errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    runtime_errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    runtime_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    runtime_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    runtime_errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    runtime_errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    runtime_errors.Internal: grpc.StatusCode.INTERNAL,
+    oci_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    oci_errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    oci_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    oci_errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    oci_errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    oci_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    oci_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    oci_errors.Internal: grpc.StatusCode.INTERNAL,
+    images_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    images_errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    images_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    images_errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    images_errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    images_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    images_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    images_errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    images_errors.Internal: grpc.StatusCode.INTERNAL,
+    cgroups_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    cgroups_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    cgroups_errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    cgroups_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    cgroups_errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    cgroups_errors.Internal: grpc.StatusCode.INTERNAL,
+    network_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    network_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    network_errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    network_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    network_errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    network_errors.Internal: grpc.StatusCode.INTERNAL,
+    streaming_errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    streaming_errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    streaming_errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    streaming_errors.Internal: grpc.StatusCode.INTERNAL,
 }
 
 # Observers told of every call (metrics); set by the daemon at start-up.
@@ -49,7 +92,7 @@ def add_call_observer(observer: CallObserver) -> None:
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     """The gRPC code for a domain error, walking the class hierarchy; None if unknown."""
     for cls in type(exc).__mro__:
-        code = CODE_BY_ERROR_NAME.get(cls.__name__)
+        code = CODE_BY_ERROR.get(cls)
         if code is not None:
             return code
     if isinstance(exc, TimeoutError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.cri_api import api_pb2
+from crishim.images import errors as image_errors
 from crishim.oci import cdi
 from crishim.oci.inputs import ContainerSpecInput, Mount, NamespaceMode
 from crishim.oci.spec import build_container_spec
@@ -89,12 +90,10 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
     image_set = svc.images.image_set(handler.name)  # KEP-4216: the handler's own images, if separate
     try:
         image = svc.images.resolve(config.image.image, image_set)
-    except Exception as exc:
-        if type(exc).__name__ == "NotFound":
-            raise NotFound(
-                f"image {config.image.image!r} is not present; pull it first (crictl pull {config.image.image})"
-            ) from exc
-        raise
+    except image_errors.NotFound as exc:
+        raise NotFound(
+            f"image {config.image.image!r} is not present; pull it first (crictl pull {config.image.image})"
+        ) from exc
     image_cfg = (image.config or {}).get("config") or {}
     linux = config.linux
     sc = linux.security_context

@@ -12,6 +12,7 @@ import asyncio
 from pathlib import Path
 
 from crishim.cri_api import api_pb2
+from crishim.images import errors as image_errors
 from crishim.images import volumes as image_volumes
 from crishim.images.errors import ImageError
 from crishim.images.metadata import SHARED_SET
@@ -21,14 +22,11 @@ from crishim.runtime.services import Services
 
 
 def _with_where(exc: ImageError, where: str) -> Exception:
-    """The same kind of error (so the same gRPC code), its message prefixed with the mount's field."""
-    kinds: dict[str, type[Exception]] = {
-        "NotFound": errors.NotFound,
-        "InvalidArgument": errors.InvalidArgument,
-        "FailedPrecondition": errors.FailedPrecondition,
-    }
-    error: Exception = kinds.get(type(exc).__name__, errors.Internal)(f"{where}: {exc}")
-    return error
+    """The same error class (so the same gRPC code), its message prefixed with the mount's field."""
+    try:
+        return type(exc)(f"{where}: {exc}")
+    except TypeError:  # a class whose constructor takes more than a message
+        return exc
 
 
 async def mount_image_volume(
@@ -48,7 +46,7 @@ async def mount_image_volume(
     try:
         image = svc.images.resolve(mount.image.image, image_set)
     except ImageError as exc:
-        if type(exc).__name__ == "NotFound":
+        if isinstance(exc, image_errors.NotFound):
             raise errors.NotFound(
                 f"{where}: image volume {mount.image.image!r} is not pulled; pull it first "
                 f"(crictl pull {mount.image.image})"

@@ -82,13 +82,14 @@ def choose_default_handler(config: Config, handlers: dict[str, Handler]) -> str:
 
 async def ensure_pause_image(images: ImageStore, wanted: str) -> None:
     """The built-in pause image is made from catatonit on first start; never pulled."""
+    from crishim.images.errors import NotFound as ImageNotFound
     from crishim.images.pause import PAUSE_IMAGE, build_pause_layout
 
     if wanted and wanted != PAUSE_IMAGE:
         return  # a configured registry image is pulled on first use
     try:
         images.resolve(PAUSE_IMAGE)
-    except Exception:  # noqa: BLE001 - absent: build it
+    except ImageNotFound:  # absent: build it; any other failure stops start-up
         with tempfile.TemporaryDirectory(prefix="crishim-pause-") as tmp:
             layout = await asyncio.to_thread(build_pause_layout, Path(tmp) / "layout")
             await images.import_archive(layout)

@@ -43,7 +43,7 @@ async def collect_orphans(svc: Services) -> None:
         try:
             listed = await handler.runtime.list_containers()
         except Exception as exc:  # noqa: BLE001 - an unusable handler has nothing to collect
-            log.debug("cannot list %s containers: %s", handler.name, exc)
+            log.warning("cannot list %s containers to collect orphans: %s", handler.name, exc)
             continue
         for item in listed:
             object_id = item.get("id", "")

@@ -11,6 +11,7 @@ from crishim.cgroups.errors import CgroupError
 from crishim.cgroups.paths import to_fs
 from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon
+from crishim.oci import errors as oci_errors
 from crishim.oci.runtime import reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
@@ -62,19 +63,33 @@ async def signal_quietly(handler: Handler, object_id: str, signal: int) -> None:
         log.debug("kill %s %s: %s", object_id[:13], signal, exc)
 
 
-async def delete_quietly(handler: Handler, object_id: str) -> None:
-    try:
+async def delete_state(handler: Handler, object_id: str) -> None:
+    """`runc delete --force`; a container the runtime does not know is already deleted."""
+    with contextlib.suppress(oci_errors.NotFound):
         await handler.runtime.delete(object_id, force=True)
-    except Exception as exc:  # noqa: BLE001 - absent is the common case
-        log.debug("delete %s: %s", object_id[:13], exc)
 
 
-async def kill_and_delete(svc: Services, handler: Handler, object_id: str) -> None:
-    """SIGKILL, wait for conmon to record the exit, then `runc delete --force`; idempotent."""
+async def delete_quietly(handler: Handler, object_id: str) -> None:
+    """`delete_state` for clean-up paths: a failure is logged, not raised."""
+    try:
+        await delete_state(handler, object_id)
+    except Exception as exc:  # noqa: BLE001 - clean-up goes on; the warning names what is left
+        log.warning("cannot delete the runtime state of %s: %s", object_id[:13], exc)
+
+
+async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, strict: bool = False) -> None:
+    """SIGKILL, wait for conmon to record the exit, then `runc delete --force`; idempotent.
+
+    With `strict`, a failing delete raises instead of being logged, so the
+    caller can keep its record until the runtime state is really gone.
+    """
     await signal_quietly(handler, object_id, 9)
     if svc.monitor is not None and svc.monitor.watching(object_id):
         await svc.monitor.wait(object_id, 10.0)
-    await delete_quietly(handler, object_id)
+    if strict:
+        await delete_state(handler, object_id)
+    else:
+        await delete_quietly(handler, object_id)
     conmon_pid = _read_pid(Path(svc.config.root) / "sandboxes" / object_id / "conmon.pid") or _read_pid(
         Path(svc.config.root) / "containers" / object_id / "conmon.pid"
     )

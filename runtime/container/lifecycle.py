@@ -10,11 +10,12 @@ import signal
 from pathlib import Path
 
 from crishim.cri_api import api_pb2
+from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.container.monitor import read_exit_file
-from crishim.runtime.errors import FailedPrecondition, NotFound
+from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
 from crishim.runtime.events import DELETED, STARTED, STOPPED, ContainerEvent
 from crishim.runtime.ids import now_ns
 from crishim.runtime.mounts import unmount
@@ -203,12 +204,19 @@ async def remove_container(svc: Services, container_id: str) -> None:
         return  # api.proto: RemoveContainer must not error for a removed container
     async with svc.locks.hold(container_id):
         handler = svc.handler(meta.runtime_handler)
-        if meta.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
-            await stop_container(svc, container_id, 0)
-            await launching.kill_and_delete(svc, handler, container_id)
-        else:
-            # Exited: nothing to kill; the delete is normally done already (record_exit).
-            await launching.delete_quietly(handler, container_id)
+        try:
+            if meta.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
+                await stop_container(svc, container_id, 0)
+                await launching.kill_and_delete(svc, handler, container_id, strict=True)
+            else:
+                # Exited: nothing to kill; the delete is normally done already (record_exit).
+                await launching.delete_state(handler, container_id)
+        except OciError as exc:
+            # The record stays while runc state (and its cgroup) does, so a retry finds it.
+            raise Internal(
+                f"container {container_id}: {handler.name} could not delete its state, so it is kept; "
+                f"RemoveContainer can be retried: {exc}"
+            ) from exc
         await release_container_files(svc, meta)
         svc.state.delete_container(container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))

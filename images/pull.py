@@ -301,7 +301,8 @@ class PullMixin(abc.ABC):
             self._needed.subtract(chains)
             self._needed += collections.Counter()  # drops zero counts
             if self.meta.image(image_id, None, include_removed=True) is None:
-                self._collect_unreferenced(chains)
+                # A cancelled multi-GB pull leaves GBs to delete: never on the event loop.
+                await _in_thread(functools.partial(self._collect_unreferenced, chains))
         row = self.meta.image(image_id, state.image_set)
         if row is None:
             raise NotFound(f"image {image_id} was removed while {ref} was being pulled; pull it again")
@@ -375,19 +376,19 @@ class PullMixin(abc.ABC):
     async def _download_layer(
         self, session: Any, desc: Descriptor, diff_id: str | None, chain: str, state: _PullState
     ) -> LayerRow | _Pending:
-        retries = self.registry.retries
-        for attempt in range(retries + 1):
+        failures = 0
+        while True:
             try:
                 return await self._download_layer_once(session, desc, diff_id, chain, state)
             except _Transient as exc:
-                if attempt >= retries:
+                failures += 1
+                if self.registry.retry.delay(failures) is None:
                     raise Unavailable(
                         f"registry {session.host.display} kept dropping layer {desc.digest} "
-                        f"({attempt + 1} attempts): {exc}"
+                        f"({failures} attempts): {exc}"
                     ) from exc
                 log.info("layer %s: %s; retrying", desc.digest, exc)
-                await asyncio.sleep(self.registry.backoff * 2**attempt)
-        raise AssertionError("unreachable")
+                await self.registry.retry.pause(failures)
 
     async def _download_layer_once(
         self, session: Any, desc: Descriptor, diff_id: str | None, chain: str, state: _PullState

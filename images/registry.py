@@ -9,7 +9,6 @@ PermissionDenied naming the registry; 404 becomes NotFound.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -52,6 +51,7 @@ from .manifest import (  # noqa: F401 - re-exported: the client's vocabulary
 )
 from .platforms import Platform, host_platform, pick_manifest
 from .reference import Reference
+from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class RegistryClient:
         platform: Platform | None = None,
     ) -> None:
         self.config_dir = config_dir
-        self.retries = retries
-        self.backoff = backoff
+        self.retry = RetryPolicy(retries, backoff)
         self.platform = platform or host_platform()
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._clients: dict[RegistryHost, httpx.AsyncClient] = {}
@@ -165,11 +164,10 @@ class RegistryClient:
                         f"or the node's DNS ({exc})"
                     ) from exc
                 attempt += 1
-                if attempt > self.retries:
+                if not await self.retry.pause(attempt):
                     raise Unavailable(
                         f"registry {registry} unreachable while fetching {what} after {attempt} attempts: {exc!r}"
                     ) from exc
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
             status = response.status_code
             if 200 <= status < 300:
@@ -191,12 +189,11 @@ class RegistryClient:
                 raise NotFound(f"{what} not found on registry {registry} (HTTP 404)")
             if status in _TRANSIENT_STATUS:
                 attempt += 1
-                if attempt > self.retries:
+                if not await self.retry.pause(attempt):
                     raise Unavailable(
                         f"registry {registry} kept failing for {what}: HTTP {status} after {attempt} "
                         f"attempts; try again later"
                     )
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
             raise InvalidArgument(
                 f"registry {registry} rejected the request for {what}: HTTP {status} {body.decode(errors='replace')}"
@@ -395,7 +392,8 @@ class RegistryClient:
 
     async def fetch_blob(self, session: _Session, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A small blob (an image config) read whole and verified."""
-        for attempt in range(self.retries + 1):
+        failures = 0
+        while True:
             try:
                 async with self.open_blob(session, digest) as response:
                     chunks: list[bytes] = []
@@ -407,9 +405,9 @@ class RegistryClient:
                         chunks.append(chunk)
                 break
             except httpx.TransportError as exc:
-                if attempt >= self.retries:
+                failures += 1
+                if not await self.retry.pause(failures):
                     raise Unavailable(f"registry {session.host.display} dropped blob {digest}: {exc!r}") from exc
-                await asyncio.sleep(self.backoff * 2**attempt)
         data = b"".join(chunks)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != digest:

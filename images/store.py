@@ -251,6 +251,12 @@ class ImageStore(PullMixin):
         """Drops `holder`'s lease; an image removed meanwhile is deleted when its last lease goes."""
         self._collect(self.meta.release(holder))
 
+    async def arelease(self, holder: str) -> None:
+        """`release` for the event loop: the layers it may free (GBs) are deleted in a thread."""
+        garbage = self.meta.release(holder)
+        if garbage.layers or garbage.blobs:
+            await _in_thread(functools.partial(self._collect, garbage))
+
     def fs_usage(self) -> tuple[int, int]:
         """(bytes, inodes) used by the image store; walks the tree, so call it from a thread."""
         return tree_usage(self.root)

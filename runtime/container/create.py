@@ -108,10 +108,10 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
 
     async with AsyncExitStack() as undo:
         bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
-        undo.callback(shutil.rmtree, bundle, True)
+        undo.push_async_callback(asyncio.to_thread, shutil.rmtree, bundle, True)
         # The lease comes first: a RemoveImage between mount and lease must not take the layers.
         svc.images.acquire(image.id, f"container:{container_id}", image_set)
-        undo.callback(svc.images.release, f"container:{container_id}")
+        undo.push_async_callback(svc.images.arelease, f"container:{container_id}")
         rootfs = bundle / "rootfs"
         userns = convert.user_namespace(pod_ns, "sandbox namespace_options")
         # With a pod user namespace the layers are seen through its mapping (idmapped mounts).
@@ -200,7 +200,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             await asyncio.to_thread(rootfs_mount.create_mount_points, rootfs, spec.get("mounts", []))
             root_uid, root_gid = userns.uid_mappings[0].host_id, userns.gid_mappings[0].host_id
             await asyncio.to_thread(rootfs_mount.chown_writable_layer, bundle, root_uid, root_gid)
-        (bundle / "config.json").write_text(json.dumps(spec))
+        await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
         proc_user = spec.get("process", {}).get("user", {})
 
         result = await launching.launch(

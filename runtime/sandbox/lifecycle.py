@@ -52,9 +52,9 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         await asyncio.to_thread(unmount, bundle / "rootfs")
         if sandbox.netns_path:
             await svc.network.remove_netns(sandbox.netns_path)
-        svc.images.release(f"sandbox:{sandbox_id}")
+        await svc.images.arelease(f"sandbox:{sandbox_id}")
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         (svc.config.exits_dir / sandbox_id).unlink(missing_ok=True)
-        shutil.rmtree(svc.config.attach_dir / sandbox_id, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, svc.config.attach_dir / sandbox_id, True)
         svc.state.delete_sandbox(sandbox_id)
     log.info("sandbox %s removed", sandbox_id[:13])

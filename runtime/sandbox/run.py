@@ -83,7 +83,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
 
     async with AsyncExitStack() as undo:
         bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
-        undo.callback(shutil.rmtree, bundle, True)
+        undo.push_async_callback(asyncio.to_thread, shutil.rmtree, bundle, True)
         if config.log_directory:
             await asyncio.to_thread(Path(config.log_directory).mkdir, parents=True, exist_ok=True)
 
@@ -119,7 +119,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
                 infra.write_hosts(files.hosts, hostname, ip)
 
         svc.images.acquire(image.id, f"sandbox:{sandbox_id}")
-        undo.callback(svc.images.release, f"sandbox:{sandbox_id}")
+        undo.push_async_callback(svc.images.arelease, f"sandbox:{sandbox_id}")
         rootfs = bundle / "rootfs"
         await rootfs_mount.mount_image_rootfs(svc, image.id, rootfs, bundle)
         undo.callback(unmount, rootfs)
@@ -153,7 +153,7 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
             handler=handler.name,
         )
         spec = infra.build_spec(spec_input)
-        (bundle / "config.json").write_text(json.dumps(spec))
+        await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
 
         started = await infra.start_infra(svc, handler, sandbox_id, bundle, cgroups_path)
         undo.push_async_callback(infra.destroy_infra, svc, handler, sandbox_id)

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from crishim.runtime.errors import AlreadyExists, NotFound
 from crishim.runtime.state.records import ContainerMeta, SandboxMeta, decode, encode
@@ -61,7 +62,8 @@ class StateStore:
         self._lock = threading.RLock()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -73,6 +75,16 @@ class StateStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    # Reads take the lock too: the /metrics thread lists containers and sandboxes while the
+    # event loop may be inside a transaction on this same connection.
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
 
     # -- sandboxes -------------------------------------------------------
     def add_sandbox(self, meta: SandboxMeta) -> None:
@@ -87,17 +99,17 @@ class StateStore:
             db.execute("INSERT INTO sandboxes VALUES (?, ?, ?)", (meta.id, key, encode(meta)))
 
     def get_sandbox(self, sandbox_id: str) -> SandboxMeta:
-        row = self._db.execute("SELECT data FROM sandboxes WHERE id = ?", (sandbox_id,)).fetchone()
+        row = self._one("SELECT data FROM sandboxes WHERE id = ?", (sandbox_id,))
         if row is None:
             raise NotFound(f"pod sandbox {sandbox_id!r} not found")
         return decode(SandboxMeta, row[0])
 
     def find_sandbox_by_name(self, key: str) -> SandboxMeta | None:
-        row = self._db.execute("SELECT data FROM sandboxes WHERE name_key = ?", (key,)).fetchone()
+        row = self._one("SELECT data FROM sandboxes WHERE name_key = ?", (key,))
         return decode(SandboxMeta, row[0]) if row else None
 
     def list_sandboxes(self) -> list[SandboxMeta]:
-        rows = self._db.execute("SELECT data FROM sandboxes").fetchall()
+        rows = self._all("SELECT data FROM sandboxes")
         return [decode(SandboxMeta, r[0]) for r in rows]
 
     def update_sandbox(self, sandbox_id: str, fn: Callable[[SandboxMeta], SandboxMeta]) -> SandboxMeta:
@@ -129,16 +141,16 @@ class StateStore:
             db.execute("INSERT INTO containers VALUES (?, ?, ?, ?)", (meta.id, meta.sandbox_id, key, encode(meta)))
 
     def get_container(self, container_id: str) -> ContainerMeta:
-        row = self._db.execute("SELECT data FROM containers WHERE id = ?", (container_id,)).fetchone()
+        row = self._one("SELECT data FROM containers WHERE id = ?", (container_id,))
         if row is None:
             raise NotFound(f"container {container_id!r} not found")
         return decode(ContainerMeta, row[0])
 
     def list_containers(self, sandbox_id: str | None = None) -> list[ContainerMeta]:
         if sandbox_id is None:
-            rows = self._db.execute("SELECT data FROM containers").fetchall()
+            rows = self._all("SELECT data FROM containers")
         else:
-            rows = self._db.execute("SELECT data FROM containers WHERE sandbox_id = ?", (sandbox_id,)).fetchall()
+            rows = self._all("SELECT data FROM containers WHERE sandbox_id = ?", (sandbox_id,))
         return [decode(ContainerMeta, r[0]) for r in rows]
 
     def update_container(self, container_id: str, fn: Callable[[ContainerMeta], ContainerMeta]) -> ContainerMeta:
@@ -162,19 +174,17 @@ class StateStore:
         """IDs equal to `prefix` first, else those starting with it (up to `limit`)."""
         if table not in ("sandboxes", "containers"):
             raise ValueError(table)
-        exact = self._db.execute(f"SELECT id FROM {table} WHERE id = ?", (prefix,)).fetchone()
+        exact = self._one(f"SELECT id FROM {table} WHERE id = ?", (prefix,))
         if exact:
             return [exact[0]]
         if not prefix:
             return []
-        rows = self._db.execute(
-            f"SELECT id FROM {table} WHERE substr(id, 1, ?) = ? LIMIT ?", (len(prefix), prefix, limit)
-        ).fetchall()
+        rows = self._all(f"SELECT id FROM {table} WHERE substr(id, 1, ?) = ? LIMIT ?", (len(prefix), prefix, limit))
         return [r[0] for r in rows]
 
     # -- small settings that must survive restarts (pod CIDR) ---------------
     def get_setting(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM kv WHERE key = ?", (key,))
         return row[0] if row else None
 
     def set_setting(self, key: str, value: str) -> None:

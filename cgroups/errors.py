@@ -1,7 +1,7 @@
 """Exceptions of crishim.cgroups.
 
-runtime/boundary.py maps these to gRPC status codes by class name, so the names
-match the codes exactly; every message says what the caller should fix.
+runtime/boundary.py maps each class to a gRPC status code in its error table;
+the names match the codes. Every message says what the caller should fix.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Exceptions raised by crishim.images.
 
-runtime/boundary.py maps these to gRPC codes by class name, so the names
-mirror the codes; messages say what the caller can do about the failure.
+runtime/boundary.py maps each class to a gRPC code in its error table; the
+names mirror the codes. Messages say what the caller can do about the failure.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Exceptions raised by crishim.oci.
 
-runtime/boundary.py maps these to gRPC codes by class name, so the names
-mirror the codes. Messages say what the caller can do about the failure;
+runtime/boundary.py maps each class to a gRPC code in its error table; the
+names mirror the codes. Messages say what the caller can do about the failure;
 errors from runc/crun/conmon carry the tool's own stderr, because that is
 the only place the real reason (missing binary, bad mount...) is written.
 """

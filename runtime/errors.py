@@ -1,8 +1,8 @@
 """Domain errors of runtime/ (sandboxes, containers, config, state).
 
-Each class name matches a gRPC status code name: runtime/boundary.py maps any
-package's errors to codes by class name, so oci/, images/ and cgroups/ keep
-their own hierarchies without importing each other.
+Each class name matches a gRPC status code name. runtime/boundary.py maps the
+error classes of every package to codes in one table, so oci/, images/ and
+cgroups/ keep their own hierarchies without importing each other.
 """
 
 from __future__ import annotations

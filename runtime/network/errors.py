@@ -1,7 +1,7 @@
 """Exceptions raised by crishim.runtime.network.
 
-runtime/boundary.py maps these to gRPC codes by class name, so the names
-mirror the codes; messages say what the operator or caller can fix.
+runtime/boundary.py maps each class to a gRPC code in its error table; the
+names mirror the codes. Messages say what the operator or caller can fix.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Errors raised by the streaming server and its backends.
 
-Class names follow the project-wide convention so runtime/boundary.py can map
-them to gRPC codes by name.
+Class names follow the project-wide convention; runtime/boundary.py maps each
+class to a gRPC code in its error table.
 """
 
 from __future__ import annotations

@@ -415,10 +415,6 @@ class ImageBuilder:
         self._layers.append(build_layer(entries, compression or self._compression, docker=self._docker))
         return self
 
-    def prebuilt_layer(self, layer: LayerBlob) -> ImageBuilder:
-        self._layers.append(layer)
-        return self
-
     def config(self, config: ImageConfig) -> ImageBuilder:
         self._config = config
         return self

@@ -1,4 +1,7 @@
-"""ImageStore: the facade runtime/ uses to pull, resolve, list, remove and mount images.
+"""ImageStore: the facade runtime/ uses to pull, resolve, list and remove images.
+
+Container root filesystems are mounted by runtime/rootfs.py from `layer_paths`;
+image volumes by volumes.py.
 
 Layout under `root` (the `image_store` setting, possibly its own disk):
   images.db            metadata (metadata.py)
@@ -260,18 +263,6 @@ class ImageStore(PullMixin):
     def fs_usage(self) -> tuple[int, int]:
         """(bytes, inodes) used by the image store; walks the tree, so call it from a thread."""
         return tree_usage(self.root)
-
-    # ---- mounts ---------------------------------------------------------------------------
-
-    async def mount_rootfs(self, image_id: str, target: Path, upper: Path, work: Path) -> None:
-        """Overlay of the image's layers with a writable `upper` (container storage) on `target`."""
-        layers = self.layer_paths(image_id)
-        await _in_thread(functools.partial(snapshots.mount_rootfs, layers, upper, work, target))
-
-    async def mount_readonly_rootfs(self, image_id: str, target: Path, upper: Path, work: Path) -> None:
-        """Like mount_rootfs but mounted read-only (the sandbox's infra container)."""
-        layers = self.layer_paths(image_id)
-        await _in_thread(functools.partial(snapshots.mount_rootfs, layers, upper, work, target, True))
 
     # ---- garbage --------------------------------------------------------------------------
 

@@ -35,32 +35,6 @@ class ConmonResult:
     conmon_pid: int
 
 
-@dataclass(frozen=True, slots=True)
-class ConmonPaths:
-    """Where conmon puts a container's files, given its launch arguments."""
-
-    bundle: Path
-    exit_dir: Path
-    socket_dir: Path
-    cid: str
-
-    @property
-    def ctl_fifo(self) -> Path:
-        return self.bundle / "ctl"
-
-    @property
-    def winsz_fifo(self) -> Path:
-        return self.bundle / "winsz"
-
-    @property
-    def attach_socket(self) -> Path:
-        return attach_socket_path(self.bundle)
-
-    @property
-    def exit_file(self) -> Path:
-        return exit_file_path(self.exit_dir, self.cid)
-
-
 def attach_socket_path(bundle: Path) -> Path:
     """With --full-attach conmon listens on <bundle>/attach (no sun_path truncation)."""
     return Path(bundle) / "attach"
@@ -100,10 +74,6 @@ def _write_ctl(ctl_fifo: Path, line: str) -> None:
 async def reopen_log(ctl_fifo: Path) -> None:
     """Ask conmon to reopen its log file (after the kubelet rotated it)."""
     await asyncio.to_thread(_write_ctl, Path(ctl_fifo), "2 0 0\n")
-
-
-async def resize_terminal(ctl_fifo: Path, height: int, width: int) -> None:
-    await asyncio.to_thread(_write_ctl, Path(ctl_fifo), f"1 {height} {width}\n")
 
 
 def build_args(

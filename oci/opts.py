@@ -136,14 +136,6 @@ def with_mounts(mounts: Iterable[dict[str, Any]]) -> SpecOpt:
     return opt
 
 
-def without_mounts(destinations: Iterable[str]) -> SpecOpt:
-    def opt(spec: Spec) -> None:
-        drop = set(destinations)
-        spec["mounts"] = [m for m in spec.get("mounts", []) if m["destination"] not in drop]
-
-    return opt
-
-
 def with_namespace(kind: str, path: str | None = None) -> SpecOpt:
     """Create (path None) or join (path given) a namespace of `kind`."""
     if kind not in NAMESPACE_KINDS:

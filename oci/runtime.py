@@ -109,7 +109,11 @@ class OciRuntime:
         self._features_lock = asyncio.Lock()
 
     def global_args(self) -> list[str]:
-        """The runtime's options before the command, shared by every caller (conmon included)."""
+        """The runtime's options before the command, for the commands run from here.
+
+        conmon (oci/conmon.py) and the exec backend pass the same --root and
+        --systemd-cgroup themselves, from `root` and `systemd_cgroup`.
+        """
         return ["--root", str(self.root)] + (["--systemd-cgroup"] if self.systemd_cgroup else [])
 
     def base_args(self) -> list[str]:

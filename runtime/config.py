@@ -132,10 +132,6 @@ HANDLER_TYPES = ("runc", "crun")
 CGROUP_DRIVERS = ("", "systemd", "cgroupfs")
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
 def _coerce(value: Any, annotation: str, where: str) -> Any:
     """Checks a TOML value against a field annotation (as a string, from __future__)."""
     if annotation == "str":

@@ -172,13 +172,6 @@ def set_image_store_usage(bytes_: int | None) -> None:
     _image_store_usage = bytes_
 
 
-def render_metrics() -> bytes:
-    """The text exposition of every series (what the endpoint serves)."""
-    from prometheus_client import generate_latest
-
-    return bytes(generate_latest(_enable().registry))
-
-
 def parse_address(address: str) -> tuple[str, int]:
     """ "127.0.0.1:9090", "[::1]:9090", ":9090" (all interfaces), "localhost:0" (any free port)."""
     host, sep, port = address.rpartition(":")

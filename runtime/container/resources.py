@@ -1,4 +1,4 @@
-"""UpdateContainerResources in place (KEP-1287) and UpdatePodSandboxResources (KEP-2837)."""
+"""UpdateContainerResources in place (KEP-1287); the cgroup work of UpdatePodSandboxResources (rpc/stats.py)."""
 
 from __future__ import annotations
 

@@ -108,18 +108,6 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-def call_in(path: str, fn: Callable[..., T], *args: Any) -> T:
-    """Blocking: run `fn(*args)` in the namespace at `path` on a throw-away thread."""
-    if not exists(path):
-        raise NotFound(f"network namespace {path} does not exist or is not pinned")
-
-    def inside() -> T:
-        _setns(path)
-        return fn(*args)
-
-    return _run_in_fresh_thread(inside).result()
-
-
 async def run_in(path: str, fn: Callable[..., T], *args: Any) -> T:
     """Run blocking `fn(*args)` inside the namespace at `path` without blocking the loop.
 

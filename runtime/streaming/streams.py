@@ -129,16 +129,6 @@ class Pipe:
         return data
 
 
-class NullWriter:
-    """A ByteWriter that discards everything (for channels the client did not ask for)."""
-
-    async def write(self, data: bytes) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
-
-
 async def read_all(reader: ByteReader, limit: int = 1 << 20) -> bytes:
     """Read a whole stream (bounded by `limit`), e.g. a status or error message."""
     parts: list[bytes] = []

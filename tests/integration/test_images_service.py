@@ -106,7 +106,7 @@ async def test_split_image_filesystem_is_reported_separately(
     before = await stub.ImageFsInfo(api_pb2.ImageFsInfoRequest())
     record = await store.pull(test_images.ref("busybox:latest"))
     rootfs, upper, work = containers / "c1/rootfs", containers / "c1/upper", containers / "c1/work"
-    await store.mount_rootfs(record.id, rootfs, upper, work)
+    mount_rootfs(store.layer_paths(record.id), upper, work, rootfs)
     try:
         (rootfs / "written-by-container").write_bytes(b"x" * 1_000_000)
         assert (upper / "written-by-container").is_file()

@@ -303,10 +303,19 @@ def with_devices(devices: Iterable[dict[str, Any]], rules: Iterable[dict[str, An
     return opt
 
 
+# Annotation prefixes that runc, crun or systemd read as configuration: unit properties of
+# the container's scope, crun's own knobs (seccomp notify, subgroups, kept groups). A pod's
+# annotations are the kubelet user's free text, so they never reach the runtime under these.
+RUNTIME_ANNOTATION_PREFIXES = ("org.systemd.property.", "run.oci.", "io.crun.")
+
+
 def with_annotations(annotations: Mapping[str, str]) -> SpecOpt:
+    """CRI annotations into the spec, less those the runtime would obey (see above)."""
+
     def opt(spec: Spec) -> None:
-        if annotations:
-            spec.setdefault("annotations", {}).update(annotations)
+        kept = {k: v for k, v in annotations.items() if not k.startswith(RUNTIME_ANNOTATION_PREFIXES)}
+        if kept:
+            spec.setdefault("annotations", {}).update(kept)
 
     return opt
 

@@ -350,3 +350,18 @@ def test_with_mounts_replaces_same_destination() -> None:
             "options": ["rbind", "nosuid", "nodev", "noexec", "rprivate"],
         }
     ]
+
+
+def test_annotations_the_runtime_would_obey_never_reach_the_spec() -> None:
+    from crishim.oci.opts import with_annotations
+
+    spec: dict[str, object] = {"annotations": {"run.oci.systemd.subgroup": ""}}
+    with_annotations(
+        {
+            "org.systemd.property.Delegate": "true",
+            "run.oci.keep_original_groups": "1",
+            "io.crun.whatever": "x",
+            "io.kubernetes.pod.name": "web",
+        }
+    )(spec)
+    assert spec["annotations"] == {"run.oci.systemd.subgroup": "", "io.kubernetes.pod.name": "web"}

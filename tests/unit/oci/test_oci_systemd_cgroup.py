@@ -32,9 +32,9 @@ def test_systemd_cgroups_path_shapes_the_scope_through_annotations() -> None:
     assert spec["linux"]["cgroupsPath"] == "kubepods-pod1.slice:crishim:abc"
     assert spec["annotations"]["org.systemd.property.CollectMode"] == "'inactive-or-failed'"
     assert spec["annotations"]["run.oci.systemd.subgroup"] == ""
-    # The pod's own annotations come later and win.
+    # A pod's own annotations cannot reshape the scope: the runtime would obey them.
     spec = apply(spec, with_annotations({"run.oci.systemd.subgroup": "sub"}))
-    assert spec["annotations"]["run.oci.systemd.subgroup"] == "sub"
+    assert spec["annotations"]["run.oci.systemd.subgroup"] == ""
 
 
 def test_cgroupfs_path_adds_no_systemd_annotations() -> None:

@@ -271,7 +271,7 @@ class OciRuntime:
         return str(self.root)
 
     async def _kill_exec(self, proc: asyncio.subprocess.Process, pid_file: Path) -> None:
-        pid = _read_pid(pid_file)
+        pid = read_pid(pid_file)
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signals.SIGKILL)
@@ -368,7 +368,7 @@ class OciRuntime:
 
 def _mount_options(pid_file: Path, target: str) -> str | None:
     """The per-mount options of `target` in the mount namespace of the pid in `pid_file`."""
-    pid = _read_pid(pid_file)
+    pid = read_pid(pid_file)
     if pid is None:
         return None
     try:
@@ -397,7 +397,8 @@ def _remove_cgroup_dirs(rel: str, base: Path = Path("/sys/fs/cgroup")) -> bool:
     return not left
 
 
-def _read_pid(path: Path) -> int | None:
+def read_pid(path: Path) -> int | None:
+    """The PID a runtime or conmon wrote to `path`; None if the file is absent or not a number."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):

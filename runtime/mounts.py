@@ -6,6 +6,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import re
 from pathlib import Path
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -27,14 +28,21 @@ def mount_tmpfs(target: Path, size: str = "64m", mode: str = "1777") -> None:
         raise OSError(err, f"mounting tmpfs on {target}: {os.strerror(err)}")
 
 
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes (\\040)."""
+    if "\\" not in field:
+        return field
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mount_points() -> list[str]:
+    """The mount points of this mount namespace, in /proc/self/mountinfo order, unescaped."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
+        return [_unescape(fields[4]) for fields in (line.split() for line in fh) if len(fields) > 4]
+
+
 def is_mount_point(path: Path) -> bool:
-    target = os.path.realpath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                return True
-    return False
+    return os.path.realpath(path) in mount_points()
 
 
 def unmount(target: Path) -> None:

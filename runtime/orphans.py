@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from crishim.runtime.container import launch as launching
-from crishim.runtime.mounts import unmount
+from crishim.runtime.mounts import mount_points, unmount
 from crishim.runtime.services import Services
 
 log = logging.getLogger("crishim.orphans")
@@ -23,12 +23,7 @@ log = logging.getLogger("crishim.orphans")
 def _unmount_under(directory: Path) -> None:
     """Unmounts every mount below `directory`, deepest first."""
     prefix = str(directory.resolve()) + "/"
-    targets = []
-    with open("/proc/self/mountinfo", encoding="utf-8") as fh:
-        for line in fh:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                targets.append(point)
+    targets = [point for point in mount_points() if point.startswith(prefix)]
     for target in sorted(targets, key=len, reverse=True):
         unmount(Path(target))
 

@@ -12,7 +12,7 @@ from crishim.cgroups.paths import to_fs
 from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon
 from crishim.oci import errors as oci_errors
-from crishim.oci.runtime import reap
+from crishim.oci.runtime import read_pid, reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
 
@@ -90,19 +90,12 @@ async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, st
         await delete_state(handler, object_id)
     else:
         await delete_quietly(handler, object_id)
-    conmon_pid = _read_pid(Path(svc.config.root) / "sandboxes" / object_id / "conmon.pid") or _read_pid(
+    conmon_pid = read_pid(Path(svc.config.root) / "sandboxes" / object_id / "conmon.pid") or read_pid(
         Path(svc.config.root) / "containers" / object_id / "conmon.pid"
     )
     if conmon_pid:
         with contextlib.suppress(Exception):
             reap(conmon_pid)
-
-
-def _read_pid(path: Path) -> int:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return 0
 
 
 async def oom_killed(svc: Services, meta: ContainerMeta) -> bool:

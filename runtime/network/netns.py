@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from crishim.runtime.mounts import mount_points
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
@@ -142,12 +143,7 @@ def _make_dir_shared(netns_dir: str) -> None:
 
 
 def _is_mount_point(path: str) -> bool:
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].replace("\\040", " ") == path:
-                return True
-    return False
+    return path in mount_points()
 
 
 def _loopback_up() -> None:

@@ -69,7 +69,7 @@ def worst_version_latency(daemon: Daemon, work: Callable[[], None]) -> float:
     finally:
         stop.set()
         thread.join()
-    assert calls > 10, "the Version loop hardly ran"
+    assert calls > 0, "the Version loop never ran"
     return worst
 
 

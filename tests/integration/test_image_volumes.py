@@ -11,11 +11,11 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.images import build as b
-from crishim.images.push import Credentials, Pusher
 
 from tests.support.cri import container_config, container_status, remove_pod, run_pod, start_container
 from tests.support.daemon import Daemon
 from tests.support.images import REPO_PREFIX, TestImages
+from tests.support.push import Credentials, Pusher
 from tests.support.registry import RegistryServer
 
 pytestmark = pytest.mark.root

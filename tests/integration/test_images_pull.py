@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 import pytest
 from crishim.images import build as b
 from crishim.images.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from crishim.images.push import Credentials as PushCredentials
-from crishim.images.push import Pusher
 from crishim.images.records import PullProgress
 from crishim.images.registry import Credentials
 from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
+
+from tests.support.push import Credentials as PushCredentials
+from tests.support.push import Pusher
 
 if TYPE_CHECKING:
     from tests.support.images import TestImages

@@ -17,9 +17,9 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.images import build as b
-from crishim.images.push import Pusher
 
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.push import Pusher
 from tests.support.registry import RegistryServer
 
 pytest_plugins = ["tests.support.registry"]

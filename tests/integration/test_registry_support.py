@@ -11,10 +11,10 @@ import pytest
 from crishim.images import build as b
 from crishim.images.errors import PermissionDenied
 from crishim.images.pause import PAUSE_IMAGE, build_pause_layout
-from crishim.images.push import Credentials, Pusher, push_image, push_layout
 
 from tests.support.images import REPO_PREFIX, TestImages
 from tests.support.images import test_images as test_images  # fixture
+from tests.support.push import Credentials, Pusher, push_image, push_layout
 from tests.support.registry import RegistryServer
 from tests.support.registry import auth_registry as auth_registry  # fixture
 from tests.support.registry import registry as registry  # fixture

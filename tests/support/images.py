@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 from crishim.images import build as b
-from crishim.images.push import Credentials, Pusher
 
+from tests.support.push import Credentials, Pusher
 from tests.support.registry import RegistryServer
 
 REPO_PREFIX = "crishim-test"

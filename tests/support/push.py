@@ -17,9 +17,8 @@ from pathlib import Path
 from urllib.parse import urlencode, urljoin
 
 import httpx
-
-from .build import DOCKER_LIST, OCI_INDEX, REF_NAME_ANNOTATION, Built, BuiltImage, BuiltIndex
-from .errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from crishim.images.build import DOCKER_LIST, OCI_INDEX, REF_NAME_ANNOTATION, Built, BuiltImage, BuiltIndex
+from crishim.images.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 

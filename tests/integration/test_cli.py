@@ -71,8 +71,10 @@ def test_pull_shows_progress_then_images_lists_it(tmp_path: Path, test_images) -
 def test_images_import_loads_an_oci_layout(tmp_path: Path) -> None:
     from crishim.images import build as b
 
+    from tests.support import testimages as tb
+
     image = b.build_image([b.build_layer([b.regular("hello", b"hi\n")])], b.ImageConfig(cmd=("/hello",)))
-    archive = b.write_layout_tar(tmp_path / "img.tar", {"example.com/offline/hello:1": image})
+    archive = tb.write_layout_tar(tmp_path / "img.tar", {"example.com/offline/hello:1": image})
     (tmp_path / "node").mkdir()
     config = write_config(tmp_path / "node")
     result = crishim("images", "import", str(archive), config=config)

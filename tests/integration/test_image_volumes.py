@@ -12,6 +12,7 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.images import build as b
 
+from tests.support import testimages as tb
 from tests.support.cri import container_config, container_status, remove_pod, run_pod, start_container
 from tests.support.daemon import Daemon
 from tests.support.images import REPO_PREFIX, TestImages
@@ -26,7 +27,7 @@ WEIGHTS = bytes(range(256)) * 64
 @pytest.fixture(scope="module")
 def data_image(registry: RegistryServer) -> str:
     """A data-only image of three layers: the second whites out a file and a directory of the first."""
-    built = b.build_artifact(
+    built = tb.build_artifact(
         [
             [
                 b.directory("data"),

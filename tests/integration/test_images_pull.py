@@ -17,6 +17,7 @@ from crishim.images.registry import Credentials
 from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
 
+from tests.support import testimages as tb
 from tests.support.push import Credentials as PushCredentials
 from tests.support.push import Pusher
 
@@ -190,14 +191,14 @@ async def test_token_auth_registry(store: ImageStore, token_registry: RegistrySe
 
 
 async def test_import_oci_layout_and_tar(store: ImageStore, tmp_path: Path) -> None:
-    built = b.build_image([b.busybox_rootfs_layer(), [b.regular("etc/imported", b"yes\n")]])
+    built = b.build_image([tb.busybox_rootfs_layer(), [b.regular("etc/imported", b"yes\n")]])
     layout = b.write_layout(tmp_path / "layout", {"example.com/imported/app:1": built})
     records = await store.import_archive(layout)
     assert [r.id for r in records] == [built.config_digest]
     assert records[0].repo_tags == ("example.com/imported/app:1",)
     assert (store.layer_paths(built.config_digest)[-1] / "etc/imported").read_bytes() == b"yes\n"
     await store.remove(built.config_digest)
-    tar = b.write_layout_tar(tmp_path / "layout.tar", {"example.com/imported/app:2": built})
+    tar = tb.write_layout_tar(tmp_path / "layout.tar", {"example.com/imported/app:2": built})
     records = await store.import_archive(tar)
     assert records[0].repo_tags == ("example.com/imported/app:2",)
 

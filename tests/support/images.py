@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from crishim.images import build as b
 
+from tests.support import testimages as tb
 from tests.support.push import Credentials, Pusher
 from tests.support.registry import RegistryServer
 
@@ -34,7 +35,7 @@ class TestImages:
 
 def standard_images() -> dict[str, b.Built]:
     """Short name ("busybox:latest") -> image. Layers are shared where the images share them."""
-    base = b.build_layer(b.busybox_rootfs_layer())
+    base = b.build_layer(tb.busybox_rootfs_layer())
     shell = b.ImageConfig(cmd=("sh",))
     data = b.build_layer(
         [
@@ -75,13 +76,13 @@ def standard_images() -> dict[str, b.Built]:
         "user-name:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="www-data")),
         "user-uid-group:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="1001:1234")),
         "user-name-group:latest": b.build_image([base], b.ImageConfig(cmd=("sh",), user="test-user:test-group")),
-        "artifact:latest": b.build_artifact(
+        "artifact:latest": tb.build_artifact(
             [[b.directory("content"), b.regular("content/hello.txt", b"hello from an image volume\n")]]
         ),
         "busybox-docker:latest": b.build_image(
-            [b.build_layer(b.busybox_rootfs_layer(), docker=True)], shell, docker=True
+            [b.build_layer(tb.busybox_rootfs_layer(), docker=True)], shell, docker=True
         ),
-        "busybox-zstd:latest": b.build_image([b.busybox_rootfs_layer()], shell, compression="zstd"),
+        "busybox-zstd:latest": b.build_image([tb.busybox_rootfs_layer()], shell, compression="zstd"),
     }
     arm64 = b.build_image(
         [b.build_layer([b.regular("etc/arch", b"arm64\n")])],

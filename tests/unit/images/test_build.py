@@ -18,6 +18,8 @@ from crishim.images import build as b
 from crishim.images.errors import InvalidArgument
 from crishim.images.pause import PAUSE_ENTRYPOINT, PAUSE_IMAGE, build_pause_layout, catatonit_version
 
+from tests.support import testimages as tb
+
 ROOT = Path(__file__).resolve().parents[3]
 
 
@@ -82,7 +84,7 @@ def test_layer_digest_is_of_blob_and_diff_id_of_tar(compression: b.Compression, 
 def test_same_inputs_give_same_digests() -> None:
     def make() -> b.BuiltImage:
         return b.build_image(
-            [b.busybox_rootfs_layer(), [b.regular("a", b"1")]],
+            [tb.busybox_rootfs_layer(), [b.regular("a", b"1")]],
             b.ImageConfig(cmd=("sh",), labels={"b": "2", "a": "1"}),
         )
 
@@ -157,7 +159,7 @@ def test_index_lists_each_platform() -> None:
 
 
 def test_artifact_has_minimal_config() -> None:
-    art = b.build_artifact([[b.regular("data/file", b"payload")]])
+    art = tb.build_artifact([[b.regular("data/file", b"payload")]])
     doc = json.loads(art.config)
     assert doc["config"] == {}
     assert "history" not in doc
@@ -206,7 +208,7 @@ def test_layout_directory_and_tar_hold_every_blob(tmp_path: Path) -> None:
         b.IMAGE_NAME_ANNOTATION: "example.com/one:v1",
     }
     assert manifests[1]["mediaType"] == b.OCI_INDEX
-    tar_path = b.write_layout_tar(tmp_path / "layout.tar", refs)
+    tar_path = tb.write_layout_tar(tmp_path / "layout.tar", refs)
     with tarfile.open(tar_path) as tar:
         tar.extractall(tmp_path / "untarred", filter="data")
     verify_layout(tmp_path / "untarred")
@@ -214,7 +216,7 @@ def test_layout_directory_and_tar_hold_every_blob(tmp_path: Path) -> None:
 
 
 def test_busybox_layer_has_applets_accounts_and_dirs() -> None:
-    layer = b.build_layer(b.busybox_rootfs_layer())
+    layer = b.build_layer(tb.busybox_rootfs_layer())
     m = members(layer)
     assert m["bin/busybox"].isreg()
     assert m["bin/busybox"].mode == 0o755

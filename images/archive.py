@@ -141,7 +141,7 @@ def _import_image(
             if result.deferred_links:
                 lowers = [store.layer_dir(c) for c in reversed(chains[:i])]
                 resolve_deferred_links(tmpdir, result.deferred_links, lowers, f"layer {name}")
-            row: LayerRow = store._install_layer(tmpdir, chain, result, writer)
+            row: LayerRow = store.puller.install_layer(tmpdir, chain, result, writer)
         except BaseException:
             if writer is not None:
                 writer.abort()

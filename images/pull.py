@@ -1,7 +1,7 @@
 """The pull machinery of the image store: shared pulls, parallel layers, streamed unpack.
 
-ImageStore (store.py) mixes this in; it keeps the state (metadata, content store,
-task tables) that both the pull path and the rest of the store use.
+ImageStore (store.py) holds a Puller and gives it the content store, the metadata,
+the layer directory, the registry client and how to delete a tree.
 
 Pulls of one reference (into one image set) share one task; layers (by chain ID)
 are shared across pulls; a semaphore bounds parallel layer downloads. A pull
@@ -11,7 +11,6 @@ bytes for `pull_progress_timeout` seconds.
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import builtins
 import collections
@@ -134,31 +133,60 @@ def image_record(row: ImageRow) -> ImageRecord:
     )
 
 
-class PullMixin(abc.ABC):
-    """Pulling into the store; the attributes below are ImageStore's."""
+class Puller:
+    """Pulls into the image store: the store holds one and hands it what it needs.
 
-    content: ContentStore
-    meta: Metadata
-    sync_layers: bool
-    pull_progress_timeout: float
-    _layer_slots: asyncio.Semaphore
-    _pulls: dict[str, _Shared[ImageRecord]]
-    _layer_tasks: dict[str, _Shared[LayerRow]]
-    _needed: collections.Counter[str]
-    bytes_pulled_total: int
-    pulls_total: int
-    pull_failures_total: int
-    pulls_in_flight: int
+    It owns the pull state (shared pull and layer tasks, layers a running pull still
+    needs, the download slots, the counters); the store asks `in_use` before deleting
+    a layer, so garbage collection never races a pull.
+    """
+
+    def __init__(
+        self,
+        content: ContentStore,
+        meta: Metadata,
+        layers_dir: Path,
+        registry: Callable[[], RegistryClient],
+        remove_tree: Callable[[Path], None],
+        *,
+        max_parallel_layers: int,
+        pull_progress_timeout: float,
+        sync_layers: bool,
+    ) -> None:
+        self.content = content
+        self.meta = meta
+        self.layers_dir = layers_dir
+        self._registry = registry
+        self._remove_tree = remove_tree
+        self.pull_progress_timeout = pull_progress_timeout
+        self.sync_layers = sync_layers
+        self._layer_slots = asyncio.Semaphore(max_parallel_layers)
+        self._pulls: dict[str, _Shared[ImageRecord]] = {}
+        self._layer_tasks: dict[str, _Shared[LayerRow]] = {}
+        self._needed: collections.Counter[str] = collections.Counter()
+        # Counters for the metrics exporter.
+        self.bytes_pulled_total = 0
+        self.pulls_total = 0
+        self.pull_failures_total = 0
+        self.pulls_in_flight = 0
 
     @property
-    @abc.abstractmethod
-    def registry(self) -> RegistryClient: ...
+    def registry(self) -> RegistryClient:
+        return self._registry()
 
-    @abc.abstractmethod
-    def layer_dir(self, chain_id: str) -> Path: ...
+    def layer_dir(self, chain_id: str) -> Path:
+        return self.layers_dir / chain_id.split(":", 1)[1]
 
-    @abc.abstractmethod
-    def _remove_tree(self, path: Path) -> None: ...
+    def in_use(self, chain_id: str) -> bool:
+        """True while a pull is unpacking the layer or still needs it."""
+        return chain_id in self._layer_tasks or bool(self._needed[chain_id])
+
+    def cancel_all(self) -> builtins.list[asyncio.Task[ImageRecord]]:
+        """Cancels every pull; returns their tasks for the caller to await."""
+        tasks = [shared.task for shared in self._pulls.values()]
+        for task in tasks:
+            task.cancel()
+        return tasks
 
     def _collect_unreferenced(self, chains: list[str]) -> None:
         """After a failed or cancelled pull: drop layers it unpacked that no image uses."""
@@ -349,7 +377,7 @@ class PullMixin(abc.ABC):
 
             def finish() -> LayerRow:
                 resolve_deferred_links(outcome.tmpdir, outcome.result.deferred_links, lower_dirs, outcome.where)
-                return self._install_layer(outcome.tmpdir, outcome.chain, outcome.result, outcome.writer)
+                return self.install_layer(outcome.tmpdir, outcome.chain, outcome.result, outcome.writer)
 
             return await _in_thread(finish)
         except BaseException:
@@ -412,7 +440,7 @@ class PullMixin(abc.ABC):
                 self._report(state, desc, desc.size, done=True, cached=True)
                 if result.deferred_links:
                     return _Pending(tmpdir, chain, result, None, where)
-                return await _in_thread(functools.partial(self._install_layer, tmpdir, chain, result, None))
+                return await _in_thread(functools.partial(self.install_layer, tmpdir, chain, result, None))
             except BaseException:
                 await _in_thread(functools.partial(shutil.rmtree, tmpdir, True))
                 raise
@@ -435,7 +463,7 @@ class PullMixin(abc.ABC):
                 raise DataLoss(f"{where}: {result.compressed_size} bytes, the manifest says {desc.size}")
             if result.deferred_links:
                 return _Pending(tmpdir, chain, result, writer, where)
-            return self._install_layer(tmpdir, chain, result, writer)
+            return self.install_layer(tmpdir, chain, result, writer)
 
         thread = asyncio.ensure_future(asyncio.to_thread(work))
         downloaded = 0
@@ -474,7 +502,7 @@ class PullMixin(abc.ABC):
             await _in_thread(cleanup)
             raise
 
-    def _install_layer(self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None) -> LayerRow:
+    def install_layer(self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None) -> LayerRow:
         """Runs in a thread: commits the blob, flushes and renames the layer into place, records it."""
         if writer is not None:
             writer.commit()

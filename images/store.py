@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import collections
 import functools
 import logging
 import os
@@ -48,8 +47,9 @@ from .errors import (
     InvalidArgument,
     NotFound,
 )
-from .metadata import SHARED_SET, Garbage, ImageRow, LayerRow, Metadata
-from .pull import PullMixin, _in_thread, _Shared, image_record
+from .manifest import Credentials
+from .metadata import SHARED_SET, Garbage, ImageRow, Metadata
+from .pull import Puller, _in_thread, image_record
 from .records import ImageRecord, PullProgress
 from .reference import looks_like_image_id, parse_reference
 from .usage import tree_usage
@@ -65,7 +65,7 @@ VOLUME_HOLDER_PREFIX = "image-volume:"  # + the mount point; see volumes.py
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")
 
 
-class ImageStore(PullMixin):
+class ImageStore:
     def __init__(
         self,
         root: Path,
@@ -86,29 +86,25 @@ class ImageStore(PullMixin):
         self.meta = Metadata(root / "images.db")
         self._registry = registry
         self._registries_config_dir = registries_config_dir
-        self.pull_progress_timeout = pull_progress_timeout
-        self.sync_layers = sync_layers
-        self._layer_slots = asyncio.Semaphore(max_parallel_layers)
-        self._pulls: dict[str, _Shared[ImageRecord]] = {}
-        self._layer_tasks: dict[str, _Shared[LayerRow]] = {}
-        self._needed: collections.Counter[str] = collections.Counter()
-        # Counters for the metrics exporter.
-        self.bytes_pulled_total = 0
-        self.pulls_total = 0
-        self.pull_failures_total = 0
-        self.pulls_in_flight = 0
+        self.puller = Puller(
+            self.content,
+            self.meta,
+            self.layers_dir,
+            lambda: self.registry,
+            self._remove_tree,
+            max_parallel_layers=max_parallel_layers,
+            pull_progress_timeout=pull_progress_timeout,
+            sync_layers=sync_layers,
+        )
         self._recover()
 
     def close(self) -> None:
         """Synchronous shutdown for callers without a loop at hand: cancels pulls, closes the database."""
-        for shared in list(self._pulls.values()):
-            shared.task.cancel()
+        self.puller.cancel_all()
         self.meta.close()
 
     async def aclose(self) -> None:
-        for shared in list(self._pulls.values()):
-            shared.task.cancel()
-        await asyncio.gather(*(s.task for s in self._pulls.values()), return_exceptions=True)
+        await asyncio.gather(*self.puller.cancel_all(), return_exceptions=True)
         if self._registry is not None:
             await self._registry.aclose()
         self.meta.close()
@@ -142,6 +138,43 @@ class ImageStore(PullMixin):
             if not snapshots.is_mounted(Path(holder.removeprefix(VOLUME_HOLDER_PREFIX))):
                 log.info("releasing stale image volume lease %s", holder)
                 self.release(holder)
+
+    # ---- pulls (puller.py does the work) --------------------------------------------------
+
+    async def pull(
+        self,
+        ref: str,
+        credentials: Credentials | None = None,
+        progress: ProgressFn | None = None,
+        image_set: str = SHARED_SET,
+    ) -> ImageRecord:
+        """Pulls `ref` into `image_set` (or joins a pull of it already running) and returns the
+        stored image; layers another set already has are not downloaded again."""
+        return await self.puller.pull(ref, credentials, progress, image_set)
+
+    @property
+    def pull_progress_timeout(self) -> float:
+        return self.puller.pull_progress_timeout
+
+    @pull_progress_timeout.setter
+    def pull_progress_timeout(self, seconds: float) -> None:
+        self.puller.pull_progress_timeout = seconds
+
+    @property
+    def bytes_pulled_total(self) -> int:
+        return self.puller.bytes_pulled_total
+
+    @property
+    def pulls_total(self) -> int:
+        return self.puller.pulls_total
+
+    @property
+    def pull_failures_total(self) -> int:
+        return self.puller.pull_failures_total
+
+    @property
+    def pulls_in_flight(self) -> int:
+        return self.puller.pulls_in_flight
 
     # ---- image sets -----------------------------------------------------------------------
 
@@ -277,7 +310,7 @@ class ImageStore(PullMixin):
 
     def _collect(self, garbage: Garbage) -> None:
         for layer in garbage.layers:
-            if layer.chain_id in self._layer_tasks or self._needed[layer.chain_id]:
+            if self.puller.in_use(layer.chain_id):
                 continue
             self._remove_tree(self.layer_dir(layer.chain_id))
         for digest in garbage.blobs:

@@ -20,7 +20,9 @@ from tests.support.images import TestImages
 
 pytestmark = pytest.mark.root
 
-SEPARATE_CRUN = "[runtimes.crun]\nseparate_images = true\n"
+# runc is named the default: crun, which would otherwise be chosen where it probes fully,
+# is the handler with an image set of its own.
+SEPARATE_CRUN = 'default_runtime = "runc"\n[runtimes.crun]\nseparate_images = true\n'
 
 
 @pytest.fixture(scope="module")

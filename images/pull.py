@@ -487,19 +487,25 @@ class Puller:
             return row
         except BaseException:
             feed.abort()
-            await asyncio.wait({thread})
-            if (
-                not thread.cancelled()
-                and thread.exception() is not None
-                and not isinstance(thread.exception(), ImageError)
-            ):
-                log.debug("unpack thread ended with %r", thread.exception())
 
-            def cleanup() -> None:
-                writer.abort()
-                shutil.rmtree(tmpdir, ignore_errors=True)
+            async def undo() -> None:
+                await asyncio.wait({thread})
+                if (
+                    not thread.cancelled()
+                    and thread.exception() is not None
+                    and not isinstance(thread.exception(), ImageError)
+                ):
+                    log.debug("unpack thread ended with %r", thread.exception())
 
-            await _in_thread(cleanup)
+                def cleanup() -> None:
+                    writer.abort()
+                    shutil.rmtree(tmpdir, ignore_errors=True)
+
+                await asyncio.to_thread(cleanup)
+
+            # A sibling layer's failure cancels this one, often while it is already
+            # undoing its own failure: the undo must still run to its end.
+            await _complete_despite_cancel(undo())
             raise
 
     def install_layer(self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None) -> LayerRow:
@@ -578,6 +584,21 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     except asyncio.CancelledError:
         await asyncio.wait({future})
         raise
+
+
+async def _complete_despite_cancel(undo: Awaitable[None]) -> None:
+    """Awaits `undo` to its end however often the caller is cancelled meanwhile; then
+    re-raises the cancellation, if there was one."""
+    task = asyncio.ensure_future(undo)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
+    task.result()
 
 
 async def _gather_or_cancel(jobs: list[Awaitable[T]]) -> list[T]:

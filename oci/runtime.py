@@ -96,9 +96,20 @@ class OciRuntime:
     """One runtime handler: a runc or crun binary with its own state root."""
 
     def __init__(
-        self, name: str, path: str, root: Path, kind: Literal["runc", "crun"], *, systemd_cgroup: bool = False
+        self,
+        name: str,
+        path: str,
+        root: Path,
+        kind: Literal["runc", "crun"],
+        *,
+        systemd_cgroup: bool = False,
+        probe_dir: Path | None = None,
     ) -> None:
         self.name = name
+        # Where feature probes lay their bundles: on the filesystem that holds real container
+        # roots, not the state root (a tmpfs /run is nodev, which breaks the probe's /dev/null,
+        # and a 6.1 kernel cannot idmap-mount tmpfs, which would hide crun's idmapped mounts).
+        self.probe_dir = probe_dir
         self.path = path
         self.root = Path(root)
         self.kind = kind
@@ -308,7 +319,10 @@ class OciRuntime:
     async def _probe_mount(self, options: list[str], mapping: list[dict[str, int]] | None, check: Any) -> bool:
         """Create (never start) a container with one bind mount; read its mount options."""
         cid = f"crishim-probe-{os.getpid()}-{os.urandom(4).hex()}"
-        with tempfile.TemporaryDirectory(prefix="probe-", dir=self._tmp_dir()) as tmp:
+        if self.probe_dir is not None:
+            await asyncio.to_thread(self.probe_dir.mkdir, parents=True, exist_ok=True)
+        probe_parent = str(self.probe_dir) if self.probe_dir is not None else self._tmp_dir()
+        with tempfile.TemporaryDirectory(prefix="probe-", dir=probe_parent) as tmp:
             bundle = Path(tmp)
             rootfs = bundle / "rootfs"
             for d in ("dev", "proc", "src", "dst"):

@@ -41,6 +41,7 @@ async def probe_handlers(config: Config, driver: str = "cgroupfs") -> dict[str, 
             config.handler_root(name),
             handler_config.type,  # type: ignore[arg-type]
             systemd_cgroup=driver == "systemd",
+            probe_dir=Path(config.root) / "probes",
         )
         try:
             features = await asyncio.wait_for(runtime.features(), FEATURE_PROBE_SECONDS)

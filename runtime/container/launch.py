@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 from crishim.cgroups.errors import CgroupError
@@ -64,9 +65,30 @@ async def signal_quietly(handler: Handler, object_id: str, signal: int) -> None:
 
 
 async def delete_state(handler: Handler, object_id: str) -> None:
-    """`runc delete --force`; a container the runtime does not know is already deleted."""
-    with contextlib.suppress(oci_errors.NotFound):
-        await handler.runtime.delete(object_id, force=True)
+    """`runc delete --force`; a container the runtime does not know is already deleted.
+
+    A delete that races another one (the exit handler's) can find the state half
+    removed: crun then fails with "error loading .../config.json". One more try
+    after a moment settles most; a state directory still without its config (crun)
+    or state (runc) file can no longer be operated by the runtime at all, and the
+    container's process is gone, so that leftover directory is removed here.
+    """
+    for attempt in range(2):
+        try:
+            await handler.runtime.delete(object_id, force=True)
+            return
+        except oci_errors.NotFound:
+            return
+        except oci_errors.OciError:
+            if attempt == 0:
+                await asyncio.sleep(0.2)
+                continue
+            state_dir = handler.runtime.root / object_id
+            if state_dir.is_dir() and not any((state_dir / f).exists() for f in ("config.json", "state.json")):
+                log.warning("%s left a half-deleted state for %s; removing it", handler.name, object_id[:13])
+                await asyncio.to_thread(shutil.rmtree, state_dir, True)
+                return
+            raise
 
 
 async def delete_quietly(handler: Handler, object_id: str) -> None:

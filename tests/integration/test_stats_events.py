@@ -18,6 +18,7 @@ import httpx
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
+from tests.support import node
 from tests.support.cri import container_config, remove_pod, run_pod, start_container, wait_exited
 from tests.support.daemon import Daemon, running_daemon
 
@@ -94,8 +95,11 @@ class Pod:
 @pytest.fixture(scope="module")
 def pod(daemon: Daemon, image: str) -> Iterator[Pod]:
     """A pod under its own cgroup parent, one CPU burner and one container holding 48 MiB."""
-    top = f"/crishim-test-{secrets.token_hex(4)}"
-    sid, config = run_pod(daemon, "stats", linux=pb.LinuxPodSandboxConfig(cgroup_parent=f"{top}/pod-stats"))
+    token = secrets.token_hex(4)
+    # The daemon's driver decides the parent's form: a slice of its own under systemd.
+    top = f"crishimtest{token}.slice" if node.pid1_is_systemd() else f"/crishim-test-{token}"
+    parent = top if node.pid1_is_systemd() else f"{top}/pod-stats"
+    sid, config = run_pod(daemon, "stats", linux=pb.LinuxPodSandboxConfig(cgroup_parent=parent))
     try:
         status = daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10).status
         p = Pod(sid, config, status.network.ip)
@@ -114,7 +118,10 @@ def pod(daemon: Daemon, image: str) -> Iterator[Pod]:
         try:
             remove_pod(daemon, sid)
         finally:
-            remove_cgroup_tree(top)
+            if node.pid1_is_systemd():
+                node.stop_units(top)
+            else:
+                remove_cgroup_tree(top)
 
 
 def container_stats(daemon: Daemon, cid: str) -> pb.ContainerStats:

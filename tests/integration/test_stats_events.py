@@ -106,7 +106,8 @@ def pod(daemon: Daemon, image: str) -> Iterator[Pod]:
         p.burn = start_container(daemon, sid, config, container_config("burn", image, BURN, labels={"app": "burn"}))
         p.alloc = start_container(daemon, sid, config, container_config("alloc", image, ALLOC, labels={"app": "mem"}))
         p.containers = [p.burn, p.alloc]
-        deadline = time.monotonic() + 20
+        # Filling 48 MiB through a shell pipe takes seconds here, minutes under software emulation.
+        deadline = time.monotonic() + 180
         log = ""
         while "ready" not in log and time.monotonic() < deadline:
             time.sleep(0.1)

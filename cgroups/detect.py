@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from crishim.oci.mounttable import MOUNTINFO, mount_points, read_mountinfo
+
 from .errors import FailedPrecondition, PermissionDenied
 
 Driver = Literal["cgroupfs", "systemd"]
 
-MOUNTINFO = "/proc/self/mountinfo"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 # Mount options of a v1 cgroup mount that are not controller names.
@@ -54,41 +55,6 @@ class CgroupLayout:
     psi: bool = False
 
 
-def _unescape(field_: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (\\040)."""
-    if "\\" not in field_:
-        return field_
-    out, i = [], 0
-    while i < len(field_):
-        if field_[i] == "\\" and i + 4 <= len(field_) and field_[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field_[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_[i])
-            i += 1
-    return "".join(out)
-
-
-@dataclass(frozen=True, slots=True)
-class _Mount:
-    point: str
-    fstype: str
-    super_options: tuple[str, ...]
-
-
-def _parse_mountinfo(text: str) -> list[_Mount]:
-    mounts = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        lfields, rfields = left.split(), right.split()
-        if len(lfields) < 5 or len(rfields) < 3:
-            continue
-        mounts.append(_Mount(_unescape(lfields[4]), rfields[0], tuple(rfields[2].split(","))))
-    return mounts
-
-
 def _v1_controllers(options: tuple[str, ...]) -> list[str]:
     names = []
     for opt in options:
@@ -109,8 +75,7 @@ def _read_words(path: str) -> frozenset[str]:
 
 def detect(mountinfo: str = MOUNTINFO) -> CgroupLayout:
     """Inspect the mount table and the v2 root to describe the cgroup layout."""
-    with open(mountinfo) as f:
-        mounts = _parse_mountinfo(f.read())
+    mounts = read_mountinfo(mountinfo)
     v1: dict[str, str] = {}
     v2_mount: str | None = None
     for m in mounts:
@@ -152,16 +117,14 @@ def hybrid_blocks_crun(layout: CgroupLayout | None = None) -> bool:
 
 
 def _is_cgroup_mount_of(point: str, controller: str, mountinfo: str) -> bool:
-    with open(mountinfo) as f:
-        mounts = _parse_mountinfo(f.read())
     return any(
-        m.point == point and m.fstype == "cgroup" and controller in _v1_controllers(m.super_options) for m in mounts
+        m.point == point and m.fstype == "cgroup" and controller in _v1_controllers(m.super_options)
+        for m in read_mountinfo(mountinfo)
     )
 
 
 def _is_mount_point(point: str, mountinfo: str) -> bool:
-    with open(mountinfo) as f:
-        return any(m.point == point for m in _parse_mountinfo(f.read()))
+    return point in mount_points(mountinfo)
 
 
 def _mount_cgroup_v1(controller: str, target: str) -> None:

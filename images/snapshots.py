@@ -23,7 +23,6 @@ MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
-MNT_DETACH = 0x2
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -105,19 +104,3 @@ def bind_readonly(source: Path, target: Path) -> None:
         target.mkdir(parents=True)
     _mount(str(source), target, None, MS_BIND | MS_REC, None)
     _mount("none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, None)
-
-
-def unmount(target: Path, *, detach: bool = True) -> None:
-    """Unmounts `target`; not mounted (or absent) is fine."""
-    rc = _libc.umount2(str(target).encode(), MNT_DETACH if detach else 0)
-    if rc != 0:
-        err = ctypes.get_errno()
-        if err in (22, 2):  # EINVAL: not a mount point; ENOENT: gone
-            return
-        raise OSError(err, f"umount {target}: {os.strerror(err)}")
-
-
-def is_mounted(target: Path) -> bool:
-    wanted = os.path.realpath(target)
-    with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == wanted for line in mounts)

@@ -40,7 +40,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import snapshots
+from crishim.oci.mounttable import is_mount_point
+
 from .content import ContentStore
 from .errors import (
     FailedPrecondition,
@@ -135,7 +136,7 @@ class ImageStore:
         """Drops image-volume leases whose mount is gone (a crash between unmount and release,
         a container directory swept as an orphan, a reboot), so their images can be removed."""
         for holder in self.meta.lease_holders(VOLUME_HOLDER_PREFIX):
-            if not snapshots.is_mounted(Path(holder.removeprefix(VOLUME_HOLDER_PREFIX))):
+            if not is_mount_point(Path(holder.removeprefix(VOLUME_HOLDER_PREFIX))):
                 log.info("releasing stale image volume lease %s", holder)
                 self.release(holder)
 

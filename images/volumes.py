@@ -18,9 +18,11 @@ import os
 import shutil
 from pathlib import Path
 
+from crishim.oci.mounttable import unmount
+
 from .errors import InvalidArgument, NotFound
 from .metadata import SHARED_SET
-from .snapshots import bind_readonly, mount_overlay, unmount
+from .snapshots import bind_readonly, mount_overlay
 from .store import VOLUME_HOLDER_PREFIX, ImageStore
 
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import signal as signals
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +30,7 @@ from .errors import (
     Unavailable,
 )
 from .features import RuntimeFeatures
+from .mounttable import read_mountinfo
 
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 _PR_SET_CHILD_SUBREAPER = 36
@@ -306,17 +307,18 @@ class OciRuntime:
             return self._features
 
     async def _probe(self) -> RuntimeFeatures:
-        rro = await self._probe_mount(["rbind", "rro"], None, lambda opts: "ro" in opts.split(","))
+        rro = await self._probe_mount(["rbind", "rro"], None, lambda opts: "ro" in opts)
         idmap = await self._probe_mount(
-            ["rbind", "idmap"], [{"containerID": 0, "hostID": 65534, "size": 1}],
-            lambda opts: "idmapped" in opts.split(","),
-        )  # fmt: skip
+            ["rbind", "idmap"], [{"containerID": 0, "hostID": 65534, "size": 1}], lambda opts: "idmapped" in opts
+        )
         # A pod user namespace needs idmapped mounts (volumes owned by the mapped root) and a
         # runtime that joins the pod's pre-made netns from inside the new user namespace;
         # runc 1.1.5 has neither (setns into the netns fails with EPERM), crun 1.8.1 both.
         return RuntimeFeatures(recursive_read_only=rro, idmap_mounts=idmap, user_namespaces=idmap)
 
-    async def _probe_mount(self, options: list[str], mapping: list[dict[str, int]] | None, check: Any) -> bool:
+    async def _probe_mount(
+        self, options: list[str], mapping: list[dict[str, int]] | None, check: Callable[[tuple[str, ...]], bool]
+    ) -> bool:
         """Create (never start) a container with one bind mount; read its mount options."""
         cid = f"crishim-probe-{os.getpid()}-{os.urandom(4).hex()}"
         if self.probe_dir is not None:
@@ -352,7 +354,7 @@ class OciRuntime:
                 return False
             try:
                 opts = await asyncio.to_thread(_mount_options, bundle / "pid", "/dst")
-                return opts is not None and bool(check(opts))
+                return opts is not None and check(opts)
             finally:
                 await self._discard_probe(cid)
 
@@ -380,19 +382,16 @@ class OciRuntime:
         await asyncio.to_thread(_remove_cgroup_dirs, _PROBE_CGROUP)
 
 
-def _mount_options(pid_file: Path, target: str) -> str | None:
+def _mount_options(pid_file: Path, target: str) -> tuple[str, ...] | None:
     """The per-mount options of `target` in the mount namespace of the pid in `pid_file`."""
     pid = read_pid(pid_file)
     if pid is None:
         return None
     try:
-        for line in Path(f"/proc/{pid}/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if fields[4] == target:
-                return fields[5]
+        entries = read_mountinfo(f"/proc/{pid}/mountinfo")
     except OSError:
         return None
-    return None
+    return next((entry.options for entry in entries if entry.point == target), None)
 
 
 def _remove_cgroup_dirs(rel: str, base: Path = Path("/sys/fs/cgroup")) -> bool:

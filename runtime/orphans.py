@@ -13,8 +13,9 @@ import logging
 import shutil
 from pathlib import Path
 
+from crishim.oci.mounttable import mount_points
 from crishim.runtime.container import launch as launching
-from crishim.runtime.mounts import mount_points, unmount
+from crishim.runtime.mounts import unmount
 from crishim.runtime.services import Services
 
 log = logging.getLogger("crishim.orphans")

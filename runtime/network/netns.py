@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from crishim.runtime.mounts import mount_points
+from crishim.oci.mounttable import is_mount_point, unmount
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
@@ -33,7 +34,6 @@ _CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
-_MNT_DETACH = 2
 
 T = TypeVar("T")
 
@@ -142,10 +142,6 @@ def _make_dir_shared(netns_dir: str) -> None:
     _check(libc.mount(b"none", d, b"none", _MS_SHARED | _MS_REC, None), f"make {netns_dir} shared")
 
 
-def _is_mount_point(path: str) -> bool:
-    return path in mount_points()
-
-
 def _loopback_up() -> None:
     with _iproute() as ipr:
         idx = ipr.link_lookup(ifname="lo")
@@ -157,7 +153,7 @@ def _loopback_up() -> None:
 def _create_pinned(path: str) -> None:
     netns_dir = os.path.dirname(path)
     os.makedirs(netns_dir, mode=0o755, exist_ok=True)
-    if not _is_mount_point(os.path.realpath(netns_dir)):
+    if not is_mount_point(netns_dir):
         _make_dir_shared(netns_dir)
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
@@ -190,10 +186,7 @@ async def create(sandbox_id: str, netns_dir: str = DEFAULT_NETNS_DIR) -> str:
 
 
 def _remove_pin(path: str) -> None:
-    if _c().umount2(path.encode(), _MNT_DETACH) != 0:
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOENT):
-            raise OSError(err, f"umount {path}: {os.strerror(err)}")
+    unmount(path)
     try:
         os.unlink(path)
     except FileNotFoundError:
@@ -210,10 +203,8 @@ async def remove(path: str) -> None:
 
 def release_dir(netns_dir: str) -> None:
     """Undo the shared self-bind of a pin directory (for tests and tidy shutdowns)."""
-    real = os.path.realpath(netns_dir)
-    while _is_mount_point(real):
-        if _c().umount2(real.encode(), _MNT_DETACH) != 0:
-            break
+    with contextlib.suppress(OSError):
+        unmount(os.path.realpath(netns_dir), stacked=True)
 
 
 def _iproute() -> Any:

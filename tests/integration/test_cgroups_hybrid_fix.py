@@ -18,14 +18,15 @@ pytestmark = pytest.mark.root
 
 CHILD = """
 import json, sys
-from crishim.cgroups.detect import CgroupLayout, CgroupVersion, _parse_mountinfo, fix_hybrid_for_crun
+from crishim.cgroups.detect import CgroupLayout, CgroupVersion, fix_hybrid_for_crun
+from crishim.oci.mounttable import read_mountinfo
 root, controller = sys.argv[1], sys.argv[2]
 layout = CgroupLayout(CgroupVersion.HYBRID, {}, "/sys/fs/cgroup/unified", frozenset({controller}), False)
 first = fix_hybrid_for_crun(layout, cgroup_root=root)
 second = fix_hybrid_for_crun(layout, cgroup_root=root)
 mounts = [
     (m.point, m.fstype, list(m.super_options))
-    for m in _parse_mountinfo(open("/proc/self/mountinfo").read())
+    for m in read_mountinfo()
     if m.point.startswith(root)
 ]
 print(json.dumps({"first": first, "second": second, "mounts": mounts}))

@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 import grpc
 import pytest
 from crishim.cri_api import api_pb2, api_pb2_grpc
-from crishim.images.snapshots import is_mounted, mount_rootfs, unmount
+from crishim.images.snapshots import mount_rootfs
 from crishim.images.store import ImageStore
 from crishim.images.volumes import mount_image_volume, unmount_image_volume
+from crishim.oci.mounttable import is_mount_point as is_mounted
+from crishim.oci.mounttable import unmount
 from crishim.runtime.rpc.images import ImageServicer
 
 if TYPE_CHECKING:

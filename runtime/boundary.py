@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from crishim.cgroups import errors as cgroups_errors
@@ -145,6 +145,17 @@ async def _guard(method: str, context: grpc.aio.ServicerContext) -> AsyncIterato
         await _abort(context, method, exc)
     finally:
         _notify(method, code, started)
+
+
+async def reject(method: str, context: grpc.aio.ServicerContext, exc: BaseException) -> NoReturn:
+    """Ends a call that never reached its servicer (a request that did not decode) with exc's status."""
+    started = time.monotonic()
+    code = status_for(exc) or grpc.StatusCode.INTERNAL
+    try:
+        await _abort(context, method, exc)
+    finally:
+        _notify(method, code, started)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 def cri_rpc(fn: F) -> F:

@@ -13,8 +13,8 @@ import signal
 from pathlib import Path
 
 import grpc
-from crishim.cri_api import api_pb2_grpc
 from crishim.runtime.config import Config
+from crishim.runtime.registration import add_cri_services
 from crishim.runtime.socket import claim_socket_path, restrict_socket
 
 log = logging.getLogger("crishim.server")
@@ -58,10 +58,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     claim_socket_path(socket_path)
     services = await Services.start(config)
     server = grpc.aio.server(options=grpc_options())
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeServicer(services), server)  # type: ignore[no-untyped-call]
-    api_pb2_grpc.add_ImageServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        ImageServicer(services.images, Path(config.root)), server
-    )
+    add_cri_services(server, RuntimeServicer(services), ImageServicer(services.images, Path(config.root)))
     server.add_insecure_port(f"unix://{socket_path}")
     await server.start()
     restrict_socket(socket_path)

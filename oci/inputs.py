@@ -1,7 +1,9 @@
 """Plain-value inputs of the spec builders.
 
-runtime/ converts CRI messages into these records; nothing here knows
-protobuf. Every record is frozen so a spec is a function of its inputs.
+runtime/ converts CRI messages into these records after checking them
+against the CRI rules (runtime/validate.py), so the builders trust them;
+nothing here knows protobuf. Every record is frozen so a spec is a function
+of its inputs.
 """
 
 from __future__ import annotations
@@ -152,15 +154,13 @@ class SandboxSpecInput:
     hosts_path: str = ""
     sysctls: Mapping[str, str] = field(default_factory=dict)
     cgroups_path: str = ""
-    oom_score_adj: int | None = -998
+    oom_score_adj: int | None = None  # runtime/ passes the kubelet's -998, clamped to what it may set
     privileged: bool = False
     readonly_rootfs: bool = True
     userns: UserNamespace | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
     resources: Resources | None = None
     seccomp: SeccompProfile = SeccompProfile()
-    features: RuntimeFeatures = RuntimeFeatures()
-    handler: str = "runc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +206,5 @@ class ContainerSpecInput:
     seccomp: SeccompProfile = SeccompProfile()
     apparmor: AppArmorProfile | None = None  # None: not asked for
     rlimits: tuple[tuple[str, int, int], ...] = ()  # (RLIMIT_NOFILE, soft, hard)
-    features: RuntimeFeatures = RuntimeFeatures()
-    handler: str = "runc"
+    features: RuntimeFeatures = RuntimeFeatures()  # idmap_mounts: volumes follow the pod's user namespace
     rootfs_path_for_users: Path | None = None  # where /etc/passwd is read; defaults to rootfs

@@ -1,8 +1,10 @@
 """The default Linux spec and the two builders: sandbox (infra) and container.
 
-Both builders are functions of their input records. They read the host only
-where the host is the truth: the capability bounding set, device numbers,
-oom_score_adj floor, a Localhost seccomp file and the image's /etc/passwd.
+Both builders are functions of their input records, which runtime/ has
+already checked against the CRI rules (runtime/validate.py): nothing here
+refuses a combination of fields. They read the host only where the host is
+the truth: the capability bounding set, device numbers, a Localhost seccomp
+file and the image's /etc/passwd.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from .inputs import (
     NamespaceMode,
     SandboxSpecInput,
     SeccompProfile,
-    UserNamespace,
 )
-from .oom import clamp_oom_score_adj
 from .opts import Spec, SpecOpt
 from .users import resolve_user_spec
 
@@ -97,32 +97,6 @@ def default_spec(rootfs: str) -> Spec:
     }
 
 
-def _check_userns(u: UserNamespace, features_ok: bool, handler: str) -> None:
-    if not features_ok:
-        raise InvalidArgument(f"runtime handler {handler!r} does not support user namespaces")
-    for label, maps in (("uid", u.uid_mappings), ("gid", u.gid_mappings)):
-        if len(maps) != 1:
-            raise InvalidArgument(f"userns_options: exactly one {label} mapping is supported, got {len(maps)}")
-        m = maps[0]
-        if m.container_id != 0 or m.size <= 0:
-            raise InvalidArgument(f"userns_options: the {label} mapping must start at container ID 0")
-
-
-def _sysctl_opts(sysctls: dict[str, str] | Any, ipc_host: bool, net_host: bool) -> SpecOpt:
-    """Only namespaced sysctls; host-level ones (and those of a shared host namespace) are refused."""
-    for key in sysctls:
-        is_ipc = key.startswith(("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue."))
-        is_net = key.startswith("net.")
-        is_uts = key in ("kernel.hostname", "kernel.domainname")
-        if not (is_ipc or is_net or is_uts):
-            raise InvalidArgument(f"sysctl {key!r} is not namespaced: it would change the whole node")
-        if is_ipc and ipc_host:
-            raise InvalidArgument(f"sysctl {key!r} cannot be set with the host IPC namespace")
-        if is_net and net_host:
-            raise InvalidArgument(f"sysctl {key!r} cannot be set with the host network")
-    return opts.with_sysctls(dict(sysctls))
-
-
 def _file_binds(resolv: str, hostname: str, hosts: str, readonly: bool) -> list[dict[str, Any]]:
     out = []
     for dest, src in (("/etc/resolv.conf", resolv), ("/etc/hostname", hostname), ("/etc/hosts", hosts)):
@@ -134,8 +108,6 @@ def _file_binds(resolv: str, hostname: str, hosts: str, readonly: bool) -> list[
 
 def build_sandbox_spec(inp: SandboxSpecInput) -> Spec:
     """The infra container: holds the pod's IPC, UTS, (POD mode) PID and network namespaces."""
-    if inp.ipc_mode not in (NamespaceMode.POD, NamespaceMode.NODE):
-        raise InvalidArgument(f"sandbox IPC mode {inp.ipc_mode.name} is not supported: use POD or NODE")
     spec = default_spec(inp.rootfs)
     net_host = inp.netns_path is None
     ipc_host = inp.ipc_mode is NamespaceMode.NODE
@@ -150,9 +122,9 @@ def build_sandbox_spec(inp: SandboxSpecInput) -> Spec:
         opts.with_hostname("" if net_host else inp.hostname),
         opts.with_shm("/dev/shm" if ipc_host else inp.shm_path),
         opts.with_mounts(_file_binds(inp.resolv_conf_path, inp.hostname_path, inp.hosts_path, True)),
-        _sysctl_opts(inp.sysctls, ipc_host, net_host),
+        opts.with_sysctls(inp.sysctls),
         opts.with_cgroups_path(inp.cgroups_path),
-        opts.with_oom_score_adj(None if inp.oom_score_adj is None else clamp_oom_score_adj(inp.oom_score_adj)),
+        opts.with_oom_score_adj(inp.oom_score_adj),
         opts.with_annotations(inp.annotations),
     ]
     caps = capabilities.resolve((), (), base=capabilities.DEFAULT_CAPABILITIES)
@@ -162,7 +134,6 @@ def build_sandbox_spec(inp: SandboxSpecInput) -> Spec:
     if inp.resources is not None:
         o.append(opts.with_resources(inp.resources))
     if inp.userns is not None:
-        _check_userns(inp.userns, inp.features.user_namespaces, inp.handler)
         o.append(opts.with_userns(inp.userns.uid_mappings, inp.userns.gid_mappings))
         # The pod's netns is made by the daemon, so its owner is the host's user namespace
         # either way: a fresh sysfs mount is refused, a bind of the host's works.
@@ -230,39 +201,18 @@ def _namespace_opts(inp: ContainerSpecInput) -> list[SpecOpt]:
         else:
             o.append(opts.with_namespace(kind))
     if inp.userns is not None:
-        _check_userns(inp.userns, inp.features.user_namespaces, inp.handler)
         path = _ns_path(spid, "user", "user namespace") if spid is not None else None
         o.append(opts.with_userns(inp.userns.uid_mappings, inp.userns.gid_mappings, path))
         o.append(_sysfs_for_userns(net_host or inp.network_mode is not NamespaceMode.CONTAINER))
     return o
 
 
-def _mount_spec(m: Mount, inp: ContainerSpecInput) -> dict[str, Any]:
-    if not m.container_path.startswith("/"):
-        raise InvalidArgument(f"mount container_path {m.container_path!r} must be absolute")
-    if m.propagation not in ("private", "rslave", "rshared"):
-        raise InvalidArgument(f"mount {m.container_path}: unknown propagation {m.propagation!r}")
-    source = m.host_path
+def _mount_spec(m: Mount) -> dict[str, Any]:
     if m.type == "bind":
-        if not os.path.isabs(source):
-            raise InvalidArgument(f"mount {m.container_path}: host_path {source!r} must be absolute")
-        # A symlinked host path is resolved so the bind shows its target.
-        source = os.path.realpath(source)
-    options = ["rbind", "r" + m.propagation if m.propagation == "private" else m.propagation]
-    if m.type != "bind":
+        options = ["rbind", "rprivate" if m.propagation == "private" else m.propagation]
+    else:
         options = []
     if m.recursive_readonly:
-        if not m.readonly:
-            raise InvalidArgument(f"mount {m.container_path}: recursive_read_only needs readonly true")
-        if m.propagation != "private":
-            raise InvalidArgument(
-                f"mount {m.container_path}: recursive_read_only needs private propagation, not {m.propagation}"
-            )
-        if not inp.features.recursive_read_only:
-            raise InvalidArgument(
-                f"mount {m.container_path}: recursive read-only mounts are not supported by runtime handler "
-                f"{inp.handler!r}; use a handler that supports them (e.g. crun) or a plain read-only mount"
-            )
         options.append("rro")
     elif m.readonly:
         options.append("ro")
@@ -270,14 +220,10 @@ def _mount_spec(m: Mount, inp: ContainerSpecInput) -> dict[str, Any]:
     out: dict[str, Any] = {
         "destination": m.container_path,
         "type": m.type,
-        "source": source,
+        "source": m.host_path,
         "options": options,
     }
     if m.uid_mappings or m.gid_mappings:
-        if not inp.features.idmap_mounts:
-            raise InvalidArgument(
-                f"mount {m.container_path}: idmapped mounts are not supported by runtime handler {inp.handler!r}"
-            )
         out["uidMappings"] = [x.to_spec() for x in m.uid_mappings]
         out["gidMappings"] = [x.to_spec() for x in m.gid_mappings]
         options.append("idmap")
@@ -309,10 +255,6 @@ def idmapped(m: Mount, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMappin
 
 def build_container_spec(inp: ContainerSpecInput) -> Spec:
     """A workload container joining its sandbox's namespaces."""
-    if inp.privileged and inp.userns is not None:
-        raise InvalidArgument("a privileged container cannot run in a pod user namespace")
-    if not inp.args:
-        raise InvalidArgument("the container has no command: set command/args or use an image with an entrypoint")
     spec = default_spec(inp.rootfs)
     users_root = inp.rootfs_path_for_users or inp.rootfs
     uid, gid, groups = resolve_user_spec(users_root, inp.user)
@@ -323,7 +265,6 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
         caps = capabilities.resolve(inp.capabilities_add, inp.capabilities_drop, bounding=bounding)
     ambient = [capabilities.normalize(a) for a in inp.capabilities_ambient]
     net_host = inp.network_mode is NamespaceMode.NODE
-    ipc_host = inp.ipc_mode is NamespaceMode.NODE
     o: list[SpecOpt] = [
         opts.with_process_args(inp.args),
         opts.with_env(inp.env),
@@ -335,13 +276,13 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
         opts.with_readonly_rootfs(inp.readonly_rootfs),
         opts.with_hostname("" if net_host else inp.hostname),
         *_namespace_opts(inp),
-        _sysctl_opts(inp.sysctls, ipc_host, net_host),
+        opts.with_sysctls(inp.sysctls),
         opts.with_cgroups_path(inp.cgroups_path),
         opts.with_annotations(inp.annotations),
         opts.with_rlimits(inp.rlimits),
     ]
     if inp.oom_score_adj is not None:
-        o.append(opts.with_oom_score_adj(clamp_oom_score_adj(inp.oom_score_adj)))
+        o.append(opts.with_oom_score_adj(inp.oom_score_adj))
     if inp.resources is not None:
         o.append(opts.with_resources(inp.resources))
     if inp.masked_paths is not None:
@@ -358,7 +299,7 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
             else m
             for m in user_mounts
         )
-    o.append(opts.with_mounts([_mount_spec(m, inp) for m in user_mounts]))
+    o.append(opts.with_mounts([_mount_spec(m) for m in user_mounts]))
     o.append(_rootfs_propagation(user_mounts))
     dev_pairs = [devices.device_from_host(d.host_path, d.container_path, d.permissions) for d in inp.devices]
     if inp.privileged:

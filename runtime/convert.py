@@ -1,15 +1,18 @@
-"""CRI protobuf messages -> the plain inputs oci/ understands, with validation.
+"""CRI protobuf messages -> the plain inputs oci/ understands.
 
-Every invalid combination is refused here with INVALID_ARGUMENT naming the
-field, before anything is created, so error paths have nothing to undo.
+Each conversion first applies the CRI rules of validate.py (or, for a value
+only parsing can check, refuses it here), so oci/ receives nothing it must
+check again. The flows convert before they create anything, so a refusal
+has nothing to undo.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from crishim.cri_api import api_pb2
+from crishim.oci.features import RuntimeFeatures
 from crishim.oci.inputs import (
     AppArmorProfile,
     Device,
@@ -17,12 +20,14 @@ from crishim.oci.inputs import (
     IdMapping,
     Mount,
     NamespaceMode,
+    Propagation,
     Resources,
     SeccompProfile,
     SupplementalGroupsPolicy,
     UserNamespace,
     UserSpec,
 )
+from crishim.runtime import validate
 from crishim.runtime.errors import InvalidArgument
 
 NAMESPACE_MODES = {
@@ -32,49 +37,11 @@ NAMESPACE_MODES = {
     api_pb2.TARGET: NamespaceMode.TARGET,
 }
 
-PROPAGATION = {
+PROPAGATION: dict[int, Propagation] = {
     api_pb2.PROPAGATION_PRIVATE: "private",
     api_pb2.PROPAGATION_HOST_TO_CONTAINER: "rslave",
     api_pb2.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
-
-# Sysctls that are namespaced (per pod) and so safe to set; the kernel's own list
-# of net.* sysctls is per network namespace, the rest are host-wide.
-NAMESPACED_SYSCTLS = {
-    "kernel.shm_rmid_forced",
-    "kernel.shmmax",
-    "kernel.shmall",
-    "kernel.shmmni",
-    "kernel.msgmax",
-    "kernel.msgmnb",
-    "kernel.msgmni",
-    "kernel.sem",
-    "kernel.domainname",
-    "kernel.hostname",
-}
-NAMESPACED_SYSCTL_PREFIXES = ("net.", "fs.mqueue.")
-
-
-def check_sysctls(sysctls: Mapping[str, str], *, host_network: bool, host_ipc: bool, field: str) -> dict[str, str]:
-    """Only namespaced sysctls, and not those of a namespace shared with the host."""
-    checked: dict[str, str] = {}
-    for raw_key, value in sysctls.items():
-        key = raw_key.replace("/", ".")
-        ipc_kind = key in NAMESPACED_SYSCTLS and key.startswith(("kernel.shm", "kernel.msg", "kernel.sem"))
-        ipc_kind = ipc_kind or key.startswith("fs.mqueue.")
-        if key.startswith("net."):
-            if host_network:
-                raise InvalidArgument(f"{field}: sysctl {raw_key!r} is not allowed with host network")
-        elif ipc_kind:
-            if host_ipc:
-                raise InvalidArgument(f"{field}: sysctl {raw_key!r} is not allowed with host IPC")
-        elif key not in NAMESPACED_SYSCTLS:
-            raise InvalidArgument(
-                f"{field}: sysctl {raw_key!r} is not namespaced; only kernel.shm*, kernel.msg*, kernel.sem, "
-                "fs.mqueue.* and net.* can be set per pod"
-            )
-        checked[key] = value
-    return checked
 
 
 def id_mappings(items: Iterable[api_pb2.IDMapping]) -> tuple[IdMapping, ...]:
@@ -82,27 +49,14 @@ def id_mappings(items: Iterable[api_pb2.IDMapping]) -> tuple[IdMapping, ...]:
 
 
 def user_namespace(options: api_pb2.NamespaceOption, field: str) -> UserNamespace | None:
-    """KEP-127 user namespaces: POD mode with exactly one uid and one gid mapping."""
+    """The pod's user namespace (KEP-127), None for the host's."""
     if not options.HasField("userns_options"):
         return None
     userns = options.userns_options
+    validate.user_namespace_options(userns, field)
     if userns.mode == api_pb2.NODE:
         return None
-    if userns.mode != api_pb2.POD:
-        mode = api_pb2.NamespaceMode.Name(userns.mode)
-        raise InvalidArgument(f"{field}.userns_options.mode {mode} is not supported; use POD or NODE")
-    if len(userns.uids) != 1 or len(userns.gids) != 1:
-        raise InvalidArgument(
-            f"{field}.userns_options: exactly one uid and one gid mapping are supported, "
-            f"got {len(userns.uids)} and {len(userns.gids)}"
-        )
-    uids, gids = id_mappings(userns.uids), id_mappings(userns.gids)
-    for kind, mapping in (("uid", uids[0]), ("gid", gids[0])):
-        if mapping.container_id != 0:
-            raise InvalidArgument(f"{field}.userns_options: the {kind} mapping must start at container ID 0")
-        if mapping.size == 0:
-            raise InvalidArgument(f"{field}.userns_options: the {kind} mapping has length 0")
-    return UserNamespace(uid_mappings=uids, gid_mappings=gids)
+    return UserNamespace(uid_mappings=id_mappings(userns.uids), gid_mappings=id_mappings(userns.gids))
 
 
 def resources(res: api_pb2.LinuxContainerResources | None) -> Resources | None:
@@ -182,30 +136,10 @@ def user_spec(sc: api_pb2.LinuxContainerSecurityContext, image_user: str, field:
     return UserSpec(image_user=image_user, supplemental_groups=groups, policy=policy)
 
 
-def bind_mount(mount: api_pb2.Mount, field: str, *, rro_supported: bool, handler: str) -> Mount:
-    """A host-path mount; a host path that is a symlink is resolved (as the kubelet expects)."""
-    if not mount.container_path:
-        raise InvalidArgument(f"{field}.container_path is empty")
-    if not mount.host_path:
-        raise InvalidArgument(f"{field}.host_path is empty for {mount.container_path!r}")
-    propagation = PROPAGATION.get(mount.propagation)
-    if propagation is None:
-        raise InvalidArgument(f"{field}.propagation {mount.propagation} is unknown")
-    if mount.recursive_read_only:
-        if not mount.readonly:
-            raise InvalidArgument(f"{field}: recursive_read_only needs readonly=true ({mount.container_path!r})")
-        if propagation != "private":
-            raise InvalidArgument(
-                f"{field}: recursive_read_only needs PROPAGATION_PRIVATE, not {propagation} ({mount.container_path!r})"
-            )
-        if not rro_supported:
-            raise InvalidArgument(
-                f"{field}: runtime handler {handler!r} does not support recursive read-only mounts "
-                f"({mount.container_path!r}); use a handler whose Status advertises them"
-            )
-    host_path = mount.host_path
-    if os.path.islink(host_path):
-        host_path = os.path.realpath(host_path)
+def bind_mount(mount: api_pb2.Mount, field: str, *, features: RuntimeFeatures, handler: str) -> Mount:
+    """A host-path mount; its source with every symlink resolved (as the kubelet expects)."""
+    validate.bind_mount(mount, field, features=features, handler=handler)
+    host_path = os.path.realpath(mount.host_path)
     if not os.path.exists(host_path):
         raise InvalidArgument(f"{field}: host path {mount.host_path!r} does not exist")
     return Mount(
@@ -213,7 +147,7 @@ def bind_mount(mount: api_pb2.Mount, field: str, *, rro_supported: bool, handler
         host_path=host_path,
         readonly=mount.readonly,
         recursive_readonly=mount.recursive_read_only,
-        propagation=propagation,  # type: ignore[arg-type]
+        propagation=PROPAGATION[mount.propagation],
         uid_mappings=id_mappings(mount.uidMappings),
         gid_mappings=id_mappings(mount.gidMappings),
         options=tuple(mount.mount_options),
@@ -221,11 +155,11 @@ def bind_mount(mount: api_pb2.Mount, field: str, *, rro_supported: bool, handler
 
 
 def device(dev: api_pb2.Device, field: str) -> Device:
-    if not dev.host_path:
-        raise InvalidArgument(f"{field}.host_path is empty")
+    validate.device(dev, field)
     if not os.path.exists(dev.host_path):
         raise InvalidArgument(f"{field}: host device {dev.host_path!r} does not exist")
-    permissions = dev.permissions or "rwm"
-    if set(permissions) - set("rwm"):
-        raise InvalidArgument(f"{field}.permissions {permissions!r} may only hold r, w and m")
-    return Device(host_path=dev.host_path, container_path=dev.container_path or dev.host_path, permissions=permissions)
+    return Device(
+        host_path=dev.host_path,
+        container_path=dev.container_path or dev.host_path,
+        permissions=dev.permissions or "rwm",
+    )

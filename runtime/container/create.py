@@ -19,7 +19,7 @@ from crishim.images import errors as image_errors
 from crishim.oci import cdi
 from crishim.oci.inputs import ContainerSpecInput, Mount, NamespaceMode
 from crishim.oci.spec import build_container_spec
-from crishim.runtime import convert
+from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
@@ -33,15 +33,6 @@ from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, SANDBOX_READY, ContainerMeta, SandboxMeta
 
 log = logging.getLogger("crishim.container")
-
-
-def validate_container_config(config: api_pb2.ContainerConfig) -> None:
-    if not config.HasField("metadata") or not config.metadata.name:
-        raise InvalidArgument("config.metadata.name is empty: every container needs a name")
-    if "/" in config.metadata.name:
-        raise InvalidArgument("config.metadata.name must not contain '/'")
-    if not config.HasField("image") or not config.image.image:
-        raise InvalidArgument("config.image.image is empty: name the image to run")
 
 
 def image_args(config: api_pb2.ContainerConfig, image_cfg: dict[str, Any]) -> tuple[str, ...]:
@@ -75,7 +66,7 @@ def merged_env(config: api_pb2.ContainerConfig, image_cfg: dict[str, Any]) -> tu
 async def create_container(
     svc: Services, sandbox_id: str, config: api_pb2.ContainerConfig, sandbox_config: api_pb2.PodSandboxConfig
 ) -> str:
-    validate_container_config(config)
+    validate.container_config(config)
     sandbox = svc.state.get_sandbox(sandbox_id)
     if sandbox.state != SANDBOX_READY:
         raise FailedPrecondition(
@@ -122,6 +113,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
 
         mounts: list[Mount] = list(pod_mounts(sandbox, config))
         image_volume_paths: list[str] = []
+        validate.mount_paths(config.mounts, "config.mounts")
         for i, m in enumerate(config.mounts):
             where = f"config.mounts[{i}]"
             if m.HasField("image") and m.image.image:
@@ -129,9 +121,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
                 undo.callback(volumes.unmount_image_volume, svc, Path(mount.host_path))
                 image_volume_paths.append(mount.host_path)
             else:
-                mount = convert.bind_mount(
-                    m, where, rro_supported=handler.features.recursive_read_only, handler=handler.name
-                )
+                mount = convert.bind_mount(m, where, features=handler.features, handler=handler.name)
             mounts = [x for x in mounts if x.container_path != mount.container_path] + [mount]
 
         target_pid = None
@@ -146,8 +136,7 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
             target_pid = target.pid
 
         privileged = sc.privileged
-        if privileged and not pod_config.linux.security_context.privileged:
-            raise InvalidArgument(f"{field}.privileged needs a privileged pod sandbox")
+        validate.privileged(sc, pod_config.linux.security_context.privileged, userns is not None, field)
         log_path = ""
         if sandbox.log_directory and config.log_path:
             log_path = str(Path(sandbox.log_directory) / config.log_path)
@@ -190,7 +179,6 @@ async def _create(svc: Services, sandbox: SandboxMeta, config: api_pb2.Container
                 sc.apparmor if sc.HasField("apparmor") else None, sc.apparmor_profile, field
             ),
             features=handler.features,
-            handler=handler.name,
         )
         spec = build_container_spec(spec_input)
         cdi_names = [d.name for d in config.CDI_devices] + cdi.names_from_annotations(config.annotations)

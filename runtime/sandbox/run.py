@@ -17,9 +17,9 @@ from pathlib import Path
 
 from crishim.cri_api import api_pb2
 from crishim.oci.inputs import NamespaceMode, SandboxSpecInput
-from crishim.runtime import convert
+from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
-from crishim.runtime.errors import AlreadyExists, InvalidArgument
+from crishim.runtime.errors import AlreadyExists
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.oom import clamp_and_log
@@ -34,19 +34,8 @@ log = logging.getLogger("crishim.sandbox")
 SANDBOX_OOM_SCORE_ADJ = -998
 
 
-def validate_sandbox_config(config: api_pb2.PodSandboxConfig) -> None:
-    if not config.HasField("metadata"):
-        raise InvalidArgument("config.metadata is required (name, uid, namespace, attempt)")
-    md = config.metadata
-    if not md.name:
-        raise InvalidArgument("config.metadata.name is empty")
-    for key in ("name", "namespace", "uid"):
-        if "/" in getattr(md, key) or "\x00" in getattr(md, key):
-            raise InvalidArgument(f"config.metadata.{key} must not contain '/' or NUL")
-
-
 async def run_pod_sandbox(svc: Services, config: api_pb2.PodSandboxConfig, runtime_handler: str) -> str:
-    validate_sandbox_config(config)
+    validate.sandbox_config(config)
     handler = svc.handler(runtime_handler)
     md = config.metadata
     name_key = sandbox_name_key(md.name, md.namespace, md.uid, md.attempt)
@@ -68,12 +57,13 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
     ns = sc.namespace_options
     host_network = ns.network == api_pb2.NODE
     host_ipc = ns.ipc == api_pb2.NODE
-    sysctls = convert.check_sysctls(
+    validate.sandbox_ipc_mode(ns, "config.linux.security_context.namespace_options")
+    sysctls = validate.sysctls(
         linux.sysctls, host_network=host_network, host_ipc=host_ipc, field="config.linux.sysctls"
     )
     userns = convert.user_namespace(ns, "config.linux.security_context.namespace_options")
-    if userns is not None and not handler.features.user_namespaces:
-        raise InvalidArgument(f"runtime handler {handler.name!r} does not support user namespaces")
+    if userns is not None:
+        validate.user_namespace_support(handler.features, handler.name)
     seccomp = convert.seccomp_profile(
         sc.seccomp if sc.HasField("seccomp") else None, sc.seccomp_profile_path, "config.linux.security_context"
     )
@@ -149,8 +139,6 @@ async def _create(svc: Services, config: api_pb2.PodSandboxConfig, handler_name:
             annotations=dict(config.annotations),
             resources=convert.resources(linux.resources) if linux.HasField("resources") else None,
             seccomp=seccomp,
-            features=handler.features,
-            handler=handler.name,
         )
         spec = infra.build_spec(spec_input)
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))

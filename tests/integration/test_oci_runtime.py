@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from crishim.oci import conmon
-from crishim.oci.errors import DeadlineExceeded, InvalidArgument, RuntimeCommandError
+from crishim.oci.errors import DeadlineExceeded, RuntimeCommandError
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.inputs import ContainerSpecInput, IdMapping, Mount, NamespaceMode, Resources, UserNamespace
 from crishim.oci.runtime import OciRuntime, become_subreaper, reap
@@ -112,7 +112,6 @@ class Launcher:
             pid_mode=NamespaceMode.CONTAINER,
             ipc_mode=NamespaceMode.CONTAINER,
             cgroups_path=f"/{CGROUP_PARENT}/{cid}",
-            handler=rt.name,
         )
         return replace(base, **kw)
 
@@ -338,22 +337,6 @@ async def test_recursive_readonly_mount_covers_submounts(
         assert lines == ["refused"]
     finally:
         run_cmd("umount", str(src / "sub"))
-
-
-def test_recursive_readonly_rejected_when_handler_lacks_it(rootfs: Path) -> None:
-    inp = ContainerSpecInput(
-        id="x",
-        rootfs=str(rootfs),
-        args=("sh",),
-        handler="old-runc",
-        network_mode=NamespaceMode.CONTAINER,
-        pid_mode=NamespaceMode.CONTAINER,
-        ipc_mode=NamespaceMode.CONTAINER,
-        features=RuntimeFeatures(recursive_read_only=False),
-        mounts=(Mount("/data", "/tmp", readonly=True, recursive_readonly=True),),
-    )
-    with pytest.raises(InvalidArgument, match="old-runc"):
-        build_container_spec(inp)
 
 
 async def test_user_namespace_with_idmapped_volume_on_crun(launcher: Launcher, tmp_path: Path) -> None:

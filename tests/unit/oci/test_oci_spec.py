@@ -148,61 +148,51 @@ def test_ambient_capabilities_are_inheritable(rootfs: Path) -> None:
     assert caps["ambient"] == caps["inheritable"] == ["CAP_NET_BIND_SERVICE"]
 
 
-def test_mount_options_and_rro_rules(rootfs: Path, tmp_path: Path) -> None:
-    link = tmp_path / "link"
-    link.symlink_to(rootfs / "etc")
+def test_mount_options_follow_the_checked_input(rootfs: Path) -> None:
+    # The source is used as given: runtime/convert.py resolved symlinks and checked the rules.
     feats = RuntimeFeatures(recursive_read_only=True, idmap_mounts=True)
     spec = build_container_spec(
         cinput(
             rootfs,
             features=feats,
             mounts=(
-                Mount("/a", str(link), readonly=True, propagation="rslave"),
+                Mount("/a", "/host/a", readonly=True, propagation="rslave"),
                 Mount("/b", str(rootfs), readonly=True, recursive_readonly=True),
+                Mount("/c", "/host/c", propagation="rshared", options=("nosuid",)),
             ),
         )
     )
     by_dest = {m["destination"]: m for m in spec["mounts"]}
-    assert by_dest["/a"]["source"] == str(rootfs / "etc")
+    assert by_dest["/a"]["source"] == "/host/a"
     assert by_dest["/a"]["options"] == ["rbind", "rslave", "ro"]
     assert by_dest["/b"]["options"] == ["rbind", "rprivate", "rro"]
-    with pytest.raises(InvalidArgument, match="readonly"):
-        build_container_spec(cinput(rootfs, features=feats, mounts=(Mount("/b", "/x", recursive_readonly=True),)))
-    with pytest.raises(InvalidArgument, match="propagation"):
-        build_container_spec(
-            cinput(
-                rootfs,
-                features=feats,
-                mounts=(Mount("/b", "/x", readonly=True, recursive_readonly=True, propagation="rshared"),),
-            )
-        )
+    assert by_dest["/c"]["options"] == ["rbind", "rshared", "nosuid"]
+    assert spec["linux"]["rootfsPropagation"] == "rshared"
 
 
-def test_user_namespace_rules_and_idmapped_mounts(rootfs: Path) -> None:
+def test_user_namespace_and_idmapped_mounts(rootfs: Path) -> None:
     m = (IdMapping(0, 100000, 65536),)
     feats = RuntimeFeatures(idmap_mounts=True)
     spec = build_container_spec(
         cinput(rootfs, userns=UserNamespace(m, m), features=feats, mounts=(Mount("/v", str(rootfs)),))
     )
     assert ns(spec)["user"] == "/proc/4242/ns/user"
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
     vol = next(x for x in spec["mounts"] if x["destination"] == "/v")
     assert vol["uidMappings"] == [{"containerID": 0, "hostID": 100000, "size": 65536}]
     assert "idmap" in vol["options"]
-    with pytest.raises(InvalidArgument, match="container ID 0"):
-        build_container_spec(cinput(rootfs, userns=UserNamespace((IdMapping(1, 100000, 10),), m)))
-    with pytest.raises(InvalidArgument, match="exactly one"):
-        build_container_spec(cinput(rootfs, userns=UserNamespace(m + m, m)))
-    with pytest.raises(InvalidArgument, match="idmapped"):
-        build_container_spec(cinput(rootfs, mounts=(Mount("/v", "/tmp", uid_mappings=m, gid_mappings=m),)))
+    # Without idmapped mounts in the handler, volumes stay as they are.
+    plain = build_container_spec(cinput(rootfs, userns=UserNamespace(m, m), mounts=(Mount("/v", str(rootfs)),)))
+    vol = next(x for x in plain["mounts"] if x["destination"] == "/v")
+    assert "uidMappings" not in vol
 
 
-def test_sysctls_only_namespaced(rootfs: Path) -> None:
-    spec = build_container_spec(cinput(rootfs, sysctls={"net.ipv4.ip_forward": "1"}))
+def test_sysctls_and_oom_score_adj_are_written_as_given(rootfs: Path) -> None:
+    # runtime/validate.py decided which sysctls a pod may set, runtime/oom.py clamped the score.
+    spec = build_container_spec(cinput(rootfs, sysctls={"net.ipv4.ip_forward": "1"}, oom_score_adj=-999))
     assert spec["linux"]["sysctl"] == {"net.ipv4.ip_forward": "1"}
-    with pytest.raises(InvalidArgument, match="not namespaced"):
-        build_container_spec(cinput(rootfs, sysctls={"vm.swappiness": "1"}))
-    with pytest.raises(InvalidArgument, match="host network"):
-        build_container_spec(cinput(rootfs, network_mode=NamespaceMode.NODE, sysctls={"net.core.somaxconn": "1"}))
+    assert spec["process"]["oomScoreAdj"] == -999
+    assert "oomScoreAdj" not in build_container_spec(cinput(rootfs))["process"]
 
 
 def test_resources_and_devices(rootfs: Path) -> None:
@@ -251,7 +241,7 @@ def test_sandbox_spec(tmp_path: Path) -> None:
     assert ns(spec) == {"network": "/run/netns/x", "ipc": None, "uts": None, "pid": None, "mount": None}
     assert spec["hostname"] == "pod-a"
     assert spec["root"]["readonly"] is True
-    assert spec["process"]["oomScoreAdj"] == clamp_oom_score_adj(-998)
+    assert spec["process"]["oomScoreAdj"] == -998
     shm = next(m for m in spec["mounts"] if m["destination"] == "/dev/shm")
     assert shm["source"] == "/run/shm/s"
     assert shm["type"] == "bind"

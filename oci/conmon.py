@@ -1,4 +1,4 @@
-"""Launching conmon, the per-container monitor, and reading what it leaves behind.
+"""Launching conmon, the per-container monitor, and everything it reads and leaves behind.
 
 conmon runs `<runtime> create`, holds the container's stdio, writes CRI-format
 logs (k8s-file driver), serves the attach socket and writes the exit code to
@@ -12,21 +12,37 @@ after the container's exit is seen.
 The container PID (or runc's error) comes back on the sync pipe whose fd
 number conmon reads from $_OCI_SYNCPIPE: one JSON line, {"data": PID} or
 {"data": -1, "message": "..."} with --api-version 1.
+
+This module is the one place that knows conmon's command line and its files:
+in the bundle (pid files, its own log, the attach socket, the control FIFO, the
+oom marker), the exit file in the exit directory and its directory under the
+socket directory. runtime/ asks for them by bundle or container ID.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DeadlineExceeded, Internal, InvalidArgument, RuntimeCommandError, Unavailable
+from .runtime import OciRuntime, read_pid
 
 DEFAULT_LOG_SIZE_MAX = -1  # conmon: no limit; the kubelet rotates logs
+CONMON_LOG_TAIL = 4096  # of conmon's own log, quoted when it reports no PID
+# conmon's control FIFO takes "TYPE ARG1 ARG2\n" lines.
+_CTL_RESIZE = 1
+_CTL_REOPEN_LOG = 2
+# On the attach socket conmon prefixes each buffer with the pipe it came from,
+# and reads at most one buffer per SEQPACKET message from the client.
+ATTACH_PIPE_STDOUT = 2
+ATTACH_PIPE_STDERR = 3
+ATTACH_MAX_PACKET = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,83 +51,159 @@ class ConmonResult:
     conmon_pid: int
 
 
+@dataclass(frozen=True, slots=True)
+class ConmonLaunch:
+    """One container for conmon to create and watch; `name` defaults to `cid`."""
+
+    cid: str
+    bundle: Path
+    log_path: Path
+    exit_dir: Path
+    socket_dir: Path
+    name: str = ""
+    stdin: bool = False
+    tty: bool = False
+    # CRI stdin_once=false: a client leaving attach must not close the container's stdin.
+    leave_stdin_open: bool = False
+    log_size_max: int = DEFAULT_LOG_SIZE_MAX
+    log_level: str = "info"
+
+
+# ---------------------------------------------------------------- files
+
+
+def pid_file(bundle: Path) -> Path:
+    """Where the runtime writes the container's init PID."""
+    return Path(bundle) / "pidfile"
+
+
+def conmon_pid_file(bundle: Path) -> Path:
+    return Path(bundle) / "conmon.pid"
+
+
+def conmon_log_file(bundle: Path) -> Path:
+    """conmon's own diagnostics (not the container's log)."""
+    return Path(bundle) / "conmon.log"
+
+
 def attach_socket_path(bundle: Path) -> Path:
     """With --full-attach conmon listens on <bundle>/attach (no sun_path truncation)."""
     return Path(bundle) / "attach"
+
+
+def ctl_fifo_path(bundle: Path) -> Path:
+    return Path(bundle) / "ctl"
+
+
+def read_conmon_pid(bundle: Path) -> int | None:
+    return read_pid(conmon_pid_file(bundle))
+
+
+def oom_reported(bundle: Path) -> bool:
+    """conmon leaves an `oom` file (`.oom` in some versions) when it saw the cgroup's OOM event."""
+    return any((Path(bundle) / name).exists() for name in ("oom", ".oom"))
 
 
 def exit_file_path(exit_dir: Path, cid: str) -> Path:
     return Path(exit_dir) / cid
 
 
-def read_exit_code(path: Path) -> int | None:
-    """The exit code conmon wrote, or None while the container has not exited."""
+def exit_file_ids(exit_dir: Path) -> list[str]:
+    """The container IDs that have an exit file."""
+    return [path.name for path in Path(exit_dir).glob("*")]
+
+
+def read_exit(exit_dir: Path, cid: str) -> tuple[int, int] | None:
+    """(exit code, finish time in ns) from conmon's exit file; None while there is none.
+
+    A file that does not hold a number counts as none: the monitor died before writing it.
+    """
+    path = exit_file_path(exit_dir, cid)
     try:
-        text = Path(path).read_text().strip()
+        text = path.read_text().strip()
+        mtime = path.stat().st_mtime_ns
     except FileNotFoundError:
         return None
     try:
-        return int(text)
-    except ValueError as e:
-        raise Internal(f"conmon exit file {path} holds {text!r}, not an exit code") from e
+        return int(text), mtime
+    except ValueError:
+        return None
+
+
+def remove_leftovers(exit_dir: Path, socket_dir: Path, cid: str) -> None:
+    """Blocking: the exit file and the socket directory conmon made for `cid` (the bundle's files
+    go with the bundle)."""
+    exit_file_path(exit_dir, cid).unlink(missing_ok=True)
+    shutil.rmtree(Path(socket_dir) / cid, True)
+
+
+def is_conmon_of(pid: int, cid: str) -> bool:
+    """`pid` is still the conmon watching `cid` (not a recycled pid)."""
+    if pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and cmdline[0].endswith(b"conmon") and cid.encode() in cmdline
+
+
+# ---------------------------------------------------------------- control FIFO
 
 
 def _write_ctl(ctl_fifo: Path, line: str) -> None:
-    # O_NONBLOCK: fail at once (ENXIO) when no conmon holds the FIFO open
-    # rather than hanging on a dead container.
-    try:
-        fd = os.open(ctl_fifo, os.O_WRONLY | os.O_NONBLOCK)
-    except FileNotFoundError as e:
-        raise InvalidArgument(f"no conmon control FIFO at {ctl_fifo}: the container has no monitor") from e
-    except OSError as e:
-        raise Internal(f"conmon is not listening on {ctl_fifo}: {e.strerror}") from e
+    """FileNotFoundError without a FIFO; ENXIO when no conmon holds it open.
+
+    O_NONBLOCK: fail at once rather than hang on a dead container.
+    """
+    fd = os.open(ctl_fifo, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         os.write(fd, line.encode())
     finally:
         os.close(fd)
 
 
-async def reopen_log(ctl_fifo: Path) -> None:
+async def reopen_log(bundle: Path) -> None:
     """Ask conmon to reopen its log file (after the kubelet rotated it)."""
-    await asyncio.to_thread(_write_ctl, Path(ctl_fifo), "2 0 0\n")
+    ctl = ctl_fifo_path(bundle)
+    try:
+        await asyncio.to_thread(_write_ctl, ctl, f"{_CTL_REOPEN_LOG} 0 0\n")
+    except FileNotFoundError as e:
+        raise InvalidArgument(f"no conmon control FIFO at {ctl}: the container has no monitor") from e
+    except OSError as e:
+        raise Internal(f"conmon is not listening on {ctl}: {e.strerror}") from e
 
 
-def build_args(
-    *,
-    conmon_path: str,
-    cid: str,
-    name: str,
-    runtime_path: str,
-    runtime_root: Path,
-    bundle: Path,
-    pid_file: Path,
-    log_path: Path,
-    exit_dir: Path,
-    socket_dir: Path,
-    conmon_pid_file: Path,
-    stdin: bool = False,
-    tty: bool = False,
-    log_size_max: int = DEFAULT_LOG_SIZE_MAX,
-    log_level: str = "info",
-    leave_stdin_open: bool = False,
-    runtime_args: tuple[str, ...] = (),
-) -> list[str]:
+def resize_terminal(bundle: Path, width: int, height: int) -> None:
+    """Blocking: sets the size of the container's terminal; a conmon already gone is fine."""
+    try:
+        _write_ctl(ctl_fifo_path(bundle), f"{_CTL_RESIZE} {height} {width}\n")
+    except OSError as exc:
+        if exc.errno not in (errno.ENXIO, errno.ENOENT):
+            raise
+
+
+# ---------------------------------------------------------------- launching
+
+
+def build_args(conmon_path: str, runtime_command: Sequence[str], launch: ConmonLaunch) -> list[str]:
+    """conmon's command line; `runtime_command` is the runtime's path and its global options."""
+    runtime_path, *runtime_args = runtime_command
+    bundle = launch.bundle
     args = [
         conmon_path, "--api-version", "1",
-        "-c", cid, "-n", name, "-u", cid,
-        "-r", runtime_path, "--runtime-arg", f"--root={runtime_root}",
-        *(arg for extra in runtime_args for arg in ("--runtime-arg", extra)),
-        "-b", str(bundle), "-p", str(pid_file), "-P", str(conmon_pid_file),
-        "-l", f"k8s-file:{log_path}", "--log-size-max", str(log_size_max),
-        "--exit-dir", str(exit_dir), "--socket-dir-path", str(socket_dir), "--full-attach",
-        "--log-level", log_level,
+        "-c", launch.cid, "-n", launch.name or launch.cid, "-u", launch.cid,
+        "-r", runtime_path, *(arg for option in runtime_args for arg in ("--runtime-arg", option)),
+        "-b", str(bundle), "-p", str(pid_file(bundle)), "-P", str(conmon_pid_file(bundle)),
+        "-l", f"k8s-file:{launch.log_path}", "--log-size-max", str(launch.log_size_max),
+        "--exit-dir", str(launch.exit_dir), "--socket-dir-path", str(launch.socket_dir), "--full-attach",
+        "--log-level", launch.log_level,
     ]  # fmt: skip
-    if stdin:
+    if launch.stdin:
         args.append("-i")
-    if leave_stdin_open:
-        # CRI stdin_once=false: a client leaving attach must not close the container's stdin.
+    if launch.leave_stdin_open:
         args.append("--leave-stdin-open")
-    if tty:
+    if launch.tty:
         args.append("-t")
     return args
 
@@ -132,22 +224,11 @@ def conmon_scope(cid: str) -> str:
 
 
 async def launch_container(
+    runtime: OciRuntime,
+    launch: ConmonLaunch,
     *,
-    cid: str,
-    name: str,
-    runtime_path: str,
-    runtime_root: Path,
-    bundle: Path,
-    log_path: Path,
-    exit_dir: Path,
-    socket_dir: Path,
-    stdin: bool = False,
-    tty: bool = False,
-    log_size_max: int = DEFAULT_LOG_SIZE_MAX,
     conmon_path: str = "conmon",
     time_limit: float = 60.0,
-    leave_stdin_open: bool = False,
-    runtime_args: tuple[str, ...] = (),
     systemd_slice: str | None = None,
 ) -> ConmonResult:
     """Start conmon, which runs `<runtime> create`; return the container and conmon PIDs.
@@ -159,27 +240,29 @@ async def launch_container(
     exe = shutil.which(conmon_path)
     if exe is None:
         raise Unavailable(f"conmon not found at {conmon_path!r}: install the conmon package")
-    bundle, exit_dir, socket_dir = Path(bundle), Path(exit_dir), Path(socket_dir)
-    for d in (exit_dir, socket_dir, Path(log_path).parent):
+    for d in (launch.exit_dir, launch.socket_dir, launch.log_path.parent):
         d.mkdir(parents=True, exist_ok=True)
-    pid_file, conmon_pid_file = bundle / "pidfile", bundle / "conmon.pid"
-    args = build_args(
-        conmon_path=exe, cid=cid, name=name, runtime_path=runtime_path, runtime_root=runtime_root,
-        bundle=bundle, pid_file=pid_file, log_path=Path(log_path), exit_dir=exit_dir, socket_dir=socket_dir,
-        conmon_pid_file=conmon_pid_file, stdin=stdin, tty=tty, log_size_max=log_size_max,
-        leave_stdin_open=leave_stdin_open, runtime_args=runtime_args,
-    )  # fmt: skip
+    args = build_args(exe, runtime.base_args(), launch)
     if systemd_slice:
-        args = scope_args(cid, systemd_slice) + args
-    conmon_log = bundle / "conmon.log"
+        args = scope_args(launch.cid, systemd_slice) + args
+    line = await _run_until_synced(args, launch, time_limit)
+    pid, message = _parse_sync(line, await asyncio.to_thread(_log_tail, conmon_log_file(launch.bundle)))
+    if pid <= 0:
+        raise RuntimeCommandError(f"creating container {launch.cid} failed: {message}", returncode=1, stderr=message)
+    conmon_pid = await asyncio.to_thread(read_conmon_pid, launch.bundle)
+    return ConmonResult(pid=pid, conmon_pid=conmon_pid or 0)
+
+
+async def _run_until_synced(args: list[str], launch: ConmonLaunch, time_limit: float) -> bytes:
+    """Spawns conmon and returns the line it wrote on the sync pipe (b"" if it wrote none)."""
     # conmon's own diagnostics go to a file: a pipe would be held open by
     # the daemonized monitor for the container's whole life.
-    log_fd = os.open(conmon_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    log_fd = os.open(conmon_log_file(launch.bundle), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     rfd, wfd = os.pipe()
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "_OCI_SYNCPIPE": str(wfd)}
         proc = await asyncio.create_subprocess_exec(
-            *args, env=env, pass_fds=(wfd,), start_new_session=True, cwd=str(bundle),
+            *args, env=env, pass_fds=(wfd,), start_new_session=True, cwd=str(launch.bundle),
             stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
         )  # fmt: skip
     except BaseException:
@@ -192,16 +275,12 @@ async def launch_container(
     try:
         line = await asyncio.wait_for(asyncio.to_thread(_read_sync_line, rfd), time_limit)
     except TimeoutError:
-        raise DeadlineExceeded(f"conmon for {cid} reported nothing within {time_limit}s") from None
+        raise DeadlineExceeded(f"conmon for {launch.cid} reported nothing within {time_limit}s") from None
     finally:
         os.close(rfd)
     # The launched parent exits right after forking the monitor.
     await proc.wait()
-    pid, message = _parse_sync(line, await asyncio.to_thread(_read_text, conmon_log))
-    if pid <= 0:
-        raise RuntimeCommandError(f"creating container {cid} failed: {message}", returncode=1, stderr=message)
-    conmon_pid = await asyncio.to_thread(_read_int_file, conmon_pid_file)
-    return ConmonResult(pid=pid, conmon_pid=conmon_pid or 0)
+    return line
 
 
 def _read_sync_line(fd: int) -> bytes:
@@ -225,14 +304,8 @@ def _parse_sync(line: bytes, conmon_stderr: str) -> tuple[int, str]:
     return pid, str(msg.get("message") or "").strip()
 
 
-def _read_text(path: Path) -> str:
+def _log_tail(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")[-4096:]
+        return path.read_text(errors="replace")[-CONMON_LOG_TAIL:]
     except OSError:
         return ""
-
-
-def _read_int_file(path: Path) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(path.read_text().strip())
-    return None

@@ -121,10 +121,10 @@ class OciRuntime:
         self._features_lock = asyncio.Lock()
 
     def global_args(self) -> list[str]:
-        """The runtime's options before the command, for the commands run from here.
+        """The runtime's options before the command (its state root, its cgroup driver).
 
-        conmon (oci/conmon.py) and the exec backend pass the same --root and
-        --systemd-cgroup themselves, from `root` and `systemd_cgroup`.
+        Built here only: every way of running the runtime starts from `base_args()`,
+        the commands run from here, conmon's `--runtime-arg`s and the streaming exec.
         """
         return ["--root", str(self.root)] + (["--systemd-cgroup"] if self.systemd_cgroup else [])
 
@@ -221,6 +221,14 @@ class OciRuntime:
         items: list[dict[str, Any]] = json.loads(out or b"[]") or []
         return items
 
+    def exec_command(self, cid: str, cmd: Sequence[str], *, tty: bool) -> list[str]:
+        """The command line of an interactive exec; the caller runs it on its own pipes or pty.
+
+        runc and crun take the process environment, cwd and user from the container's
+        own spec when given only the arguments, as `kubectl exec` expects.
+        """
+        return [*self.base_args(), "exec", *(["--tty"] if tty else []), cid, *cmd]
+
     async def exec(
         self,
         cid: str,
@@ -277,6 +285,18 @@ class OciRuntime:
         if rc != 0 and b"does not exist" in err and not out:
             raise NotFound(f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})")
         return ExecResult(rc if rc >= 0 else 128 - rc, out, err, out_t, err_t)
+
+    def remove_unloadable_state(self, cid: str) -> bool:
+        """Blocking: removes the state directory of `cid` if the runtime can no longer load it.
+
+        A delete racing another can leave it half removed, without crun's config.json or
+        runc's state.json; every later command then fails on it. True if it was removed.
+        """
+        state_dir = self.root / cid
+        if not state_dir.is_dir() or any((state_dir / f).exists() for f in ("config.json", "state.json")):
+            return False
+        shutil.rmtree(state_dir, True)
+        return True
 
     def _tmp_dir(self) -> str:
         self.root.mkdir(parents=True, exist_ok=True)

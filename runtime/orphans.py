@@ -13,6 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from crishim.oci import conmon
 from crishim.oci.mounttable import mount_points
 from crishim.runtime.container import launch as launching
 from crishim.runtime.mounts import unmount
@@ -67,8 +68,8 @@ async def collect_orphans(svc: Services) -> None:
     # Pins and CNI cache entries no record names: DEL from the cache frees their IPs.
     removed += len(await svc.network.collect_orphans(known_sandboxes))
 
-    for exit_file in svc.config.exits_dir.glob("*"):
-        if exit_file.name not in known:
-            exit_file.unlink(missing_ok=True)
+    for object_id in conmon.exit_file_ids(svc.config.exits_dir):
+        if object_id not in known:
+            conmon.exit_file_path(svc.config.exits_dir, object_id).unlink(missing_ok=True)
     if removed:
         log.warning("removed %d objects a crash left half-made", removed)

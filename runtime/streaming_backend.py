@@ -2,64 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.services import Services
-from crishim.runtime.state.records import CONTAINER_RUNNING
+from crishim.runtime.state.records import CONTAINER_RUNNING, ContainerMeta
 from crishim.runtime.streaming import backends
-from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams
 
 
 class RuntimeStreamBackend:
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
-    async def exec(
-        self,
-        container_id: str,
-        cmd: list[str],
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> int:
+    def _running(self, container_id: str) -> ContainerMeta:
         meta = self.svc.state.get_container(container_id)
         if meta.state != CONTAINER_RUNNING:
             raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING")
-        runtime = self.svc.handler(meta.runtime_handler).runtime
-        code: int = await backends.exec_with_runtime(
-            runtime.path,
-            str(runtime.root),
-            container_id,
-            cmd,
-            tty,
-            stdin,
-            stdout,
-            stderr,
-            resize,
-            runtime_args=["--systemd-cgroup"] if runtime.systemd_cgroup else [],
-        )
-        return code
+        return meta
 
-    async def attach(
-        self,
-        container_id: str,
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> None:
-        meta = self.svc.state.get_container(container_id)
-        if meta.state != CONTAINER_RUNNING:
-            raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING")
-        bundle = Path(meta.bundle)
-        await backends.attach_via_conmon(
-            str(bundle / "attach"), str(bundle / "ctl"), tty, stdin, stdout, stderr, resize
-        )
+    async def exec(self, container_id: str, cmd: list[str], streams: SessionStreams) -> int:
+        meta = self._running(container_id)
+        runtime = self.svc.handler(meta.runtime_handler).runtime
+        return await backends.exec_with_runtime(runtime, container_id, cmd, streams)
+
+    async def attach(self, container_id: str, streams: SessionStreams) -> None:
+        await backends.attach_via_conmon(Path(self._running(container_id).bundle), streams)
 
     async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None:
         sandbox = self.svc.state.get_sandbox(sandbox_id)

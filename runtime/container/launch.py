@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 
 from crishim.cgroups.errors import CgroupError
@@ -13,7 +12,7 @@ from crishim.cgroups.paths import to_fs
 from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon
 from crishim.oci import errors as oci_errors
-from crishim.oci.runtime import read_pid, reap
+from crishim.oci.runtime import reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
 
@@ -37,21 +36,21 @@ async def launch(
     Under the systemd driver conmon gets a scope in the slice of the container's
     cgroups path (`slice:prefix:id`).
     """
-    return await conmon.launch_container(
+    launch_request = conmon.ConmonLaunch(
         cid=object_id,
-        name=object_id,
-        runtime_path=handler.runtime.path,
-        runtime_root=handler.runtime.root,
         bundle=bundle,
         log_path=log_path,
         exit_dir=svc.config.exits_dir,
         socket_dir=svc.config.attach_dir,
         stdin=stdin,
         tty=tty,
-        log_size_max=svc.config.log_size_max,
-        conmon_path=svc.config.conmon,
         leave_stdin_open=stdin and not stdin_once,
-        runtime_args=("--systemd-cgroup",) if handler.runtime.systemd_cgroup else (),
+        log_size_max=svc.config.log_size_max,
+    )
+    return await conmon.launch_container(
+        handler.runtime,
+        launch_request,
+        conmon_path=svc.config.conmon,
         systemd_slice=cgroups_path.split(":", 1)[0] if handler.runtime.systemd_cgroup else None,
     )
 
@@ -83,10 +82,8 @@ async def delete_state(handler: Handler, object_id: str) -> None:
             if attempt == 0:
                 await asyncio.sleep(0.2)
                 continue
-            state_dir = handler.runtime.root / object_id
-            if state_dir.is_dir() and not any((state_dir / f).exists() for f in ("config.json", "state.json")):
-                log.warning("%s left a half-deleted state for %s; removing it", handler.name, object_id[:13])
-                await asyncio.to_thread(shutil.rmtree, state_dir, True)
+            if await asyncio.to_thread(handler.runtime.remove_unloadable_state, object_id):
+                log.warning("%s left a half-deleted state for %s; removed it", handler.name, object_id[:13])
                 return
             raise
 
@@ -112,8 +109,8 @@ async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, st
         await delete_state(handler, object_id)
     else:
         await delete_quietly(handler, object_id)
-    conmon_pid = read_pid(Path(svc.config.root) / "sandboxes" / object_id / "conmon.pid") or read_pid(
-        Path(svc.config.root) / "containers" / object_id / "conmon.pid"
+    conmon_pid = conmon.read_conmon_pid(svc.sandbox_dir(object_id)) or conmon.read_conmon_pid(
+        svc.container_dir(object_id)
     )
     if conmon_pid:
         with contextlib.suppress(Exception):
@@ -135,8 +132,7 @@ async def oom_killed(svc: Services, meta: ContainerMeta) -> bool:
 
 
 def _oom_evidence(svc: Services, meta: ContainerMeta) -> str | None:
-    bundle = Path(meta.bundle)
-    if any((bundle / name).exists() for name in ("oom", ".oom")):
+    if conmon.oom_reported(Path(meta.bundle)):
         return "conmon's oom file"
     if not meta.cgroups_path:
         return None

@@ -27,7 +27,7 @@ async def reopen_container_log(svc: Services, container_id: str) -> None:
         raise FailedPrecondition(f"container {container_id} has no log path")
     path = Path(meta.log_path)
     await asyncio.to_thread(_remove_symlink, path)
-    await conmon.reopen_log(Path(meta.bundle) / "ctl")
+    await conmon.reopen_log(Path(meta.bundle))
     deadline = asyncio.get_running_loop().time() + REOPEN_WAIT_SECONDS
     while not await asyncio.to_thread(path.exists):
         if asyncio.get_running_loop().time() > deadline:

@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -109,11 +110,12 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-async def run_in(path: str, fn: Callable[..., T], *args: Any) -> T:
+async def run_in(path: str, fn: Callable[..., T], *args: Any, discard: Callable[[T], None] | None = None) -> T:
     """Run blocking `fn(*args)` inside the namespace at `path` without blocking the loop.
 
     Sockets opened by `fn` stay bound to that namespace after it returns,
-    which is how port-forward can dial the pod's localhost.
+    which is how port-forward can dial the pod's localhost. When the caller is
+    cancelled while `fn` runs, `discard` receives what it returns (a socket to close).
     """
     if not exists(path):
         raise NotFound(f"network namespace {path} does not exist or is not pinned")
@@ -122,7 +124,18 @@ async def run_in(path: str, fn: Callable[..., T], *args: Any) -> T:
         _setns(path)
         return fn(*args)
 
-    return await asyncio.wrap_future(_run_in_fresh_thread(inside))
+    future = _run_in_fresh_thread(inside)
+    try:
+        return await asyncio.wrap_future(future)
+    except asyncio.CancelledError:
+        if discard is not None:
+            future.add_done_callback(functools.partial(_discard_result, discard))
+        raise
+
+
+def _discard_result(discard: Callable[[T], None], future: concurrent.futures.Future[T]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        discard(future.result())
 
 
 def _make_dir_shared(netns_dir: str) -> None:

@@ -1,10 +1,12 @@
 """Reference implementations of the StreamBackend operations on real tools.
 
-- `exec_with_runtime`: `runc|crun --root ROOT exec`, on a pty of ours for TTY
-  sessions (the runtime relays its container terminal to it), plain pipes otherwise.
+- `exec_with_runtime`: `runc|crun exec` (OciRuntime.exec_command), on a pty of
+  ours for TTY sessions (the runtime relays its container terminal to it), plain
+  pipes otherwise.
 - `exec_on_host`: the same session handling for a command run directly on the
   host (a real pty or real pipes); useful for node-level debugging and tests.
-- `attach_via_conmon`: conmon's attach socket and control FIFO.
+- `attach_via_conmon`: conmon's attach socket and control FIFO (oci/conmon.py
+  names them and their framing).
 - `port_forward_in_netns`: a TCP connection to localhost inside a pod's network
   namespace.
 
@@ -16,90 +18,49 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import errno
 import logging
 import os
 import shutil
 import signal
 import socket
-import threading
 import tty as tty_mod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
+from crishim.oci import conmon
+from crishim.oci.runtime import OciRuntime
+from crishim.runtime.network import errors as network_errors
+from crishim.runtime.network import netns
 from crishim.runtime.streaming.errors import InvalidArgument, NotFound, Unavailable
 from crishim.runtime.streaming.fdio import FdReader, FdWriter, copy, set_winsize
-from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams, TerminalSize
 from crishim.runtime.streaming.terminal import resize_held_terminals
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT = 2.0
 KILL_GRACE = 2.0
-ATTACH_PIPE_STDOUT = 2  # conmon prefixes each buffer with the pipe it came from
-ATTACH_PIPE_STDERR = 3
-ATTACH_MAX_PACKET = 8192  # conmon reads at most one buffer per SEQPACKET message
-CLONE_NEWNET = 0x40000000
 SUN_PATH_MAX = 107
 
 
 # ---------------------------------------------------------------- exec
 
 
-async def exec_with_runtime(
-    runtime_path: str,
-    runtime_root: str,
-    container_id: str,
-    cmd: Sequence[str],
-    tty: bool,
-    stdin: ByteReader | None,
-    stdout: ByteWriter | None,
-    stderr: ByteWriter | None,
-    resize: AsyncIterator[TerminalSize],
-    *,
-    runtime_args: Sequence[str] = (),
-) -> int:
-    """Run `cmd` in a running container through the OCI runtime and return its exit code.
-
-    runc and crun take the process environment, cwd and user from the container's
-    own spec when given only the arguments, as `kubectl exec` expects.
-    """
+async def exec_with_runtime(runtime: OciRuntime, container_id: str, cmd: Sequence[str], streams: SessionStreams) -> int:
+    """Run `cmd` in a running container through the OCI runtime and return its exit code."""
     if not cmd:
         raise InvalidArgument("exec needs a command: cmd is empty")
-    base = [runtime_path, "--root", runtime_root, *runtime_args, "exec"]
-    if not tty:
-        proc = await asyncio.create_subprocess_exec(
-            *base,
-            container_id,
-            *cmd,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if stdout is not None else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE if stderr is not None else asyncio.subprocess.DEVNULL,
-        )
-        return await _supervise_pipes(proc, stdin, stdout, stderr, kill_group=False)
+    command = runtime.exec_command(container_id, cmd, tty=streams.tty)
+    if not streams.tty:
+        proc = await _spawn_with_pipes(command, streams)
+        return await _supervise_pipes(proc, streams, kill_group=False)
 
     # runc only hands the pty master to a console socket when it detaches, and a
     # detached exec's exit code is lost to us. So runc stays in the foreground on a
     # pty of ours: it allocates the container's terminal and relays it to our pty,
     # and on SIGWINCH copies our pty's size to the container's.
-    master, slave = os.openpty()
-    try:
-        tty_mod.setraw(slave)
-        proc = await asyncio.create_subprocess_exec(
-            *base,
-            "--tty",
-            container_id,
-            *cmd,
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            start_new_session=True,
-        )
-    except BaseException:
-        os.close(master)
-        raise
-    finally:
-        os.close(slave)
+    proc, master = await _spawn_on_pty(command, raw=True)
 
     async def relay_size(size: TerminalSize) -> None:
         # runc copies our pty's size to the container's terminal on SIGWINCH; crun
@@ -109,65 +70,63 @@ async def exec_with_runtime(
             proc.send_signal(signal.SIGWINCH)
         await asyncio.to_thread(resize_held_terminals, proc.pid, size)
 
-    return await _supervise_tty(proc, master, stdin, stdout, resize, kill_group=False, after_resize=relay_size)
+    return await _supervise_tty(proc, master, streams, kill_group=False, after_resize=relay_size)
 
 
 async def exec_on_host(
-    cmd: Sequence[str],
-    tty: bool,
-    stdin: ByteReader | None,
-    stdout: ByteWriter | None,
-    stderr: ByteWriter | None,
-    resize: AsyncIterator[TerminalSize],
-    *,
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
+    cmd: Sequence[str], streams: SessionStreams, *, env: dict[str, str] | None = None, cwd: str | None = None
 ) -> int:
     """Run `cmd` on the host itself, with a fresh pty when `tty`; returns the exit code."""
     if not cmd:
         raise InvalidArgument("exec needs a command: cmd is empty")
     if shutil.which(cmd[0]) is None and not os.access(cmd[0], os.X_OK):
         raise NotFound(f"executable {cmd[0]!r} not found on the host PATH")
-    if not tty:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE if stdout is not None else asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE if stderr is not None else asyncio.subprocess.DEVNULL,
-            start_new_session=True,
-            env=env,
-            cwd=cwd,
-        )
-        return await _supervise_pipes(proc, stdin, stdout, stderr, kill_group=True)
+    if not streams.tty:
+        proc = await _spawn_with_pipes(cmd, streams, start_new_session=True, env=env, cwd=cwd)
+        return await _supervise_pipes(proc, streams, kill_group=True)
+    proc, master = await _spawn_on_pty(cmd, env=env, cwd=cwd)
+    return await _supervise_tty(proc, master, streams, kill_group=True)
+
+
+async def _spawn_with_pipes(cmd: Sequence[str], streams: SessionStreams, **kwargs: Any) -> asyncio.subprocess.Process:
+    """A pipe for each stream the client opened; /dev/null for the others."""
+
+    def pipe_if(wanted: object) -> int:
+        return asyncio.subprocess.PIPE if wanted is not None else asyncio.subprocess.DEVNULL
+
+    return await asyncio.create_subprocess_exec(
+        *cmd, stdin=pipe_if(streams.stdin), stdout=pipe_if(streams.stdout), stderr=pipe_if(streams.stderr), **kwargs
+    )
+
+
+async def _spawn_on_pty(
+    cmd: Sequence[str], *, raw: bool = False, **kwargs: Any
+) -> tuple[asyncio.subprocess.Process, int]:
+    """The process in a session of its own on a new pty; returns it and the pty master."""
     master, slave = os.openpty()
     try:
+        if raw:
+            tty_mod.setraw(slave)
         proc = await asyncio.create_subprocess_exec(
-            *cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, env=env, cwd=cwd
+            *cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True, **kwargs
         )
     except BaseException:
         os.close(master)
         raise
     finally:
         os.close(slave)
-    return await _supervise_tty(proc, master, stdin, stdout, resize, kill_group=True)
+    return proc, master
 
 
-async def _supervise_pipes(
-    proc: asyncio.subprocess.Process,
-    stdin: ByteReader | None,
-    stdout: ByteWriter | None,
-    stderr: ByteWriter | None,
-    *,
-    kill_group: bool,
-) -> int:
+async def _supervise_pipes(proc: asyncio.subprocess.Process, streams: SessionStreams, *, kill_group: bool) -> int:
     outputs: list[asyncio.Task[None]] = []
-    if stdout is not None and proc.stdout is not None:
-        outputs.append(asyncio.create_task(copy(_StreamReaderAdapter(proc.stdout), stdout, close=False)))
-    if stderr is not None and proc.stderr is not None:
-        outputs.append(asyncio.create_task(copy(_StreamReaderAdapter(proc.stderr), stderr, close=False)))
+    if streams.stdout is not None and proc.stdout is not None:
+        outputs.append(asyncio.create_task(copy(_StreamReaderAdapter(proc.stdout), streams.stdout, close=False)))
+    if streams.stderr is not None and proc.stderr is not None:
+        outputs.append(asyncio.create_task(copy(_StreamReaderAdapter(proc.stderr), streams.stderr, close=False)))
     feeder = None
-    if stdin is not None and proc.stdin is not None:
-        feeder = asyncio.create_task(copy(stdin, _StreamWriterAdapter(proc.stdin)))
+    if streams.stdin is not None and proc.stdin is not None:
+        feeder = asyncio.create_task(copy(streams.stdin, _StreamWriterAdapter(proc.stdin)))
     try:
         code = await proc.wait()
         if outputs:
@@ -176,19 +135,13 @@ async def _supervise_pipes(
         return _exit_code(code)
     finally:
         await _stop_process(proc, kill_group=kill_group)
-        for task in [*outputs, *([feeder] if feeder else [])]:
-            task.cancel()
-        for task in [*outputs, *([feeder] if feeder else [])]:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                await task
+        await _cancel_all([*outputs, *([feeder] if feeder else [])], ConnectionError, OSError)
 
 
 async def _supervise_tty(
     proc: asyncio.subprocess.Process,
     master: int,
-    stdin: ByteReader | None,
-    stdout: ByteWriter | None,
-    resize: AsyncIterator[TerminalSize],
+    streams: SessionStreams,
     *,
     kill_group: bool,
     after_resize: Callable[[TerminalSize], Awaitable[None]] | None = None,
@@ -197,7 +150,7 @@ async def _supervise_tty(
     writer = FdWriter(master, owns=False)
 
     async def apply_sizes() -> None:
-        async for size in resize:
+        async for size in streams.resize:
             with contextlib.suppress(OSError):
                 set_winsize(master, size)
             if after_resize is not None:
@@ -205,23 +158,19 @@ async def _supervise_tty(
 
     async def drain_output() -> None:
         while chunk := await reader.read():
-            if stdout is not None:
-                await stdout.write(chunk)
+            if streams.stdout is not None:
+                await streams.stdout.write(chunk)
 
     tasks = [asyncio.create_task(apply_sizes()), asyncio.create_task(drain_output())]
-    if stdin is not None:
+    if streams.stdin is not None:
         # A terminal has no end-of-input; once stdin ends we simply stop feeding it.
-        tasks.append(asyncio.create_task(copy(stdin, writer, close=False)))
+        tasks.append(asyncio.create_task(copy(streams.stdin, writer, close=False)))
     try:
         code = await proc.wait()
         await asyncio.wait([tasks[1]], timeout=DRAIN_TIMEOUT)
         return _exit_code(code)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await task
+        await _cancel_all(tasks, OSError)
         # Closing the master hangs up the terminal: its session gets SIGHUP.
         os.close(master)
         await _stop_process(proc, kill_group=kill_group)
@@ -229,6 +178,15 @@ async def _supervise_tty(
             err = await proc.stderr.read()
             if err and proc.returncode not in (0, None):
                 log.debug("exec stderr: %s", err.decode(errors="replace").strip())
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]], *ignored: type[BaseException]) -> None:
+    """Cancels the session's helper tasks and waits for them; errors of a closing stream are expected."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, *ignored):
+            await task
 
 
 async def _stop_process(proc: asyncio.subprocess.Process, *, kill_group: bool) -> None:
@@ -279,91 +237,78 @@ class _StreamWriterAdapter:
 # ---------------------------------------------------------------- attach
 
 
-async def attach_via_conmon(
-    attach_socket_path: str,
-    ctl_fifo_path: str | None,
-    tty: bool,
-    stdin: ByteReader | None,
-    stdout: ByteWriter | None,
-    stderr: ByteWriter | None,
-    resize: AsyncIterator[TerminalSize],
-) -> None:
-    """Attach to a container through its conmon; returns when the container's output ends.
+async def attach_via_conmon(bundle: Path, streams: SessionStreams) -> None:
+    """Attach to a container through the conmon of its `bundle`; returns when the container's output ends.
 
     Leaving (cancelling) only closes our socket: conmon and the container carry on.
     When stdin ends we shut down our write side, which makes conmon close the
     container's stdin unless it was started with --leave-stdin-open.
     """
     loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    dir_fd = -1
-    try:
-        path = attach_socket_path
-        if len(path.encode()) > SUN_PATH_MAX:
-            # sun_path holds 108 bytes; reach long paths through the directory's fd.
-            dir_fd = os.open(os.path.dirname(path), os.O_PATH)
-            path = f"/proc/self/fd/{dir_fd}/{os.path.basename(path)}"
-        try:
-            await loop.sock_connect(sock, path)
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
-            raise NotFound(
-                f"cannot attach: conmon's attach socket {attach_socket_path} is not there ({exc.strerror}); "
-                "is the container running?"
-            ) from exc
+    with _attach_socket(conmon.attach_socket_path(bundle)) as sock:
+        await _connect_attach_socket(sock, conmon.attach_socket_path(bundle))
 
-        async def feed() -> None:
-            assert stdin is not None
+        async def feed(stdin: ByteReader) -> None:
             while chunk := await stdin.read():
-                for off in range(0, len(chunk), ATTACH_MAX_PACKET):
-                    await loop.sock_sendall(sock, chunk[off : off + ATTACH_MAX_PACKET])
+                for off in range(0, len(chunk), conmon.ATTACH_MAX_PACKET):
+                    await loop.sock_sendall(sock, chunk[off : off + conmon.ATTACH_MAX_PACKET])
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_WR)
 
         async def apply_sizes() -> None:
-            async for size in resize:
-                if ctl_fifo_path is not None:
-                    await asyncio.to_thread(write_resize, ctl_fifo_path, size)
+            async for size in streams.resize:
+                await asyncio.to_thread(conmon.resize_terminal, bundle, size.width, size.height)
 
         helpers = [asyncio.create_task(apply_sizes())]
-        if stdin is not None:
-            helpers.append(asyncio.create_task(feed()))
+        if streams.stdin is not None:
+            helpers.append(asyncio.create_task(feed(streams.stdin)))
         try:
-            while True:
-                packet = await loop.sock_recv(sock, 65536)
-                if not packet:
-                    break
-                target = stdout if packet[0] == ATTACH_PIPE_STDOUT else stderr
-                if packet[0] == ATTACH_PIPE_STDERR and tty:
-                    target = stdout
-                if target is not None and len(packet) > 1 and packet[0] in (ATTACH_PIPE_STDOUT, ATTACH_PIPE_STDERR):
-                    await target.write(packet[1:])
-        except ConnectionResetError:
-            pass
+            await _relay_attach_output(sock, streams)
         finally:
-            for task in helpers:
-                task.cancel()
-            for task in helpers:
-                with contextlib.suppress(asyncio.CancelledError, OSError):
-                    await task
+            await _cancel_all(helpers, OSError)
+
+
+@contextlib.contextmanager
+def _attach_socket(path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    try:
+        yield sock
     finally:
         sock.close()
+
+
+async def _connect_attach_socket(sock: socket.socket, path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    dir_fd = -1
+    target = str(path)
+    try:
+        if len(target.encode()) > SUN_PATH_MAX:
+            # sun_path holds 108 bytes; reach long paths through the directory's fd.
+            dir_fd = os.open(path.parent, os.O_PATH)
+            target = f"/proc/self/fd/{dir_fd}/{path.name}"
+        await loop.sock_connect(sock, target)
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        raise NotFound(
+            f"cannot attach: conmon's attach socket {path} is not there ({exc.strerror}); is the container running?"
+        ) from exc
+    finally:
         if dir_fd >= 0:
             os.close(dir_fd)
 
 
-def write_resize(ctl_fifo_path: str, size: TerminalSize) -> None:
-    """conmon's control FIFO takes 'TYPE HEIGHT WIDTH\\n'; type 1 is a terminal resize."""
-    try:
-        fd = os.open(ctl_fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno in (errno.ENXIO, errno.ENOENT):
-            return  # conmon is gone: nothing left to resize
-        raise
-    try:
-        os.write(fd, f"1 {size.height} {size.width}\n".encode())
-    finally:
-        os.close(fd)
+async def _relay_attach_output(sock: socket.socket, streams: SessionStreams) -> None:
+    """conmon's packets to the client's stdout and stderr (both to stdout on a terminal)."""
+    loop = asyncio.get_running_loop()
+    targets = {
+        conmon.ATTACH_PIPE_STDOUT: streams.stdout,
+        conmon.ATTACH_PIPE_STDERR: streams.stdout if streams.tty else streams.stderr,
+    }
+    with contextlib.suppress(ConnectionResetError):
+        while packet := await loop.sock_recv(sock, 65536):
+            target = targets.get(packet[0])
+            if target is not None and len(packet) > 1:
+                await target.write(packet[1:])
 
 
 # ---------------------------------------------------------------- port-forward
@@ -377,31 +322,11 @@ async def port_forward_in_netns(
 ) -> None:
     """Connect to localhost:`port` inside a network namespace and pump bytes both ways.
 
-    `netns_path` None means the host's namespace (host-network pods). The socket is
-    created by a short-lived thread that enters the namespace; a socket stays in the
-    namespace it was created in, so the event loop can use it from here on.
+    `netns_path` None means the host's namespace (host-network pods).
     """
     if not 0 < port < 65536:
         raise InvalidArgument(f"port {port} is out of range; name a TCP port 1-65535")
-    loop = asyncio.get_running_loop()
-    sock: socket.socket | None = None
-    failures: list[str] = []
-    for family, host, label in ((socket.AF_INET, "127.0.0.1", "IPv4"), (socket.AF_INET6, "::1", "IPv6")):
-        candidate = await socket_in_netns(netns_path, family)
-        candidate.setblocking(False)
-        try:
-            await loop.sock_connect(candidate, (host, port))
-        except OSError as exc:
-            candidate.close()
-            failures.append(f"{label} {host}: {os.strerror(exc.errno) if exc.errno else exc}")
-            continue
-        sock = candidate
-        break
-    if sock is None:
-        raise Unavailable(
-            f"cannot connect to localhost:{port} in the pod's network namespace ({'; '.join(failures)}); "
-            "is anything listening on that port?"
-        )
+    sock = await _connect_localhost(netns_path, port)
     tcp_reader, tcp_writer = await asyncio.open_connection(sock=sock)
 
     async def to_pod() -> None:
@@ -418,70 +343,48 @@ async def port_forward_in_netns(
         await writer.close()
         # The pod closed its side; anything the client still sends has no reader.
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-            await sender
+        await _cancel_all([sender], ConnectionError, OSError)
         tcp_writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await tcp_writer.wait_closed()
 
 
-async def socket_in_netns(netns_path: str | None, family: int = socket.AF_INET) -> socket.socket:
-    """A TCP socket created inside the network namespace at `netns_path` (None: our own)."""
-    if netns_path is None:
-        return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+async def _connect_localhost(netns_path: str | None, port: int) -> socket.socket:
+    """A socket connected to localhost:`port` in the namespace, over IPv4 or else IPv6."""
     loop = asyncio.get_running_loop()
-    fut: asyncio.Future[socket.socket] = loop.create_future()
-
-    def deliver(result: socket.socket | BaseException) -> None:
-        if fut.cancelled():
-            if isinstance(result, socket.socket):
-                result.close()
-        elif isinstance(result, BaseException):
-            fut.set_exception(result)
-        else:
-            fut.set_result(result)
-
-    def work() -> None:
-        # A dedicated thread: if switching back failed it would stay in the pod's
-        # namespace, and it exits right after, so no pooled thread is ever tainted.
+    failures: list[str] = []
+    for family, host, label in ((socket.AF_INET, "127.0.0.1", "IPv4"), (socket.AF_INET6, "::1", "IPv6")):
+        candidate = await socket_in_netns(netns_path, family)
+        candidate.setblocking(False)
         try:
-            sock = _create_in_netns(netns_path, family)
+            await loop.sock_connect(candidate, (host, port))
         except OSError as exc:
-            loop.call_soon_threadsafe(deliver, exc)
-        else:
-            loop.call_soon_threadsafe(deliver, sock)
+            candidate.close()
+            failures.append(f"{label} {host}: {os.strerror(exc.errno) if exc.errno else exc}")
+            continue
+        return candidate
+    raise Unavailable(
+        f"cannot connect to localhost:{port} in the pod's network namespace ({'; '.join(failures)}); "
+        "is anything listening on that port?"
+    )
 
-    threading.Thread(target=work, name="netns-socket", daemon=True).start()
+
+async def socket_in_netns(netns_path: str | None, family: int = socket.AF_INET) -> socket.socket:
+    """A TCP socket created inside the network namespace at `netns_path` (None: our own).
+
+    A socket stays in the namespace it was created in, so the event loop can use
+    it from here on.
+    """
+    if netns_path is None:
+        return _tcp_socket(family)
     try:
-        return await fut
-    except FileNotFoundError as exc:
+        return await netns.run_in(netns_path, _tcp_socket, family, discard=socket.socket.close)
+    except network_errors.NotFound as exc:
         raise NotFound(f"network namespace {netns_path} does not exist") from exc
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _create_in_netns(netns_path: str, family: int) -> socket.socket:
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-            try:
-                return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            finally:
-                _setns(own)
-        finally:
-            os.close(target)
-    finally:
-        os.close(own)
+def _tcp_socket(family: int) -> socket.socket:
+    return socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
 
 
 __all__ = [
@@ -490,5 +393,4 @@ __all__ = [
     "exec_with_runtime",
     "port_forward_in_netns",
     "socket_in_netns",
-    "write_resize",
 ]

@@ -21,6 +21,7 @@ from crishim.runtime.streaming.spdy import SpdyConnection, SpdyStream
 from crishim.runtime.streaming.streams import (
     ByteReader,
     ByteWriter,
+    SessionStreams,
     StreamBackend,
     no_resize,
     resize_events,
@@ -116,14 +117,13 @@ async def run_session(
 ) -> None:
     """Run the backend, then close the output streams and report the outcome on `error`."""
     sizes = resize_events(resize) if request.tty else no_resize()
+    streams = SessionStreams(request.tty, stdin, stdout, stderr, sizes)
     try:
         if isinstance(request, ExecRequest):
-            code = await backend.exec(
-                request.container_id, list(request.cmd), request.tty, stdin, stdout, stderr, sizes
-            )
+            code = await backend.exec(request.container_id, list(request.cmd), streams)
             outcome = Outcome(exit_code=code, cmd=request.cmd)
         else:
-            await backend.attach(request.container_id, request.tty, stdin, stdout, stderr, sizes)
+            await backend.attach(request.container_id, streams)
             outcome = Outcome()
     except StreamingError as exc:
         outcome = Outcome(error=str(exc))

@@ -39,33 +39,31 @@ class TerminalSize:
     height: int
 
 
+@dataclass(frozen=True, slots=True)
+class SessionStreams:
+    """The client's side of an exec or attach session.
+
+    A stream the client did not ask for is None; with a terminal, stderr is merged
+    into stdout and `resize` yields the sizes the client sends.
+    """
+
+    tty: bool
+    stdin: ByteReader | None
+    stdout: ByteWriter | None
+    stderr: ByteWriter | None
+    resize: AsyncIterator[TerminalSize]
+
+
 class StreamBackend(Protocol):
-    """What the server needs from the runtime; the lead implements it on runc/conmon/netns.
+    """What the server needs from the runtime (runtime/streaming_backend.py: runc, conmon, netns).
 
     Backends must stop their work (kill an exec'd process, close sockets) when the
     awaiting task is cancelled: the server cancels when the client goes away.
     """
 
-    async def exec(
-        self,
-        container_id: str,
-        cmd: list[str],
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> int: ...
+    async def exec(self, container_id: str, cmd: list[str], streams: SessionStreams) -> int: ...
 
-    async def attach(
-        self,
-        container_id: str,
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> None: ...
+    async def attach(self, container_id: str, streams: SessionStreams) -> None: ...
 
     async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import dataclasses
 import json
 import socket
 import time
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.root
 # A container started with stdin and stdin_once=false keeps its stdin open when an
 # attached client leaves (api.proto ContainerConfig.stdin_once); conmon only does so
 # when started with --leave-stdin-open.
-LEAVES_STDIN_OPEN = "leave_stdin_open" in inspect.signature(conmon.build_args).parameters
+LEAVES_STDIN_OPEN = "leave_stdin_open" in {f.name for f in dataclasses.fields(conmon.ConmonLaunch)}
 needs_leave_stdin_open = pytest.mark.xfail(
     not LEAVES_STDIN_OPEN,
     strict=True,

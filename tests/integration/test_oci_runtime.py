@@ -122,14 +122,10 @@ class Launcher:
         log_path = self.tmp / "logs" / f"{inp.id}.log"
         exit_dir = self.tmp / "exits"
         res = await conmon.launch_container(
-            cid=inp.id,
-            name=inp.id,
-            runtime_path=rt.path,
-            runtime_root=rt.root,
-            bundle=bundle,
-            log_path=log_path,
-            exit_dir=exit_dir,
-            socket_dir=self.tmp / "attach",
+            rt,
+            conmon.ConmonLaunch(
+                cid=inp.id, bundle=bundle, log_path=log_path, exit_dir=exit_dir, socket_dir=self.tmp / "attach"
+            ),
         )
         run = Running(rt, inp.id, bundle, log_path, exit_dir, res)
         self.started.append(run)
@@ -163,11 +159,10 @@ async def launcher(tmp_path: Path, rootfs: Path, _cgroup_parent: None) -> AsyncI
 
 
 async def wait_exit(run: Running, limit: float = 10.0) -> int:
-    path = conmon.exit_file_path(run.exit_dir, run.cid)
     for _ in range(int(limit / 0.02)):
-        code = conmon.read_exit_code(path)
-        if code is not None:
-            return int(code)
+        exited = conmon.read_exit(run.exit_dir, run.cid)
+        if exited is not None:
+            return exited[0]
         await asyncio.sleep(0.02)
     raise AssertionError(f"{run.cid} did not exit within {limit}s")
 

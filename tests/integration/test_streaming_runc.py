@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from crishim.oci.runtime import OciRuntime
 from crishim.runtime.streaming.backends import (
     attach_via_conmon,
     exec_with_runtime,
@@ -29,7 +30,7 @@ from crishim.runtime.streaming.backends import (
 )
 from crishim.runtime.streaming.errors import NotFound
 from crishim.runtime.streaming.server import StreamingServer
-from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams, TerminalSize
 
 from tests.support.streamclient import (
     ResizeScript,
@@ -58,14 +59,6 @@ BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
 class Container:
     cid: str
     bundle: Path
-
-    @property
-    def attach_socket(self) -> str:
-        return str(self.bundle / "attach")
-
-    @property
-    def ctl_fifo(self) -> str:
-        return str(self.bundle / "ctl")
 
 
 def make_bundle(base: Path, args: list[str], *, netns: str | None = None) -> Path:
@@ -202,31 +195,12 @@ class RuncBackend:
         except KeyError:
             raise NotFound(f"container {cid} not found") from None
 
-    async def exec(
-        self,
-        container_id: str,
-        cmd: list[str],
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> int:
+    async def exec(self, container_id: str, cmd: list[str], streams: SessionStreams) -> int:
         c = self._get(container_id)
-        code: int = await exec_with_runtime(RUNC, str(self.root), c.cid, cmd, tty, stdin, stdout, stderr, resize)
-        return code
+        return await exec_with_runtime(OciRuntime("runc", RUNC, self.root, "runc"), c.cid, cmd, streams)
 
-    async def attach(
-        self,
-        container_id: str,
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> None:
-        c = self._get(container_id)
-        await attach_via_conmon(c.attach_socket, c.ctl_fifo, tty, stdin, stdout, stderr, resize)
+    async def attach(self, container_id: str, streams: SessionStreams) -> None:
+        await attach_via_conmon(self._get(container_id).bundle, streams)
 
     async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None:
         if sandbox_id not in self.netns:

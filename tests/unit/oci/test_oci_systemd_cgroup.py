@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crishim.oci.conmon import build_args
+from crishim.oci.conmon import ConmonLaunch, build_args
 from crishim.oci.runtime import OciRuntime
 
 
@@ -14,15 +14,14 @@ def test_runtime_global_args_follow_the_cgroup_driver() -> None:
     assert systemd.base_args() == ["/usr/sbin/runc", "--root", "/r", "--systemd-cgroup"]
 
 
-def test_conmon_passes_extra_runtime_args() -> None:
-    args = build_args(
-        conmon_path="conmon", cid="c", name="c", runtime_path="/usr/sbin/runc", runtime_root=Path("/r"),
-        bundle=Path("/b"), pid_file=Path("/b/pid"), log_path=Path("/l"), exit_dir=Path("/e"),
-        socket_dir=Path("/s"), conmon_pid_file=Path("/b/conmon.pid"), runtime_args=("--systemd-cgroup",),
-    )  # fmt: skip
+def test_conmon_passes_the_runtime_global_args() -> None:
+    runtime = OciRuntime("runc", "/usr/sbin/runc", Path("/r"), "runc", systemd_cgroup=True)
+    launch = ConmonLaunch(cid="c", bundle=Path("/b"), log_path=Path("/l"), exit_dir=Path("/e"), socket_dir=Path("/s"))
+    args = build_args("conmon", runtime.base_args(), launch)
     pairs = list(zip(args, args[1:], strict=False))
-    assert ("--runtime-arg", "--root=/r") in pairs
-    assert ("--runtime-arg", "--systemd-cgroup") in pairs
+    assert ("-r", "/usr/sbin/runc") in pairs
+    runtime_args = [value for flag, value in pairs if flag == "--runtime-arg"]
+    assert runtime_args == ["--root", "/r", "--systemd-cgroup"]
 
 
 def test_systemd_cgroups_path_shapes_the_scope_through_annotations() -> None:

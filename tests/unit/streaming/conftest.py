@@ -8,7 +8,7 @@ import pytest
 from crishim.runtime.streaming.backends import exec_on_host, port_forward_in_netns
 from crishim.runtime.streaming.errors import NotFound
 from crishim.runtime.streaming.server import StreamingServer
-from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams
 
 
 class HostBackend:
@@ -20,33 +20,15 @@ class HostBackend:
     def __init__(self, attach_commands: dict[str, Sequence[str]] | None = None) -> None:
         self.attach_commands = dict(attach_commands or {})
 
-    async def exec(
-        self,
-        container_id: str,
-        cmd: list[str],
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> int:
+    async def exec(self, container_id: str, cmd: list[str], streams: SessionStreams) -> int:
         env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
-        code: int = await exec_on_host(cmd, tty, stdin, stdout, stderr, resize, env=env)
-        return code
+        return await exec_on_host(cmd, streams, env=env)
 
-    async def attach(
-        self,
-        container_id: str,
-        tty: bool,
-        stdin: ByteReader | None,
-        stdout: ByteWriter | None,
-        stderr: ByteWriter | None,
-        resize: AsyncIterator[TerminalSize],
-    ) -> None:
+    async def attach(self, container_id: str, streams: SessionStreams) -> None:
         cmd = self.attach_commands.get(container_id)
         if cmd is None:
             raise NotFound(f"container {container_id} not found")
-        await exec_on_host(list(cmd), tty, stdin, stdout, stderr, resize)
+        await exec_on_host(list(cmd), streams)
 
     async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None:
         await port_forward_in_netns(None, port, reader, writer)

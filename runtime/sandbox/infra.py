@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crishim.cgroups import paths as cgroup_paths
 from crishim.cri_api import api_pb2
 from crishim.oci.inputs import SandboxSpecInput
 from crishim.oci.spec import build_sandbox_spec
@@ -115,10 +114,6 @@ def _parse_quantity(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * mult)
     return int(float(text))
-
-
-def cgroups_path(svc: Services, cgroup_parent: str, object_id: str) -> str:
-    return cgroup_paths.container_cgroups_path(cgroup_parent, object_id, svc.cgroup_driver)
 
 
 def build_spec(spec_input: SandboxSpecInput) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from crishim.runtime.config import Config
 from crishim.runtime.errors import InvalidArgument, NotFound
 from crishim.runtime.events import ContainerEvent, EventBus
 from crishim.runtime.locks import KeyedLocks
+from crishim.runtime.names import NameRegistry
 from crishim.runtime.state.store import StateStore
 
 if TYPE_CHECKING:  # the real types, without importing them at start-up
@@ -55,6 +56,7 @@ class Services:
     default_handler: str = "runc"
     events: EventBus = field(default_factory=EventBus)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
+    names: NameRegistry = field(default_factory=NameRegistry)
     # Set by bootstrap right after construction (they need the Services they serve).
     streaming: StreamingServer = field(init=False)
     monitor: ExitMonitor = field(init=False)

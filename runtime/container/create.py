@@ -1,7 +1,10 @@
-"""CreateContainer: checks -> overlay rootfs -> mounts -> OCI spec -> conmon + `runc create`.
+"""CreateContainer: name -> checks -> overlay rootfs -> mounts -> OCI spec -> conmon + `runc create`.
 
-The container is CREATED when this returns; its process waits for
-StartContainer inside `runc create`'s init.
+The container's name is reserved before any work and the sandbox is found
+READY under the sandbox's lock, the one StopPodSandbox and RemovePodSandbox
+hold, so a container is never made in a pod being stopped. The container is
+CREATED when this returns; its process waits for StartContainer inside
+`runc create`'s init.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import unmount
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, SANDBOX_READY, ContainerMeta, SandboxMeta
+from crishim.runtime.state.store import container_name_key
 from google.protobuf import json_format
 
 log = logging.getLogger("crishim.container")
@@ -42,17 +46,27 @@ async def create_container(
 ) -> str:
     validate.container_config(config)
     md = config.metadata
+    name_key = container_name_key(sandbox_id, md.name, md.attempt)
     container_id = new_id()
-    sandbox = ready_sandbox(svc, sandbox_id)
-    async with svc.locks.hold("sandbox:" + sandbox_id):
-        meta = await _create(svc, checked_request(svc, sandbox, config), container_id)
+    what = f"container {md.name!r} attempt {md.attempt} in sandbox {sandbox_id}"
+    with svc.names.reserved(name_key, container_id, what, lambda: _recorded_id(svc, sandbox_id, md)):
+        async with svc.locks.hold("sandbox:" + sandbox_id):
+            sandbox = ready_sandbox(svc, sandbox_id)
+            meta = await _create(svc, checked_request(svc, sandbox, config), container_id)
     svc.events.publish(ContainerEvent(container_id, sandbox_id, CREATED, meta.created_at))
     log.info("container %s (%s) created in sandbox %s", container_id[:13], md.name, sandbox_id[:13])
     return container_id
 
 
+def _recorded_id(svc: Services, sandbox_id: str, md: api_pb2.ContainerMetadata) -> str | None:
+    for container in svc.state.list_containers(sandbox_id):
+        if container.name == md.name and container.attempt == md.attempt:
+            return container.id
+    return None
+
+
 def ready_sandbox(svc: Services, sandbox_id: str) -> SandboxMeta:
-    """The sandbox, if READY."""
+    """The sandbox, if READY; read under its lock so a stop cannot be halfway through."""
     sandbox = svc.state.get_sandbox(sandbox_id)
     if sandbox.state != SANDBOX_READY:
         raise FailedPrecondition(

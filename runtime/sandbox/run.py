@@ -1,9 +1,9 @@
-"""RunPodSandbox: checks, namespaces, network, the infra container, then the record.
+"""RunPodSandbox: name, checks, namespaces, network, the infra container, then the record.
 
-Every rule is checked before anything is made. Then every step that creates
-something registers its undo; a failure anywhere unwinds the steps done, in
-reverse, so nothing leaks (mount, netns, CNI allocation, conmon, runc state,
-cgroup, directory).
+The name is reserved first and every rule checked before anything is made.
+Then every step that creates something registers its undo; a failure anywhere
+unwinds the steps done, in reverse, so nothing leaks (mount, netns, CNI
+allocation, conmon, runc state, cgroup, directory).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from crishim.images.records import ImageRecord
 from crishim.oci.inputs import NamespaceMode, SandboxSpecInput, SeccompProfile, UserNamespace
 from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
-from crishim.runtime.errors import AlreadyExists
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.oom import clamp_and_log
@@ -67,17 +66,16 @@ async def run_pod_sandbox(svc: Services, config: api_pb2.PodSandboxConfig, runti
     md = config.metadata
     name_key = sandbox_name_key(md.name, md.namespace, md.uid, md.attempt)
     sandbox_id = new_id()
-    async with svc.locks.hold("sandbox-name:" + name_key):
-        existing = svc.state.find_sandbox_by_name(name_key)
-        if existing is not None:
-            raise AlreadyExists(
-                f"pod sandbox {name_key!r} already exists as {existing.id}; "
-                "remove it first or use another attempt number"
-            )
+    with svc.names.reserved(name_key, sandbox_id, f"pod sandbox {name_key!r}", lambda: _recorded_id(svc, name_key)):
         pod = checked_request(config, handler)
         meta = await _create(svc, pod, sandbox_id)
     log.info("sandbox %s (%s) ready, handler %s, ip %s", sandbox_id[:13], name_key, handler.name, meta.ip or "host")
     return sandbox_id
+
+
+def _recorded_id(svc: Services, name_key: str) -> str | None:
+    existing = svc.state.find_sandbox_by_name(name_key)
+    return None if existing is None else existing.id
 
 
 def checked_request(config: api_pb2.PodSandboxConfig, handler: Handler) -> PodRequest:

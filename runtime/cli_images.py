@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import click
+from crishim.runtime.cli_options import global_options, load
 from crishim.runtime.config import Config
 
 
@@ -80,6 +81,7 @@ class LayerProgress:
 
 
 @click.command()
+@global_options
 @click.argument("image")
 @click.option("--username", default=None, help="Registry user name.")
 @click.option("--password", default=None, help="Registry password.")
@@ -87,9 +89,8 @@ class LayerProgress:
 def pull(ctx: click.Context, image: str, username: str | None, password: str | None) -> None:
     """Pull IMAGE into crishim's image store, showing each layer's progress."""
     from crishim.images.manifest import Credentials
-    from crishim.runtime.cli import _load
 
-    config = _load(ctx)
+    config = load(ctx)
     creds = Credentials(username=username or "", password=password or "") if username else None
     bar = LayerProgress()
 
@@ -103,14 +104,13 @@ def pull(ctx: click.Context, image: str, username: str | None, password: str | N
 
 
 @click.group(invoke_without_command=True)
+@global_options
 @click.pass_context
 def images(ctx: click.Context) -> None:
     """List the images in the store (subcommands: import)."""
     if ctx.invoked_subcommand is not None:
         return
-    from crishim.runtime.cli import _load
-
-    config = _load(ctx)
+    config = load(ctx)
 
     async def run() -> None:
         store = _store(config)
@@ -129,13 +129,12 @@ def images(ctx: click.Context) -> None:
 
 
 @images.command("import")
+@global_options
 @click.argument("archive", type=click.Path(exists=True, path_type=Path))
 @click.pass_context
 def import_images(ctx: click.Context, archive: Path) -> None:
     """Load an OCI image layout (dir or tar) or a `docker save` tar, for offline nodes."""
-    from crishim.runtime.cli import _load
-
-    config = _load(ctx.parent)  # type: ignore[arg-type]
+    config = load(ctx)
 
     async def work(store) -> None:  # type: ignore[no-untyped-def]
         for record in await store.import_archive(archive):

@@ -31,6 +31,21 @@ def test_config_prints_the_effective_toml(tmp_path: Path) -> None:
     assert 'log_level = "error"' in out  # the flag wins over the file's "debug"
 
 
+def test_global_options_work_after_the_command_as_the_readme_writes_them(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    after = crishim("config", "--config", str(config), "--log-level", "warning")
+    assert after.returncode == 0, after.stderr
+    assert f'root = "{tmp_path}/root"' in after.stdout
+    assert 'log_level = "warning"' in after.stdout
+    # Given on both sides, the option after the command wins.
+    both = crishim("--log-level", "error", "config", "--log-level", "info", config=config)
+    assert 'log_level = "info"' in both.stdout
+    missing = crishim("serve", "--config", str(tmp_path / "absent.toml"))
+    assert missing.returncode != 0
+    assert "absent.toml: config file does not exist" in missing.stderr
+    assert "No such option" not in missing.stderr
+
+
 def test_config_error_names_file_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("sokcet = 1\n")
@@ -57,7 +72,7 @@ def test_doctor_checks_the_node() -> None:
         assert f"] {name}:" in result.stdout
 
 
-def test_pull_shows_progress_then_images_lists_it(tmp_path: Path, test_images) -> None:  # type: ignore[no-untyped-def]
+def test_pull_shows_progress_then_images_lists_it(tmp_path: Path, test_images) -> None:
     config = write_config(tmp_path)
     ref = test_images.ref("layers:latest")
     pulled = crishim("pull", ref, config=config)

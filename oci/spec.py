@@ -253,6 +253,20 @@ def idmapped(m: Mount, uid_maps: tuple[IdMapping, ...], gid_maps: tuple[IdMappin
     return dataclasses.replace(m, uid_mappings=uid_maps, gid_mappings=gid_maps)
 
 
+def _mounts_in_userns(inp: ContainerSpecInput) -> tuple[Mount, ...]:
+    """The mounts, volumes idmapped to the pod's user namespace where the handler can."""
+    if inp.userns is None or not inp.features.idmap_mounts:
+        return inp.mounts
+    # Directories only: the kernel refuses to idmap a single-file bind (EPERM from
+    # mount_setattr), and the pod's small files are world-readable anyway.
+    return tuple(
+        idmapped(m, inp.userns.uid_mappings, inp.userns.gid_mappings)
+        if m.follow_pod_userns and os.path.isdir(m.host_path)
+        else m
+        for m in inp.mounts
+    )
+
+
 def build_container_spec(inp: ContainerSpecInput) -> Spec:
     """A workload container joining its sandbox's namespaces."""
     spec = default_spec(inp.rootfs)
@@ -289,16 +303,7 @@ def build_container_spec(inp: ContainerSpecInput) -> Spec:
         o.append(opts.with_masked_paths(inp.masked_paths))
     if inp.readonly_paths is not None:
         o.append(opts.with_readonly_paths(inp.readonly_paths))
-    user_mounts = inp.mounts
-    if inp.userns is not None and inp.features.idmap_mounts:
-        # Directories only: the kernel refuses to idmap a single-file bind (EPERM from
-        # mount_setattr), and the pod's small files are world-readable anyway.
-        user_mounts = tuple(
-            idmapped(m, inp.userns.uid_mappings, inp.userns.gid_mappings)
-            if m.follow_pod_userns and os.path.isdir(m.host_path)
-            else m
-            for m in user_mounts
-        )
+    user_mounts = _mounts_in_userns(inp)
     o.append(opts.with_mounts([_mount_spec(m) for m in user_mounts]))
     o.append(_rootfs_propagation(user_mounts))
     dev_pairs = [devices.device_from_host(d.host_path, d.container_path, d.permissions) for d in inp.devices]

@@ -65,6 +65,7 @@ from crishim.runtime.streaming.spdy_frames import (  # noqa: F401 - the frame vo
     parse_header_block,
 )
 from crishim.runtime.streaming.streams import Pipe
+from crishim.runtime.streaming.transport import close_transport
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +254,7 @@ class SpdyConnection:
                 async with self._drain_lock:
                     await self._writer.drain()
         self._teardown()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
-        if self._read_task is not None and self._read_task is not asyncio.current_task():
-            self._read_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._read_task
+        await close_transport(self._writer, self._read_task)
 
     # Sending.
     def send_nowait(self, frame: Frame) -> None:
@@ -336,65 +331,84 @@ class SpdyConnection:
     def _handle(self, frame: Frame) -> None:
         match frame:
             case DataFrame(sid, flags, data):
-                stream = self._streams.get(sid)
-                if stream is None or stream.remote_closed:
-                    # Late data for a finished stream; still credit the session window.
-                    if data:
-                        self.session_consumed(len(data))
-                    return
-                stream._feed(data, bool(flags & FLAG_FIN))
-                if not data and flags & FLAG_FIN:
-                    self.forget_if_done(stream)
+                self._on_data(sid, flags, data)
             case SynStreamFrame(sid, _assoc, _pri, flags, headers):
                 self._on_syn_stream(sid, flags, headers)
             case SynReplyFrame(sid, flags, headers):
-                stream = self._streams.get(sid)
-                if stream is None:
-                    return
-                stream.reply_headers = headers
-                stream.replied.set()
-                if flags & FLAG_FIN:
-                    stream._remote_fin()
+                self._on_syn_reply(sid, flags, headers)
             case HeadersFrame(sid, flags, headers):
-                stream = self._streams.get(sid)
-                if stream is not None:
-                    for k, v in headers.items():
-                        stream.headers.setdefault(k, []).extend(v)
-                    if flags & FLAG_FIN:
-                        stream._remote_fin()
+                self._on_headers(sid, flags, headers)
             case RstStreamFrame(sid, _status):
                 stream = self._streams.pop(sid, None)
                 if stream is not None:
                     stream._mark_reset()
                     self._wake_writers()
             case SettingsFrame(_flags, entries):
-                for _f, sid, value in entries:
-                    if sid == SETTINGS_INITIAL_WINDOW_SIZE:
-                        delta = value - self._initial_send_window
-                        self._initial_send_window = value
-                        for stream in self._streams.values():
-                            stream._adjust_send_window(delta)
-                        self.peer_flow_control = True
-                        self._wake_writers()
+                self._on_settings(entries)
             case PingFrame(pid):
-                if (pid & 1) == (self._next_ping_id & 1):
-                    fut = self._pings.get(pid)
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
-                else:
-                    self.send_nowait(PingFrame(pid))
+                self._on_ping(pid)
             case GoAwayFrame():
                 self._goaway_received = True
                 self._incoming.put_nowait(None)
             case WindowUpdateFrame(sid, delta):
-                self.peer_flow_control = True
-                if sid == 0:
-                    self.session_send_window += delta
-                elif (stream := self._streams.get(sid)) is not None:
-                    stream._adjust_send_window(delta)
-                self._wake_writers()
+                self._on_window_update(sid, delta)
             case UnknownControlFrame():
                 pass  # the spec says unknown control frames are ignored
+
+    def _on_data(self, sid: int, flags: int, data: bytes) -> None:
+        stream = self._streams.get(sid)
+        if stream is None or stream.remote_closed:
+            # Late data for a finished stream; still credit the session window.
+            if data:
+                self.session_consumed(len(data))
+            return
+        stream._feed(data, bool(flags & FLAG_FIN))
+        if not data and flags & FLAG_FIN:
+            self.forget_if_done(stream)
+
+    def _on_syn_reply(self, sid: int, flags: int, headers: Headers) -> None:
+        stream = self._streams.get(sid)
+        if stream is None:
+            return
+        stream.reply_headers = headers
+        stream.replied.set()
+        if flags & FLAG_FIN:
+            stream._remote_fin()
+
+    def _on_headers(self, sid: int, flags: int, headers: Headers) -> None:
+        stream = self._streams.get(sid)
+        if stream is None:
+            return
+        for k, v in headers.items():
+            stream.headers.setdefault(k, []).extend(v)
+        if flags & FLAG_FIN:
+            stream._remote_fin()
+
+    def _on_settings(self, entries: tuple[tuple[int, int, int], ...]) -> None:
+        for _f, sid, value in entries:
+            if sid == SETTINGS_INITIAL_WINDOW_SIZE:
+                delta = value - self._initial_send_window
+                self._initial_send_window = value
+                for stream in self._streams.values():
+                    stream._adjust_send_window(delta)
+                self.peer_flow_control = True
+                self._wake_writers()
+
+    def _on_ping(self, pid: int) -> None:
+        if (pid & 1) == (self._next_ping_id & 1):
+            fut = self._pings.get(pid)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        else:
+            self.send_nowait(PingFrame(pid))
+
+    def _on_window_update(self, sid: int, delta: int) -> None:
+        self.peer_flow_control = True
+        if sid == 0:
+            self.session_send_window += delta
+        elif (stream := self._streams.get(sid)) is not None:
+            stream._adjust_send_window(delta)
+        self._wake_writers()
 
     def _on_syn_stream(self, sid: int, flags: int, headers: Headers) -> None:
         peer_parity = 1 if self._server else 0

@@ -127,19 +127,6 @@ class Pipe:
         return data
 
 
-async def read_all(reader: ByteReader, limit: int = 1 << 20) -> bytes:
-    """Read a whole stream (bounded by `limit`), e.g. a status or error message."""
-    parts: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await reader.read()
-        if not chunk:
-            break
-        parts.append(chunk)
-        size += len(chunk)
-    return b"".join(parts)
-
-
 async def resize_events(reader: ByteReader | None) -> AsyncIterator[TerminalSize]:
     """Decode the resize stream: back-to-back JSON objects {"Width": w, "Height": h}.
 

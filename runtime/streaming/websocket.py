@@ -15,6 +15,7 @@ import contextlib
 import logging
 
 from crishim.runtime.streaming.streams import Pipe
+from crishim.runtime.streaming.transport import close_transport
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -166,13 +167,7 @@ class ChannelConnection:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(asyncio.shield(self._closed.wait()), 2.0)
         self._teardown()
-        self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
-        if self._read_task is not None and self._read_task is not asyncio.current_task():
-            self._read_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._read_task
+        await close_transport(self._writer, self._read_task)
 
     async def _send_event(self, event: Event) -> None:
         try:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from crishim.runtime.network.atomicfile import write_atomic
 from crishim.runtime.network.errors import Internal
 
 KIND = "crishimCniCacheV1"
@@ -68,19 +68,7 @@ def write_entry(cache_dir: str, entry: CacheEntry) -> None:
     """Blocking: write atomically (temp file, fsync, rename) so a crash never leaves half a file."""
     os.makedirs(cache_dir, mode=0o700, exist_ok=True)
     final = entry_path(cache_dir, entry.network, entry.container_id)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(entry.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(final, json.dumps(entry.to_json()), mode=0o600)
 
 
 def find_entries(cache_dir: str, container_id: str) -> list[CacheEntry]:

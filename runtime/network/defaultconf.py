@@ -10,9 +10,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import tempfile
 from typing import Any
 
+from crishim.runtime.network.atomicfile import write_atomic
 from crishim.runtime.network.cniconf import candidate_files
 from crishim.runtime.network.errors import InvalidArgument
 
@@ -83,19 +83,5 @@ def install_default_conflist(
     if existing and not (replace_own and existing == [filename]):
         return None
     os.makedirs(conf_dir, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=conf_dir, prefix=".tmp-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, json.dumps(doc, indent=2) + "\n")
     return path

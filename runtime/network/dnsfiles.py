@@ -8,28 +8,18 @@ servers, searches and options, which become the pod's file verbatim.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 
+from crishim.runtime.network.atomicfile import write_atomic
 from crishim.runtime.network.errors import InvalidArgument
 
 HOST_RESOLV_CONF = "/etc/resolv.conf"
 
 
-def _write_atomic(path: str, text: str) -> None:
+def _write_pod_file(path: str, text: str) -> None:
+    # Rewritten at every pod start and never needed after a power loss: no fsync.
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, text, sync=False)
 
 
 def _check_tokens(kind: str, values: Sequence[str]) -> None:
@@ -64,16 +54,16 @@ def write_resolv_conf(
                 text = f.read()
         except FileNotFoundError:
             text = ""
-        _write_atomic(path, text)
+        _write_pod_file(path, text)
         return
-    _write_atomic(path, render_resolv_conf(servers, searches, options))
+    _write_pod_file(path, render_resolv_conf(servers, searches, options))
 
 
 def write_hostname(path: str, name: str) -> None:
     """Blocking: /etc/hostname for the pod (the UTS hostname itself is set by the OCI spec)."""
     if not name or any(c.isspace() for c in name) or len(name) > 253:
         raise InvalidArgument(f"hostname {name!r} must be 1-253 characters without spaces")
-    _write_atomic(path, name + "\n")
+    _write_pod_file(path, name + "\n")
 
 
 def write_hosts(path: str, hostname: str, ip: str = "", extra: Sequence[tuple[str, str]] = ()) -> None:
@@ -89,4 +79,4 @@ def write_hosts(path: str, hostname: str, ip: str = "", extra: Sequence[tuple[st
     if hostname:
         lines.append(f"{ip or '127.0.1.1'}\t{hostname}")
     lines.extend(f"{addr}\t{name}" for addr, name in extra)
-    _write_atomic(path, "\n".join(lines) + "\n")
+    _write_pod_file(path, "\n".join(lines) + "\n")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.registry import RegistryServer
 
 REPO = Path(__file__).resolve().parent.parent
 MIRRORED_HOSTS = ("gcr.io", "registry.k8s.io", "k8s.gcr.io")
@@ -31,14 +32,15 @@ def write_mirrors(certs_dir: Path, registry_host: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def critest_images(registry) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def critest_images(registry: RegistryServer) -> dict[str, str]:
     """{upstream reference: pushed reference} of every image critest uses."""
     push = runpy.run_path(str(REPO / "scripts" / "build-test-images"))["push_critest_images"]
-    return push(registry.host)  # type: ignore[no-any-return]
+    pushed: dict[str, str] = push(registry.host)
+    return pushed
 
 
 @pytest.fixture(scope="session")
-def daemon(registry, critest_images) -> Iterator[Daemon]:  # type: ignore[no-untyped-def]
+def daemon(registry: RegistryServer, critest_images: dict[str, str]) -> Iterator[Daemon]:
     with running_daemon(start=False) as d:
         write_mirrors(d.dir / "certs.d", registry.host)
         d.start()

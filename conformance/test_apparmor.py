@@ -13,18 +13,17 @@ container unconfined, so those three run everywhere; the enforcing ones skip.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import pb
-from conformance.helpers_b import RUNTIME_HANDLER, wait_exited
+from tests.support import cri, critest
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -79,12 +78,6 @@ def loaded_profiles() -> Iterator[None]:
             subprocess.run([parser, "-R", f.name], capture_output=True, check=False)
 
 
-@contextlib.contextmanager
-def default_pod(daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    with cri.pod(daemon, prefix="create-PodSandbox-for-container-", handler=RUNTIME_HANDLER) as entry:
-        yield entry
-
-
 def security_context(*, legacy: str | None = None, field: str | None = None) -> pb.LinuxContainerSecurityContext:
     """The deprecated apparmor_profile string and/or the apparmor SecurityProfile (localhost type)."""
     sc = pb.LinuxContainerSecurityContext()
@@ -99,26 +92,26 @@ def security_context(*, legacy: str | None = None, field: str | None = None) -> 
 
 def apparmor_container(sc: pb.LinuxContainerSecurityContext) -> pb.ContainerConfig:
     """createContainerWithAppArmor's config: busybox `touch /tmp/foo` with `sc`."""
-    return cri.container_config(
+    return critest.container_config(
         "apparmor-test-", command=["touch", "/tmp/foo"], linux=pb.LinuxContainerConfig(security_context=sc)
     )
 
 
 def check_refused(daemon: Daemon, sc: pb.LinuxContainerSecurityContext) -> None:
     """createContainerWithAppArmor(shouldSucceed=false): CreateContainer fails, no container ID."""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         config = apparmor_container(sc)
         created: list[str] = []
-        code = cri.rpc_code(lambda: created.append(cri.create_container(daemon, pod_id, pod_cfg, config)))
-        assert code is not None, f"CreateContainer accepted an unloaded AppArmor profile: {created}"
+        code = cri.rpc_code(lambda: created.append(critest.create_container(daemon, pod_id, pod_cfg, config)))
+        assert code != grpc.StatusCode.OK, f"CreateContainer accepted an unloaded AppArmor profile: {created}"
 
 
 def check_enforced(daemon: Daemon, sc: pb.LinuxContainerSecurityContext, *, write_allowed: bool) -> None:
     """createContainerWithAppArmor(shouldSucceed=true) + checkContainerApparmor."""
-    with default_pod(daemon) as (pod_id, pod_cfg):
-        cid = cri.create_container(daemon, pod_id, pod_cfg, apparmor_container(sc))
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
+        cid = critest.create_container(daemon, pod_id, pod_cfg, apparmor_container(sc))
         cri.start(daemon, cid)
-        status = wait_exited(daemon, cid)
+        status = cri.wait_exited(daemon, cid)
         if write_allowed:
             assert status.exit_code == 0, f"touch failed under the audit-only profile: {status.exit_code}"
         else:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import IMAGE_PULL_POD, STAGING
+from tests.support import cri, critest
+from tests.support.critest import IMAGE_PULL_POD, STAGING
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
@@ -17,35 +19,35 @@ WITH_TAG = STAGING + "test-image-tag:test"
 SAME_IMAGE_REGISTRIES = ["registry.k8s.io/pause:3.9", "k8s.gcr.io/pause:3.9"]
 
 
-def _listed(daemon, ref: str) -> bool:  # type: ignore[no-untyped-def]
+def _listed(daemon: Daemon, ref: str) -> bool:
     return any(ref in image.repo_tags for image in cri.list_images(daemon, pb.ImageFilter()))
 
 
-def test_removed_image_is_gone_at_once(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_removed_image_is_gone_at_once(daemon: Daemon) -> None:
     """[k8s.io] Image Consistency should not list or get image status immediately after removal
     [Conformance] [Serial]"""
-    cri.remove_image_if_present(daemon, WITH_TAG)
+    critest.remove_image_if_present(daemon, WITH_TAG)
     cri.pull(daemon, WITH_TAG, IMAGE_PULL_POD)
-    cri.remove_image_if_present(daemon, WITH_TAG)
+    critest.remove_image_if_present(daemon, WITH_TAG)
     assert not _listed(daemon, WITH_TAG)
     assert cri.image_status(daemon, WITH_TAG) is None
 
 
-def test_pulled_image_is_visible_at_once(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_pulled_image_is_visible_at_once(daemon: Daemon) -> None:
     """[k8s.io] Image Consistency should list and get image status immediately after pulling
     [Conformance] [Serial]"""
-    cri.remove_image_if_present(daemon, WITH_TAG)
+    critest.remove_image_if_present(daemon, WITH_TAG)
     cri.pull(daemon, WITH_TAG, IMAGE_PULL_POD)
     try:
         assert _listed(daemon, WITH_TAG)
         assert cri.image_status(daemon, WITH_TAG) is not None
     finally:
-        cri.remove_image_if_present(daemon, WITH_TAG)
+        critest.remove_image_if_present(daemon, WITH_TAG)
 
 
-def test_concurrent_removals_all_succeed(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_removals_all_succeed(daemon: Daemon) -> None:
     """[k8s.io] Image Consistency should not fail on simultaneous RemoveImage calls [Conformance] [Serial]"""
-    cri.remove_image_if_present(daemon, WITH_TAG)
+    critest.remove_image_if_present(daemon, WITH_TAG)
     cri.pull(daemon, WITH_TAG, IMAGE_PULL_POD)
     status = cri.image_status(daemon, WITH_TAG)
     assert status is not None
@@ -58,31 +60,23 @@ def test_concurrent_removals_all_succeed(daemon) -> None:  # type: ignore[no-unt
     with ThreadPoolExecutor(5) as pool:
         results = list(pool.map(lambda _: remove_then_look(), range(5)))
     for code, still_there in results:
-        assert code is None, f"a concurrent RemoveImage failed with {code}"
+        assert code == grpc.StatusCode.OK, f"a concurrent RemoveImage failed with {code}"
         assert not still_there, "the image was still there after a RemoveImage returned"
     assert cri.image_status(daemon, image_id) is None
 
 
 def _container_from_ref(
-    daemon,
-    pod_id: str,
-    cfg: pb.PodSandboxConfig,
-    prefix: str,  # type: ignore[no-untyped-def]
-    image_ref: str,
-    user_ref: str,
+    daemon: Daemon, pod_id: str, cfg: pb.PodSandboxConfig, prefix: str, image_ref: str, user_ref: str
 ) -> str:
     # critest creates this container directly: image = the pulled image_ref, no command, no Linux config.
     config = pb.ContainerConfig(
-        metadata=pb.ContainerMetadata(name=prefix + cri.new_uuid(), attempt=cri.DEFAULT_ATTEMPT),
+        metadata=pb.ContainerMetadata(name=prefix + critest.new_uuid(), attempt=critest.DEFAULT_ATTEMPT),
         image=pb.ImageSpec(image=image_ref, user_specified_image=user_ref),
     )
-    resp = cri.rt(daemon).CreateContainer(
-        pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config, sandbox_config=cfg), timeout=cri.CALL_TIMEOUT
-    )
-    return resp.container_id  # type: ignore[no-any-return]
+    return cri.create_container(daemon, pod_id, cfg, config)
 
 
-def test_one_image_id_across_all_apis(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_one_image_id_across_all_apis(daemon: Daemon) -> None:
     """[k8s.io] Image Identifier Consistency should return the same image identifier across all APIs
     [Conformance] [Serial]"""
     image_ref = cri.pull(daemon, WITH_TAG, IMAGE_PULL_POD)
@@ -90,7 +84,7 @@ def test_one_image_id_across_all_apis(daemon) -> None:  # type: ignore[no-untype
     try:
         status = cri.image_status(daemon, WITH_TAG)
         assert status is not None
-        with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
+        with critest.default_pod(daemon) as (pod_id, cfg):
             cid = _container_from_ref(daemon, pod_id, cfg, "id-consistency-", image_ref, WITH_TAG)
             try:
                 cri.start(daemon, cid)
@@ -104,10 +98,10 @@ def test_one_image_id_across_all_apis(daemon) -> None:  # type: ignore[no-untype
             finally:
                 cri.remove_container(daemon, cid)
     finally:
-        cri.remove_image_if_present(daemon, WITH_TAG)
+        critest.remove_image_if_present(daemon, WITH_TAG)
 
 
-def test_one_image_id_from_two_registries(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_one_image_id_from_two_registries(daemon: Daemon) -> None:
     """[k8s.io] Image Identifier Consistency should return the same image identifier when pulled
     from different registries [Conformance] [Serial]"""
     first, second = SAME_IMAGE_REGISTRIES
@@ -120,7 +114,7 @@ def test_one_image_id_from_two_registries(daemon) -> None:  # type: ignore[no-un
             status = cri.image_status(daemon, name)
             assert status is not None, name
             assert status.id == ref1, name
-        with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
+        with critest.default_pod(daemon) as (pod_id, cfg):
             cid = _container_from_ref(daemon, pod_id, cfg, "id-consistency-multi-registry-", ref2, second)
             try:
                 cri.start(daemon, cid)
@@ -128,5 +122,5 @@ def test_one_image_id_from_two_registries(daemon) -> None:  # type: ignore[no-un
             finally:
                 cri.remove_container(daemon, cid)
     finally:
-        cri.remove_image_if_present(daemon, first)
-        cri.remove_image_if_present(daemon, second)
+        critest.remove_image_if_present(daemon, first)
+        critest.remove_image_if_present(daemon, second)

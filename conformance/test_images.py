@@ -7,8 +7,9 @@ import httpx
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import IMAGE_PULL_POD, STAGING
+from tests.support import cri, critest
+from tests.support.critest import IMAGE_PULL_POD, STAGING
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
@@ -28,10 +29,10 @@ MANIFEST_TYPES = ", ".join(
 )
 
 
-def _pull_and_remove(daemon, ref: str) -> pb.Image:  # type: ignore[no-untyped-def]
+def _pull_and_remove(daemon: Daemon, ref: str) -> pb.Image:
     """critest's testPullPublicImage: absent first, pull, status present, remove by ID, status gone."""
-    cri.remove_image_if_present(daemon, ref)
-    cri.pull(daemon, cri.normalize_image(ref), IMAGE_PULL_POD)
+    critest.remove_image_if_present(daemon, ref)
+    cri.pull(daemon, critest.normalize_image(ref), IMAGE_PULL_POD)
     status = cri.image_status(daemon, ref)
     assert status is not None, f"ImageStatus({ref}) found nothing right after the pull"
     assert status.id
@@ -40,27 +41,27 @@ def _pull_and_remove(daemon, ref: str) -> pb.Image:  # type: ignore[no-untyped-d
     return status
 
 
-def test_pull_by_tag_then_remove(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_pull_by_tag_then_remove(daemon: Daemon) -> None:
     """[k8s.io] Image Manager public image with tag should be pulled and removed [Conformance] [Serial]"""
     status = _pull_and_remove(daemon, WITH_TAG)
     assert list(status.repo_tags) == [WITH_TAG]
 
 
-def test_pull_with_expired_deadline_fails_deadline_exceeded(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_pull_with_expired_deadline_fails_deadline_exceeded(daemon: Daemon) -> None:
     """[k8s.io] Image Manager public image should timeout if requested [Conformance] [Serial]"""
     code = cri.rpc_code(
-        lambda: cri.img(daemon).PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001)
+        lambda: daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001)
     )
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_pull_without_tag_gets_latest(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_pull_without_tag_gets_latest(daemon: Daemon) -> None:
     """[k8s.io] Image Manager public image without tag should be pulled and removed [Conformance] [Serial]"""
     status = _pull_and_remove(daemon, WITHOUT_TAG)
     assert list(status.repo_tags) == [WITHOUT_TAG + ":latest"]
 
 
-def test_pull_by_digest_has_digest_and_no_tag(daemon, registry, critest_images) -> None:  # type: ignore[no-untyped-def]
+def test_pull_by_digest_has_digest_and_no_tag(daemon: Daemon, registry, critest_images) -> None:
     """[k8s.io] Image Manager public image with digest should be pulled and removed [Conformance] [Serial]"""
     # critest pulls test-image-digest@sha256:9700f9a2..., a digest of upstream bytes we cannot
     # rebuild; our test-image-digest has its own digest, which we ask the registry for.
@@ -76,9 +77,9 @@ def test_pull_by_digest_has_digest_and_no_tag(daemon, registry, critest_images) 
     assert list(status.repo_digests) == [ref]
 
 
-def test_image_status_by_id_tag_and_digest_agree(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_image_status_by_id_tag_and_digest_agree(daemon: Daemon) -> None:
     """[k8s.io] Image Manager image status should support all kinds of references [Conformance] [Serial]"""
-    cri.remove_image_if_present(daemon, ALL_REFERENCES)
+    critest.remove_image_if_present(daemon, ALL_REFERENCES)
     cri.pull(daemon, ALL_REFERENCES, IMAGE_PULL_POD)
     status = cri.image_status(daemon, ALL_REFERENCES)
     assert status is not None
@@ -97,31 +98,31 @@ def test_image_status_by_id_tag_and_digest_agree(daemon) -> None:  # type: ignor
         pytest.param(STAGING + "test-image-user-username-group", 0, "www-data", id="username-group"),
     ],
 )
-def test_image_status_reports_image_user(daemon, image: str, uid: int, username: str) -> None:  # type: ignore[no-untyped-def]
+def test_image_status_reports_image_user(daemon: Daemon, image: str, uid: int, username: str) -> None:
     """[k8s.io] Image Manager image status get image fields should not have Uid|Username empty
     [Conformance] [Serial]"""
-    cri.pull(daemon, cri.normalize_image(image), IMAGE_PULL_POD)
+    cri.pull(daemon, critest.normalize_image(image), IMAGE_PULL_POD)
     try:
-        status = cri.image_status(daemon, cri.normalize_image(image))
+        status = cri.image_status(daemon, critest.normalize_image(image))
         assert status is not None
         assert status.uid.value == uid
         assert status.username == username
     finally:
-        cri.remove_image_if_present(daemon, cri.normalize_image(image))
+        critest.remove_image_if_present(daemon, critest.normalize_image(image))
 
 
-def _pull_all(daemon, refs: list[str]) -> list[str]:  # type: ignore[no-untyped-def]
+def _pull_all(daemon: Daemon, refs: list[str]) -> list[str]:
     for ref in refs:
-        cri.remove_image_if_present(daemon, ref)
+        critest.remove_image_if_present(daemon, ref)
     return [cri.pull(daemon, ref, IMAGE_PULL_POD) for ref in refs]
 
 
-def _remove_all(daemon, refs: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _remove_all(daemon: Daemon, refs: list[str]) -> None:
     for ref in refs:
-        cri.remove_image_if_present(daemon, ref)
+        critest.remove_image_if_present(daemon, ref)
 
 
-def test_list_images_shows_three_distinct_images(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_list_images_shows_three_distinct_images(daemon: Daemon) -> None:
     """[k8s.io] Image Manager listImage should get exactly 3 image in the result list
     [Conformance] [Serial]"""
     ids = _pull_all(daemon, DIFFERENT_IMAGES)
@@ -135,7 +136,7 @@ def test_list_images_shows_three_distinct_images(daemon) -> None:  # type: ignor
         _remove_all(daemon, DIFFERENT_IMAGES)
 
 
-def test_list_images_shows_three_tags_of_one_image(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_list_images_shows_three_tags_of_one_image(daemon: Daemon) -> None:
     """[k8s.io] Image Manager listImage should get exactly 3 repoTags in the result image
     [Conformance] [Serial]"""
     ids = _pull_all(daemon, SAME_IMAGE_TAGS)
@@ -148,25 +149,25 @@ def test_list_images_shows_three_tags_of_one_image(daemon) -> None:  # type: ign
         _remove_all(daemon, SAME_IMAGE_TAGS)
 
 
-def _remove_by_one_name_removes_all(daemon, refs: list[str]) -> None:  # type: ignore[no-untyped-def]
+def _remove_by_one_name_removes_all(daemon: Daemon, refs: list[str]) -> None:
     _pull_all(daemon, refs)
     try:
         found = [i for i in cri.list_images(daemon, pb.ImageFilter()) if refs[0] in i.repo_tags]
         assert found, f"{refs[0]} is not listed after the pull"
         assert sorted(found[0].repo_tags) == sorted(refs)
-        cri.remove_image_if_present(daemon, refs[0])
+        critest.remove_image_if_present(daemon, refs[0])
         for ref in [*refs, found[0].id]:
             assert cri.image_status(daemon, ref) is None, f"{ref} survived RemoveImage({refs[0]})"
     finally:
         _remove_all(daemon, refs)
 
 
-def test_remove_image_by_one_tag_removes_all_tags(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_remove_image_by_one_tag_removes_all_tags(daemon: Daemon) -> None:
     """[k8s.io] Image Manager removing image by one tag should remove all tags [Conformance] [Serial]"""
     _remove_by_one_name_removes_all(daemon, SAME_IMAGE_TAGS)
 
 
-def test_remove_image_from_one_registry_removes_other_registry_tags(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_remove_image_from_one_registry_removes_other_registry_tags(daemon: Daemon) -> None:
     """[k8s.io] Image Manager removing image from one registry should remove all tags
     from other registries [Conformance] [Serial]"""
     _remove_by_one_name_removes_all(daemon, SAME_IMAGE_REGISTRIES)

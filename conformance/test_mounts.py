@@ -20,47 +20,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import pb
-from conformance.helpers_b import (
-    MS_BIND,
-    MS_PRIVATE,
-    MS_REC,
-    MS_SHARED,
-    RUNTIME_HANDLER,
-    handler_features,
-    mount,
-    umount_all,
-    wait_running,
-)
+from tests.support import cri, critest
 from tests.support.daemon import Daemon
+from tests.support.mounts import MS_BIND, MS_PRIVATE, MS_REC, MS_SHARED, mount, umount_all
 
 pytestmark = pytest.mark.root
 
-PRIVATE = pb.MountPropagation.Value("PROPAGATION_PRIVATE")
-HOST_TO_CONTAINER = pb.MountPropagation.Value("PROPAGATION_HOST_TO_CONTAINER")
-BIDIRECTIONAL = pb.MountPropagation.Value("PROPAGATION_BIDIRECTIONAL")
-
-
-@contextlib.contextmanager
-def privileged_pod(daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    """createPrivilegedPodSandbox(true), which both contexts use."""
-    config = cri.pod_config(
-        daemon,
-        "create-Privileged-PodSandbox-for-container-",
-        security_context=pb.LinuxSandboxSecurityContext(privileged=True),
-    )
-    with cri.pod(daemon, config, handler=RUNTIME_HANDLER) as entry:
-        yield entry
+PRIVATE = pb.PROPAGATION_PRIVATE
+HOST_TO_CONTAINER = pb.PROPAGATION_HOST_TO_CONTAINER
+BIDIRECTIONAL = pb.PROPAGATION_BIDIRECTIONAL
 
 
 # ---- propagation -------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def propagation_host_path(pod_id: str, propagation: int) -> Iterator[tuple[Path, Path, Path]]:
+def propagation_host_path(pod_id: str, propagation: pb.MountPropagation) -> Iterator[tuple[Path, Path, Path]]:
     """createHostPathForMountPropagation: yields (mnt source, propagation src, mount point)."""
     host_path = Path(tempfile.mkdtemp(prefix="test" + pod_id[:12]))
     mnt_source = host_path / "mnt"
@@ -82,18 +61,18 @@ def propagation_host_path(pod_id: str, propagation: int) -> Iterator[tuple[Path,
         shutil.rmtree(host_path, ignore_errors=True)
 
 
-def _check_propagation(daemon: Daemon, propagation: int) -> None:
+def _check_propagation(daemon: Daemon, propagation: pb.MountPropagation) -> None:
     with (
-        privileged_pod(daemon) as (pod_id, pod_cfg),
+        critest.privileged_pod(daemon) as (pod_id, pod_cfg),
         propagation_host_path(pod_id, propagation) as (mnt_source, src_dir, mnt_point),
     ):
-        config = cri.container_config(
+        config = critest.container_config(
             "mount-propagation-test-",
-            command=cri.PAUSE_COMMAND,
+            command=critest.PAUSE_COMMAND,
             linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=True)),
             mounts=[pb.Mount(host_path=str(mnt_source), container_path=str(mnt_source), propagation=propagation)],
         )
-        cid = cri.create_container(daemon, pod_id, pod_cfg, config)
+        cid = critest.create_container(daemon, pod_id, pod_cfg, config)
 
         mounts = cri.container_status(daemon, cid, verbose=True).mounts
         assert len(mounts) == 1, mounts
@@ -104,11 +83,11 @@ def _check_propagation(daemon: Daemon, propagation: int) -> None:
         assert mounts[0].propagation == propagation, mounts[0]
 
         cri.start(daemon, cid)
-        wait_running(daemon, cid)
+        cri.wait_running(daemon, cid)
 
         # Host -> container.
         mount(src_dir, mnt_point, "bind", MS_BIND | MS_REC)
-        listing = cri.exec_ok(daemon, cid, ["ls", "-A", str(mnt_point)])
+        listing = critest.exec_ok(daemon, cid, ["ls", "-A", str(mnt_point)])
         if propagation == PRIVATE:
             assert listing == "", f"a host mount reached an rprivate mount: {listing!r}"
         else:
@@ -116,8 +95,8 @@ def _check_propagation(daemon: Daemon, propagation: int) -> None:
 
         # Container -> host.
         container_mnt_point = mnt_source / "containerMntPoint"
-        cri.exec_ok(daemon, cid, ["sh", "-c", f"mkdir -p {container_mnt_point}"])
-        cri.exec_ok(daemon, cid, ["sh", "-c", f"mount --bind /etc {container_mnt_point}"])
+        critest.exec_ok(daemon, cid, ["sh", "-c", f"mkdir -p {container_mnt_point}"])
+        critest.exec_ok(daemon, cid, ["sh", "-c", f"mount --bind /etc {container_mnt_point}"])
         entries = os.listdir(container_mnt_point)
         if propagation == BIDIRECTIONAL:
             assert entries, "a container mount did not reach the host through an rshared mount"
@@ -148,10 +127,10 @@ def test_rslave_mount_propagates_host_to_container(daemon: Daemon) -> None:
 
 def require_rro(daemon: Daemon) -> None:
     """critest's runtimeSupportsRRO: skip unless Status says the handler does recursive read-only mounts."""
-    features = handler_features(daemon)
+    features = critest.handler_features(daemon)
     if features is None or not features.recursive_read_only_mounts:
         pytest.skip(
-            f"runtime does not implement recursive readonly mounts (handler {RUNTIME_HANDLER!r}; "
+            f"runtime does not implement recursive readonly mounts (handler {critest.RUNTIME_HANDLER!r}; "
             "set CRITEST_RUNTIME_HANDLER to one that does)"
         )
 
@@ -170,9 +149,19 @@ def rro_host_path(pod_id: str) -> Iterator[Path]:
         shutil.rmtree(host_path, ignore_errors=True)
 
 
-def mount_container_config(mounts: list[pb.Mount]) -> pb.ContainerConfig:
-    """createMountContainer's config: busybox `sh -c top` with `mounts`."""
-    config = cri.container_config("test-mount-", command=cri.PAUSE_COMMAND, mounts=mounts)
+def mount_container_config(
+    host_path: Path, *, readonly: bool, rro: bool, propagation: pb.MountPropagation = PRIVATE
+) -> pb.ContainerConfig:
+    """createMountContainer's config: busybox `sh -c top` with `host_path` mounted at /mnt."""
+    volume = pb.Mount(
+        host_path=str(host_path),
+        container_path="/mnt",
+        readonly=readonly,
+        recursive_read_only=rro,
+        selinux_relabel=True,
+        propagation=propagation,
+    )
+    config = critest.container_config("test-mount-", command=critest.PAUSE_COMMAND, mounts=[volume])
     config.ClearField("linux")  # critest leaves Linux unset here
     return config
 
@@ -180,25 +169,17 @@ def mount_container_config(mounts: list[pb.Mount]) -> pb.ContainerConfig:
 def _check_readonly_mount(daemon: Daemon, rro: bool) -> None:
     if rro:
         require_rro(daemon)
-    with privileged_pod(daemon) as (pod_id, pod_cfg), rro_host_path(pod_id) as host_path:
-        mounts = [
-            pb.Mount(
-                host_path=str(host_path),
-                container_path="/mnt",
-                readonly=True,
-                recursive_read_only=rro,
-                selinux_relabel=True,
-            )
-        ]
-        cid = cri.create_container(daemon, pod_id, pod_cfg, mount_container_config(mounts))
+    with critest.privileged_pod(daemon) as (pod_id, pod_cfg), rro_host_path(pod_id) as host_path:
+        config = mount_container_config(host_path, readonly=True, rro=rro)
+        cid = critest.create_container(daemon, pod_id, pod_cfg, config)
         status = cri.container_status(daemon, cid, verbose=True)
-        assert len(status.mounts) == len(mounts), status.mounts
+        assert len(status.mounts) == len(config.mounts), status.mounts
         cri.start(daemon, cid)
-        wait_running(daemon, cid)
+        cri.wait_running(daemon, cid)
         if rro:
-            cri.exec_ok(daemon, cid, ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"'])
+            critest.exec_ok(daemon, cid, ["sh", "-c", 'touch /mnt/tmpfs/foo 2>&1 | grep -q "Read-only file system"'])
         else:
-            cri.exec_ok(daemon, cid, ["touch", "/mnt/tmpfs/file"])
+            critest.exec_ok(daemon, cid, ["touch", "/mnt/tmpfs/file"])
 
 
 def test_non_recursive_readonly_mount_leaves_submounts_writable(daemon: Daemon) -> None:
@@ -213,21 +194,12 @@ def test_recursive_readonly_mount_makes_submounts_readonly(daemon: Daemon) -> No
     _check_readonly_mount(daemon, rro=True)
 
 
-def _check_rro_refused(daemon: Daemon, *, readonly: bool, propagation: int) -> None:
+def _check_rro_refused(daemon: Daemon, *, readonly: bool, propagation: pb.MountPropagation) -> None:
     require_rro(daemon)
-    with privileged_pod(daemon) as (pod_id, pod_cfg), rro_host_path(pod_id) as host_path:
-        mounts = [
-            pb.Mount(
-                host_path=str(host_path),
-                container_path="/mnt",
-                readonly=readonly,
-                recursive_read_only=True,
-                selinux_relabel=True,
-                propagation=propagation,
-            )
-        ]
-        code = cri.rpc_code(lambda: cri.create_container(daemon, pod_id, pod_cfg, mount_container_config(mounts)))
-        assert code is not None, "CreateContainer accepted an invalid recursive read-only mount"
+    with critest.privileged_pod(daemon) as (pod_id, pod_cfg), rro_host_path(pod_id) as host_path:
+        config = mount_container_config(host_path, readonly=readonly, rro=True, propagation=propagation)
+        code = cri.rpc_code(lambda: critest.create_container(daemon, pod_id, pod_cfg, config))
+        assert code != grpc.StatusCode.OK, "CreateContainer accepted an invalid recursive read-only mount"
 
 
 def test_recursive_readonly_with_host_to_container_propagation_is_refused(daemon: Daemon) -> None:

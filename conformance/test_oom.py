@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import pb
-from conformance.helpers_b import RUNTIME_HANDLER, wait_exited
+from tests.support import cri, critest
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -17,11 +16,9 @@ MEMORY_LIMIT = 15 * 1024 * 1024
 def test_container_over_memory_limit_exits_137_oomkilled(daemon: Daemon) -> None:
     """[k8s.io] Container OOM runtime should output OOMKilled reason should terminate with exitCode 137 and
     reason OOMKilled"""
-    security = pb.LinuxSandboxSecurityContext(privileged=True)
-    config = cri.pod_config(daemon, "create-Privileged-PodSandbox-for-container-", security_context=security)
-    with cri.pod(daemon, config, handler=RUNTIME_HANDLER) as (pod_id, pod_cfg):
+    with critest.privileged_pod(daemon) as (pod_id, pod_cfg):
         # dd with a 20 MiB block buffer cannot fit in 15 MiB of memory (swap capped to the same).
-        container = cri.container_config(
+        container = critest.container_config(
             "OOM-test-",
             command=["sh", "-c", "dd if=/dev/zero of=/dev/null bs=20M"],
             linux=pb.LinuxContainerConfig(
@@ -30,11 +27,11 @@ def test_container_over_memory_limit_exits_137_oomkilled(daemon: Daemon) -> None
                 )
             ),
         )
-        cid = cri.create_container(daemon, pod_id, pod_cfg, container)
+        cid = critest.create_container(daemon, pod_id, pod_cfg, container)
         cri.container_status(daemon, cid, verbose=True)
 
         cri.start(daemon, cid)
-        wait_exited(daemon, cid)
+        cri.wait_exited(daemon, cid)
         status = cri.eventually(
             lambda: cri.container_status(daemon, cid),
             lambda s: s.reason == "OOMKilled",

@@ -5,26 +5,27 @@ from __future__ import annotations
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from conformance.cri import CALL_TIMEOUT, rt
+from tests.support import cri
+from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
 
-def test_version_reports_every_field(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_version_reports_every_field(daemon: Daemon) -> None:
     """[k8s.io] Runtime info runtime should support returning runtime info
     runtime should return version info [Conformance]"""
     # critest asks with version "0.1.0" and checks the four fields are present;
     # proto3 strings are never nil, so we also require them to say something.
-    version = rt(daemon).Version(pb.VersionRequest(version="0.1.0"), timeout=CALL_TIMEOUT)
+    version = daemon.runtime.Version(pb.VersionRequest(version="0.1.0"), timeout=cri.CALL_TIMEOUT)
     assert version.version
     assert version.runtime_name
     assert version.runtime_version
     assert version.runtime_api_version
 
 
-def test_status_reports_runtime_and_network_ready(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_status_reports_runtime_and_network_ready(daemon: Daemon) -> None:
     """[k8s.io] Runtime info runtime should support returning runtime info
     runtime should return runtime conditions [Conformance]"""
-    status = rt(daemon).Status(pb.StatusRequest(), timeout=CALL_TIMEOUT)
+    status = daemon.runtime.Status(pb.StatusRequest(), timeout=cri.CALL_TIMEOUT)
     ready = {c.type for c in status.status.conditions if c.status}
     assert {"RuntimeReady", "NetworkReady"} <= ready, list(status.status.conditions)

@@ -18,20 +18,11 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import grpc
 import pytest
+from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.cri import pb
-from conformance.helpers_b import (
-    RUNTIME_HANDLER,
-    assert_log_contains,
-    exec_fails,
-    log_entries,
-    log_temp_dir,
-    pod_with_log_directory,
-    wait_exited,
-    wait_running,
-)
+from tests.support import cri, critest
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
@@ -42,30 +33,75 @@ PREDEFINED_GROUP_IMAGE = "gcr.io/k8s-staging-cri-tools/test-image-predefined-gro
 PREDEFINED_GROUP_UID = 1000
 PREDEFINED_GROUP_GID = 50000
 
-POD = pb.NamespaceMode.Value("POD")
-NODE = pb.NamespaceMode.Value("NODE")
-CONTAINER = pb.NamespaceMode.Value("CONTAINER")
+POD = pb.POD
+NODE = pb.NODE
+CONTAINER = pb.CONTAINER
 
 
 # ---- pod and container shapes critest uses in this file ----------------------------------------
 
 
-@contextlib.contextmanager
 def namespace_pod(
-    daemon: Daemon,
-    options: pb.NamespaceOption,
-    log_directory: str = "",
-) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    """createNamespacePodSandbox: namespace options, an empty DNS config, an optional log directory."""
-    config = cri.pod_config(
-        daemon,
-        "NamespaceOption-PodSandbox-",
-        log_directory=log_directory,
-        dns=pb.DNSConfig(),
-        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options),
+    daemon: Daemon, options: pb.NamespaceOption
+) -> contextlib.AbstractContextManager[tuple[str, pb.PodSandboxConfig]]:
+    """createNamespacePodSandbox: namespace options and an empty DNS config."""
+    security = pb.LinuxSandboxSecurityContext(namespace_options=options)
+    return critest.pod(
+        daemon, critest.pod_config(daemon, "NamespaceOption-PodSandbox-", dns=pb.DNSConfig(), security_context=security)
     )
-    with cri.pod(daemon, config, handler=RUNTIME_HANDLER) as entry:
-        yield entry
+
+
+def sc_config(
+    prefix: str,
+    sc: pb.LinuxContainerSecurityContext,
+    *,
+    command: Sequence[str] | None = critest.PAUSE_COMMAND,
+    image: str = critest.DEFAULT_IMAGE,
+    logged: bool = False,
+) -> pb.ContainerConfig:
+    """A container with `sc` as its security context (critest's create*Container helpers).
+
+    `logged` gives it the log path NAME.log, under its pod's log directory.
+    """
+    config = critest.container_config(
+        prefix, image=image, command=command, linux=pb.LinuxContainerConfig(security_context=sc)
+    )
+    if logged:
+        config.log_path = config.metadata.name + ".log"
+    return config
+
+
+def sc_container(
+    daemon: Daemon,
+    pod_id: str,
+    pod_cfg: pb.PodSandboxConfig,
+    prefix: str,
+    sc: pb.LinuxContainerSecurityContext,
+    *,
+    command: Sequence[str] | None = critest.PAUSE_COMMAND,
+    image: str = critest.DEFAULT_IMAGE,
+) -> str:
+    """Creates a container with `sc` as its security context; returns its id."""
+    config = sc_config(prefix, sc, command=command, image=image)
+    return critest.create_container(daemon, pod_id, pod_cfg, config)
+
+
+def run_to_exit(
+    daemon: Daemon,
+    pod_id: str,
+    pod_cfg: pb.PodSandboxConfig,
+    prefix: str,
+    sc: pb.LinuxContainerSecurityContext,
+    *,
+    command: Sequence[str] | None,
+    image: str = critest.DEFAULT_IMAGE,
+) -> str:
+    """Runs a logging container with `sc` until it exits; returns its log path, for the log checks."""
+    config = sc_config(prefix, sc, command=command, image=image, logged=True)
+    cid = critest.create_container(daemon, pod_id, pod_cfg, config)
+    cri.start(daemon, cid)
+    cri.wait_exited(daemon, cid)
+    return config.log_path
 
 
 def namespace_container(
@@ -76,66 +112,14 @@ def namespace_container(
     image: str,
     options: pb.NamespaceOption,
     command: Sequence[str] | None,
-    log_path: str = "",
 ) -> str:
     """createNamespaceContainer: the pod's namespace options repeated on the container."""
-    config = cri.container_config(
-        prefix,
-        image=image,
-        command=command,
-        log_path=log_path,
-        linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(namespace_options=options)),
-    )
-    return cri.create_container(daemon, pod_id, pod_cfg, config)
-
-
-@contextlib.contextmanager
-def default_pod(daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    """framework.CreatePodSandboxForContainer."""
-    with cri.pod(daemon, prefix="create-PodSandbox-for-container-", handler=RUNTIME_HANDLER) as entry:
-        yield entry
-
-
-@contextlib.contextmanager
-def privileged_pod(daemon: Daemon, privileged: bool) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    """createPrivilegedPodSandbox."""
-    config = cri.pod_config(
-        daemon,
-        "create-Privileged-PodSandbox-for-container-",
-        security_context=pb.LinuxSandboxSecurityContext(privileged=privileged),
-    )
-    with cri.pod(daemon, config, handler=RUNTIME_HANDLER) as entry:
-        yield entry
-
-
-def sc_container(
-    daemon: Daemon,
-    pod_id: str,
-    pod_cfg: pb.PodSandboxConfig,
-    prefix: str,
-    sc: pb.LinuxContainerSecurityContext,
-    *,
-    command: Sequence[str] | None = cri.PAUSE_COMMAND,
-    image: str = cri.DEFAULT_IMAGE,
-    log_path: str = "",
-    name: str = "",
-) -> str:
-    """A container with `sc` as its security context (critest's create*Container helpers)."""
-    config = cri.container_config(
-        prefix,
-        image=image,
-        command=command,
-        log_path=log_path,
-        linux=pb.LinuxContainerConfig(security_context=sc),
-    )
-    if name:
-        config.metadata.name = name
-    return cri.create_container(daemon, pod_id, pod_cfg, config)
+    sc = pb.LinuxContainerSecurityContext(namespace_options=options)
+    return sc_container(daemon, pod_id, pod_cfg, prefix, sc, command=command, image=image)
 
 
 def started(daemon: Daemon, cid: str) -> str:
-    cri.start(daemon, cid)
-    wait_running(daemon, cid)
+    critest.start_and_wait_running(daemon, cid)
     return cid
 
 
@@ -143,7 +127,7 @@ def check_network_management(daemon: Daemon, cid: str, manageable: bool) -> None
     """checkNetworkManagement: `brctl addbr foobar` needs CAP_NET_ADMIN."""
     resp = cri.exec_sync(daemon, cid, ["brctl", "addbr", "foobar"])
     msg = f"brctl addbr: exit {resp.exit_code}, stdout {resp.stdout!r}, stderr {resp.stderr!r}"
-    assert exec_fails(resp) != manageable, msg
+    assert critest.exec_fails(resp) != manageable, msg
 
 
 # ---- NamespaceOption ---------------------------------------------------------------------------
@@ -157,7 +141,7 @@ def test_host_pid_container_sees_other_host_pid_processes(daemon: Daemon) -> Non
             daemon,
             namespace_container(daemon, pod_id, pod_cfg, "nginx-container-hostpid-", NGINX_IMAGE, options, None),
         )
-        out = cri.exec_ok(
+        out = critest.exec_ok(
             daemon,
             nginx,
             ["sh", "-c", "while [ ! -f /var/run/nginx.pid ]; do sleep 1; done && cat /var/run/nginx.pid"],
@@ -170,13 +154,13 @@ def test_host_pid_container_sees_other_host_pid_processes(daemon: Daemon) -> Non
                 pod_id,
                 pod_cfg,
                 "container-with-HostPID-test-",
-                cri.DEFAULT_IMAGE,
+                critest.DEFAULT_IMAGE,
                 options,
                 ["sh", "-c", "sleep 1000"],
             ),
         )
         # critest passes "||" and "true" as pidof arguments, not through a shell.
-        pids = cri.exec_ok(daemon, busybox, ["pidof", "nginx", "||", "true"]).strip()
+        pids = critest.exec_ok(daemon, busybox, ["pidof", "nginx", "||", "true"]).strip()
         assert pids, "nginx's pid should be seen by hostpid containers"
         assert nginx_pid in pids, f"nginx pid {nginx_pid} not in pidof output {pids!r}"
 
@@ -186,7 +170,7 @@ def _shm_ids(proc_sysvipc_shm: str) -> set[str]:
     return {line.split()[1] for line in proc_sysvipc_shm.splitlines()[1:] if len(line.split()) > 1}
 
 
-def _check_host_ipc(daemon: Daemon, mode: int) -> None:
+def _check_host_ipc(daemon: Daemon, mode: pb.NamespaceMode) -> None:
     out = subprocess.run(["ipcmk", "-M", "1048576"], check=True, capture_output=True, text=True).stdout
     segment = out.strip().removeprefix("Shared memory id: ")
     try:
@@ -199,14 +183,14 @@ def _check_host_ipc(daemon: Daemon, mode: int) -> None:
                     pod_id,
                     pod_cfg,
                     "namespace-container-",
-                    cri.DEFAULT_IMAGE,
+                    critest.DEFAULT_IMAGE,
                     options,
-                    cri.PAUSE_COMMAND,
+                    critest.PAUSE_COMMAND,
                 ),
             )
             # critest runs `ipcs -m`; Debian's busybox has no ipcs applet, so read the file ipcs reads:
             # it lists the segments of the reader's IPC namespace.
-            seen = _shm_ids(cri.exec_ok(daemon, cid, ["cat", "/proc/sysvipc/shm"]))
+            seen = _shm_ids(critest.exec_ok(daemon, cid, ["cat", "/proc/sysvipc/shm"]))
             if mode == NODE:
                 assert segment in seen, f"host segment {segment} not visible with host IPC: {seen}"
             else:
@@ -236,8 +220,8 @@ def test_pod_pid_namespace_pid1_is_not_the_container(daemon: Daemon) -> None:
             ),
         )
         # Wait for nginx to be up (critest sleeps a second), then PID 1 must be the pod's, not nginx.
-        cri.exec_ok(daemon, cid, ["sh", "-c", "while [ ! -f /var/run/nginx.pid ]; do sleep 0.2; done"])
-        cmdline = cri.exec_ok(daemon, cid, ["cat", "/proc/1/cmdline"])
+        critest.exec_ok(daemon, cid, ["sh", "-c", "while [ ! -f /var/run/nginx.pid ]; do sleep 0.2; done"])
+        cmdline = critest.exec_ok(daemon, cid, ["cat", "/proc/1/cmdline"])
         assert "master process" not in cmdline, f"pid 1 is nginx in a pod PID namespace: {cmdline!r}"
 
 
@@ -249,7 +233,9 @@ def test_container_pid_namespace_pid1_is_the_container(daemon: Daemon) -> None:
             daemon,
             namespace_container(daemon, pod_id, pod_cfg, "nginx-container-pid-", NGINX_IMAGE, options, None),
         )
-        cri.exec_ok(daemon, cid, ["sh", "-c", 'while ! cat /proc/1/cmdline | grep "master process"; do sleep 1; done'])
+        critest.exec_ok(
+            daemon, cid, ["sh", "-c", 'while ! cat /proc/1/cmdline | grep "master process"; do sleep 1; done']
+        )
 
 
 @contextlib.contextmanager
@@ -278,30 +264,24 @@ def _host_listener() -> Iterator[str]:
 
 
 def _check_host_network(daemon: Daemon, host_network: bool) -> None:
-    name = "NamespaceOption-PodSandbox-" + cri.new_uuid()
-    with _host_listener() as port, log_temp_dir(name) as log_dir:
-        options = pb.NamespaceOption(pid=POD, ipc=POD, network=NODE if host_network else POD)
-        with namespace_pod(daemon, options, str(log_dir)) as (pod_id, pod_cfg):
-            prefix = "container-with-HostNetwork-test-"
-            log_path = f"{prefix}{cri.new_uuid()}.log"
-            cid = namespace_container(
-                daemon,
-                pod_id,
-                pod_cfg,
-                prefix,
-                cri.DEFAULT_IMAGE,
-                options,
-                ["sh", "-c", "netstat -ln"],
-                log_path,
-            )
-            cri.start(daemon, cid)
-            # critest polls the log; waiting for the exit makes "absent" mean the whole output.
-            wait_exited(daemon, cid)
-            listed = any(":" + port in e.log for e in log_entries(pod_cfg, log_path))
-            assert listed == host_network, (
-                f"host port {port} {'missing from' if host_network else 'present in'} the container's "
-                f"netstat -ln: {log_entries(pod_cfg, log_path)}"
-            )
+    options = pb.NamespaceOption(pid=POD, ipc=POD, network=NODE if host_network else POD)
+    security = pb.LinuxSandboxSecurityContext(namespace_options=options)
+    with (
+        _host_listener() as port,
+        critest.pod_with_log_directory(
+            daemon, "NamespaceOption-PodSandbox-", dns=pb.DNSConfig(), security_context=security
+        ) as (pod_id, pod_cfg),
+    ):
+        # critest polls the log; waiting for the exit makes "absent" mean the whole output.
+        sc = pb.LinuxContainerSecurityContext(namespace_options=options)
+        log_path = run_to_exit(
+            daemon, pod_id, pod_cfg, "container-with-HostNetwork-test-", sc, command=["sh", "-c", "netstat -ln"]
+        )
+        listed = any(":" + port in e.log for e in critest.log_entries(pod_cfg, log_path))
+        assert listed == host_network, (
+            f"host port {port} {'missing from' if host_network else 'present in'} the container's "
+            f"netstat -ln: {critest.log_entries(pod_cfg, log_path)}"
+        )
 
 
 def test_host_network_container_sees_host_listening_port(daemon: Daemon) -> None:
@@ -319,55 +299,44 @@ def test_pod_network_container_does_not_see_host_listening_port(daemon: Daemon) 
 
 def test_supplemental_groups_are_added(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support SupplementalGroups"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(supplemental_groups=[1234, 5678])
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-SupplementalGroups-test-", sc))
-        groups = cri.exec_ok(daemon, cid, ["id", "-G"]).strip().split(" ")
+        groups = critest.exec_ok(daemon, cid, ["id", "-G"]).strip().split(" ")
         assert "1234" in groups, groups
         assert "5678" in groups, groups
 
 
 def test_run_as_user_sets_uid(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support RunAsUser"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(run_as_user=pb.Int64Value(value=1001))
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-RunAsUser-test-", sc))
-        assert cri.exec_ok(daemon, cid, ["id", "-u"]) == "1001\n"
+        assert critest.exec_ok(daemon, cid, ["id", "-u"]) == "1001\n"
 
 
 def test_run_as_username_sets_user(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support RunAsUserName"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(run_as_username="nobody")
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-RunAsUserName-test-", sc))
-        assert cri.exec_ok(daemon, cid, ["id", "-nu"]) == "nobody\n"
+        assert critest.exec_ok(daemon, cid, ["id", "-nu"]) == "nobody\n"
 
 
 def test_run_as_group_sets_gid(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support RunAsGroup"""
-    with pod_with_log_directory(daemon) as (pod_id, pod_cfg):
-        name = "container-with-RunAsGroup-test-" + cri.new_uuid()
+    with critest.pod_with_log_directory(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(
             run_as_user=pb.Int64Value(value=1001), run_as_group=pb.Int64Value(value=1002)
         )
-        cid = sc_container(
-            daemon,
-            pod_id,
-            pod_cfg,
-            "",
-            sc,
-            command=["sh", "-c", "echo $(id -u):$(id -g)"],
-            log_path=name + ".log",
-            name=name,
-        )
-        cri.start(daemon, cid)
-        wait_exited(daemon, cid)
-        assert_log_contains(pod_cfg, name + ".log", "1001:1002\n")
+        command = ["sh", "-c", "echo $(id -u):$(id -g)"]
+        log_path = run_to_exit(daemon, pod_id, pod_cfg, "container-with-RunAsGroup-test-", sc, command=command)
+        critest.assert_log_contains(pod_cfg, log_path, "1001:1002\n")
 
 
 def test_run_as_group_without_run_as_user_is_rejected(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should return error if RunAsGroup is set without RunAsUser"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(run_as_group=pb.Int64Value(value=1002))
         code = cri.rpc_code(
             lambda: sc_container(
@@ -379,30 +348,19 @@ def test_run_as_group_without_run_as_user_is_rejected(daemon: Daemon) -> None:
                 command=["sh", "-c", "echo $(id -u):$(id -g)"],
             )
         )
-        assert code is not None, "CreateContainer accepted run_as_group without run_as_user"
+        assert code != grpc.StatusCode.OK, "CreateContainer accepted run_as_group without run_as_user"
 
 
 def _check_rootfs(daemon: Daemon, readonly: bool) -> None:
-    with pod_with_log_directory(daemon) as (pod_id, pod_cfg):
+    with critest.pod_with_log_directory(daemon) as (pod_id, pod_cfg):
         prefix = f"container-with-ReadOnlyRootfs-{'true' if readonly else 'false'}-test-"
-        name = prefix + cri.new_uuid()
         sc = pb.LinuxContainerSecurityContext(readonly_rootfs=readonly)
-        cid = sc_container(
-            daemon,
-            pod_id,
-            pod_cfg,
-            "",
-            sc,
-            command=["sh", "-c", "touch test.go && [ -f test.go ] && echo 'Found'"],
-            log_path=name + ".log",
-            name=name,
-        )
-        cri.start(daemon, cid)
-        wait_exited(daemon, cid)
+        command = ["sh", "-c", "touch test.go && [ -f test.go ] && echo 'Found'"]
+        log_path = run_to_exit(daemon, pod_id, pod_cfg, prefix, sc, command=command)
         if readonly:
-            assert_log_contains(pod_cfg, name + ".log", "touch: test.go: Read-only file system\n", "stderr")
+            critest.assert_log_contains(pod_cfg, log_path, "touch: test.go: Read-only file system\n", "stderr")
         else:
-            assert_log_contains(pod_cfg, name + ".log", "Found\n", "stdout")
+            critest.assert_log_contains(pod_cfg, log_path, "Found\n", "stdout")
 
 
 def test_writable_rootfs_allows_writes(daemon: Daemon) -> None:
@@ -417,7 +375,7 @@ def test_readonly_rootfs_refuses_writes(daemon: Daemon) -> None:
 
 def test_privileged_container_can_manage_network(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support Privileged is true"""
-    with privileged_pod(daemon, True) as (pod_id, pod_cfg):
+    with critest.privileged_pod(daemon, True) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(privileged=True)
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-isPrivileged-test-", sc))
         check_network_management(daemon, cid, True)
@@ -425,7 +383,7 @@ def test_privileged_container_can_manage_network(daemon: Daemon) -> None:
 
 def test_unprivileged_container_cannot_manage_network(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support Privileged is false"""
-    with privileged_pod(daemon, False) as (pod_id, pod_cfg):
+    with critest.privileged_pod(daemon, False) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(privileged=False)
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-notPrivileged-test-", sc))
         check_network_management(daemon, cid, False)
@@ -439,7 +397,7 @@ def _caps(add: Sequence[str] = (), drop: Sequence[str] = ()) -> pb.LinuxContaine
 
 def test_added_capability_is_granted(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support adding capability"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         cid = started(
             daemon,
             sc_container(daemon, pod_id, pod_cfg, "container-with-added-capability-test-", _caps(add=["NET_ADMIN"])),
@@ -447,20 +405,20 @@ def test_added_capability_is_granted(daemon: Daemon) -> None:
         check_network_management(daemon, cid, True)
         plain = started(
             daemon,
-            cri.create_default_container(daemon, pod_id, pod_cfg, "container-with-notCapability-test-"),
+            critest.create_default_container(daemon, pod_id, pod_cfg, "container-with-notCapability-test-"),
         )
         check_network_management(daemon, plain, False)
 
 
 def test_dropped_capability_is_denied(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support dropping capability"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         cid = started(
             daemon,
             sc_container(daemon, pod_id, pod_cfg, "container-with-dropped-capability-test-", _caps(drop=["NET_RAW"])),
         )
         resp = cri.exec_sync(daemon, cid, ["ping", "127.0.0.1"])
-        assert exec_fails(resp), f"ping without NET_RAW succeeded: {resp.stdout!r}"
+        assert critest.exec_fails(resp), f"ping without NET_RAW succeeded: {resp.stdout!r}"
         assert resp.stdout, "ping printed nothing on stdout"
         assert "permission denied" in resp.stderr.decode(errors="replace"), resp.stderr
 
@@ -469,12 +427,12 @@ _CAP_BND_NONE = re.compile(r"CapBnd:\s0000000000000000")
 
 
 def _bounding_set(daemon: Daemon, add: Sequence[str], drop: Sequence[str], prefix: str) -> str:
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, prefix, _caps(add=add, drop=drop)))
         resp = cri.exec_sync(daemon, cid, ["cat", "/proc/self/status"])
         assert resp.exit_code == 0, resp
         assert resp.stderr == b"", resp
-        return resp.stdout.decode()  # type: ignore[no-any-return]
+        return resp.stdout.decode()
 
 
 def test_add_all_capabilities_fills_bounding_set(daemon: Daemon) -> None:
@@ -491,14 +449,14 @@ def test_drop_all_capabilities_empties_bounding_set(daemon: Daemon) -> None:
 
 def test_masked_path_cannot_be_run(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support MaskedPaths"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(masked_paths=["/bin/ls"])
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-maskedpaths", sc))
         # The masking itself: executing the masked path fails.
         direct = cri.exec_sync(daemon, cid, ["/bin/ls"])
-        assert exec_fails(direct), f"masked /bin/ls still ran: {direct.stdout!r}"
+        assert critest.exec_fails(direct), f"masked /bin/ls still ran: {direct.stdout!r}"
         resp = cri.exec_sync(daemon, cid, ["/bin/sh", "-c", "ls"])
-        if not exec_fails(resp):
+        if not critest.exec_fails(resp):
             pytest.xfail(
                 "critest runs `sh -c ls`; Debian's busybox-static shell runs applets in-process "
                 "(FEATURE_SH_STANDALONE) and never execs the masked /bin/ls"
@@ -508,40 +466,38 @@ def test_masked_path_cannot_be_run(daemon: Daemon) -> None:
 
 def test_readonly_path_refuses_writes(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should support ReadonlyPaths"""
-    with default_pod(daemon) as (pod_id, pod_cfg):
+    with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(readonly_paths=["/tmp"])
         cid = started(daemon, sc_container(daemon, pod_id, pod_cfg, "container-with-readonlypaths", sc))
         resp = cri.exec_sync(daemon, cid, ["touch", "/tmp/test"])
-        assert exec_fails(resp), "touch in a read-only path succeeded"
+        assert critest.exec_fails(resp), "touch in a read-only path succeeded"
         assert resp.stderr == b"touch: /tmp/test: Read-only file system\n", resp.stderr
 
 
 # ---- SupplementalGroupsPolicy ------------------------------------------------------------------
 
 
-def _check_supplemental_groups_policy(daemon: Daemon, policy: int, expected_groups: list[int]) -> None:
-    status = cri.rt(daemon).Status(pb.StatusRequest(), timeout=cri.CALL_TIMEOUT)
+def _check_supplemental_groups_policy(
+    daemon: Daemon, policy: pb.SupplementalGroupsPolicy, expected_groups: list[int]
+) -> None:
+    status = daemon.runtime.Status(pb.StatusRequest(), timeout=cri.CALL_TIMEOUT)
     if not status.features.supplemental_groups_policy:
         pytest.skip("The runtime does not support SupplementalGroupsPolicy feature")
-    with pod_with_log_directory(daemon) as (pod_id, pod_cfg):
-        name = "container-with-SupplementalGroupsPolicyMerge-" + cri.new_uuid()
-        log_path = name + ".log"
+    with critest.pod_with_log_directory(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(
             run_as_user=pb.Int64Value(value=PREDEFINED_GROUP_UID),
             supplemental_groups=[1234],
             supplemental_groups_policy=policy,
         )
-        cid = sc_container(
-            daemon,
-            pod_id,
-            pod_cfg,
-            "",
+        config = sc_config(
+            "container-with-SupplementalGroupsPolicyMerge-",
             sc,
             image=PREDEFINED_GROUP_IMAGE,
             command=["sh", "-c", "id -G; sleep infinity"],
-            log_path=log_path,
-            name=name,
+            logged=True,
         )
+        log_path = config.log_path
+        cid = critest.create_container(daemon, pod_id, pod_cfg, config)
         cri.start(daemon, cid)
         expected_user = pb.ContainerUser(
             linux=pb.LinuxContainerUser(
@@ -553,7 +509,7 @@ def _check_supplemental_groups_policy(daemon: Daemon, policy: int, expected_grou
         # container never changes, so wait for the other two and then compare it once.
         status = cri.eventually(
             lambda: cri.container_status(daemon, cid),
-            lambda s: s.state == pb.CONTAINER_RUNNING and bool(log_entries(pod_cfg, log_path)),
+            lambda s: s.state == pb.CONTAINER_RUNNING and bool(critest.log_entries(pod_cfg, log_path)),
             timeout=60.0,
             what="RUNNING and a log line",
         )
@@ -564,24 +520,22 @@ def _check_supplemental_groups_policy(daemon: Daemon, policy: int, expected_grou
         user.linux.supplemental_groups.extend(groups)
         assert user == expected_user, f"ContainerStatus.user is {user}, expected {expected_user}"
         expected = " ".join(str(g) for g in expected_groups) + "\n"
-        assert_log_contains(pod_cfg, log_path, expected, "stdout")
-        assert cri.exec_ok(daemon, cid, ["id", "-G"]) == expected
+        critest.assert_log_contains(pod_cfg, log_path, expected, "stdout")
+        assert critest.exec_ok(daemon, cid, ["id", "-G"]) == expected
 
 
 def test_merge_policy_keeps_image_groups_and_adds_supplemental(daemon: Daemon) -> None:
     """[k8s.io] Security Context SupplementalGroupsPolicy when SupplementalGroupsPolicy=Merge (Default) if
     the container's primary UID belongs to some groups in the image, runtime should add
     SupplementalGroups to them"""
-    _check_supplemental_groups_policy(
-        daemon, pb.SupplementalGroupsPolicy.Value("Merge"), [PREDEFINED_GROUP_UID, 1234, PREDEFINED_GROUP_GID]
-    )
+    _check_supplemental_groups_policy(daemon, pb.Merge, [PREDEFINED_GROUP_UID, 1234, PREDEFINED_GROUP_GID])
 
 
 def test_strict_policy_ignores_image_groups(daemon: Daemon) -> None:
     """[k8s.io] Security Context SupplementalGroupsPolicy when SupplementalGroupsPolicy=Strict even if the
     container's primary UID belongs to some groups in the image, runtime should not add
     SupplementalGroups to them"""
-    _check_supplemental_groups_policy(daemon, pb.SupplementalGroupsPolicy.Value("Strict"), [PREDEFINED_GROUP_UID, 1234])
+    _check_supplemental_groups_policy(daemon, pb.Strict, [PREDEFINED_GROUP_UID, 1234])
 
 
 # ---- SeccompProfilePath ------------------------------------------------------------------------
@@ -628,16 +582,16 @@ def seccomp_container(daemon: Daemon, profile: pb.SecurityProfile | None) -> Ite
     if profile is not None:
         sandbox_sc.seccomp.CopyFrom(profile)
         container_sc.seccomp.CopyFrom(profile)
-    config = cri.pod_config(daemon, "seccomp-sandbox-", security_context=sandbox_sc)
-    with cri.pod(daemon, config, handler=RUNTIME_HANDLER) as (pod_id, pod_cfg):
+    config = critest.pod_config(daemon, "seccomp-sandbox-", security_context=sandbox_sc)
+    with critest.pod(daemon, config) as (pod_id, pod_cfg):
         yield started(
-            daemon, sc_container(daemon, pod_id, pod_cfg, "seccomp-container-" + cri.new_uuid(), container_sc)
+            daemon, sc_container(daemon, pod_id, pod_cfg, "seccomp-container-" + critest.new_uuid(), container_sc)
         )
 
 
 def seccomp_mode(daemon: Daemon, cid: str) -> str:
     """The Seccomp: field of an exec'd process: 0 disabled, 2 filter."""
-    out = cri.exec_ok(daemon, cid, SECCOMP_STATUS_CMD)
+    out = critest.exec_ok(daemon, cid, SECCOMP_STATUS_CMD)
     return out.split(":", 1)[1].strip()
 
 
@@ -652,7 +606,7 @@ def test_localhost_seccomp_profile_blocks_its_syscalls(daemon: Daemon, seccomp_p
     container"""
     with seccomp_container(daemon, localhost(seccomp_profiles["block-chmod.json"])) as cid:
         resp = cri.exec_sync(daemon, cid, ["chmod", "400", "/"])
-        assert exec_fails(resp), "chmod ran under a profile that blocks it"
+        assert critest.exec_fails(resp), "chmod ran under a profile that blocks it"
         assert "Operation not permitted" in resp.stderr.decode(errors="replace"), resp.stderr
 
 
@@ -671,7 +625,7 @@ def test_nil_seccomp_profile_is_unconfined(daemon: Daemon) -> None:
 
 def _check_set_hostname(daemon: Daemon, profile: pb.SecurityProfile, *, privileged: bool, settable: bool) -> None:
     """createSeccompContainer + checkSetHostname: `hostname ANewHostName` in a `sleep 60` container."""
-    pod_manager = privileged_pod(daemon, True) if privileged else default_pod(daemon)
+    pod_manager = critest.privileged_pod(daemon, True) if privileged else critest.default_pod(daemon)
     with pod_manager as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(
             privileged=privileged,
@@ -691,7 +645,7 @@ def _check_set_hostname(daemon: Daemon, profile: pb.SecurityProfile, *, privileg
         )
         resp = cri.exec_sync(daemon, cid, ["hostname", "ANewHostName"])
         msg = f"hostname: exit {resp.exit_code}, stdout {resp.stdout!r}, stderr {resp.stderr!r}"
-        assert exec_fails(resp) != settable, msg
+        assert critest.exec_fails(resp) != settable, msg
 
 
 def test_unconfined_seccomp_with_sys_admin_can_set_hostname(daemon: Daemon) -> None:
@@ -716,24 +670,12 @@ def test_privileged_container_ignores_seccomp_profile(daemon: Daemon, seccomp_pr
 
 
 def _effective_uid_line(daemon: Daemon, no_new_privs: bool) -> None:
-    with pod_with_log_directory(daemon) as (pod_id, pod_cfg):
-        name = f"alpine-nnp-{'true' if no_new_privs else 'false'}-{cri.new_uuid()}"
+    with critest.pod_with_log_directory(daemon) as (pod_id, pod_cfg):
+        prefix = f"alpine-nnp-{'true' if no_new_privs else 'false'}-"
         sc = pb.LinuxContainerSecurityContext(no_new_privs=no_new_privs, run_as_user=pb.Int64Value(value=1000))
-        cid = sc_container(
-            daemon,
-            pod_id,
-            pod_cfg,
-            "",
-            sc,
-            image=NONEWPRIVS_IMAGE,
-            command=None,
-            log_path=name + ".log",
-            name=name,
-        )
-        cri.start(daemon, cid)
-        wait_exited(daemon, cid)
+        log_path = run_to_exit(daemon, pod_id, pod_cfg, prefix, sc, image=NONEWPRIVS_IMAGE, command=None)
         # The image runs a setuid-root program printing its effective uid.
-        assert_log_contains(pod_cfg, name + ".log", f"Effective uid: {1000 if no_new_privs else 0}\n")
+        critest.assert_log_contains(pod_cfg, log_path, f"Effective uid: {1000 if no_new_privs else 0}\n")
 
 
 def test_no_new_privs_blocks_setuid_escalation(daemon: Daemon) -> None:

@@ -8,50 +8,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from conformance import cri
-from conformance.test_networking import WEB_PORT, port_mapping_pod, web_server_container
+from tests.support import cri, critest
+from tests.support.daemon import Daemon
 from tests.support.streamclient import spdy_connect, spdy_exec, spdy_port_forward
 
 pytestmark = pytest.mark.root
 
-HOSTNET_WEB_IMAGE = cri.STAGING + "hostnet-nginx-amd64"
+HOSTNET_WEB_IMAGE = critest.STAGING + "hostnet-nginx-amd64"
 HOSTNET_WEB_PORT = 12003
 HTTP_GET = b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n"
 
 
-def _exec_url(daemon, cid: str, *, tty: bool, stdin: bool, stderr: bool) -> str:  # type: ignore[no-untyped-def]
-    req = pb.ExecRequest(
-        container_id=cid, cmd=["echo", "-n", "hello"], stdout=True, stderr=stderr, tty=tty, stdin=stdin
-    )
-    url: str = cri.rt(daemon).Exec(req, timeout=cri.CALL_TIMEOUT).url
-    assert url.startswith("http"), f"Exec URL has no host: {url!r}"
-    return url
+@contextlib.contextmanager
+def _exec_url(daemon: Daemon, *, tty: bool, stdin: bool, stderr: bool) -> Iterator[str]:
+    """critest's createExec: a default container in a default pod, and the URL of `echo -n hello` in it."""
+    with critest.default_pod(daemon) as (pod_id, cfg):
+        cid = critest.create_default_container(daemon, pod_id, cfg, "container-for-exec-test")
+        cri.start(daemon, cid)
+        req = pb.ExecRequest(
+            container_id=cid, cmd=["echo", "-n", "hello"], stdout=True, stderr=stderr, tty=tty, stdin=stdin
+        )
+        url: str = daemon.runtime.Exec(req, timeout=cri.CALL_TIMEOUT).url
+        assert url.startswith("http"), f"Exec URL has no host: {url!r}"
+        yield url
 
 
-def test_exec_without_tty_or_stdin(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_exec_without_tty_or_stdin(daemon: Daemon) -> None:
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support exec with tty=false and stdin=false [Conformance]"""
-    with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
-        cid = cri.create_default_container(daemon, pod_id, cfg, "container-for-exec-test")
-        cri.start(daemon, cid)
-        url = _exec_url(daemon, cid, tty=False, stdin=False, stderr=True)
+    with _exec_url(daemon, tty=False, stdin=False, stderr=True) as url:
         result = asyncio.run(spdy_exec(url, stdin=None, stdout=True, stderr=True, tty=False))
         assert result.stdout == b"hello"
         assert result.stderr == b""
         assert result.exit_code == 0
 
 
-def test_exec_with_tty_and_stdin(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_exec_with_tty_and_stdin(daemon: Daemon) -> None:
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support exec with tty=true and stdin=true [Conformance]"""
-    with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
-        cid = cri.create_default_container(daemon, pod_id, cfg, "container-for-exec-test")
-        cri.start(daemon, cid)
-        url = _exec_url(daemon, cid, tty=True, stdin=True, stderr=False)
+    with _exec_url(daemon, tty=True, stdin=True, stderr=False) as url:
         result = asyncio.run(spdy_exec(url, stdin=b"", stdout=True, stderr=False, tty=True))
         assert b"hello" in result.stdout
         assert result.stderr == b""
@@ -71,7 +71,7 @@ async def _attach_echo(url: str) -> tuple[bytes, bytes, bytes]:
             err = bytearray()
             grew = asyncio.Event()
 
-            async def pump(stream, sink: bytearray) -> None:  # type: ignore[no-untyped-def]
+            async def pump(stream, sink: bytearray) -> None:
                 while chunk := await stream.read():
                     sink.extend(chunk)
                     grew.set()
@@ -98,15 +98,15 @@ async def _attach_echo(url: str) -> tuple[bytes, bytes, bytes]:
             await conn.close()
 
 
-def test_attach_echoes_stdin_command(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_attach_echoes_stdin_command(daemon: Daemon) -> None:
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support attach [Conformance]"""
-    with cri.pod(daemon, prefix="create-PodSandbox-for-container-") as (pod_id, cfg):
-        config = cri.container_config("container-for-attach-test", command=["/bin/sh"], stdin=True, stdin_once=True)
-        cid = cri.create_container(daemon, pod_id, cfg, config)
+    with critest.default_pod(daemon) as (pod_id, cfg):
+        config = critest.container_config("container-for-attach-test", command=["/bin/sh"], stdin=True, stdin_once=True)
+        cid = critest.create_container(daemon, pod_id, cfg, config)
         cri.start(daemon, cid)
         req = pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True, tty=False)
-        url = cri.rt(daemon).Attach(req, timeout=cri.CALL_TIMEOUT).url
+        url = daemon.runtime.Attach(req, timeout=cri.CALL_TIMEOUT).url
         seen, err, _ = asyncio.run(_attach_echo(url))
         assert seen == b"hello"
         assert err == b""
@@ -123,8 +123,8 @@ async def _forward_get(url: str, port: int) -> bytes:
         await conn.close()
 
 
-def _port_forward_url(daemon, pod_id: str) -> str:  # type: ignore[no-untyped-def]
-    url: str = cri.rt(daemon).PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id), timeout=cri.CALL_TIMEOUT).url
+def _port_forward_url(daemon: Daemon, pod_id: str) -> str:
+    url: str = daemon.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id), timeout=cri.CALL_TIMEOUT).url
     assert url.startswith("http"), f"PortForward URL has no host: {url!r}"
     return url
 
@@ -133,28 +133,23 @@ def _status_line(response: bytes) -> bytes:
     return response.split(b"\r\n", 1)[0]
 
 
-def test_port_forward_reaches_pod_web_server(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_port_forward_reaches_pod_web_server(daemon: Daemon) -> None:
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support portforward [Conformance]"""
-    config = port_mapping_pod(daemon, [pb.PortMapping(container_port=WEB_PORT)])
-    with cri.pod(daemon, config) as (pod_id, cfg):
-        cid = web_server_container(daemon, pod_id, cfg, "container-for-portforward-test")
-        cri.start(daemon, cid)
-        cri.check_main_page(daemon, pod_id, 0, WEB_PORT)
+    mapping = pb.PortMapping(container_port=critest.WEB_SERVER_PORT)
+    with critest.web_server_pod(daemon, mapping, "container-for-portforward-test") as pod_id:
+        critest.check_main_page(daemon, pod_id, mapping)
         # critest listens on host port 12001 and forwards to 80; we speak the stream directly.
-        response = asyncio.run(_forward_get(_port_forward_url(daemon, pod_id), WEB_PORT))
+        response = asyncio.run(_forward_get(_port_forward_url(daemon, pod_id), critest.WEB_SERVER_PORT))
         assert b" 200 " in _status_line(response), response[:200]
 
 
-def test_port_forward_reaches_host_network_web_server(daemon) -> None:  # type: ignore[no-untyped-def]
+def test_port_forward_reaches_host_network_web_server(daemon: Daemon) -> None:
     """[k8s.io] Streaming runtime should support streaming interfaces
     runtime should support portforward in host network"""
-    config = port_mapping_pod(daemon, [pb.PortMapping(container_port=HOSTNET_WEB_PORT)], host_network=True)
-    with cri.pod(daemon, config) as (pod_id, cfg):
-        cid = web_server_container(
-            daemon, pod_id, cfg, "container-for-host-net-portforward-test", image=HOSTNET_WEB_IMAGE
-        )
-        cri.start(daemon, cid)
-        cri.check_main_page(daemon, "", HOSTNET_WEB_PORT, 0)
+    mapping = pb.PortMapping(container_port=HOSTNET_WEB_PORT)
+    prefix = "container-for-host-net-portforward-test"
+    with critest.web_server_pod(daemon, mapping, prefix, host_network=True, image=HOSTNET_WEB_IMAGE) as pod_id:
+        critest.check_main_page(daemon, pod_id, mapping, host_network=True)
         response = asyncio.run(_forward_get(_port_forward_url(daemon, pod_id), HOSTNET_WEB_PORT))
         assert b" 200 " in _status_line(response), response[:200]

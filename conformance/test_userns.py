@@ -9,34 +9,30 @@ the runtime's state dir, which it probes with open_tree + mount_setattr.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import re
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
+from crishim.cri_api import api_pb2 as pb
+from crishim.oci.mounttable import unmount
+from crishim.runtime.idmap import idmapped_bind
 
-from conformance import cri
-from conformance.cri import pb
-from conformance.helpers_b import (
-    RUNTIME_HANDLER,
-    assert_log_matches,
-    handler_features,
-    log_temp_dir,
-    wait_exited,
-)
+from tests.support import cri, critest
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.root
 
-POD = pb.NamespaceMode.Value("POD")
-NODE = pb.NamespaceMode.Value("NODE")
-CONTAINER = pb.NamespaceMode.Value("CONTAINER")
-TARGET = pb.NamespaceMode.Value("TARGET")
+POD = pb.POD
+NODE = pb.NODE
+CONTAINER = pb.CONTAINER
+TARGET = pb.TARGET
 DEFAULT_MAPPING = [pb.IDMapping(container_id=0, host_id=1000, length=100000)]
 PROBE_HOST_ID = 65536
 PROBE_SIZE = 65536
@@ -50,39 +46,15 @@ def userns_handler(daemon: Daemon) -> str:
     handler (runc 1.1.5) lacks user namespaces, the specs run on crun, as
     `critest --runtime-handler=crun` would, rather than skipping.
     """
-    candidates = [RUNTIME_HANDLER] if RUNTIME_HANDLER else ["", "crun"]
+    candidates = [critest.RUNTIME_HANDLER] if critest.RUNTIME_HANDLER else ["", "crun"]
     for handler in candidates:
-        features = handler_features(daemon, handler)
+        features = critest.handler_features(daemon, handler)
         if features is not None and features.user_namespaces:
             return handler
     pytest.skip(f"no runtime handler found which supports user namespaces (tried {candidates!r})")
 
 
-# ---- critest's supportsIDMap, with raw syscalls -------------------------------------------------
-
-_SYS_OPEN_TREE = 428
-_SYS_MOUNT_SETATTR = 442
-_OPEN_TREE_CLONE = 1
-_AT_EMPTY_PATH = 0x1000
-_MOUNT_ATTR_IDMAP = 0x00100000
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [
-        ("attr_set", ctypes.c_uint64),
-        ("attr_clr", ctypes.c_uint64),
-        ("propagation", ctypes.c_uint64),
-        ("userns_fd", ctypes.c_uint64),
-    ]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-def _raise_errno(what: str) -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
+# ---- critest's supportsIDMap ----------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -105,34 +77,20 @@ def _mapped_userns() -> Iterator[int]:
 
 
 def idmap_unsupported_reason(path: str) -> str | None:
-    """None if an idmapped mount of `path` can be made; otherwise why not."""
+    """None if an idmapped mount of `path` can be made; otherwise why not.
+
+    critest tries open_tree + mount_setattr(MOUNT_ATTR_IDMAP); the runtime's own idmapped
+    bind makes those same calls (and then attaches the view, which is undone at once).
+    """
+    target = Path(tempfile.mkdtemp(prefix="idmap-probe-"))
     try:
-        tree = _libc.syscall(_SYS_OPEN_TREE, -1, os.fsencode(path), _OPEN_TREE_CLONE | os.O_CLOEXEC)
-        if tree < 0:
-            _raise_errno(f"open_tree {path}")
-        try:
-            with _mapped_userns() as pid:
-                ns_fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    attr = _MountAttr(attr_set=_MOUNT_ATTR_IDMAP, userns_fd=ns_fd)
-                    if (
-                        _libc.syscall(
-                            _SYS_MOUNT_SETATTR,
-                            tree,
-                            b"",
-                            _AT_EMPTY_PATH,
-                            ctypes.byref(attr),
-                            ctypes.sizeof(attr),
-                        )
-                        < 0
-                    ):
-                        _raise_errno(f"mount_setattr(MOUNT_ATTR_IDMAP) {path}")
-                finally:
-                    os.close(ns_fd)
-        finally:
-            os.close(tree)
+        with _mapped_userns() as pid:
+            idmapped_bind(Path(path), target, f"/proc/{pid}/ns/user", readonly=False)
     except OSError as exc:
         return str(exc)
+    finally:
+        unmount(target)
+        target.rmdir()
     return None
 
 
@@ -148,31 +106,23 @@ def rootfs_path(info: dict[str, str]) -> str:
 # ---- pods ---------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
 def userns_pod(
-    daemon: Daemon,
-    handler: str,
-    options: pb.NamespaceOption,
-) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
+    daemon: Daemon, handler: str, options: pb.NamespaceOption
+) -> contextlib.AbstractContextManager[tuple[str, pb.PodSandboxConfig]]:
     """createNamespacePodSandbox with a log directory from createLogTempDir."""
-    name = "user-namespaces-pod-" + cri.new_uuid()
-    with log_temp_dir(name) as log_dir:
-        config = cri.pod_config(
-            daemon,
-            "user-namespaces-pod-",
-            log_directory=str(log_dir),
-            dns=pb.DNSConfig(),
-            security_context=pb.LinuxSandboxSecurityContext(namespace_options=options),
-        )
-        config.metadata.name = name
-        with cri.pod(daemon, config, handler=handler) as entry:
-            yield entry
+    return critest.pod_with_log_directory(
+        daemon,
+        "user-namespaces-pod-",
+        handler=handler,
+        dns=pb.DNSConfig(),
+        security_context=pb.LinuxSandboxSecurityContext(namespace_options=options),
+    )
 
 
 def run_uid_map_container(daemon: Daemon, pod_id: str, pod_cfg: pb.PodSandboxConfig) -> str:
     """runUserNamespaceContainer: `cat /proc/self/uid_map` in the pod's namespaces; waits for exit."""
-    name = "user-namespaces-container-" + cri.new_uuid()
-    config = cri.container_config(
+    name = "user-namespaces-container-" + critest.new_uuid()
+    config = critest.container_config(
         "",
         command=["cat", "/proc/self/uid_map"],
         log_path=name + ".log",
@@ -183,10 +133,10 @@ def run_uid_map_container(daemon: Daemon, pod_id: str, pod_cfg: pb.PodSandboxCon
         ),
     )
     config.metadata.name = name
-    config.image.user_specified_image = cri.DEFAULT_IMAGE
-    cid = cri.create_container(daemon, pod_id, pod_cfg, config)
+    config.image.user_specified_image = critest.DEFAULT_IMAGE
+    cid = critest.create_container(daemon, pod_id, pod_cfg, config)
     cri.start(daemon, cid)
-    wait_exited(daemon, cid)
+    cri.wait_exited(daemon, cid)
     return name + ".log"
 
 
@@ -194,20 +144,20 @@ def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -
     """runUserNamespacePodWithError: RunPodSandbox must fail."""
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
-            name="user-namespaces-pod-" + cri.new_uuid(),
-            uid=cri.UID_PREFIX + cri.new_uuid(),
-            namespace=cri.NAMESPACE_PREFIX + cri.new_uuid(),
-            attempt=cri.DEFAULT_ATTEMPT,
+            name="user-namespaces-pod-" + critest.new_uuid(),
+            uid=critest.UID_PREFIX + critest.new_uuid(),
+            namespace=critest.NAMESPACE_PREFIX + critest.new_uuid(),
+            attempt=critest.DEFAULT_ATTEMPT,
         ),
         linux=pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(userns_options=userns))
         ),
     )
     created: list[str] = []
-    code = cri.rpc_code(lambda: created.append(cri.run_pod(daemon, config, handler=handler)[0]))
+    code = cri.rpc_code(lambda: created.append(critest.run_pod(daemon, config, handler=handler)[0]))
     for pod_id in created:
-        cri.cleanup_pod(daemon, pod_id)
-    assert code is not None, f"RunPodSandbox accepted user namespace options {userns}"
+        cri.remove_pod(daemon, pod_id)
+    assert code != grpc.StatusCode.OK, f"RunPodSandbox accepted user namespace options {userns}"
 
 
 # ---- specs --------------------------------------------------------------------------------------
@@ -216,7 +166,7 @@ def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -
 def test_pod_user_namespace_uses_requested_mapping(daemon: Daemon, userns_handler: str) -> None:
     """[k8s.io] Security Context UserNamespaces when Host idmap mount support is needed runtime should
     support NamespaceMode_POD"""
-    status = cri.rt(daemon).Status(pb.StatusRequest(verbose=True), timeout=cri.CALL_TIMEOUT)
+    status = daemon.runtime.Status(pb.StatusRequest(verbose=True), timeout=cri.CALL_TIMEOUT)
     path = rootfs_path(dict(status.info))
     reason = idmap_unsupported_reason(path)
     if reason is not None:
@@ -224,7 +174,7 @@ def test_pod_user_namespace_uses_requested_mapping(daemon: Daemon, userns_handle
     options = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=POD, uids=DEFAULT_MAPPING, gids=DEFAULT_MAPPING))
     with userns_pod(daemon, userns_handler, options) as (pod_id, pod_cfg):
         log_path = run_uid_map_container(daemon, pod_id, pod_cfg)
-        assert_log_matches(pod_cfg, log_path, r"\s+0\s+1000\s+100000\n")
+        critest.assert_log_matches(pod_cfg, log_path, r"\s+0\s+1000\s+100000\n")
 
 
 def test_node_user_namespace_shares_host_mapping(daemon: Daemon, userns_handler: str) -> None:
@@ -237,7 +187,7 @@ def test_node_user_namespace_shares_host_mapping(daemon: Daemon, userns_handler:
         assert host_lines, "empty host uid_map"
         for fields in host_lines:
             assert len(fields) == 3, f"unexpected host mapping line: {fields}"
-            assert_log_matches(pod_cfg, log_path, r"\s+{}\s+{}\s+{}".format(*(re.escape(f) for f in fields)))
+            critest.assert_log_matches(pod_cfg, log_path, r"\s+{}\s+{}\s+{}".format(*(re.escape(f) for f in fields)))
 
 
 def test_more_than_one_mapping_is_refused(daemon: Daemon, userns_handler: str) -> None:

@@ -32,6 +32,12 @@ class TestImages:
     def ref(self, name: str) -> str:
         return self.refs[name]
 
+    def image(self, name: str) -> b.BuiltImage:
+        """The built single-platform image `name` (an index has no config digest of its own)."""
+        built = self.built[name]
+        assert isinstance(built, b.BuiltImage), f"{name} is an index, not an image"
+        return built
+
 
 def standard_images() -> dict[str, b.Built]:
     """Short name ("busybox:latest") -> image. Layers are shared where the images share them."""

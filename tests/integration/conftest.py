@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from crishim.cri_api import api_pb2 as pb
 
+from tests.support.cri import pull_test_image
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,5 @@ def live_daemon() -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="module")
-def busybox(live_daemon: Daemon, test_images) -> str:  # type: ignore[no-untyped-def]
-    ref = test_images.ref("busybox:latest")
-    live_daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    return ref  # type: ignore[no-any-return]
+def busybox(live_daemon: Daemon, test_images: TestImages) -> str:
+    return pull_test_image(live_daemon, test_images)

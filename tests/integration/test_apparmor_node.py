@@ -7,7 +7,6 @@ denying what capabilities alone would allow.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,8 +14,9 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci.apparmor import DEFAULT_PROFILE_NAME, apparmor_enabled, loaded_profiles
 
-from tests.support.cri import container_config, pod_config, remove_pod, start_container
+from tests.support.cri import container_config, exec_checked, exec_output, remove_pod, run_pod, start_container
 from tests.support.daemon import Daemon
+from tests.support.node import installed_runtime
 
 pytestmark = [
     pytest.mark.root,
@@ -30,35 +30,24 @@ Pod = tuple[str, pb.PodSandboxConfig]
 UNCONFINED = pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
 
 
-def exec_out(daemon: Daemon, cid: str, cmd: list[str]) -> tuple[int, str]:
-    answer = daemon.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=20), timeout=40)
-    return answer.exit_code, (answer.stdout + answer.stderr).decode(errors="replace").strip()
-
-
 def label(daemon: Daemon, cid: str, pid: str = "self") -> str:
-    code, out = exec_out(daemon, cid, ["cat", f"/proc/{pid}/attr/current"])
-    assert code == 0, out
-    return out.rstrip("\0")
+    return exec_checked(daemon, cid, ["cat", f"/proc/{pid}/attr/current"]).strip().rstrip("\0")
 
 
 def pid_of(daemon: Daemon, cid: str, comm: str) -> str:
     scan = f'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = {comm} ] && echo ${{p#/proc/}}; done; true'
-    code, out = exec_out(daemon, cid, ["sh", "-c", scan])
-    assert code == 0, out
-    assert out, f"no {comm} process in the container"
-    return out.split()[0]
+    pids = exec_checked(daemon, cid, ["sh", "-c", scan]).split()
+    assert pids, f"no {comm} process in the container"
+    return pids[0]
 
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def pod(request: pytest.FixtureRequest, live_daemon: Daemon) -> Iterator[Pod]:
-    handler: str = request.param
-    if shutil.which(handler) is None:
-        pytest.skip(f"{handler} is not installed")
+    handler = installed_runtime(request.param)
     # Privileged, so that one of its containers may be.
     privileged = pb.LinuxSandboxSecurityContext(privileged=True)
-    config = pod_config(f"apparmor-{handler}", live_daemon, linux=pb.LinuxPodSandboxConfig(security_context=privileged))
-    request_ = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
-    sid = live_daemon.runtime.RunPodSandbox(request_, timeout=60).pod_sandbox_id
+    linux = pb.LinuxPodSandboxConfig(security_context=privileged)
+    sid, config = run_pod(live_daemon, f"apparmor-{handler}", handler=handler, linux=linux)
     yield sid, config
     remove_pod(live_daemon, sid)
 
@@ -103,11 +92,11 @@ def test_default_profile_denies_mount_that_capabilities_allow(live_daemon: Daemo
     mount = ["sh", "-c", "mkdir -p /tmp/m && mount -t tmpfs t /tmp/m"]
     admin = pb.Capability(add_capabilities=["SYS_ADMIN"])
     confined = start(live_daemon, pod, "mount-default", busybox, capabilities=admin, seccomp=UNCONFINED)
-    code, out = exec_out(live_daemon, confined, mount)
+    code, out = exec_output(live_daemon, confined, mount)
     assert code != 0, "mount succeeded under crishim-default"
     assert "denied" in out.lower(), out
     free = start(
         live_daemon, pod, "mount-unconfined", busybox, capabilities=admin, seccomp=UNCONFINED, apparmor=UNCONFINED
     )
-    code, out = exec_out(live_daemon, free, mount)
+    code, out = exec_output(live_daemon, free, mount)
     assert code == 0, out

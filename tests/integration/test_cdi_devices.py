@@ -12,8 +12,9 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from tests.support.cri import container_config, remove_pod, run_pod, start_container, wait_exited
+from tests.support.cri import container_config, pull_test_image, remove_pod, run_pod, start_container, wait_exited
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
 
 pytestmark = pytest.mark.root
 
@@ -62,10 +63,8 @@ def cdi_daemon(cdi_dirs: tuple[Path, Path]) -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="module")
-def image(cdi_daemon: Daemon, test_images) -> str:  # type: ignore[no-untyped-def]
-    ref: str = test_images.ref("busybox:latest")
-    cdi_daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    return ref
+def image(cdi_daemon: Daemon, test_images: TestImages) -> str:
+    return pull_test_image(cdi_daemon, test_images)
 
 
 def test_cdi_device_env_node_and_mount_reach_the_container(cdi_daemon: Daemon, image: str) -> None:

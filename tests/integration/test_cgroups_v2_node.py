@@ -9,7 +9,6 @@ runs with its defaults: on a systemd node that is the systemd driver.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +21,20 @@ from crishim.cgroups.paths import parent_to_fs
 from crishim.cgroups.records import shares_to_weight
 from crishim.cri_api import api_pb2 as pb
 
-from tests.support.cri import container_config, container_status, pod_config, remove_pod, start_container, wait_exited
+from tests.support.cri import (
+    container_config,
+    container_status,
+    pod_config,
+    remove_pod,
+    run_pod,
+    start_container,
+    wait_exited,
+)
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.node import (
     cgroup_dir,
     container_cgroup,
+    installed_runtime,
     psi_total_us,
     pure_v2,
     read_cgroup_file,
@@ -57,18 +65,13 @@ ALLOC = [
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def handler(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if shutil.which(name) is None:
-        pytest.skip(f"{name} is not installed")
-    return name
+    return installed_runtime(request.param)
 
 
 @pytest.fixture(scope="module")
 def pod(live_daemon: Daemon, handler: str) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
     """A pod under the daemon's default cgroup parent, shared by every such pod."""
-    config = pod_config(f"v2-{handler}", live_daemon)
-    request = pb.RunPodSandboxRequest(config=config, runtime_handler=handler)
-    sid = live_daemon.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id
+    sid, config = run_pod(live_daemon, f"v2-{handler}", handler=handler)
     yield sid, config
     remove_pod(live_daemon, sid)
 
@@ -81,7 +84,7 @@ def start(
     return start_container(daemon, sid, config, container_config(name, image, cmd, linux=linux))
 
 
-def test_container_resources_are_written_to_its_cgroup(live_daemon: Daemon, pod, busybox: str) -> None:  # type: ignore[no-untyped-def]
+def test_container_resources_are_written_to_its_cgroup(live_daemon: Daemon, pod, busybox: str) -> None:
     cid = start(
         live_daemon, pod, "limits", busybox, SLEEP,
         cpu_shares=512, cpu_period=100_000, cpu_quota=50_000,
@@ -103,14 +106,14 @@ def test_container_resources_are_written_to_its_cgroup(live_daemon: Daemon, pod,
     assert read_cgroup_file(d, "memory.high") == str(48 * MiB)
 
 
-def test_memory_limit_without_swap_limit_allows_no_swap(live_daemon: Daemon, pod, busybox: str) -> None:  # type: ignore[no-untyped-def]
+def test_memory_limit_without_swap_limit_allows_no_swap(live_daemon: Daemon, pod, busybox: str) -> None:
     cid = start(live_daemon, pod, "noswap", busybox, SLEEP, memory_limit_in_bytes=64 * MiB)
     d = container_cgroup(live_daemon, cid)
     assert read_cgroup_file(d, "memory.max") == str(64 * MiB)
     assert read_cgroup_file(d, "memory.swap.max") == "0"
 
 
-def test_update_container_resources_rewrites_the_files(live_daemon: Daemon, pod, busybox: str) -> None:  # type: ignore[no-untyped-def]
+def test_update_container_resources_rewrites_the_files(live_daemon: Daemon, pod, busybox: str) -> None:
     cid = start(
         live_daemon, pod, "resize", busybox, SLEEP,
         cpu_shares=512, cpu_period=100_000, cpu_quota=50_000, memory_limit_in_bytes=64 * MiB,
@@ -141,7 +144,7 @@ def test_update_container_resources_rewrites_the_files(live_daemon: Daemon, pod,
     assert container_cgroup(live_daemon, cid) == d
 
 
-def test_memory_hog_exits_oom_killed(live_daemon: Daemon, pod, busybox: str) -> None:  # type: ignore[no-untyped-def]
+def test_memory_hog_exits_oom_killed(live_daemon: Daemon, pod, busybox: str) -> None:
     cid = start(
         live_daemon, pod, "hog", busybox, HOG, memory_limit_in_bytes=32 * MiB, memory_swap_limit_in_bytes=32 * MiB
     )
@@ -150,7 +153,7 @@ def test_memory_hog_exits_oom_killed(live_daemon: Daemon, pod, busybox: str) -> 
     assert (status.reason, status.exit_code) == ("OOMKilled", 137), status.message
 
 
-def test_memory_hog_exits_oom_killed_under_the_cgroupfs_driver(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_memory_hog_exits_oom_killed_under_the_cgroupfs_driver(test_images) -> None:
     """Without systemd nobody removes the container's cgroup before its exit is recorded."""
     image = test_images.ref("busybox:latest")
     with running_daemon('cgroup_driver = "cgroupfs"\n') as daemon:
@@ -317,7 +320,7 @@ def test_update_pod_sandbox_resources_resizes_the_pod_cgroup(live_daemon: Daemon
     assert read_cgroup_file(container_cgroup(live_daemon, own_pod.alloc), "memory.max") == str(256 * MiB)
 
 
-def test_update_pod_sandbox_resources_leaves_a_shared_parent_alone(live_daemon: Daemon, pod, busybox: str) -> None:  # type: ignore[no-untyped-def]
+def test_update_pod_sandbox_resources_leaves_a_shared_parent_alone(live_daemon: Daemon, pod, busybox: str) -> None:
     sid, _ = pod
     # A memory limit of its own makes the parent hold memory.max.
     cid = start(live_daemon, pod, "shared", busybox, SLEEP, memory_limit_in_bytes=64 * MiB)

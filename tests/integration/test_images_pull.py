@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 from crishim.images import build as b
 from crishim.images.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from crishim.images.manifest import Credentials
 from crishim.images.records import PullProgress
-from crishim.images.registry import Credentials
 from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
 
@@ -45,8 +45,7 @@ async def test_pull_returns_the_config_digest_and_records_names(store: ImageStor
     ref = test_images.ref("busybox:latest")
     seen: list[PullProgress] = []
     record = await store.pull(ref, progress=seen.append)
-    built = test_images.built["busybox:latest"]
-    assert isinstance(built, b.BuiltImage)
+    built = test_images.image("busybox:latest")
     assert record.id == built.config_digest
     assert record.repo_tags == (ref,)
     assert record.repo_digests == (ref.rsplit(":", 1)[0] + "@" + built.digest,)
@@ -78,7 +77,7 @@ async def test_index_picks_this_platform_and_other_formats_pull(store: ImageStor
     multi = await store.pull(test_images.ref("multiarch:latest"))
     zstd = await store.pull(test_images.ref("busybox-zstd:latest"))
     docker = await store.pull(test_images.ref("busybox-docker:latest"))
-    assert multi.id == test_images.built["busybox:latest"].config_digest
+    assert multi.id == test_images.image("busybox:latest").config_digest
     assert (store.layer_paths(zstd.id)[0] / "bin/busybox").is_file()
     assert (store.layer_paths(docker.id)[0] / "bin/busybox").is_file()
 
@@ -161,12 +160,16 @@ async def test_unknown_host_is_unavailable(store: ImageStore) -> None:
         await store.pull("no-such-host.invalid/app:1")
 
 
-async def test_basic_auth_registry(store: ImageStore, auth_registry: RegistryServer) -> None:
-    built = b.build_image([[b.regular("hello", b"hi\n")]])
-    creds = PushCredentials(auth_registry.username, auth_registry.password)
-    with Pusher(auth_registry.host, credentials=creds) as pusher:
+def push_private_app(registry: RegistryServer, content: bytes) -> tuple[b.BuiltImage, str]:
+    """A one-file image pushed with the registry's credentials as private/app:1; returns it and its reference."""
+    built = b.build_image([[b.regular("hello", content)]])
+    with Pusher(registry.host, credentials=PushCredentials(registry.username, registry.password)) as pusher:
         pusher.push("private/app", built, ["1"])
-    ref = f"{auth_registry.host}/private/app:1"
+    return built, f"{registry.host}/private/app:1"
+
+
+async def test_basic_auth_registry(store: ImageStore, auth_registry: RegistryServer) -> None:
+    built, ref = push_private_app(auth_registry, b"hi\n")
     with pytest.raises(PermissionDenied, match=auth_registry.host):
         await store.pull(ref)
     with pytest.raises(PermissionDenied, match="refused"):
@@ -179,11 +182,7 @@ async def test_basic_auth_registry(store: ImageStore, auth_registry: RegistrySer
 
 
 async def test_token_auth_registry(store: ImageStore, token_registry: RegistryServer) -> None:
-    built = b.build_image([[b.regular("hello", b"token\n")]])
-    creds = PushCredentials(token_registry.username, token_registry.password)
-    with Pusher(token_registry.host, credentials=creds) as pusher:
-        pusher.push("private/app", built, ["1"])
-    ref = f"{token_registry.host}/private/app:1"
+    built, ref = push_private_app(token_registry, b"token\n")
     with pytest.raises(PermissionDenied):
         await store.pull(ref)
     record = await store.pull(ref, Credentials(username=token_registry.username, password=token_registry.password))

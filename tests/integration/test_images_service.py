@@ -70,7 +70,7 @@ async def test_image_service_round_trip(
     ref = test_images.ref("user-uid:latest")
     pulled = await stub.PullImage(api_pb2.PullImageRequest(image=spec(ref)))
     status = await stub.ImageStatus(api_pb2.ImageStatusRequest(image=spec(ref), verbose=True))
-    assert status.image.id == pulled.image_ref == test_images.built["user-uid:latest"].config_digest
+    assert status.image.id == pulled.image_ref == test_images.image("user-uid:latest").config_digest
     assert status.image.uid.value == 1001
     assert status.image.repo_tags == [ref]
     assert json.loads(status.info["info"])["imageSpec"]["config"]["User"] == "1001"

@@ -22,12 +22,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -36,8 +35,19 @@ from crishim.runtime.network import netns
 from crishim.runtime.network.errors import PluginError
 from crishim.runtime.network.manager import PodNetwork
 
-from tests.support.cri import container_config, remove_pod, run_pod, start_container
+from tests.support import cri
+from tests.support.cri import (
+    container_config,
+    eventually,
+    exec_checked,
+    exec_output,
+    pod_status,
+    remove_pod,
+    run_pod,
+    start_container,
+)
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.net import free_port
 
 pytestmark = [
     pytest.mark.root,
@@ -47,32 +57,9 @@ pytestmark = [
 HOST_LOCAL_DIR = Path("/var/lib/cni/networks")
 DEFAULT_NETWORK = "crishim"
 WEB_PORT = 8080
-T = TypeVar("T")
 
 
 # -- helpers ---------------------------------------------------------------
-
-
-def eventually(fn: Callable[[], T], ok: Callable[[T], bool], timeout: float = 10.0, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if ok(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what or fn} not true within {timeout}s; last value {value!r}")
-        time.sleep(0.1)
-
-
-def exec_out(daemon: Daemon, cid: str, cmd: list[str], timeout: int = 10) -> tuple[int, str]:
-    resp = daemon.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=timeout), timeout=timeout + 10)
-    return resp.exit_code, (resp.stdout + resp.stderr).decode(errors="replace")
-
-
-def exec_ok(daemon: Daemon, cid: str, cmd: list[str]) -> str:
-    code, out = exec_out(daemon, cid, cmd)
-    assert code == 0, f"{cmd} exited {code}: {out}"
-    return out
 
 
 def http_from_pod(daemon: Daemon, cid: str, ip: str, port: int) -> str:
@@ -81,21 +68,15 @@ def http_from_pod(daemon: Daemon, cid: str, ip: str, port: int) -> str:
     HTTP by hand over nc: the test image's static busybox wget crashes without NSS libraries.
     """
     request = f"printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} {port}"
-    reply = exec_ok(daemon, cid, ["sh", "-c", request])
+    reply = exec_checked(daemon, cid, ["sh", "-c", request])
     head, _, body = reply.partition("\r\n\r\n")
     assert head.startswith("HTTP/1.") and " 200 " in head.splitlines()[0], reply  # noqa: PT018
     return body.strip()
 
 
-def pod_status(daemon: Daemon, sid: str) -> pb.PodSandboxStatus:
-    return daemon.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sid), timeout=10).status
-
-
-def http_get(url: str, timeout: float = 2.0) -> str:
-    # No proxy: the test talks to addresses on this node only.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=timeout) as resp:
-        return resp.read().decode()  # type: ignore[no-any-return]
+def http_get(url: str) -> str:
+    """The body of a GET from this node."""
+    return cri.http_get(url, timeout=2.0)[1].decode()
 
 
 def http_get_eventually(url: str, timeout: float = 10.0) -> str:
@@ -105,13 +86,7 @@ def http_get_eventually(url: str, timeout: float = 10.0) -> str:
         except OSError as exc:
             return f"error: {exc}"
 
-    return eventually(probe, lambda body: not body.startswith("error:"), timeout, f"GET {url}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
+    return eventually(probe, lambda body: not body.startswith("error:"), timeout=timeout, what=f"GET {url}")
 
 
 def host_ip() -> str:
@@ -188,7 +163,7 @@ def start_web_pod(daemon: Daemon, image: str, name: str, host_port: int = 0) -> 
     sid, cfg = run_pod(daemon, name, port_mappings=ports)
     script = f"mkdir -p /www && echo served-by-{name} > /www/index.html && exec httpd -f -p {WEB_PORT} -h /www"
     cid = start_container(daemon, sid, cfg, container_config("web", image, ["sh", "-c", script]))
-    ip = pod_status(daemon, sid).network.ip
+    ip = pod_status(daemon, sid).status.network.ip
     assert ip, f"pod {name} got no IP"
     http_get_eventually(f"http://{ip}:{WEB_PORT}/index.html")
     return WebPod(sid, cid, ip, host_port)
@@ -205,7 +180,7 @@ def start_sleeper(daemon: Daemon, image: str, name: str, **pod_kwargs: Any) -> t
 
 @pytest.fixture(scope="module")
 def web(live_daemon: Daemon, busybox: str) -> Iterator[WebPod]:
-    pod = start_web_pod(live_daemon, busybox, "web-a", host_port=free_port())
+    pod = start_web_pod(live_daemon, busybox, "web-a", host_port=free_port("0.0.0.0"))
     yield pod
     remove_pod(live_daemon, pod.sid)
 
@@ -213,11 +188,11 @@ def web(live_daemon: Daemon, busybox: str) -> Iterator[WebPod]:
 def test_two_pods_reach_each_other_over_the_bridge(live_daemon: Daemon, busybox: str, web: WebPod) -> None:
     sid, cid = start_sleeper(live_daemon, busybox, "client-b")
     try:
-        my_ip = pod_status(live_daemon, sid).network.ip
+        my_ip = pod_status(live_daemon, sid).status.network.ip
         assert my_ip
         assert my_ip != web.ip
         assert http_from_pod(live_daemon, cid, web.ip, WEB_PORT) == "served-by-web-a"
-        code, out = exec_out(live_daemon, cid, ["ping", "-c1", "-W2", web.ip])
+        code, out = exec_output(live_daemon, cid, ["ping", "-c1", "-W2", web.ip])
         assert code == 0, out
         assert "1 packets received" in out, out
         # And through the node's hostPort, as a pod talking to a NodePort-like address does.
@@ -247,7 +222,7 @@ def test_pod_reaches_itself_through_its_own_host_port(live_daemon: Daemon, web: 
 
 
 def test_status_ip_is_the_pods_eth0_address(live_daemon: Daemon, web: WebPod) -> None:
-    out = exec_ok(live_daemon, web.cid, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
+    out = exec_checked(live_daemon, web.cid, ["ip", "-o", "-4", "addr", "show", "dev", "eth0"])
     addrs = [
         word.split("/")[0]
         for line in out.splitlines()
@@ -255,7 +230,7 @@ def test_status_ip_is_the_pods_eth0_address(live_daemon: Daemon, web: WebPod) ->
         if i > 0 and line.split()[i - 1] == "inet"
     ]
     assert addrs == [web.ip], out
-    assert pod_status(live_daemon, web.sid).network.additional_ips == []
+    assert pod_status(live_daemon, web.sid).status.network.additional_ips == []
 
 
 def test_dns_config_and_hostname_are_what_the_pod_asked(live_daemon: Daemon, busybox: str) -> None:
@@ -266,16 +241,16 @@ def test_dns_config_and_hostname_are_what_the_pod_asked(live_daemon: Daemon, bus
     )
     sid, cid = start_sleeper(live_daemon, busybox, "dns-pod", dns_config=dns, hostname="asked-name")
     try:
-        resolv = exec_ok(live_daemon, cid, ["cat", "/etc/resolv.conf"]).splitlines()
+        resolv = exec_checked(live_daemon, cid, ["cat", "/etc/resolv.conf"]).splitlines()
         assert resolv == [
             "nameserver 10.96.0.10",
             "nameserver 1.1.1.1",
             "search test.svc.cluster.local cluster.local",
             "options ndots:5 timeout:2",
         ]
-        assert exec_ok(live_daemon, cid, ["hostname"]).strip() == "asked-name"
-        assert exec_ok(live_daemon, cid, ["cat", "/etc/hostname"]).strip() == "asked-name"
-        assert "asked-name" in exec_ok(live_daemon, cid, ["cat", "/etc/hosts"])
+        assert exec_checked(live_daemon, cid, ["hostname"]).strip() == "asked-name"
+        assert exec_checked(live_daemon, cid, ["cat", "/etc/hostname"]).strip() == "asked-name"
+        assert "asked-name" in exec_checked(live_daemon, cid, ["cat", "/etc/hosts"])
     finally:
         remove_pod(live_daemon, sid)
 
@@ -284,8 +259,10 @@ def test_host_network_pod_sees_host_interfaces_and_gets_no_netns(live_daemon: Da
     security = pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(network=pb.NODE))
     sid, cid = start_sleeper(live_daemon, busybox, "hostnet", linux=pb.LinuxPodSandboxConfig(security_context=security))
     try:
-        assert exec_ok(live_daemon, cid, ["readlink", "/proc/self/ns/net"]).strip() == os.readlink("/proc/self/ns/net")
-        seen = exec_ok(live_daemon, cid, ["cat", "/proc/net/dev"])
+        assert exec_checked(live_daemon, cid, ["readlink", "/proc/self/ns/net"]).strip() == os.readlink(
+            "/proc/self/ns/net"
+        )
+        seen = exec_checked(live_daemon, cid, ["cat", "/proc/net/dev"])
         for name in ("lo", "crishim0", *[n for n in os.listdir("/sys/class/net") if n.startswith("eth")]):
             assert f"{name}:" in seen, (name, seen)
         assert not pin_of(live_daemon, sid).exists()
@@ -296,7 +273,7 @@ def test_host_network_pod_sees_host_interfaces_and_gets_no_netns(live_daemon: Da
 
 
 def test_removal_leaves_no_pin_veth_reservation_or_portmap_rule(live_daemon: Daemon, busybox: str) -> None:
-    pod = start_web_pod(live_daemon, busybox, "leaky", host_port=free_port())
+    pod = start_web_pod(live_daemon, busybox, "leaky", host_port=free_port("0.0.0.0"))
     veth = host_veth(live_daemon, DEFAULT_NETWORK, pod.sid)
     assert pin_of(live_daemon, pod.sid).exists()
     assert link_exists(veth)
@@ -315,7 +292,7 @@ def test_removal_leaves_no_pin_veth_reservation_or_portmap_rule(live_daemon: Dae
 
 def test_stop_then_stop_again_is_idempotent_and_frees_the_ip(live_daemon: Daemon) -> None:
     sid, _ = run_pod(live_daemon, "stop-twice")
-    ip = pod_status(live_daemon, sid).network.ip
+    ip = pod_status(live_daemon, sid).status.network.ip
     assert reservations_of(DEFAULT_NETWORK, sid) == [ip]
     for _ in range(2):
         live_daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
@@ -434,11 +411,11 @@ def test_network_ready_flips_when_a_conflist_appears(custom_net: CustomNet) -> N
     assert code == grpc.StatusCode.FAILED_PRECONDITION
 
     write_conflist(daemon, "20-fake.conflist", custom_net.conflist())
-    after = eventually(lambda: network_ready(daemon), lambda c: c.status, 5.0, "NetworkReady")
+    after = eventually(lambda: network_ready(daemon), lambda c: c.status, timeout=5.0, what="NetworkReady")
     assert after.reason == ""
 
     (daemon.dir / "net.d" / "20-fake.conflist").unlink()
-    gone = eventually(lambda: network_ready(daemon), lambda c: not c.status, 5.0, "NetworkReady false")
+    gone = eventually(lambda: network_ready(daemon), lambda c: not c.status, timeout=5.0, what="NetworkReady false")
     assert gone.reason == "NetworkPluginNotReady"
 
 
@@ -503,7 +480,7 @@ def test_daemon_killed_during_add_cleans_up_at_the_next_start(custom_net: Custom
     caller = threading.Thread(target=call)
     caller.start()
     # The fake plugin runs after bridge + host-local: once it hangs, the IP is taken.
-    eventually(lambda: plugin_pids(custom_net.bin_dir), bool, 5.0, "the fake plugin hangs in ADD")
+    eventually(lambda: plugin_pids(custom_net.bin_dir), bool, timeout=5.0, what="the fake plugin hangs in ADD")
     pins = os.listdir(daemon.dir / "run" / "netns")
     assert len(pins) == 1
     sid = pins[0]
@@ -542,17 +519,17 @@ def test_dual_stack_pod_reports_both_families(custom_net: CustomNet, test_images
             ],
         },
     )
-    eventually(lambda: network_ready(daemon), lambda c: c.status, 5.0, "NetworkReady")
+    eventually(lambda: network_ready(daemon), lambda c: c.status, timeout=5.0, what="NetworkReady")
     image = test_images.ref("busybox:latest")
     daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=120)
     pod = start_web_pod(daemon, image, f"dual-{cni_version}")
-    network = pod_status(daemon, pod.sid).network
+    network = pod_status(daemon, pod.sid).status.network
     assert ipaddress.ip_address(network.ip).version == 4
     assert ipaddress.ip_address(network.ip) in ipaddress.ip_network(v4)
     extra = [ipaddress.ip_address(i.ip) for i in network.additional_ips]
     assert len(extra) == 1
     assert extra[0] in ipaddress.ip_network(v6)
-    out = exec_ok(daemon, pod.cid, ["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"])
+    out = exec_checked(daemon, pod.cid, ["ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global"])
     assert f"inet6 {extra[0]}/64" in out, out
     assert http_get_eventually(f"http://[{extra[0]}]:{WEB_PORT}/index.html").strip() == f"served-by-dual-{cni_version}"
     remove_pod(daemon, pod.sid)
@@ -568,10 +545,10 @@ def test_daemon_killed_between_add_and_del_still_releases_everything(custom_net:
         {"type": "portmap", "capabilities": {"portMappings": True}},
     ]
     write_conflist(daemon, "20-real.conflist", doc)
-    host_port = free_port()
+    host_port = free_port("0.0.0.0")
     mapping = pb.PortMapping(protocol=pb.TCP, container_port=WEB_PORT, host_port=host_port)
     sid, _ = run_pod(daemon, "survivor", port_mappings=[mapping])
-    ip = pod_status(daemon, sid).network.ip
+    ip = pod_status(daemon, sid).status.network.ip
     veth = host_veth(daemon, custom_net.network, sid)
     assert reservations_of(custom_net.network, sid) == [ip]
     assert any(str(host_port) in line for line in iptables_mentions(sid))
@@ -587,7 +564,7 @@ def test_daemon_killed_between_add_and_del_still_releases_everything(custom_net:
     )
     daemon.start()
 
-    assert pod_status(daemon, sid).network.ip == ip
+    assert pod_status(daemon, sid).status.network.ip == ip
     daemon.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=60)
     assert reservations_of(custom_net.network, sid) == []
     assert not link_exists(veth)

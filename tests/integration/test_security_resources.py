@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from tests.support.cri import (
     code_of,
     container_config,
     container_status,
+    exec_checked,
     pod_config,
     remove_pod,
     run_pod,
@@ -26,14 +28,16 @@ pytestmark = pytest.mark.root
 SLEEP = ["sleep", "1000"]
 
 
-def exec_out(daemon: Daemon, cid: str, cmd: list[str]) -> str:
-    answer = daemon.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=cmd, timeout=10), timeout=20)
-    assert answer.exit_code == 0, answer.stderr
-    return answer.stdout.decode()
+def crun_userns_pod(daemon: Daemon, name: str, host_id: int) -> tuple[str, pb.PodSandboxConfig]:
+    """A pod on crun whose user namespace maps container IDs 0-65535 from `host_id`."""
+    mapping = [pb.IDMapping(host_id=host_id, container_id=0, length=65536)]
+    userns = pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping))
+    linux = pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(namespace_options=userns))
+    return run_pod(daemon, name, handler="crun", linux=linux)
 
 
 def status_field(daemon: Daemon, cid: str, field: str) -> str:
-    for line in exec_out(daemon, cid, ["cat", "/proc/self/status"]).splitlines():
+    for line in exec_checked(daemon, cid, ["cat", "/proc/self/status"]).splitlines():
         if line.startswith(field + ":"):
             return line.split(":", 1)[1].strip()
     raise AssertionError(f"{field} not in /proc/self/status")
@@ -47,7 +51,7 @@ def cap_bits(names: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def pod(live_daemon: Daemon):  # type: ignore[no-untyped-def]
+def pod(live_daemon: Daemon):
     sid, config = run_pod(
         live_daemon,
         "security",
@@ -59,14 +63,14 @@ def pod(live_daemon: Daemon):  # type: ignore[no-untyped-def]
     remove_pod(live_daemon, sid)
 
 
-def create(daemon: Daemon, pod, name: str, image: str, cmd: list[str] = SLEEP, **linux) -> str:  # type: ignore[no-untyped-def]
+def create(daemon: Daemon, pod, name: str, image: str, cmd: list[str] = SLEEP, **linux) -> str:
     sid, config = pod
     return start_container(
         daemon, sid, config, container_config(name, image, cmd, linux=pb.LinuxContainerConfig(**linux))
     )
 
 
-def create_code(daemon: Daemon, pod, name: str, image: str, **linux) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+def create_code(daemon: Daemon, pod, name: str, image: str, **linux) -> tuple[grpc.StatusCode, str]:
     sid, config = pod
     try:
         daemon.runtime.CreateContainer(
@@ -82,36 +86,36 @@ def create_code(daemon: Daemon, pod, name: str, image: str, **linux) -> tuple[gr
     return grpc.StatusCode.OK, ""
 
 
-def test_run_as_user_group_and_supplemental_groups(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_run_as_user_group_and_supplemental_groups(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(
         run_as_user=pb.Int64Value(value=1001), run_as_group=pb.Int64Value(value=2000), supplemental_groups=[3000]
     )
     cid = create(live_daemon, pod, "ids", busybox, security_context=sc)
-    assert exec_out(live_daemon, cid, ["id", "-u"]).strip() == "1001"
-    assert exec_out(live_daemon, cid, ["id", "-g"]).strip() == "2000"
-    groups = set(exec_out(live_daemon, cid, ["id", "-G"]).split())
+    assert exec_checked(live_daemon, cid, ["id", "-u"]).strip() == "1001"
+    assert exec_checked(live_daemon, cid, ["id", "-g"]).strip() == "2000"
+    groups = set(exec_checked(live_daemon, cid, ["id", "-G"]).split())
     assert {"2000", "3000", "1234"} <= groups  # 1234: test-group lists test-user in the image (Merge)
     user = container_status(live_daemon, cid).user.linux
     assert (user.uid, user.gid) == (1001, 2000)
     assert 3000 in user.supplemental_groups
 
 
-def test_strict_supplemental_groups_ignore_the_image(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_strict_supplemental_groups_ignore_the_image(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(
         run_as_user=pb.Int64Value(value=1001), supplemental_groups=[3000], supplemental_groups_policy=pb.Strict
     )
     cid = create(live_daemon, pod, "strict", busybox, security_context=sc)
-    assert "1234" not in exec_out(live_daemon, cid, ["id", "-G"]).split()
+    assert "1234" not in exec_checked(live_daemon, cid, ["id", "-G"]).split()
 
 
-def test_run_as_group_without_user_is_refused(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_run_as_group_without_user_is_refused(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(run_as_group=pb.Int64Value(value=10))
     code, details = create_code(live_daemon, pod, "nogroup", busybox, security_context=sc)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert "run_as_group" in details
 
 
-def test_capabilities_add_and_drop(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_capabilities_add_and_drop(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(
         capabilities=pb.Capability(add_capabilities=["NET_ADMIN"], drop_capabilities=["ALL"])
     )
@@ -119,7 +123,7 @@ def test_capabilities_add_and_drop(live_daemon: Daemon, busybox: str, pod) -> No
     assert int(status_field(live_daemon, cid, "CapEff"), 16) == cap_bits(["NET_ADMIN"])
 
 
-def test_default_capabilities_and_seccomp(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_default_capabilities_and_seccomp(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.RuntimeDefault))
     cid = create(live_daemon, pod, "defaults", busybox, security_context=sc)
     eff = int(status_field(live_daemon, cid, "CapEff"), 16)
@@ -128,7 +132,7 @@ def test_default_capabilities_and_seccomp(live_daemon: Daemon, busybox: str, pod
     assert status_field(live_daemon, cid, "Seccomp") == "2"
 
 
-def test_no_new_privs_and_unconfined_seccomp(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_no_new_privs_and_unconfined_seccomp(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(
         no_new_privs=True, seccomp=pb.SecurityProfile(profile_type=pb.SecurityProfile.Unconfined)
     )
@@ -137,7 +141,7 @@ def test_no_new_privs_and_unconfined_seccomp(live_daemon: Daemon, busybox: str, 
     assert status_field(live_daemon, cid, "Seccomp") == "0"
 
 
-def test_readonly_rootfs_refuses_writes(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_readonly_rootfs_refuses_writes(live_daemon: Daemon, busybox: str, pod) -> None:
     cid = create(
         live_daemon, pod, "rofs", busybox, security_context=pb.LinuxContainerSecurityContext(readonly_rootfs=True)
     )
@@ -146,18 +150,18 @@ def test_readonly_rootfs_refuses_writes(live_daemon: Daemon, busybox: str, pod) 
     assert b"Read-only" in answer.stderr
 
 
-def test_masked_and_readonly_paths_as_given(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_masked_and_readonly_paths_as_given(live_daemon: Daemon, busybox: str, pod) -> None:
     sc = pb.LinuxContainerSecurityContext(masked_paths=["/etc/hostname"], readonly_paths=["/tmp"])
     cid = create(live_daemon, pod, "masks", busybox, security_context=sc)
-    assert exec_out(live_daemon, cid, ["cat", "/etc/hostname"]) == ""
+    assert exec_checked(live_daemon, cid, ["cat", "/etc/hostname"]) == ""
     answer = live_daemon.runtime.ExecSync(pb.ExecSyncRequest(container_id=cid, cmd=["touch", "/tmp/x"], timeout=10))
     assert answer.exit_code != 0
 
 
-def test_pod_sysctls_are_applied(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_pod_sysctls_are_applied(live_daemon: Daemon, busybox: str, pod) -> None:
     cid = create(live_daemon, pod, "sysctl", busybox)
-    assert exec_out(live_daemon, cid, ["cat", "/proc/sys/kernel/shm_rmid_forced"]).strip() == "1"
-    assert exec_out(live_daemon, cid, ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).strip() == "100"
+    assert exec_checked(live_daemon, cid, ["cat", "/proc/sys/kernel/shm_rmid_forced"]).strip() == "1"
+    assert exec_checked(live_daemon, cid, ["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).strip() == "100"
 
 
 def test_host_level_sysctl_is_refused(live_daemon: Daemon) -> None:
@@ -219,8 +223,8 @@ def test_invalid_user_namespaces_are_refused(live_daemon: Daemon, userns: pb.Use
     ],
 )
 def test_invalid_recursive_readonly_mounts_are_refused(
-    live_daemon: Daemon, busybox: str, pod, tmp_path: Path, mount: dict, message: str
-) -> None:  # type: ignore[type-arg]
+    live_daemon: Daemon, busybox: str, pod, tmp_path: Path, mount: dict[str, Any], message: str
+) -> None:
     sid, config = pod
     cfg = container_config(
         "rro-bad", busybox, SLEEP, mounts=[pb.Mount(container_path="/m", host_path=str(tmp_path), **mount)]
@@ -235,7 +239,7 @@ def test_invalid_recursive_readonly_mounts_are_refused(
 
 def test_recursive_readonly_mount_makes_submounts_readonly(
     live_daemon: Daemon, busybox: str, pod, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     from crishim.runtime.mounts import mount_tmpfs, unmount
 
     (tmp_path / "sub").mkdir()
@@ -259,7 +263,7 @@ def test_recursive_readonly_mount_makes_submounts_readonly(
         unmount(tmp_path / "sub")
 
 
-def test_symlinked_host_path_is_resolved(live_daemon: Daemon, busybox: str, pod, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_symlinked_host_path_is_resolved(live_daemon: Daemon, busybox: str, pod, tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "f").write_text("through the link\n")
     (tmp_path / "link").symlink_to(tmp_path / "real")
@@ -268,19 +272,19 @@ def test_symlinked_host_path_is_resolved(live_daemon: Daemon, busybox: str, pod,
         "symlink", busybox, SLEEP, mounts=[pb.Mount(container_path="/v", host_path=str(tmp_path / "link"))]
     )
     cid = start_container(live_daemon, sid, config, cfg)
-    assert exec_out(live_daemon, cid, ["cat", "/v/f"]) == "through the link\n"
+    assert exec_checked(live_daemon, cid, ["cat", "/v/f"]) == "through the link\n"
 
 
-def test_device_is_exposed(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_device_is_exposed(live_daemon: Daemon, busybox: str, pod) -> None:
     sid, config = pod
     cfg = container_config(
         "dev", busybox, SLEEP, devices=[pb.Device(host_path="/dev/zero", container_path="/dev/myzero", permissions="r")]
     )
     cid = start_container(live_daemon, sid, config, cfg)
-    assert exec_out(live_daemon, cid, ["sh", "-c", "head -c 4 /dev/myzero | od -An -tx1"]).split() == ["00"] * 4
+    assert exec_checked(live_daemon, cid, ["sh", "-c", "head -c 4 /dev/myzero | od -An -tx1"]).split() == ["00"] * 4
 
 
-def test_resources_applied_and_updated_in_place(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_resources_applied_and_updated_in_place(live_daemon: Daemon, busybox: str, pod) -> None:
     resources = pb.LinuxContainerResources(
         memory_limit_in_bytes=64 << 20, cpu_period=100000, cpu_quota=50000, cpu_shares=512
     )
@@ -303,7 +307,7 @@ def test_resources_applied_and_updated_in_place(live_daemon: Daemon, busybox: st
     assert container_status(live_daemon, cid).resources.linux.memory_limit_in_bytes == 128 << 20
 
 
-def test_privileged_container_needs_a_privileged_pod(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_privileged_container_needs_a_privileged_pod(live_daemon: Daemon, busybox: str, pod) -> None:
     code, details = create_code(
         live_daemon, pod, "priv", busybox, security_context=pb.LinuxContainerSecurityContext(privileged=True)
     )
@@ -327,33 +331,22 @@ def test_privileged_container_gets_host_capabilities_and_devices(live_daemon: Da
         ).split()[1]
         assert status_field(live_daemon, cid, "CapEff") == host_bounding
         assert status_field(live_daemon, cid, "Seccomp") == "0"
-        assert "loop0" in exec_out(live_daemon, cid, ["ls", "/dev"]) or os.path.exists("/dev/loop0") is False
+        assert "loop0" in exec_checked(live_daemon, cid, ["ls", "/dev"]) or os.path.exists("/dev/loop0") is False
     finally:
         remove_pod(live_daemon, sid)
 
 
 def test_user_namespace_pod_on_crun(live_daemon: Daemon, busybox: str) -> None:
-    mapping = [pb.IDMapping(host_id=200000, container_id=0, length=65536)]
-    linux = pb.LinuxPodSandboxConfig(
-        security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(
-                userns_options=pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping)
-            )
-        )
-    )
-    config = pod_config("userns", live_daemon, linux=linux)
-    sid = live_daemon.runtime.RunPodSandbox(
-        pb.RunPodSandboxRequest(config=config, runtime_handler="crun"), timeout=60
-    ).pod_sandbox_id
+    sid, config = crun_userns_pod(live_daemon, "userns", 200000)
     try:
         cid = start_container(live_daemon, sid, config, container_config("inside", busybox, SLEEP))
-        assert exec_out(live_daemon, cid, ["cat", "/proc/self/uid_map"]).split() == ["0", "200000", "65536"]
-        assert exec_out(live_daemon, cid, ["id", "-u"]).strip() == "0"
+        assert exec_checked(live_daemon, cid, ["cat", "/proc/self/uid_map"]).split() == ["0", "200000", "65536"]
+        assert exec_checked(live_daemon, cid, ["id", "-u"]).strip() == "0"
     finally:
         remove_pod(live_daemon, sid)
 
 
-def test_missing_host_path_is_refused(live_daemon: Daemon, busybox: str, pod) -> None:  # type: ignore[no-untyped-def]
+def test_missing_host_path_is_refused(live_daemon: Daemon, busybox: str, pod) -> None:
     sid, config = pod
     cfg = container_config("nohost", busybox, SLEEP, mounts=[pb.Mount(container_path="/x", host_path="/no/such/dir")])
     assert (
@@ -366,23 +359,12 @@ def test_missing_host_path_is_refused(live_daemon: Daemon, busybox: str, pod) ->
 
 
 def test_user_namespace_rootfs_belongs_to_the_container_root(live_daemon: Daemon, busybox: str) -> None:
-    mapping = [pb.IDMapping(host_id=300000, container_id=0, length=65536)]
-    linux = pb.LinuxPodSandboxConfig(
-        security_context=pb.LinuxSandboxSecurityContext(
-            namespace_options=pb.NamespaceOption(
-                userns_options=pb.UserNamespace(mode=pb.POD, uids=mapping, gids=mapping)
-            )
-        )
-    )
-    config = pod_config("userns-rootfs", live_daemon, linux=linux)
-    sid = live_daemon.runtime.RunPodSandbox(
-        pb.RunPodSandboxRequest(config=config, runtime_handler="crun"), timeout=60
-    ).pod_sandbox_id
+    sid, config = crun_userns_pod(live_daemon, "userns-rootfs", 300000)
     try:
         cid = start_container(live_daemon, sid, config, container_config("owner", busybox, SLEEP))
         # Image files show as the container's root, not as the overflow "nobody".
-        assert exec_out(live_daemon, cid, ["stat", "-c", "%u:%g", "/etc/passwd", "/bin"]).split() == ["0:0", "0:0"]
-        exec_out(live_daemon, cid, ["sh", "-c", "echo written > /etc/new-file && mkdir /root/dir"])
+        assert exec_checked(live_daemon, cid, ["stat", "-c", "%u:%g", "/etc/passwd", "/bin"]).split() == ["0:0", "0:0"]
+        exec_checked(live_daemon, cid, ["sh", "-c", "echo written > /etc/new-file && mkdir /root/dir"])
         upper = live_daemon.root / "containers" / cid / "upper"
         assert (upper / "etc" / "new-file").stat().st_uid == 300000  # the write landed as the mapped root
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import socket
 import subprocess
 import threading
 import time
@@ -19,8 +18,10 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 
 from tests.support import node
-from tests.support.cri import container_config, remove_pod, run_pod, start_container, wait_exited
+from tests.support.cri import container_config, pull_test_image, remove_pod, run_pod, start_container, wait_exited
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.root
 
@@ -35,12 +36,6 @@ ALLOC = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def metrics_port() -> int:
     return free_port()
@@ -53,10 +48,8 @@ def daemon(metrics_port: int) -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="module")
-def image(daemon: Daemon, test_images) -> str:  # type: ignore[no-untyped-def]
-    ref: str = test_images.ref("busybox:latest")
-    daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    return ref
+def image(daemon: Daemon, test_images: TestImages) -> str:
+    return pull_test_image(daemon, test_images)
 
 
 def _cgroup_mounts() -> list[Path]:

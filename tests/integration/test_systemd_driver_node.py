@@ -9,7 +9,7 @@ no failed unit of ours, whatever way its containers ended (exit, kill, OOM).
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,12 +18,21 @@ from pathlib import Path
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from tests.support.cri import container_config, remove_pod, start_container, wait_exited
+from tests.support.cri import (
+    container_config,
+    pull_test_image,
+    remove_pod,
+    run_pod_sandbox,
+    start_container,
+    wait_exited,
+)
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
 from tests.support.node import (
     conmon_pid,
     container_info,
     failed_units,
+    installed_runtime,
     pid1_is_systemd,
     process_cgroup,
     sandbox_pid,
@@ -50,18 +59,13 @@ def daemon() -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="module")
-def image(daemon: Daemon, test_images) -> str:  # type: ignore[no-untyped-def]
-    ref: str = test_images.ref("busybox:latest")
-    daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    return ref
+def image(daemon: Daemon, test_images: TestImages) -> str:
+    return pull_test_image(daemon, test_images)
 
 
 @pytest.fixture(scope="module", params=["runc", "crun"])
 def handler(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
-    if shutil.which(name) is None:
-        pytest.skip(f"{name} is not installed")
-    return name
+    return installed_runtime(request.param)
 
 
 @dataclass
@@ -73,14 +77,25 @@ class Pod:
     removed: bool = False
 
 
-def run(daemon: Daemon, name: str, handler: str, uid: str, cgroup_parent: str) -> tuple[str, pb.PodSandboxConfig]:
+@contextlib.contextmanager
+def pod_in_slice(
+    daemon: Daemon, name: str, handler: str, uid: str, cgroup_parent: str, slice_path: str, made: list[str]
+) -> Iterator[Pod]:
+    """A pod under `cgroup_parent`; afterwards removed (unless the test did) and the `made` units stopped."""
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(name=name, uid=uid, namespace="test"),
         log_directory=str(daemon.dir / "logs" / name),
         linux=pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent),
     )
-    answer = daemon.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=60)
-    return answer.pod_sandbox_id, config
+    pod = Pod(run_pod_sandbox(daemon, config, handler), config, slice_path)
+    try:
+        yield pod
+    finally:
+        try:
+            if not pod.removed:
+                remove_pod(daemon, pod.id)
+        finally:
+            stop_units(*made)
 
 
 @pytest.fixture
@@ -89,33 +104,20 @@ def kubelet_pod(daemon: Daemon, handler: str) -> Iterator[Pod]:
     uid = str(uuid.uuid4())
     slice_name = f"kubepods-burstable-pod{uid.replace('-', '_')}.slice"
     made = [u for u in ("kubepods-burstable.slice", "kubepods.slice") if not slice_active(u)]
-    sid, config = run(daemon, f"sd-{handler}", handler, uid, slice_name)
-    pod = Pod(sid, config, f"/kubepods.slice/kubepods-burstable.slice/{slice_name}")
-    try:
+    slice_path = f"/kubepods.slice/kubepods-burstable.slice/{slice_name}"
+    # The kubelet removes its pod slices; we stand in for it.
+    with pod_in_slice(daemon, f"sd-{handler}", handler, uid, slice_name, slice_path, [slice_name, *made]) as pod:
         yield pod
-    finally:
-        try:
-            if not pod.removed:
-                remove_pod(daemon, sid)
-        finally:
-            stop_units(slice_name, *made)  # the kubelet removes its pod slices; we stand in for it
 
 
 @pytest.fixture
 def critest_pod(daemon: Daemon, handler: str) -> Iterator[Pod]:
     """critest's cgroup parent for the systemd driver is the path /test.slice."""
-    made = not slice_active("test.slice")
-    sid, config = run(daemon, f"sd-critest-{handler}", handler, str(uuid.uuid4()), "/test.slice")
-    pod = Pod(sid, config, "/test.slice")
-    try:
+    made = [] if slice_active("test.slice") else ["test.slice"]
+    with pod_in_slice(
+        daemon, f"sd-critest-{handler}", handler, str(uuid.uuid4()), "/test.slice", "/test.slice", made
+    ) as pod:
         yield pod
-    finally:
-        try:
-            if not pod.removed:
-                remove_pod(daemon, sid)
-        finally:
-            if made:
-                stop_units("test.slice")
 
 
 def start(daemon: Daemon, pod: Pod, name: str, image: str, cmd: list[str], **resources: object) -> str:

@@ -1,16 +1,19 @@
 """What node tests read beside CRI: the host's cgroup layout, a process's cgroup, systemd units.
 
-The node tests (cgroup v2, the systemd driver) check what the daemon really did by
-reading the kernel's files and asking systemd, never the daemon's own view of it.
+The node tests (cgroup v2, the systemd driver, AppArmor) check what the daemon really
+did by reading the kernel's files and asking systemd, never the daemon's own view of
+it. They run each check on every OCI runtime the node has (`installed_runtime`).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from crishim.cgroups.detect import CgroupVersion, detect
 from crishim.cri_api import api_pb2 as pb
 
@@ -21,6 +24,13 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 def pure_v2() -> bool:
     return detect().version is CgroupVersion.V2
+
+
+def installed_runtime(name: str) -> str:
+    """`name` if that OCI runtime (runc, crun) is on PATH; otherwise the test skips."""
+    if shutil.which(name) is None:
+        pytest.skip(f"{name} is not installed")
+    return name
 
 
 def pid1_is_systemd() -> bool:

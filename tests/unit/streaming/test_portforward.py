@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from crishim.runtime.streaming.server import StreamingServer
 
+from tests.support.net import tcp_server
 from tests.support.streamclient import port_prefix, spdy_connect, spdy_port_forward, ws_port_forward
 
 
@@ -26,12 +27,8 @@ async def echo_port() -> AsyncIterator[int]:
         writer.close()
         await writer.wait_closed()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
+    async with tcp_server(handle) as port:
+        yield port
 
 
 def closed_port() -> int:

@@ -13,6 +13,7 @@ from crishim.runtime.streaming.tunnel import WebSocketTunnel
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 
+from tests.support.net import tcp_server
 from tests.support.streamclient import HTTPStatusError, spdy_port_forward
 
 TUNNEL = "SPDY/3.1+portforward.k8s.io"
@@ -53,12 +54,8 @@ async def upper_port() -> AsyncIterator[int]:
         writer.close()
         await writer.wait_closed()
 
-    srv = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield srv.sockets[0].getsockname()[1]
-    finally:
-        srv.close()
-        await srv.wait_closed()
+    async with tcp_server(handle) as port:
+        yield port
 
 
 async def test_tunnelled_spdy_carries_large_concurrent_connections(server: StreamingServer, upper_port: int) -> None:

@@ -41,7 +41,7 @@ def parent(layout: CgroupLayout) -> Iterator[V1Cgroup]:
 
 
 def _spawn(args: list[str], **kw: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(args, **kw)  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen(args, **kw)  # type: ignore[call-overload]
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:

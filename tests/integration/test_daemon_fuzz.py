@@ -88,7 +88,7 @@ ALLOWED = {
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(REQUESTS.map(lambda r: ("runtime", r)), IMAGE_REQUESTS.map(lambda r: ("images", r))))
-def test_random_requests_get_a_status_and_never_crash_the_daemon(live_daemon: Daemon, item) -> None:  # type: ignore[no-untyped-def]
+def test_random_requests_get_a_status_and_never_crash_the_daemon(live_daemon: Daemon, item) -> None:
     service, (method, request) = item
     stub = live_daemon.runtime if service == "runtime" else live_daemon.images
     try:

@@ -148,7 +148,7 @@ def test_network_not_ready_until_a_conflist_appears() -> None:
         assert ready
 
 
-def test_sigterm_lets_an_in_flight_call_finish_and_leaves_containers_running(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_lets_an_in_flight_call_finish_and_leaves_containers_running(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
         daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)

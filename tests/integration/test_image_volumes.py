@@ -113,7 +113,7 @@ def sleeper(name: str, busybox: str, *mounts: pb.Mount) -> pb.ContainerConfig:
 
 
 def run(daemon: Daemon, cid: str, script: str) -> pb.ExecSyncResponse:
-    return daemon.runtime.ExecSync(  # type: ignore[no-any-return]
+    return daemon.runtime.ExecSync(
         pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", script], timeout=10), timeout=20
     )
 

@@ -84,10 +84,13 @@ def test_long_lines_are_split_with_partial_tags(live_daemon: Daemon, busybox: st
         cid = start_container(live_daemon, sid, config, container_config("long", busybox, cmd))
         status = wait_exited(live_daemon, cid)
         lines = Path(status.log_path).read_text().splitlines()
-        tags = [CRI_LOG_LINE.match(line).group(3) for line in lines]  # type: ignore[union-attr]
+        matches = [CRI_LOG_LINE.match(line) for line in lines]
+        parsed = [m for m in matches if m is not None]
+        assert len(parsed) == len(lines), lines
+        tags = [m.group(3) for m in parsed]
         assert tags[-1] == "F"
         assert "P" in tags
-        assert sum(len(CRI_LOG_LINE.match(line).group(4)) for line in lines) == 20000  # type: ignore[union-attr]
+        assert sum(len(m.group(4)) for m in parsed) == 20000
     finally:
         remove_pod(live_daemon, sid)
 

@@ -50,7 +50,7 @@ def flaky_daemon(failing_delete: Path) -> Iterator[Daemon]:
         yield daemon
 
 
-def test_failed_runtime_delete_keeps_the_container_until_a_retry_succeeds(  # type: ignore[no-untyped-def]
+def test_failed_runtime_delete_keeps_the_container_until_a_retry_succeeds(
     flaky_daemon: Daemon, failing_delete: Path, test_images
 ) -> None:
     rt = flaky_daemon.runtime

@@ -31,7 +31,7 @@ def snapshot(daemon: Daemon) -> tuple[list[tuple[str, int]], list[tuple[str, int
     return pods, ctrs
 
 
-def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
         daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
@@ -94,7 +94,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
     return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
 
 
-def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:
     rng = random.Random(20261126)
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
@@ -104,7 +104,7 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
             steps_done = 0
             crash_after = rng.random() * 1.2
 
-            def lifecycle(round_: int = round_, rt=rt) -> None:  # type: ignore[no-untyped-def]
+            def lifecycle(round_: int = round_, rt=rt) -> None:
                 nonlocal steps_done
                 sid, pod = run_pod(daemon, f"crash{round_}")
                 steps_done += 1
@@ -141,14 +141,14 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
         assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]
 
 
-def _swallow(fn) -> None:  # type: ignore[no-untyped-def]
+def _swallow(fn) -> None:
     try:
         fn()
     except grpc.RpcError:
         pass  # the daemon died under the call: that is the point
 
 
-def test_twenty_pods_with_two_containers_leave_nothing_behind(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_twenty_pods_with_two_containers_leave_nothing_behind(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
         daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)

@@ -50,7 +50,7 @@ def listed(daemon: Daemon, handler: str | None = None) -> list[tuple[str, str]]:
 
 def pull(daemon: Daemon, image: str, handler: str = "") -> str:
     request = pb.PullImageRequest(image=spec(image, handler))
-    return daemon.images.PullImage(request, timeout=120).image_ref  # type: ignore[no-any-return]
+    return daemon.images.PullImage(request, timeout=120).image_ref
 
 
 def remove(daemon: Daemon, image: str, handler: str = "") -> None:

@@ -1,4 +1,8 @@
-"""The code type-checks under mypy --strict, as installed (crishim.runtime, crishim.oci, ...)."""
+"""The code type-checks under mypy --strict, as installed (crishim.runtime, crishim.oci, ...).
+
+The test suites (tests/, conformance/) are checked in the same run, at the level
+pyproject.toml's override for them sets.
+"""
 
 from __future__ import annotations
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crishim.runtime.network.defaultconf import DEFAULT_FILENAME
@@ -13,7 +14,7 @@ from crishim.runtime.network.manager import PodNetwork
 from crishim.runtime.network.netns import pin_path
 
 
-def _net(tmp_path: Path, **kw: object) -> PodNetwork:
+def _net(tmp_path: Path, **kw: Any) -> PodNetwork:
     conf = tmp_path / "conf"
     conf.mkdir(exist_ok=True)
     return PodNetwork(

@@ -8,14 +8,15 @@ import zlib
 
 import pytest
 from crishim.runtime.streaming.errors import ProtocolError
-from crishim.runtime.streaming.spdy import (
+from crishim.runtime.streaming.spdy import SpdyConnection
+from crishim.runtime.streaming.spdy_dictionary import HEADER_DICTIONARY
+from crishim.runtime.streaming.spdy_frames import (
     DataFrame,
     GoAwayFrame,
     HeaderCodec,
     PingFrame,
     RstStreamFrame,
     SettingsFrame,
-    SpdyConnection,
     SynReplyFrame,
     SynStreamFrame,
     WindowUpdateFrame,
@@ -23,7 +24,6 @@ from crishim.runtime.streaming.spdy import (
     encode_frame,
     parse_header_block,
 )
-from crishim.runtime.streaming.spdy_dictionary import HEADER_DICTIONARY
 
 
 def test_dictionary_is_the_spdy3_dictionary() -> None:

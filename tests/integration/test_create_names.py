@@ -12,7 +12,7 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,8 +22,9 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from tests.support.cri import container_config, pod_config, remove_pod
+from tests.support.cri import container_config, create_container, pull_test_image, remove_pod, run_pod
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
 
 pytestmark = pytest.mark.root
 
@@ -67,10 +68,8 @@ def daemon(wrapper: Wrapper) -> Iterator[Daemon]:
 
 
 @pytest.fixture(scope="module")
-def busybox(daemon: Daemon, test_images) -> str:  # type: ignore[no-untyped-def]
-    ref: str = test_images.ref("busybox:latest")
-    daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref)), timeout=120)
-    return ref
+def busybox(daemon: Daemon, test_images: TestImages) -> str:
+    return pull_test_image(daemon, test_images)
 
 
 @contextmanager
@@ -121,51 +120,41 @@ def _conmons_of(daemon: Daemon) -> int:
     return count
 
 
-def run_pod(daemon: Daemon, name: str) -> tuple[str, pb.PodSandboxConfig]:
-    config = pod_config(name, daemon)
-    request = pb.RunPodSandboxRequest(config=config, runtime_handler=HANDLER)
-    return daemon.runtime.RunPodSandbox(request, timeout=60).pod_sandbox_id, config
-
-
-def create(daemon: Daemon, sid: str, pod: pb.PodSandboxConfig, config: pb.ContainerConfig) -> str:
-    request = pb.CreateContainerRequest(pod_sandbox_id=sid, config=config, sandbox_config=pod)
-    return daemon.runtime.CreateContainer(request, timeout=60).container_id  # type: ignore[no-any-return]
-
-
-def outcomes(calls: list[object]) -> tuple[list[str], list[grpc.RpcError]]:
-    """Runs the calls at the same time: (their results, their errors)."""
+def outcomes(calls: list[Callable[[], str]]) -> tuple[list[str], list[grpc.RpcError]]:
+    """Runs the calls at the same time: (their results, their gRPC errors)."""
     with ThreadPoolExecutor(len(calls)) as pool:
-        futures = [pool.submit(call) for call in calls]  # type: ignore[arg-type]
+        futures = [pool.submit(call) for call in calls]
     won = [f.result() for f in futures if f.exception() is None]
     lost = [f.exception() for f in futures if f.exception() is not None]
-    return won, lost  # type: ignore[return-value]
+    assert all(isinstance(e, grpc.RpcError) for e in lost), lost
+    return won, [e for e in lost if isinstance(e, grpc.RpcError)]
 
 
 def test_taken_container_name_is_refused_before_any_work(daemon: Daemon, wrapper: Wrapper, busybox: str) -> None:
-    sid, pod = run_pod(daemon, "taken-name")
+    sid, pod = run_pod(daemon, "taken-name", handler=HANDLER)
     try:
-        first = create(daemon, sid, pod, container_config("app", busybox, ["sleep", "3600"]))
+        first = create_container(daemon, sid, pod, container_config("app", busybox, ["sleep", "3600"]))
         before = work_done(daemon, wrapper)
         with pytest.raises(grpc.RpcError) as refused:
-            create(daemon, sid, pod, container_config("app", busybox, ["true"]))
+            create_container(daemon, sid, pod, container_config("app", busybox, ["true"]))
         assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
         assert first in (refused.value.details() or "")
         assert work_done(daemon, wrapper) == before
         # Another attempt number is another name.
         again = container_config("app", busybox, ["true"])
         again.metadata.attempt = 1
-        assert create(daemon, sid, pod, again) != first
+        assert create_container(daemon, sid, pod, again) != first
     finally:
         remove_pod(daemon, sid)
 
 
 def test_concurrent_creates_of_one_container_name_one_wins(daemon: Daemon, wrapper: Wrapper, busybox: str) -> None:
-    sid, pod = run_pod(daemon, "twin-containers")
+    sid, pod = run_pod(daemon, "twin-containers", handler=HANDLER)
     try:
         before = work_done(daemon, wrapper)
         config = container_config("twin", busybox, ["sleep", "3600"])
         with holding(wrapper, "create"):
-            won, lost = outcomes([lambda: create(daemon, sid, pod, config)] * 2)
+            won, lost = outcomes([lambda: create_container(daemon, sid, pod, config)] * 2)
         assert len(won) == 1, lost
         assert [e.code() for e in lost] == [grpc.StatusCode.ALREADY_EXISTS]
         assert "is being created as" in (lost[0].details() or "")
@@ -184,7 +173,7 @@ def test_concurrent_creates_of_one_container_name_one_wins(daemon: Daemon, wrapp
 def test_concurrent_runs_of_one_pod_name_one_wins(daemon: Daemon, wrapper: Wrapper) -> None:
     before = work_done(daemon, wrapper)
     with holding(wrapper, "create"):
-        won, lost = outcomes([lambda: run_pod(daemon, "twin-pods")[0]] * 2)
+        won, lost = outcomes([lambda: run_pod(daemon, "twin-pods", handler=HANDLER)[0]] * 2)
     try:
         assert len(won) == 1, lost
         assert [e.code() for e in lost] == [grpc.StatusCode.ALREADY_EXISTS]
@@ -197,7 +186,7 @@ def test_concurrent_runs_of_one_pod_name_one_wins(daemon: Daemon, wrapper: Wrapp
 
 
 def test_no_container_is_created_in_a_pod_being_stopped(daemon: Daemon, wrapper: Wrapper, busybox: str) -> None:
-    sid, pod = run_pod(daemon, "stopping")
+    sid, pod = run_pod(daemon, "stopping", handler=HANDLER)
     try:
         stop = pb.StopPodSandboxRequest(pod_sandbox_id=sid)
         # The stop holds the pod's lock while the infra container is deleted.
@@ -208,7 +197,7 @@ def test_no_container_is_created_in_a_pod_being_stopped(daemon: Daemon, wrapper:
                 time.sleep(0.05)
             before = work_done(daemon, wrapper)
             with pytest.raises(grpc.RpcError) as refused:
-                create(daemon, sid, pod, container_config("late", busybox, ["sleep", "3600"]))
+                create_container(daemon, sid, pod, container_config("late", busybox, ["sleep", "3600"]))
             stopping.result()
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "is not ready" in (refused.value.details() or "")

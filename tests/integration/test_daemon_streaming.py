@@ -259,7 +259,7 @@ class AttachSession:
 
 
 @contextlib.asynccontextmanager
-async def session_at(url: str, *, tty: bool):  # type: ignore[no-untyped-def]
+async def session_at(url: str, *, tty: bool):
     conn, chosen = await spdy_connect(url, CLIENT_GO_SPDY)
     assert chosen in ("v5.channel.k8s.io", "v4.channel.k8s.io")
     output = bytearray()
@@ -564,7 +564,7 @@ def test_tokens_are_bound_to_their_kind(live_daemon: Daemon, pod: Pod) -> None:
     "token_ttl" not in StreamingConfig.__dataclass_fields__,
     reason="needs the streaming.token_ttl setting in the daemon config",
 )
-def test_an_expired_token_is_refused_with_404(test_images) -> None:  # type: ignore[no-untyped-def]
+def test_an_expired_token_is_refused_with_404(test_images) -> None:
     with running_daemon("[streaming]\ntoken_ttl = 1.0\n") as daemon:
         sid = daemon.runtime.RunPodSandbox(
             pb.RunPodSandboxRequest(config=pod_config("ttl", daemon)), timeout=60

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crishim.oci import conmon
@@ -101,7 +102,7 @@ class Launcher:
         self.started: list[Running] = []
         self.extra_dirs: list[Path] = []
 
-    def input(self, rt: OciRuntime, args: tuple[str, ...], **kw: object) -> ContainerSpecInput:
+    def input(self, rt: OciRuntime, args: tuple[str, ...], **kw: Any) -> ContainerSpecInput:
         cid = "t" + uuid.uuid4().hex[:12]
         base = ContainerSpecInput(
             id=cid,

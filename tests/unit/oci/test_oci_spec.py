@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from crishim.oci import opts
@@ -39,8 +40,8 @@ def rootfs(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def cinput(rootfs: Path, **kw: object) -> ContainerSpecInput:
-    base: dict[str, object] = {
+def cinput(rootfs: Path, **kw: Any) -> ContainerSpecInput:
+    base: dict[str, Any] = {
         "id": "c1",
         "rootfs": str(rootfs),
         "args": ("sh",),

@@ -13,18 +13,18 @@ import hashlib
 import json
 import shutil
 import tarfile
-import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
+from .layerstream import READ_SIZE
 from .manifest import INDEX_TYPES
 from .metadata import LayerRow
 from .records import ImageRecord
 from .reference import parse_reference
-from .unpack import READ_SIZE, chain_ids, resolve_deferred_links, unpack_layer
+from .unpack import chain_ids, resolve_deferred_links, unpack_layer
 
 if TYPE_CHECKING:
     from .store import ImageStore
@@ -115,39 +115,12 @@ def _import_image(
     image_id = "sha256:" + hashlib.sha256(config_raw).hexdigest()
     size = len(config_raw)
     for i, ((name, digest), diff_id, chain) in enumerate(zip(layers, diff_ids, chains, strict=True)):
-        if digest is None:
-            hasher = hashlib.sha256()
-            with src.open(name) as handle:
-                while chunk := handle.read(READ_SIZE):
-                    hasher.update(chunk)
-            digest = "sha256:" + hasher.hexdigest()
         existing = store.meta.layer(chain)
         if existing is not None and store.layer_dir(chain).is_dir():
             size += existing.blob_size
             continue
-        tmpdir = Path(tempfile.mkdtemp(prefix="layer-", dir=store.content.tmp))
-        tmpdir.chmod(0o755)
-        writer = None if store.content.has(digest) else store.content.writer(digest)
-        try:
-            with src.open(name) as handle:
-                result = unpack_layer(
-                    _reader(handle),
-                    tmpdir,
-                    where=f"layer {name} of the archive",
-                    blob=writer,
-                    expected_digest=digest,
-                    expected_diff_id=diff_id,
-                )
-            if result.deferred_links:
-                lowers = [store.layer_dir(c) for c in reversed(chains[:i])]
-                resolve_deferred_links(tmpdir, result.deferred_links, lowers, f"layer {name}")
-            row: LayerRow = store.puller.install_layer(tmpdir, chain, result, writer)
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise
-        size += row.blob_size
+        lowers = [store.layer_dir(c) for c in reversed(chains[:i])]
+        size += _import_layer(store, src, name, digest or _digest_of(src, name), diff_id, chain, lowers).blob_size
     if not store.content.has(image_id):
         store.content.write_bytes(image_id, config_raw)
     store.meta.record_image(
@@ -161,6 +134,42 @@ def _import_image(
         digests=[],
     )
     return store.resolve(image_id)
+
+
+def _digest_of(src: _Source, name: str) -> str:
+    """A docker save archive names its layers by path only: hash the file first."""
+    hasher = hashlib.sha256()
+    with src.open(name) as handle:
+        while chunk := handle.read(READ_SIZE):
+            hasher.update(chunk)
+    return "sha256:" + hasher.hexdigest()
+
+
+def _import_layer(
+    store: ImageStore, src: _Source, name: str, digest: str, diff_id: str, chain: str, lowers: list[Path]
+) -> LayerRow:
+    """Unpacks one layer file of the archive (verified as a pulled one is) and installs it."""
+    fetcher = store.puller.layers
+    tmpdir = fetcher.new_tmpdir()
+    writer = None if store.content.has(digest) else store.content.writer(digest)
+    try:
+        with src.open(name) as handle:
+            result = unpack_layer(
+                _reader(handle),
+                tmpdir,
+                where=f"layer {name} of the archive",
+                blob=writer,
+                expected_digest=digest,
+                expected_diff_id=diff_id,
+            )
+        if result.deferred_links:
+            resolve_deferred_links(tmpdir, result.deferred_links, lowers, f"layer {name}")
+        return fetcher.install_layer(tmpdir, chain, result, writer)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
 
 
 def _import_sync(store: ImageStore, path: Path) -> list[ImageRecord]:

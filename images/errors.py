@@ -53,3 +53,11 @@ class DataLoss(Internal):
     A subclass of Internal so an error table that only knows the common
     codes still maps it; a table that knows DATA_LOSS can match it first.
     """
+
+
+class UnpackAborted(ImageError):
+    """The pull was cancelled while the layer was being unpacked."""
+
+
+class LayerEscape(InvalidArgument):
+    """A layer entry would be written outside the layer directory."""

@@ -7,6 +7,7 @@ and its TLS stack: a daemon that pulls nothing stays small (idle RSS target).
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,3 +91,39 @@ class Manifest:
     raw: bytes
     config: Descriptor
     layers: tuple[Descriptor, ...]
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """`raw` parsed as a JSON object; InvalidArgument naming `what` otherwise."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{what} is not a JSON object")
+    return data
+
+
+def parse_image_config(raw: bytes, manifest: Manifest, where: str) -> tuple[dict[str, Any], list[str], bool]:
+    """(config, diff IDs, whether the diff IDs come from the config and can be verified).
+
+    An OCI artifact's config (often the empty `{}`, media type
+    application/vnd.oci.empty.v1+json) says nothing of its layers. KEP-4639 mounts
+    such artifacts when their layers are tars: they are keyed by blob digest
+    instead (equal to the diff ID for an uncompressed tar), and checked against
+    that digest only.
+    """
+    config = json_object(raw, f"{where}: the config blob")
+    if "rootfs" not in config:
+        return config, [d.digest for d in manifest.layers], False
+    try:
+        diff_ids = config["rootfs"]["diff_ids"]
+    except (KeyError, TypeError) as exc:
+        raise InvalidArgument(f"{where}: the config blob is not an OCI image config ({exc})") from exc
+    if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
+        raise InvalidArgument(f"{where}: rootfs.diff_ids must be a list of digests")
+    if len(diff_ids) != len(manifest.layers):
+        raise InvalidArgument(
+            f"{where}: the manifest lists {len(manifest.layers)} layers but the config {len(diff_ids)} diff IDs"
+        )
+    return config, diff_ids, True

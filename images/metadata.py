@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .records import ImageRecord
+
 SHARED_SET = ""
 
 SCHEMA = """
@@ -126,6 +128,21 @@ class ImageRow:
     layers: tuple[str, ...]
     lease_holders: tuple[str, ...] = field(default=())
     image_set: str = SHARED_SET
+
+    def record(self) -> ImageRecord:
+        """The public record of this row."""
+        return ImageRecord(
+            id=self.id,
+            repo_tags=self.repo_tags,
+            repo_digests=self.repo_digests,
+            size=self.size,
+            pinned=self.pinned,
+            config=self.config,
+            layers=self.layers,
+            manifest_digest=self.manifest_digest,
+            created=self.created,
+            image_set=self.image_set,
+        )
 
 
 @dataclass(frozen=True, slots=True)

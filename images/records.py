@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,3 +51,6 @@ class PullProgress:
     total: int  # -1 when the manifest did not say
     done: bool
     cached: bool = False
+
+
+ProgressFn = Callable[[PullProgress], None]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import socket
@@ -48,6 +47,7 @@ from .manifest import (  # noqa: F401 - re-exported: the client's vocabulary
     Credentials,
     Descriptor,
     Manifest,
+    json_object,
 )
 from .platforms import Platform, host_platform, pick_manifest
 from .reference import Reference
@@ -266,18 +266,11 @@ class RegistryClient:
             f"manifest {ref.name}:{obj}" if not obj.startswith("sha256:") else f"manifest {ref.name}@{obj}",
         )
         try:
-            chunks: list[bytes] = []
-            total = 0
-            async for chunk in response.aiter_raw():
-                total += len(chunk)
-                if total > MAX_MANIFEST_BYTES:
-                    raise InvalidArgument(f"manifest {ref}: larger than {MAX_MANIFEST_BYTES} bytes")
-                chunks.append(chunk)
+            raw = await _read_capped(response, MAX_MANIFEST_BYTES, f"manifest {ref}")
         except httpx.TransportError as exc:
             raise Unavailable(f"registry {session.host.display} dropped the manifest of {ref}: {exc!r}") from exc
         finally:
             await response.aclose()
-        raw = b"".join(chunks)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
         if obj.startswith("sha256:") and digest != obj:
             raise DataLoss(f"manifest of {ref} from {session.host.display} has digest {digest}, expected {obj}")
@@ -286,12 +279,7 @@ class RegistryClient:
 
     @staticmethod
     def _media_type(raw: bytes, content_type: str, where: str) -> tuple[str, dict[str, Any]]:
-        try:
-            data = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidArgument(f"{where}: the manifest is not JSON") from exc
-        if not isinstance(data, dict):
-            raise InvalidArgument(f"{where}: the manifest is not a JSON object")
+        data = json_object(raw, f"{where}: the manifest")
         media_type = str(data.get("mediaType") or content_type)
         if data.get("schemaVersion") == 1 or media_type in DOCKER_SCHEMA1:
             raise Unimplemented(
@@ -396,20 +384,25 @@ class RegistryClient:
         while True:
             try:
                 async with self.open_blob(session, digest) as response:
-                    chunks: list[bytes] = []
-                    total = 0
-                    async for chunk in response.aiter_raw():
-                        total += len(chunk)
-                        if total > limit:
-                            raise InvalidArgument(f"blob {digest} is larger than {limit} bytes")
-                        chunks.append(chunk)
+                    data = await _read_capped(response, limit, f"blob {digest}")
                 break
             except httpx.TransportError as exc:
                 failures += 1
                 if not await self.retry.pause(failures):
                     raise Unavailable(f"registry {session.host.display} dropped blob {digest}: {exc!r}") from exc
-        data = b"".join(chunks)
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != digest:
             raise DataLoss(f"blob from {session.host.display} has digest {actual}, expected {digest}")
         return data
+
+
+async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    """The whole body, refused (InvalidArgument) as soon as it grows past `limit` bytes."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in response.aiter_raw():
+        total += len(chunk)
+        if total > limit:
+            raise InvalidArgument(f"{what} is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

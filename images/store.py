@@ -20,10 +20,8 @@ set: '' is shared by all runtime handlers; a handler configured with
 a handler -> set map the daemon builds from its config. Layers and blobs are
 shared by every set, so only names, existence and removal are per set.
 
-Concurrency: pulls of one reference (into one set) share one task; layers (by chain ID) are
-shared across pulls; a semaphore bounds parallel layer downloads. A pull
-whose every caller gave up is cancelled and undone; so is one that receives
-no bytes for `pull_progress_timeout` seconds.
+Pulls (pull.py, layers.py) share work between callers and never race garbage
+collection: the store asks the Puller whether a layer is in use before deleting it.
 """
 
 from __future__ import annotations
@@ -36,9 +34,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from crishim.oci.mounttable import is_mount_point
 
@@ -48,11 +46,13 @@ from .errors import (
     InvalidArgument,
     NotFound,
 )
+from .layers import StoreAccess
 from .manifest import Credentials
 from .metadata import SHARED_SET, Garbage, ImageRow, Metadata
-from .pull import Puller, _in_thread, image_record
-from .records import ImageRecord, PullProgress
+from .pull import Puller
+from .records import ImageRecord, ProgressFn
 from .reference import looks_like_image_id, parse_reference
+from .tasks import in_thread
 from .usage import tree_usage
 
 if TYPE_CHECKING:
@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-ProgressFn = Callable[[PullProgress], None]
 VOLUME_HOLDER_PREFIX = "image-volume:"  # + the mount point; see volumes.py
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")
 
@@ -88,11 +86,7 @@ class ImageStore:
         self._registry = registry
         self._registries_config_dir = registries_config_dir
         self.puller = Puller(
-            self.content,
-            self.meta,
-            self.layers_dir,
-            lambda: self.registry,
-            self._remove_tree,
+            StoreAccess(self.content, self.meta, self.layer_dir, lambda: self.registry, self._remove_tree),
             max_parallel_layers=max_parallel_layers,
             pull_progress_timeout=pull_progress_timeout,
             sync_layers=sync_layers,
@@ -140,17 +134,12 @@ class ImageStore:
                 log.info("releasing stale image volume lease %s", holder)
                 self.release(holder)
 
-    # ---- pulls (puller.py does the work) --------------------------------------------------
+    # ---- pulls (pull.py does the work) ----------------------------------------------------
 
     async def pull(
-        self,
-        ref: str,
-        credentials: Credentials | None = None,
-        progress: ProgressFn | None = None,
-        image_set: str = SHARED_SET,
+        self, ref: str, credentials: Credentials | None = None, progress: ProgressFn | None = None, image_set: str = ""
     ) -> ImageRecord:
-        """Pulls `ref` into `image_set` (or joins a pull of it already running) and returns the
-        stored image; layers another set already has are not downloaded again."""
+        """Puller.pull: `ref` into `image_set` ('' is the shared set), joining a pull of it already running."""
         return await self.puller.pull(ref, credentials, progress, image_set)
 
     @property
@@ -228,7 +217,7 @@ class ImageStore:
             row = self.meta.image(image_id, image_set)
             if row is None:
                 raise NotFound(f"image {image_id} is not in the store{where}: pull it first")
-            return image_record(row)
+            return row.record()
         parse_error: InvalidArgument | None = None
         try:
             ref = parse_reference(text)
@@ -239,7 +228,7 @@ class ImageStore:
             if named is not None:
                 found = self.meta.image(named, image_set)
                 if found is not None:
-                    return image_record(found)
+                    return found.record()
         match = _HEX_PREFIX.match(text)
         if match:
             ids = self.meta.image_ids_with_prefix("sha256:" + match.group(1), image_set)
@@ -248,14 +237,14 @@ class ImageStore:
             if ids:
                 found = self.meta.image(ids[0], image_set)
                 if found is not None:
-                    return image_record(found)
+                    return found.record()
         if parse_error is not None:
             raise parse_error
         raise NotFound(f"image {text!r} is not in the store{where}: pull it first (e.g. crictl pull {text})")
 
     def list(self, image_set: str | None = SHARED_SET) -> builtins.list[ImageRecord]:
         """The images of one set, or of every set with None (an image in two sets is listed twice)."""
-        return [image_record(row) for row in self.meta.images(image_set)]
+        return [row.record() for row in self.meta.images(image_set)]
 
     def set_pinned(self, ref_or_id: str, pinned: bool, image_set: str = SHARED_SET) -> ImageRecord:
         record = self.resolve(ref_or_id, image_set)
@@ -274,8 +263,8 @@ class ImageStore:
                 f"image {record.id} ({', '.join(record.repo_tags) or 'untagged'}) is pinned: "
                 "the runtime keeps it (e.g. the pause image); unpin it before removing"
             )
-        garbage = await _in_thread(functools.partial(self.meta.remove_image, record.id, image_set))
-        await _in_thread(functools.partial(self._collect, garbage))
+        garbage = await in_thread(functools.partial(self.meta.remove_image, record.id, image_set))
+        await in_thread(functools.partial(self._collect, garbage))
         log.info("removed image %s (%s)", record.id, ", ".join(record.repo_tags))
 
     def acquire(self, image_id: str, holder: str, image_set: str = SHARED_SET) -> None:
@@ -292,7 +281,7 @@ class ImageStore:
         """`release` for the event loop: the layers it may free (GBs) are deleted in a thread."""
         garbage = self.meta.release(holder)
         if garbage.layers or garbage.blobs:
-            await _in_thread(functools.partial(self._collect, garbage))
+            await in_thread(functools.partial(self._collect, garbage))
 
     def fs_usage(self) -> tuple[int, int]:
         """(bytes, inodes) used by the image store; walks the tree, so call it from a thread."""

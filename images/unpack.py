@@ -1,7 +1,7 @@
 """Layer unpack: a (possibly compressed) tar stream -> one layer directory for overlayfs.
 
 The unpack runs in a worker thread and reads the download as it arrives
-(`ChunkFeed`), so a layer is written to disk while it downloads: the
+(layerstream.py), so a layer is written to disk while it downloads: the
 compressed stream is hashed (and kept as a blob), decompressed, hashed again
 (the diff ID) and extracted in one pass. Nothing lands under the layer's
 final name until both digests matched: extraction goes to a temp directory
@@ -15,250 +15,27 @@ become overlayfs ones: `.wh.NAME` -> a 0/0 character device NAME, and
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import errno
 import hashlib
 import os
-import queue
 import shutil
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import zstandard
 
 from .content import BlobWriter
-from .errors import DataLoss, ImageError, InvalidArgument
+from .errors import DataLoss, InvalidArgument, LayerEscape
+from .layerstream import READ_SIZE, CompressedStream, DecompressedStream
 
-READ_SIZE = 1 << 20
-MAX_DECOMPRESS_STEP = 4 << 20
-ZSTD_INPUT_STEP = 256 << 10
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-class UnpackAborted(ImageError):
-    """The pull was cancelled while the layer was being unpacked."""
-
-
-class LayerEscape(InvalidArgument):
-    """A layer entry would be written outside the layer directory."""
-
-
-_EOF = object()
-_ABORT = object()
-
-
-class ChunkFeed:
-    """Hands downloaded chunks from the event loop to the unpack thread, with back-pressure.
-
-    The loop side awaits a credit before each `put`, so at most `depth`
-    chunks wait in memory; the thread gives credits back as it consumes.
-    """
-
-    def __init__(self, depth: int = 16) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._depth = depth
-        self._credits = asyncio.Semaphore(depth)
-        self._consumer_gone = False
-
-    async def put(self, chunk: bytes) -> None:
-        if self._consumer_gone:
-            return
-        await self._credits.acquire()
-        self._queue.put(chunk)
-
-    def consumer_done(self) -> None:
-        """Called by the thread when it stops reading, so a waiting `put` never hangs."""
-        try:
-            self._loop.call_soon_threadsafe(self._open_gates)
-        except RuntimeError:
-            pass
-
-    def _open_gates(self) -> None:
-        self._consumer_gone = True
-        for _ in range(self._depth + 1):
-            self._credits.release()
-
-    def finish(self) -> None:
-        self._queue.put(_EOF)
-
-    def abort(self) -> None:
-        self._queue.put(_ABORT)
-
-    def _release(self) -> None:
-        try:
-            self._loop.call_soon_threadsafe(self._credits.release)
-        except RuntimeError:
-            pass  # the loop is gone: nobody waits for credits any more
-
-    def __call__(self) -> bytes | None:
-        item = self._queue.get()
-        if item is _ABORT:
-            raise UnpackAborted("pull cancelled")
-        if item is _EOF:
-            self._queue.put(_EOF)
-            return None
-        self._release()
-        assert isinstance(item, bytes)
-        return item
-
-
-def file_source(path: Path) -> Callable[[], bytes | None]:
-    """A ChunkSource reading a local file (import and re-unpack from a stored blob)."""
-    handle = open(path, "rb")  # noqa: SIM115 - closed at EOF below
-
-    def read() -> bytes | None:
-        data = handle.read(READ_SIZE)
-        if not data:
-            handle.close()
-            return None
-        return data
-
-    return read
-
-
-class _Compressed:
-    """Pulls chunks, passing each to `sink` (hash + blob file) before handing it on."""
-
-    def __init__(self, source: Callable[[], bytes | None], sink: Callable[[bytes], None]) -> None:
-        self._source = source
-        self._sink = sink
-        self._pending = b""
-        self.eof = False
-        self.total = 0
-
-    def peek(self, n: int) -> bytes:
-        while len(self._pending) < n and not self.eof:
-            chunk = self._next()
-            if chunk is None:
-                break
-            self._pending += chunk
-        return self._pending[:n]
-
-    def _next(self) -> bytes | None:
-        chunk = self._source()
-        if chunk is None:
-            self.eof = True
-            return None
-        self._sink(chunk)
-        self.total += len(chunk)
-        return chunk
-
-    def chunk(self) -> bytes | None:
-        if self._pending:
-            data, self._pending = self._pending, b""
-            return data
-        if self.eof:
-            return None
-        return self._next()
-
-
-class _Decompressed:
-    """A readable stream of the uncompressed tar, hashing it for the diff ID as it goes."""
-
-    def __init__(self, compressed: _Compressed, where: str) -> None:
-        self._in = compressed
-        self._where = where
-        self.diff_hash = hashlib.sha256()
-        self.size = 0
-        magic = compressed.peek(4)
-        self.kind = "gzip" if magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else "tar"
-        self._z: Any = self._new_decoder()
-        self._tail = b""
-        self._buf = memoryview(b"")
-        self._done = False
-
-    def _new_decoder(self) -> Any:
-        if self.kind == "gzip":
-            return zlib.decompressobj(16 + zlib.MAX_WBITS)
-        if self.kind == "zstd":
-            return zstandard.ZstdDecompressor().decompressobj()
-        return None
-
-    def _fill(self) -> bool:
-        """Produces more uncompressed bytes into self._buf; False at the end of the stream."""
-        while True:
-            if self._z is None:
-                data = self._in.chunk()
-                if data is None:
-                    return False
-                out = data
-            else:
-                if self._tail:
-                    data, self._tail = self._tail, b""
-                else:
-                    got = self._in.chunk()
-                    if got is None:
-                        if self.kind == "gzip" and not self._z.eof and not self._empty_member:
-                            raise DataLoss(f"{self._where}: truncated gzip stream")
-                        if self.kind == "zstd" and not self._z.eof and not self._empty_member:
-                            raise DataLoss(f"{self._where}: truncated zstd stream")
-                        return False
-                    data = got
-                out = self._decode(data)
-            if out:
-                self.diff_hash.update(out)
-                self.size += len(out)
-                self._buf = memoryview(out)
-                return True
-
-    _empty_member = False
-
-    def _decode(self, data: bytes) -> bytes:
-        try:
-            if self.kind == "gzip":
-                if self._z.eof:
-                    rest = self._z.unused_data + data
-                    if not rest.strip(b"\0"):
-                        return b""  # zero padding after the last member
-                    self._z = self._new_decoder()
-                    data = rest
-                out: bytes = self._z.decompress(data, MAX_DECOMPRESS_STEP)
-                self._tail = self._z.unconsumed_tail
-                if self._z.eof and self._z.unused_data:
-                    self._tail = self._z.unused_data + self._tail
-                    self._z = self._new_decoder()
-                return out
-            if self._z.eof:
-                self._z = self._new_decoder()
-            step, self._tail = data[:ZSTD_INPUT_STEP], data[ZSTD_INPUT_STEP:]
-            out = self._z.decompress(step)
-            if self._z.eof and self._z.unused_data:
-                self._tail = self._z.unused_data + self._tail
-                self._z = self._new_decoder()
-            return out
-        except (zlib.error, zstandard.ZstdError) as exc:
-            raise DataLoss(f"{self._where}: corrupt {self.kind} data: {exc}") from exc
-
-    def read(self, n: int = -1) -> bytes:
-        if not self._buf:
-            if self._done or not self._fill():
-                self._done = True
-                return b""
-        if n < 0 or n >= len(self._buf):
-            out = bytes(self._buf)
-            self._buf = memoryview(b"")
-            return out
-        out = bytes(self._buf[:n])
-        self._buf = self._buf[n:]
-        return out
-
-    def drain(self) -> None:
-        while self.read(READ_SIZE):
-            pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -465,8 +242,8 @@ def unpack_layer(
     owns `dest` and removes it on failure.
     """
     blob_hash = hashlib.sha256()
-    compressed = _Compressed(source, blob.write if blob is not None else blob_hash.update)
-    stream = _Decompressed(compressed, where)
+    compressed = CompressedStream(source, blob.write if blob is not None else blob_hash.update)
+    stream = DecompressedStream(compressed, where)
     extractor = _Extractor(dest, where)
     try:
         with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_SIZE) as tf:  # type: ignore[call-overload]

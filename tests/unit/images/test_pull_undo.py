@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from crishim.images.pull import _complete_despite_cancel
+from crishim.images.tasks import complete_despite_cancel
 
 
 async def test_undo_finishes_although_the_caller_is_cancelled_twice() -> None:
@@ -17,7 +17,7 @@ async def test_undo_finishes_although_the_caller_is_cancelled_twice() -> None:
         await asyncio.sleep(0.05)
         finished.set()
 
-    caller = asyncio.create_task(_complete_despite_cancel(undo()))
+    caller = asyncio.create_task(complete_despite_cancel(undo()))
     await started.wait()
     caller.cancel()
     await asyncio.sleep(0.01)
@@ -32,4 +32,4 @@ async def test_undo_errors_reach_the_caller() -> None:
         raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        await _complete_despite_cancel(undo())
+        await complete_despite_cancel(undo())

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from crishim.images.errors import DataLoss, InvalidArgument
-from crishim.images.unpack import LayerEscape, chain_ids, unpack_layer
+from crishim.images.errors import DataLoss, InvalidArgument, LayerEscape
+from crishim.images.unpack import chain_ids, unpack_layer
 
 
 def make_tar(add: Callable[[tarfile.TarFile], None]) -> bytes:

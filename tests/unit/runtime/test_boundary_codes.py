@@ -12,7 +12,6 @@ import grpc
 import pytest
 from crishim.cgroups import errors as cgroups_errors
 from crishim.images import errors as images_errors
-from crishim.images import unpack
 from crishim.oci import errors as oci_errors
 from crishim.runtime import boundary
 from crishim.runtime import errors as runtime_errors
@@ -28,14 +27,14 @@ UNMAPPED = {
     runtime_errors.ConfigError,
     network_errors.NetworkError,
     streaming_errors.StreamingError,
-    unpack.UnpackAborted,
+    images_errors.UnpackAborted,
 }
 
 # A class named after a code gets that code; the rest are named here.
 EXPECTED_BY_CLASS = {
     oci_errors.RuntimeCommandError: grpc.StatusCode.INTERNAL,
     images_errors.DataLoss: grpc.StatusCode.INTERNAL,
-    unpack.LayerEscape: grpc.StatusCode.INVALID_ARGUMENT,
+    images_errors.LayerEscape: grpc.StatusCode.INVALID_ARGUMENT,
     network_errors.PluginError: grpc.StatusCode.INTERNAL,
     streaming_errors.ProtocolError: grpc.StatusCode.INTERNAL,
 }
@@ -43,7 +42,6 @@ EXPECTED_BY_CLASS = {
 MODULES: list[ModuleType] = [
     cgroups_errors,
     images_errors,
-    unpack,
     oci_errors,
     runtime_errors,
     network_errors,

@@ -8,14 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crishim.oci.cdi import (
-    CdiEdits,
-    apply_cdi_edits,
-    load_spec_file,
-    names_from_annotations,
-    parse_device_name,
-    resolve_cdi_devices,
-)
+from crishim.oci.cdi import apply_cdi_edits, names_from_annotations, parse_device_name, resolve_cdi_devices
+from crishim.oci.cdi_spec import CdiEdits, load_spec_file
 from crishim.oci.errors import InvalidArgument
 
 NULL_MAJOR, NULL_MINOR = os.major(os.stat("/dev/null").st_rdev), os.minor(os.stat("/dev/null").st_rdev)
@@ -240,7 +234,7 @@ def test_missing_host_node_is_an_error_unless_fully_described(tmp_path: Path) ->
 
 
 def test_device_owner_follows_the_container_user_and_none_permissions_add_no_rule() -> None:
-    from crishim.oci.cdi import DeviceNode
+    from crishim.oci.cdi_spec import DeviceNode
 
     spec = base_spec()
     spec["process"]["user"] = {"uid": 1000, "gid": 1001}

@@ -15,35 +15,9 @@ import threading
 
 from .detect import CgroupLayout, CgroupVersion, detect
 from .paths import to_fs
-from .records import (
-    CgroupStats,
-    CpuStats,
-    HugetlbStats,
-    IoStats,
-    MemoryStats,
-    ProcessStats,
-    PsiData,
-    PsiStats,
-    SwapStats,
-)
+from .records import CgroupStats
 from .v1 import V1Cgroup
 from .v2 import V2Cgroup
-
-__all__ = [
-    "CgroupStats",
-    "CpuStats",
-    "HugetlbStats",
-    "IoStats",
-    "MemoryStats",
-    "ProcessStats",
-    "PsiData",
-    "PsiStats",
-    "StatsSampler",
-    "SwapStats",
-    "cgroup_for",
-    "read_cgroup_stats",
-    "writable_layer_usage",
-]
 
 _layout_lock = threading.Lock()
 _layout: CgroupLayout | None = None

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from crishim.oci.mounttable import MOUNTINFO, mount_points, read_mountinfo
+from crishim.oci.mounttable import MOUNTINFO, mount, mount_points, read_mountinfo
 
 from .errors import FailedPrecondition, PermissionDenied
 
@@ -128,18 +128,16 @@ def _is_mount_point(point: str, mountinfo: str) -> bool:
 
 
 def _mount_cgroup_v1(controller: str, target: str) -> None:
-    import ctypes  # only needed for this rare start-up fix; keeps the import light
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    rc = libc.mount(b"cgroup", target.encode(), b"cgroup", ctypes.c_ulong(0), controller.encode())
-    if rc != 0:
-        err = ctypes.get_errno()
-        msg = f"mounting the {controller} controller as a v1 hierarchy at {target} failed: {os.strerror(err)}"
-        if err in (errno.EPERM, errno.EACCES):
-            raise PermissionDenied(msg + "; run the daemon as root")
+    what = f"mounting the {controller} controller as a v1 hierarchy at {target} failed"
+    try:
+        mount("cgroup", target, "cgroup", 0, controller, what=what)
+    except OSError as exc:
+        msg = f"{what}: {exc.strerror}"
+        if exc.errno in (errno.EPERM, errno.EACCES):
+            raise PermissionDenied(msg + "; run the daemon as root") from exc
         raise FailedPrecondition(
             msg + "; the v2 hierarchy may still use it (remove its child cgroups) or mount it by hand"
-        )
+        ) from exc
 
 
 def fix_hybrid_for_crun(

@@ -1,6 +1,6 @@
 """Overlay mounts of image layers: container rootfs (with upper/work) and read-only views.
 
-mount(2) is called through ctypes. The option string must fit in one page;
+mount(2) is called through oci/mounttable.py. The option string must fit in one page;
 with many layers (absolute paths of ~90 bytes each) it may not, so we then
 run mount(8) from the layers' common parent with relative lowerdir names,
 which the kernel resolves against the mounting process's cwd. Callers on the
@@ -9,36 +9,19 @@ event loop run these functions in a thread.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import subprocess
 from pathlib import Path
 
+from crishim.oci.mounttable import MS_BIND, MS_NODEV, MS_NOSUID, MS_RDONLY, MS_REC, MS_REMOUNT, mount
+
 from .errors import Internal, InvalidArgument
 
-MS_RDONLY = 0x1
-MS_NOSUID = 0x2
-MS_NODEV = 0x4
-MS_REMOUNT = 0x20
-MS_BIND = 0x1000
-MS_REC = 0x4000
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def _mount(source: str, target: Path, fstype: str | None, flags: int, data: str | None) -> None:
-    rc = _libc.mount(
-        source.encode(),
-        str(target).encode(),
-        fstype.encode() if fstype else None,
-        ctypes.c_ulong(flags),
-        data.encode() if data is not None else None,
-    )
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {fstype or 'bind'} {source} on {target}: {os.strerror(err)}")
+    mount(source, target, fstype, flags, data, what=f"mount {fstype or 'bind'} {source} on {target}")
 
 
 def _overlay_options(lower: list[Path], upper: Path | None, work: Path | None, base: Path | None) -> str:

@@ -1,10 +1,11 @@
-"""The kernel's mount table: reading /proc/<pid>/mountinfo and taking mounts off it.
+"""The kernel's mount table: reading /proc/<pid>/mountinfo, adding mounts and taking them off.
 
 Every package that asks "what is mounted where" reads it here: the cgroup layout
 detection, the runtime feature probes (the options of a mount inside a probe
 container), image-volume lease sweeps, orphan clean-up and netns pins. The
 kernel writes space, tab, newline and backslash in paths as three-digit octal
-escapes (`\\040`); they are decoded here, once.
+escapes (`\\040`); they are decoded here, once. mount(2) and umount2(2) are
+called from here too, for overlays, binds, tmpfs, pins and cgroup hierarchies.
 """
 
 from __future__ import annotations
@@ -18,10 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MOUNTINFO = "/proc/self/mountinfo"
+# mount(2) flags (linux/mount.h) and umount2(2)'s lazy detach.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 
@@ -77,6 +88,14 @@ def mount_points(path: str | Path = MOUNTINFO) -> list[str]:
 def is_mount_point(path: str | Path) -> bool:
     """Whether something is mounted on `path` (symlinks resolved first, as the kernel does)."""
     return os.path.realpath(path) in mount_points()
+
+
+def mount(source: str, target: str | Path, fstype: str | None, flags: int, data: str | None, *, what: str) -> None:
+    """mount(2); OSError(errno, "`what`: reason") when the kernel refuses."""
+    encoded_data = data.encode() if data is not None else None
+    if _libc.mount(source.encode(), str(target).encode(), fstype.encode() if fstype else None, flags, encoded_data):
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
 def unmount(target: str | Path, *, detach: bool = True, stacked: bool = False) -> None:

@@ -26,15 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from crishim.oci.mounttable import is_mount_point, unmount
+from crishim.oci.mounttable import MS_BIND, MS_REC, MS_SHARED, is_mount_point, mount, unmount
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
 
 _CLONE_NEWNET = 0x40000000
-_MS_BIND = 4096
-_MS_REC = 16384
-_MS_SHARED = 1 << 20
 
 T = TypeVar("T")
 
@@ -144,15 +141,16 @@ def _make_dir_shared(netns_dir: str) -> None:
     Mount namespaces cloned later (by other tools on the node) then see our
     unmounts too, so they do not keep a removed pod's namespace alive.
     """
-    libc = _c()
-    d = netns_dir.encode()
-    if libc.mount(b"none", d, b"none", _MS_SHARED | _MS_REC, None) == 0:
+    shared = f"make {netns_dir} shared"
+    try:
+        mount("none", netns_dir, "none", MS_SHARED | MS_REC, None, what=shared)
         return
-    if ctypes.get_errno() != errno.EINVAL:
-        _check(-1, f"make {netns_dir} shared")
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
     # Not a mount point yet: bind it onto itself first.
-    _check(libc.mount(d, d, b"none", _MS_BIND | _MS_REC, None), f"bind {netns_dir}")
-    _check(libc.mount(b"none", d, b"none", _MS_SHARED | _MS_REC, None), f"make {netns_dir} shared")
+    mount(netns_dir, netns_dir, "none", MS_BIND | MS_REC, None, what=f"bind {netns_dir}")
+    mount("none", netns_dir, "none", MS_SHARED | MS_REC, None, what=shared)
 
 
 def _loopback_up() -> None:
@@ -175,10 +173,7 @@ def _create_pinned(path: str) -> None:
     try:
         # This thread alone moves to the new namespace and then ends.
         _check(_c().unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
-        _check(
-            _c().mount(b"/proc/thread-self/ns/net", path.encode(), b"none", _MS_BIND, None),
-            f"bind-mount the namespace on {path}",
-        )
+        mount("/proc/thread-self/ns/net", path, "none", MS_BIND, None, what=f"bind-mount the namespace on {path}")
         _loopback_up()
     except BaseException:
         _remove_pin(path)

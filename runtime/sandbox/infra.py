@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crishim.cri_api import api_pb2
+from crishim.oci.conmon import ConmonResult
 from crishim.oci.inputs import SandboxSpecInput
 from crishim.oci.spec import build_sandbox_spec
 from crishim.runtime.network import dnsfiles
 from crishim.runtime.network.cni import Bandwidth, DnsSettings, PortMapping
 from crishim.runtime.services import Handler, Services
 
-log = logging.getLogger("crishim.sandbox")
-
 PROTOCOLS = {api_pb2.TCP: "tcp", api_pb2.UDP: "udp", api_pb2.SCTP: "sctp"}
-INFRA_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +23,6 @@ class PodFiles:
     resolv_conf: Path
     hostname: Path
     hosts: Path
-
-
-@dataclass(frozen=True, slots=True)
-class Started:
-    pid: int
-    conmon_pid: int
 
 
 def sandbox_image_ref(svc: Services) -> str:
@@ -120,8 +111,10 @@ def build_spec(spec_input: SandboxSpecInput) -> dict[str, Any]:
     return build_sandbox_spec(spec_input)
 
 
-async def start_infra(svc: Services, handler: Handler, sandbox_id: str, bundle: Path, cgroups_path: str) -> Started:
-    """conmon runs `runc create`; then `runc start` makes the pause process run."""
+async def start_infra(
+    svc: Services, handler: Handler, sandbox_id: str, bundle: Path, cgroups_path: str
+) -> ConmonResult:
+    """conmon runs `runc create`; then `runc start` makes the pause process run; returns their PIDs."""
     from crishim.runtime.container.launch import launch
 
     result = await launch(
@@ -133,7 +126,7 @@ async def start_infra(svc: Services, handler: Handler, sandbox_id: str, bundle: 
     except BaseException:
         await destroy_infra(svc, handler, sandbox_id)
         raise
-    return Started(pid=result.pid, conmon_pid=result.conmon_pid)
+    return result
 
 
 async def destroy_infra(svc: Services, handler: Handler, sandbox_id: str) -> None:

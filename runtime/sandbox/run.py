@@ -20,6 +20,7 @@ from pathlib import Path
 from crishim.cgroups.paths import container_cgroups_path
 from crishim.cri_api import api_pb2
 from crishim.images.records import ImageRecord
+from crishim.oci.conmon import ConmonResult
 from crishim.oci.inputs import NamespaceMode, SandboxSpecInput, SeccompProfile, UserNamespace
 from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
@@ -203,7 +204,7 @@ def sandbox_record(
     sandbox_id: str,
     bundle: Path,
     address: PodAddress,
-    started: infra.Started,
+    started: ConmonResult,
     spec_input: SandboxSpecInput,
 ) -> SandboxMeta:
     config, md = pod.config, pod.config.metadata

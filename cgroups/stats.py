@@ -3,14 +3,11 @@
 The kubelet asks for CPU as cumulative core-nanoseconds *and* as nano-cores
 averaged over the last interval; the kernel only has the first, so
 StatsSampler keeps the previous sample per cgroup and derives the rate.
-writable_layer_usage() is the du-like walk behind CRI's writable_layer stats.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
 import threading
 
 from .detect import CgroupLayout, CgroupVersion, detect
@@ -92,46 +89,3 @@ class StatsSampler:
     def keys(self) -> list[str]:
         with self._lock:
             return list(self._last)
-
-
-def writable_layer_usage(path: str) -> tuple[int, int]:
-    """(bytes used on disk, inodes) under `path`, like `du -sx` plus an inode count.
-
-    Symlinks are counted, never followed; other filesystems (mounts inside the
-    upper dir) are skipped; a hard-linked file counts once. A missing path is
-    (0, 0): the container's upper dir may already be gone.
-    """
-    try:
-        top = os.lstat(path)
-    except FileNotFoundError:
-        return 0, 0
-    dev = top.st_dev
-    seen: set[int] = set()
-    used = top.st_blocks * 512
-    inodes = 1
-    if not stat.S_ISDIR(top.st_mode):
-        return used, inodes
-    stack = [path]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if st.st_dev != dev:
-                    continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if st.st_ino in seen:
-                        continue
-                    seen.add(st.st_ino)
-                used += st.st_blocks * 512
-                inodes += 1
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return used, inodes

@@ -1,4 +1,4 @@
-"""Disk usage of a directory tree, as ImageFsInfo reports it (bytes allocated, inodes)."""
+"""Disk usage of a directory tree (bytes allocated, inodes): ImageFsInfo's filesystems, a container's writable layer."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import os
 from pathlib import Path
 
 
-def tree_usage(root: Path) -> tuple[int, int]:
-    """(bytes, inodes) below `root`, counting each hardlinked inode once; does not cross mounts."""
+def tree_usage(root: str | Path) -> tuple[int, int]:
+    """(bytes, inodes) below `root`, counting each hardlinked inode once; does not cross mounts.
+
+    Symlinks count as themselves, never followed; a missing `root` is (0, 0).
+    """
     seen: set[int] = set()
     total_bytes = 0
     inodes = 0

@@ -11,7 +11,8 @@ import logging
 from dataclasses import dataclass
 
 from crishim.cgroups.records import CgroupStats
-from crishim.cgroups.stats import read_cgroup_stats, writable_layer_usage
+from crishim.cgroups.stats import read_cgroup_stats
+from crishim.images.usage import tree_usage
 from crishim.runtime.network import netns
 from crishim.runtime.network.netns import IfaceCounters
 from crishim.runtime.services import Services
@@ -52,7 +53,7 @@ def _read(svc: Services, key: str, cgroups_path: str) -> CgroupStats | None:
 def _container_sample(svc: Services, meta: ContainerMeta) -> ContainerSample:
     cgroup = _read(svc, meta.id, meta.cgroups_path) if meta.state == CONTAINER_RUNNING else None
     upper = f"{meta.bundle}/upper"
-    used, inodes = writable_layer_usage(upper)
+    used, inodes = tree_usage(upper)
     return ContainerSample(meta, cgroup, used, inodes, upper)
 
 

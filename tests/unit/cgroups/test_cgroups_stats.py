@@ -1,12 +1,8 @@
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from crishim.cgroups.cadvisor import NetworkCounters, cgroup_metrics, list_descriptors
 from crishim.cgroups.files import parse_psi
 from crishim.cgroups.records import CgroupStats, CpuStats, MemoryStats, ProcessStats
-from crishim.cgroups.stats import writable_layer_usage
 
 
 def test_psi_without_full_line_has_full_none() -> None:
@@ -15,25 +11,6 @@ def test_psi_without_full_line_has_full_none() -> None:
     assert psi.some.total_ns == 5000
     assert psi.full is None
     assert parse_psi("") is None
-
-
-def test_writable_layer_usage_counts_inodes_once_and_never_follows_symlinks(tmp_path: Path) -> None:
-    upper = tmp_path / "upper"
-    (upper / "d").mkdir(parents=True)
-    (upper / "d/f").write_bytes(os.urandom(64 * 1024))
-    os.link(upper / "d/f", upper / "hard")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "big").write_bytes(os.urandom(1 << 20))
-    (upper / "link").symlink_to(outside)
-    used, inodes = writable_layer_usage(str(upper))
-    # upper, d, d/f (= hard), link
-    assert inodes == 4
-    assert 64 * 1024 <= used < (1 << 20)
-
-
-def test_writable_layer_usage_of_missing_dir_is_zero(tmp_path: Path) -> None:
-    assert writable_layer_usage(str(tmp_path / "gone")) == (0, 0)
 
 
 def _stats() -> CgroupStats:

@@ -98,7 +98,7 @@ def _cgroups(config: Config, fix: bool) -> list[Check]:
             checks.append(Check("crun on hybrid cgroups", True, "v2 controllers remounted as v1 hierarchies"))
     elif layout.version.name == "HYBRID":
         checks.append(Check("crun on hybrid cgroups", True, "the v2 hierarchy holds no controllers; crun can run"))
-    psi = detect.detect().psi
+    psi = layout.psi
     checks.append(
         Check(
             "PSI",

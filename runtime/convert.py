@@ -62,6 +62,7 @@ def user_namespace(options: api_pb2.NamespaceOption, field: str) -> UserNamespac
 def resources(res: api_pb2.LinuxContainerResources | None) -> Resources | None:
     if res is None:
         return None
+    validate.resources(res, "linux.resources")
     return Resources(
         cpu_period=res.cpu_period,
         cpu_quota=res.cpu_quota,

@@ -7,10 +7,14 @@ checks nothing twice. Each message names the field and says what to change.
 
 from __future__ import annotations
 
+import posixpath
+import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from crishim.cri_api import api_pb2
 from crishim.oci.features import RuntimeFeatures
+from crishim.runtime import cpusets
 from crishim.runtime.errors import InvalidArgument
 
 # The sysctls a pod may set: those the kernel keeps per namespace *and* runc and crun
@@ -80,6 +84,7 @@ def sandbox_config(config: api_pb2.PodSandboxConfig) -> None:
     for key in ("name", "namespace", "uid"):
         if "/" in getattr(md, key) or "\x00" in getattr(md, key):
             raise InvalidArgument(f"config.metadata.{key} must not contain '/' or NUL")
+    absolute_path(config.log_directory, "config.log_directory")
 
 
 def sandbox_ipc_mode(options: api_pb2.NamespaceOption, field: str) -> None:
@@ -96,6 +101,26 @@ def container_config(config: api_pb2.ContainerConfig) -> None:
         raise InvalidArgument("config.metadata.name must not contain '/'")
     if not config.HasField("image") or not config.image.image:
         raise InvalidArgument("config.image.image is empty: name the image to run")
+    path_inside(config.log_path, "config.log_path")
+
+
+# The kubelet names absolute paths (the pod's log directory, host paths) and paths relative
+# to them (a container's log path). A relative path would resolve against the daemon's
+# working directory and a `..` would climb out of the directory the kubelet chose: nothing
+# is created outside the configured roots and the paths the kubelet names.
+def absolute_path(path: str, field: str) -> str:
+    """`path` when it is absolute (or empty: not set)."""
+    if path and not path.startswith("/"):
+        raise InvalidArgument(f"{field} {path!r} must be absolute")
+    return path
+
+
+def path_inside(relative: str, field: str) -> str:
+    """`relative` when, joined to its directory, it stays inside it."""
+    normal = posixpath.normpath(relative.lstrip("/")) if relative else ""
+    if normal == ".." or normal.startswith("../"):
+        raise InvalidArgument(f"{field} {relative!r} climbs out of its directory with '..'")
+    return relative
 
 
 def user_namespace_options(userns: api_pb2.UserNamespace, field: str) -> None:
@@ -147,8 +172,7 @@ def bind_mount(mount: api_pb2.Mount, field: str, *, features: RuntimeFeatures, h
     """A host-path mount: an absolute source, a known propagation, what the handler can do."""
     if not mount.host_path:
         raise InvalidArgument(f"{field}.host_path is empty for {mount.container_path!r}")
-    if not mount.host_path.startswith("/"):
-        raise InvalidArgument(f"{field}.host_path {mount.host_path!r} must be absolute")
+    absolute_path(mount.host_path, f"{field}.host_path")
     if mount.propagation not in api_pb2.MountPropagation.values():
         raise InvalidArgument(f"{field}.propagation {mount.propagation} is unknown")
     if mount.recursive_read_only:
@@ -179,6 +203,86 @@ def recursive_read_only(mount: api_pb2.Mount, field: str, *, supported: bool, ha
 def device(dev: api_pb2.Device, field: str) -> None:
     if not dev.host_path:
         raise InvalidArgument(f"{field}.host_path is empty")
+    absolute_path(dev.host_path, f"{field}.host_path")
     permissions = dev.permissions or "rwm"
     if set(permissions) - set("rwm"):
         raise InvalidArgument(f"{field}.permissions {permissions!r} may only hold r, w and m")
+
+
+# -- resources: the ranges the kernel accepts, checked before any cgroup write ---------------
+# A value outside them fails deep in the runtime's cgroup write with a bare EINVAL (or, for
+# cpu.weight, a silent clamp on one cgroup version and a refusal on the other); refused here,
+# the caller learns the field and the range. 0 means "not set" everywhere in CRI.
+CPU_PERIOD_US = (1_000, 1_000_000)  # the CFS bandwidth period the kernel accepts
+CPU_QUOTA_MIN_US = 1_000
+CPU_SHARES = (2, 262_144)  # what cgroup v1 stores and v2's cpu.weight maps from
+OOM_SCORE_ADJ = (-1000, 1000)
+HUGEPAGES = Path("/sys/kernel/mm/hugepages")
+UNIFIED_KEY = re.compile(r"^[a-z0-9_]+\.[a-z0-9_.]+$")
+
+
+def supported_page_sizes(root: Path = HUGEPAGES) -> set[str]:
+    """The node's huge page sizes as CRI and the cgroup files name them: hugepages-2048kB -> 2MB."""
+    sizes: set[str] = set()
+    try:
+        entries = [p.name for p in root.iterdir()]
+    except OSError:
+        return sizes
+    for name in entries:
+        kib = name.removeprefix("hugepages-").removesuffix("kB")
+        if kib.isdigit():
+            size = int(kib)
+            sizes.add(
+                f"{size // (1024 * 1024)}GB"
+                if size >= 1024 * 1024
+                else f"{size // 1024}MB"
+                if size >= 1024
+                else f"{size}KB"
+            )
+    return sizes
+
+
+def _range(value: int, bounds: tuple[int, int], field: str, unit: str = "") -> None:
+    low, high = bounds
+    if value and not low <= value <= high:
+        raise InvalidArgument(f"{field} {value} is outside {low}..{high}{unit} (0 leaves it unset)")
+
+
+def resources(res: api_pb2.LinuxContainerResources, field: str) -> None:
+    """InvalidArgument naming the first field of `res` the kernel would refuse."""
+    _range(res.cpu_period, CPU_PERIOD_US, f"{field}.cpu_period", " microseconds")
+    if res.cpu_quota not in (0, -1) and res.cpu_quota < CPU_QUOTA_MIN_US:
+        raise InvalidArgument(
+            f"{field}.cpu_quota {res.cpu_quota} is below the kernel's {CPU_QUOTA_MIN_US} microseconds "
+            "(-1: unlimited, 0: unset)"
+        )
+    _range(res.cpu_shares, CPU_SHARES, f"{field}.cpu_shares")
+    _range(res.oom_score_adj, OOM_SCORE_ADJ, f"{field}.oom_score_adj")
+    if res.memory_limit_in_bytes < 0:
+        raise InvalidArgument(f"{field}.memory_limit_in_bytes {res.memory_limit_in_bytes} is negative (0: unset)")
+    swap = res.memory_swap_limit_in_bytes
+    if swap < -1:
+        raise InvalidArgument(f"{field}.memory_swap_limit_in_bytes {swap} is below -1 (-1: unlimited, 0: unset)")
+    if swap > 0 and res.memory_limit_in_bytes == 0:
+        raise InvalidArgument(
+            f"{field}.memory_swap_limit_in_bytes {swap} needs memory_limit_in_bytes: it counts memory plus swap"
+        )
+    if swap > 0 and swap < res.memory_limit_in_bytes:
+        raise InvalidArgument(
+            f"{field}.memory_swap_limit_in_bytes {swap} is below memory_limit_in_bytes "
+            f"{res.memory_limit_in_bytes}: it counts memory plus swap"
+        )
+    cpusets.check(res.cpuset_cpus, f"{field}.cpuset_cpus", memory_nodes=False)
+    cpusets.check(res.cpuset_mems, f"{field}.cpuset_mems", memory_nodes=True)
+    sizes = supported_page_sizes()
+    for limit in res.hugepage_limits:
+        if limit.page_size not in sizes:
+            raise InvalidArgument(
+                f"{field}.hugepage_limits page_size {limit.page_size!r} is not a huge page size of this node "
+                f"(it has {', '.join(sorted(sizes)) or 'none'})"
+            )
+    for key, value in res.unified.items():
+        if not UNIFIED_KEY.match(key):
+            raise InvalidArgument(f"{field}.unified key {key!r} is not a cgroup v2 file name such as memory.high")
+        if "\n" in value:
+            raise InvalidArgument(f"{field}.unified[{key!r}] holds a newline: one value per file")

@@ -20,6 +20,7 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.cri import container_config, run_pod, start_container
 from tests.support.daemon import Daemon, remove_all_pods
 
 pytestmark = pytest.mark.root
@@ -222,11 +223,96 @@ def hostile_calls(draw: st.DrawFn) -> tuple[MethodDescriptor, bytes]:
     return method, draw(filled(method.input_type)).SerializeToString()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(hostile_calls())
 def test_well_formed_hostile_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:  # type: ignore[no-untyped-def]
     method, payload = call
     code, details = _call(raw_channel, method, payload)
     assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), f"{method.name}: {details}"
+    assert live_daemon.proc is not None
+    assert live_daemon.proc.poll() is None
+
+
+# -- hostile requests aimed at a real pod and container ----------------------------------------
+# Methods that take a sandbox or container ID and leave both in place, so every example hits a
+# live target (a random ID stops at NOT_FOUND before any of the interesting code runs).
+TARGETABLE = {
+    "CreateContainer",
+    "UpdateContainerResources",
+    "UpdatePodSandboxResources",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "ContainerStatus",
+    "PodSandboxStatus",
+    "ContainerStats",
+    "PodSandboxStats",
+    "ReopenContainerLog",
+    "CheckpointContainer",
+    "ListContainers",
+    "ListPodSandbox",
+    "ListContainerStats",
+    "ListPodSandboxStats",
+}
+
+
+class Target:
+    """A pod and a running container for hostile requests to aim at, replaced if a request ends them.
+
+    A request may legitimately end the container (a memory limit below its usage has the
+    kernel kill it on cgroup v2); the next example then gets a fresh one.
+    """
+
+    def __init__(self, daemon: Daemon, image: str) -> None:
+        self.daemon, self.image, self.started = daemon, image, 0
+        self.sandbox_id, self.pod = run_pod(daemon, "fuzz-target")
+        self.container_id = self._start()
+
+    def _start(self) -> str:
+        self.started += 1
+        config = container_config(f"app{self.started}", self.image, ["sleep", "3600"])
+        return start_container(self.daemon, self.sandbox_id, self.pod, config)
+
+    def ensure_running(self) -> tuple[str, str]:
+        status = self.daemon.runtime.ContainerStatus(
+            pb.ContainerStatusRequest(container_id=self.container_id), timeout=30
+        )
+        if status.status.state != pb.CONTAINER_RUNNING:
+            self.container_id = self._start()
+        return self.sandbox_id, self.container_id
+
+
+@pytest.fixture(scope="module")
+def target(live_daemon: Daemon, busybox: str) -> Target:
+    return Target(live_daemon, busybox)
+
+
+def _aim(message: Message, sandbox_id: str, container_id: str) -> None:
+    """Points every sandbox and container ID field, at any depth, at the live target."""
+    for field, value in message.ListFields():
+        if field.message_type is not None and not field.is_repeated:
+            _aim(value, sandbox_id, container_id)
+    for name, real in (("pod_sandbox_id", sandbox_id), ("container_id", container_id), ("id", container_id)):
+        field = message.DESCRIPTOR.fields_by_name.get(name)
+        if field is not None and field.type == field.TYPE_STRING and not field.is_repeated:
+            setattr(message, name, real)
+
+
+@st.composite
+def aimed_calls(draw: st.DrawFn) -> tuple[MethodDescriptor, Message]:
+    method = draw(st.sampled_from([m for m in METHODS if m.name in TARGETABLE]))
+    return method, draw(filled(method.input_type))
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(aimed_calls())
+def test_hostile_requests_at_a_live_pod_are_never_unknown_or_internal(  # type: ignore[no-untyped-def]
+    live_daemon: Daemon, raw_channel, target, call
+) -> None:
+    method, message = call
+    _aim(message, *target.ensure_running())
+    code, details = _call(raw_channel, method, message.SerializeToString())
+    assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), f"{method.name}({message}): {details}"
     assert live_daemon.proc is not None
     assert live_daemon.proc.poll() is None

@@ -84,7 +84,7 @@ def _nul_in_value(value: object, path: str) -> str | None:
 
 
 def _serialize(response: pb_message.Message) -> bytes:
-    return response.SerializeToString()
+    return bytes(response.SerializeToString())
 
 
 def _unary_handler(method: MethodDescriptor, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:

@@ -184,5 +184,8 @@ def test_malformed_ids_get_clear_codes(live_daemon: Daemon) -> None:
     rt = live_daemon.runtime
     assert code_of(rt.ContainerStatus, pb.ContainerStatusRequest(container_id="")) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(rt.ContainerStatus, pb.ContainerStatusRequest(container_id="nope")) == grpc.StatusCode.NOT_FOUND
-    assert code_of(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id="\x00")) == grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(rt.PodSandboxStatus, pb.PodSandboxStatusRequest(pod_sandbox_id="\x00"))
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     assert code_of(rt.RunPodSandbox, pb.RunPodSandboxRequest()) == grpc.StatusCode.INVALID_ARGUMENT

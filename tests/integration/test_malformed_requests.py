@@ -127,7 +127,7 @@ def raw_channel(live_daemon: Daemon) -> Iterator[grpc.Channel]:
     remove_all_pods(live_daemon)
 
 
-def test_every_method_names_its_message_when_the_bytes_do_not_decode(live_daemon: Daemon, raw_channel) -> None:  # type: ignore[no-untyped-def]
+def test_every_method_names_its_message_when_the_bytes_do_not_decode(live_daemon: Daemon, raw_channel) -> None:
     assert len(METHODS) == 43
     for method in METHODS:
         code, details = _call(raw_channel, method, _bad_utf8_string(1) + _length_past_end(2))
@@ -138,7 +138,7 @@ def test_every_method_names_its_message_when_the_bytes_do_not_decode(live_daemon
 
 @settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(malformed_calls())
-def test_malformed_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:
     method, payload = call
     code, details = _call(raw_channel, method, payload)
     assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), f"{method.name}({payload!r}): {details}"
@@ -225,7 +225,7 @@ def hostile_calls(draw: st.DrawFn) -> tuple[MethodDescriptor, bytes]:
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(hostile_calls())
-def test_well_formed_hostile_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:  # type: ignore[no-untyped-def]
+def test_well_formed_hostile_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:
     method, payload = call
     code, details = _call(raw_channel, method, payload)
     assert code not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), f"{method.name}: {details}"
@@ -307,7 +307,7 @@ def aimed_calls(draw: st.DrawFn) -> tuple[MethodDescriptor, Message]:
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(aimed_calls())
-def test_hostile_requests_at_a_live_pod_are_never_unknown_or_internal(  # type: ignore[no-untyped-def]
+def test_hostile_requests_at_a_live_pod_are_never_unknown_or_internal(
     live_daemon: Daemon, raw_channel, target, call
 ) -> None:
     method, message = call

@@ -15,7 +15,7 @@ from tests.support.daemon import Daemon
 pytestmark = pytest.mark.root
 
 
-def _refusal(call, request) -> tuple[grpc.StatusCode, str]:  # type: ignore[no-untyped-def]
+def _refusal(call, request) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.RpcError) as caught:
         call(request, timeout=60)
     return caught.value.code(), caught.value.details() or ""

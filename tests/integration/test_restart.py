@@ -70,6 +70,18 @@ def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test
         assert snapshot(daemon) == ([], [])
 
 
+def _crishim_cgroups() -> list[str]:
+    top = Path("/sys/fs/cgroup/memory/crishim")
+    return [str(p) for p in top.glob("*") if p.is_dir()] if top.exists() else []
+
+
+def _owned_by_another_daemon(object_id: str, daemon: Daemon) -> bool:
+    """Test daemons share the `crishim` cgroup parent; a cgroup whose bundle lives in another
+    daemon's directory is that daemon's (its bundle goes only after the runtime removed it)."""
+    bundles = Path("/tmp").glob(f"cs-*/root/*/{object_id}")  # tests/support/daemon.py makes them
+    return any(daemon.dir not in bundle.parents for bundle in bundles)
+
+
 def leftovers(daemon: Daemon) -> dict[str, list[str]]:
     # The pin directory itself is a shared self-bind by design (as iproute2 makes /run/netns).
     pin_dir = f" {daemon.dir}/run/netns "
@@ -86,11 +98,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
             out = subprocess.run([handler, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
             runc += out.split()
     netns = [p.name for p in (daemon.dir / "run" / "netns").glob("*")]
-    cgroups = (
-        [str(p) for p in Path("/sys/fs/cgroup/memory/crishim").glob("*") if p.is_dir()]
-        if Path("/sys/fs/cgroup/memory/crishim").exists()
-        else []
-    )
+    cgroups = [p for p in _crishim_cgroups() if not _owned_by_another_daemon(Path(p).name, daemon)]
     return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
 
 

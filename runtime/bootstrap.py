@@ -179,10 +179,8 @@ def _start_metrics(svc: Services) -> Any:
 
 
 def _objects_by_state(svc: Services) -> dict[str, dict[str, int]]:
-    """Containers and sandboxes by state for /metrics (the store is safe to read from its thread)."""
-    from collections import Counter
-
+    """Containers and sandboxes by state for /metrics (count_states is safe from its thread)."""
     return {
-        "containers": dict(Counter(c.state.lower() for c in svc.state.list_containers())),
-        "sandboxes": dict(Counter(s.state.lower() for s in svc.state.list_sandboxes())),
+        "containers": {state.lower(): n for state, n in svc.state.containers.count_states().items()},
+        "sandboxes": {state.lower(): n for state, n in svc.state.sandboxes.count_states().items()},
     }

@@ -31,8 +31,8 @@ def _unmount_under(directory: Path) -> None:
 
 
 async def collect_orphans(svc: Services) -> None:
-    known_sandboxes = {s.id for s in svc.state.list_sandboxes()}
-    known_containers = {c.id for c in svc.state.list_containers()}
+    known_sandboxes = {s.meta.id for s in svc.state.sandboxes.all()}
+    known_containers = {c.meta.id for c in svc.state.containers.all()}
     known = known_sandboxes | known_containers
     removed = 0
 

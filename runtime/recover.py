@@ -7,6 +7,7 @@ Nothing the kubelet saw before may change, except those exits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -37,17 +38,21 @@ def conmon_alive(pid: int, object_id: str) -> bool:
 async def on_object_exit(svc: Services, object_id: str) -> None:
     """Exit of a conmon: a workload container's exit, or the pod's infra container dying."""
     try:
-        svc.state.get_container(object_id)
+        svc.state.containers.get(object_id)
     except NotFound:
         try:
-            sandbox = svc.state.get_sandbox(object_id)
+            sandbox = svc.state.sandboxes.get(object_id)
         except NotFound:
             return
-        if sandbox.state == SANDBOX_READY:
+        if sandbox.status.state == SANDBOX_READY:
             log.warning("infra container of sandbox %s exited; the sandbox is NOTREADY", object_id[:13])
-            svc.state.set_sandbox(object_id, state=SANDBOX_NOTREADY)
+            _mark_not_ready(svc, object_id)
         return
     await lifecycle.record_exit(svc, object_id)
+
+
+def _mark_not_ready(svc: Services, sandbox_id: str) -> None:
+    svc.state.sandboxes.update_status(sandbox_id, lambda s: dataclasses.replace(s, state=SANDBOX_NOTREADY))
 
 
 async def reconcile(svc: Services) -> None:
@@ -55,20 +60,21 @@ async def reconcile(svc: Services) -> None:
 
     await collect_orphans(svc)
     running = exited = 0
-    for sandbox in svc.state.list_sandboxes():
-        if sandbox.state != SANDBOX_READY:
+    for sandbox in svc.state.sandboxes.all():
+        if sandbox.status.state != SANDBOX_READY:
             continue
-        if conmon_alive(sandbox.conmon_pid, sandbox.id):
-            svc.monitor.watch(sandbox.id, sandbox.conmon_pid)
+        if conmon_alive(sandbox.meta.conmon_pid, sandbox.meta.id):
+            svc.monitor.watch(sandbox.meta.id, sandbox.meta.conmon_pid)
         else:
-            svc.state.set_sandbox(sandbox.id, state=SANDBOX_NOTREADY)
-    for container in svc.state.list_containers():
-        if container.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
+            _mark_not_ready(svc, sandbox.meta.id)
+    for container in svc.state.containers.all():
+        if container.status.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
             continue
-        if conmon_alive(container.conmon_pid, container.id):
-            svc.monitor.watch(container.id, container.conmon_pid)
+        meta = container.meta
+        if conmon_alive(meta.conmon_pid, meta.id):
+            svc.monitor.watch(meta.id, meta.conmon_pid)
             running += 1
         else:
-            await lifecycle.record_exit(svc, container.id)
+            await lifecycle.record_exit(svc, meta.id)
             exited += 1
     log.info("recovered state: %d live containers watched, %d exits recorded from the downtime", running, exited)

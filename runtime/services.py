@@ -144,10 +144,10 @@ class Services:
 
     def resolve_sandbox_id(self, wanted: str, missing_ok: bool = False) -> str:
         """A full ID or a unique prefix of one (crictl accepts prefixes)."""
-        return _resolve(wanted, self.state.ids_matching("sandboxes", wanted), "pod sandbox", missing_ok)
+        return _resolve(wanted, self.state.sandboxes.ids_matching(wanted), "pod sandbox", missing_ok)
 
     def resolve_container_id(self, wanted: str, missing_ok: bool = False) -> str:
-        return _resolve(wanted, self.state.ids_matching("containers", wanted), "container", missing_ok)
+        return _resolve(wanted, self.state.containers.ids_matching(wanted), "container", missing_ok)
 
     # -- paths ------------------------------------------------------------------
     def sandbox_dir(self, sandbox_id: str) -> Path:

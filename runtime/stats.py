@@ -16,7 +16,7 @@ from crishim.images.usage import tree_usage
 from crishim.runtime.network import netns
 from crishim.runtime.network.netns import IfaceCounters
 from crishim.runtime.services import Services
-from crishim.runtime.state.records import CONTAINER_RUNNING, ContainerMeta, SandboxMeta
+from crishim.runtime.state.records import CONTAINER_RUNNING, Container, ContainerMeta, SandboxMeta
 
 log = logging.getLogger("crishim.stats")
 
@@ -24,6 +24,7 @@ log = logging.getLogger("crishim.stats")
 @dataclass(frozen=True, slots=True)
 class ContainerSample:
     meta: ContainerMeta
+    state: str  # when sampled
     cgroup: CgroupStats | None
     writable_bytes: int
     writable_inodes: int
@@ -50,19 +51,20 @@ def _read(svc: Services, key: str, cgroups_path: str) -> CgroupStats | None:
     return sampled
 
 
-def _container_sample(svc: Services, meta: ContainerMeta) -> ContainerSample:
-    cgroup = _read(svc, meta.id, meta.cgroups_path) if meta.state == CONTAINER_RUNNING else None
+def _container_sample(svc: Services, record: Container) -> ContainerSample:
+    meta, state = record.meta, record.status.state
+    cgroup = _read(svc, meta.id, meta.cgroups_path) if state == CONTAINER_RUNNING else None
     upper = f"{meta.bundle}/upper"
     used, inodes = tree_usage(upper)
-    return ContainerSample(meta, cgroup, used, inodes, upper)
+    return ContainerSample(meta, state, cgroup, used, inodes, upper)
 
 
-async def container_sample(svc: Services, meta: ContainerMeta) -> ContainerSample:
-    return await asyncio.to_thread(_container_sample, svc, meta)
+async def container_sample(svc: Services, record: Container) -> ContainerSample:
+    return await asyncio.to_thread(_container_sample, svc, record)
 
 
 async def pod_sample(svc: Services, meta: SandboxMeta) -> PodSample:
-    containers = await asyncio.gather(*(container_sample(svc, c) for c in svc.state.list_containers(meta.id)))
+    containers = await asyncio.gather(*(container_sample(svc, c) for c in svc.state.containers.in_sandbox(meta.id)))
     pod_cgroup_path = meta.cgroup_parent or meta.cgroups_path
     cgroup = await asyncio.to_thread(_read, svc, "pod:" + meta.id, pod_cgroup_path)
     interfaces: list[IfaceCounters] = []

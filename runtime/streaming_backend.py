@@ -16,10 +16,10 @@ class RuntimeStreamBackend:
         self.svc = svc
 
     def _running(self, container_id: str) -> ContainerMeta:
-        meta = self.svc.state.get_container(container_id)
-        if meta.state != CONTAINER_RUNNING:
-            raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING")
-        return meta
+        record = self.svc.state.containers.get(container_id)
+        if record.status.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {container_id} is {record.status.state}, not RUNNING")
+        return record.meta
 
     async def exec(self, container_id: str, cmd: list[str], streams: SessionStreams) -> int:
         meta = self._running(container_id)
@@ -30,5 +30,5 @@ class RuntimeStreamBackend:
         await backends.attach_via_conmon(Path(self._running(container_id).bundle), streams)
 
     async def port_forward(self, sandbox_id: str, port: int, reader: ByteReader, writer: ByteWriter) -> None:
-        sandbox = self.svc.state.get_sandbox(sandbox_id)
+        sandbox = self.svc.state.sandboxes.get(sandbox_id).meta
         await backends.port_forward_in_netns(sandbox.netns_path or None, port, reader, writer)

@@ -34,7 +34,7 @@ from crishim.runtime.events import CREATED, ContainerEvent
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import unmount
 from crishim.runtime.services import Services
-from crishim.runtime.state.records import CONTAINER_CREATED, SANDBOX_READY, ContainerMeta, SandboxMeta
+from crishim.runtime.state.records import SANDBOX_READY, ContainerMeta, ContainerStatus, SandboxMeta
 from crishim.runtime.state.store import container_name_key
 from google.protobuf import json_format
 
@@ -59,20 +59,18 @@ async def create_container(
 
 
 def _recorded_id(svc: Services, sandbox_id: str, md: api_pb2.ContainerMetadata) -> str | None:
-    for container in svc.state.list_containers(sandbox_id):
-        if container.name == md.name and container.attempt == md.attempt:
-            return container.id
-    return None
+    existing = svc.state.containers.find_by_name(container_name_key(sandbox_id, md.name, md.attempt))
+    return None if existing is None else existing.meta.id
 
 
 def ready_sandbox(svc: Services, sandbox_id: str) -> SandboxMeta:
     """The sandbox, if READY; read under its lock so a stop cannot be halfway through."""
-    sandbox = svc.state.get_sandbox(sandbox_id)
-    if sandbox.state != SANDBOX_READY:
+    sandbox = svc.state.sandboxes.get(sandbox_id)
+    if sandbox.status.state != SANDBOX_READY:
         raise FailedPrecondition(
             f"pod sandbox {sandbox_id} is not ready; containers can only be created in a ready sandbox"
         )
-    return sandbox
+    return sandbox.meta
 
 
 async def _create(svc: Services, request: ContainerRequest, container_id: str) -> ContainerMeta:
@@ -97,7 +95,7 @@ async def _create(svc: Services, request: ContainerRequest, container_id: str) -
         )
         undo.push_async_callback(launching.kill_and_delete, svc, request.handler, container_id)
         meta = container_record(request, inp, bundle, spec, result, image_volumes)
-        svc.state.add_container(meta)
+        svc.state.containers.add(meta, initial_status(request.config))
         undo.pop_all()
     return meta
 
@@ -172,7 +170,6 @@ def container_record(
     image_volumes: tuple[str, ...],
 ) -> ContainerMeta:
     config, image = request.config, request.image
-    linux = config.linux
     proc_user = spec.get("process", {}).get("user", {})
     user = {
         "uid": proc_user.get("uid", 0),
@@ -184,7 +181,6 @@ def container_record(
         sandbox_id=request.sandbox.id,
         name=config.metadata.name,
         attempt=config.metadata.attempt,
-        state=CONTAINER_CREATED,
         created_at=now_ns(),
         config=config.SerializeToString(),
         image=config.image.image,
@@ -200,13 +196,18 @@ def container_record(
         tty=config.tty,
         stdin=config.stdin,
         stdin_once=config.stdin_once,
-        resources=json.dumps(_as_json(linux.resources)) if linux.HasField("resources") else "",
         user=json.dumps(user),
         image_volumes=image_volumes,
         mounts=json.dumps([_as_json(m) for m in config.mounts]),
         labels=dict(config.labels),
         annotations=dict(config.annotations),
     )
+
+
+def initial_status(config: api_pb2.ContainerConfig) -> ContainerStatus:
+    """CREATED, with the resources asked at creation (UpdateContainerResources replaces them)."""
+    linux = config.linux
+    return ContainerStatus(resources=json.dumps(_as_json(linux.resources)) if linux.HasField("resources") else "")
 
 
 def _as_json(message: Any) -> dict[str, Any]:

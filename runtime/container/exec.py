@@ -24,11 +24,12 @@ def exec_process(bundle: str, cmd: list[str], tty: bool = False) -> dict[str, An
 
 
 async def exec_sync(svc: Services, container_id: str, cmd: list[str], timeout_seconds: int) -> ExecResult:
-    meta = svc.state.get_container(container_id)
-    if meta.state != CONTAINER_RUNNING:
+    record = svc.state.containers.get(container_id)
+    if record.status.state != CONTAINER_RUNNING:
         raise FailedPrecondition(
-            f"container {container_id} is {meta.state}, not RUNNING: exec needs a running container"
+            f"container {container_id} is {record.status.state}, not RUNNING: exec needs a running container"
         )
+    meta = record.meta
     handler = svc.handler(meta.runtime_handler)
     process = exec_process(meta.bundle, cmd)
     # api.proto: timeout 0 means no timeout.

@@ -25,6 +25,7 @@ from crishim.runtime.state.records import (
     CONTAINER_EXITED,
     CONTAINER_RUNNING,
     ContainerMeta,
+    ContainerStatus,
 )
 
 log = logging.getLogger("crishim.container")
@@ -39,11 +40,14 @@ def exit_reason(code: int, oom: bool) -> str:
 
 
 async def start_container(svc: Services, container_id: str) -> None:
+    containers = svc.state.containers
     async with svc.locks.hold(container_id):
-        meta = svc.state.get_container(container_id)
-        if meta.state != CONTAINER_CREATED:
+        record = containers.get(container_id)
+        meta = record.meta
+        if record.status.state != CONTAINER_CREATED:
             raise FailedPrecondition(
-                f"container {container_id} is {meta.state}, not CREATED: only a created container can be started"
+                f"container {container_id} is {record.status.state}, not CREATED: "
+                "only a created container can be started"
             )
         handler = svc.handler(meta.runtime_handler)
         svc.monitor.watch(container_id, meta.conmon_pid)
@@ -58,12 +62,12 @@ async def start_container(svc: Services, container_id: str) -> None:
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
-            svc.state.update_container(
+            containers.update_status(
                 container_id,
-                lambda m: dataclasses.replace(
-                    m,
+                lambda s: dataclasses.replace(
+                    s,
                     state=CONTAINER_EXITED,
-                    started_at=m.started_at or now_ns(),
+                    started_at=s.started_at or now_ns(),
                     finished_at=now_ns(),
                     exit_code=START_FAILED_EXIT_CODE,
                     reason="StartError",
@@ -72,18 +76,18 @@ async def start_container(svc: Services, container_id: str) -> None:
             )
             raise
         deferred = svc.starting.pop(container_id, [])
-        started = svc.state.update_container(
+        started = containers.update_status(
             container_id,
-            lambda m: (
-                dataclasses.replace(m, state=CONTAINER_RUNNING, started_at=started_at)
-                if m.state == CONTAINER_CREATED
-                else dataclasses.replace(m, started_at=started_at)
+            lambda s: dataclasses.replace(
+                s,
+                state=CONTAINER_RUNNING if s.state == CONTAINER_CREATED else s.state,
+                started_at=started_at,
             ),
         )
-        if started.state == CONTAINER_EXITED:
+        if started.status.state == CONTAINER_EXITED:
             # It exited while `runc start` ran; record_exit left the delete to us.
             await launching.delete_quietly(handler, container_id)
-    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.started_at))
+    svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.status.started_at))
     for late in deferred:  # an exit seen while `runc start` ran comes after STARTED
         svc.events.publish(late)
 
@@ -91,11 +95,12 @@ async def start_container(svc: Services, container_id: str) -> None:
 async def record_exit(svc: Services, container_id: str) -> None:
     """Called when conmon exits: the exit file holds the code, conmon's oom file the reason."""
     try:
-        meta = svc.state.get_container(container_id)
+        record = svc.state.containers.get(container_id)
     except NotFound:
         return
-    if meta.state == CONTAINER_EXITED:
+    if record.status.state == CONTAINER_EXITED:
         return
+    meta = record.meta
     exit_file = svc.config.exits_dir / container_id
     result = read_exit_file(exit_file)
     oom = await launching.oom_killed(svc, meta)
@@ -107,27 +112,27 @@ async def record_exit(svc: Services, container_id: str) -> None:
     reason = exit_reason(code, oom)
     recorded_meanwhile = False
 
-    def exited(m: ContainerMeta) -> ContainerMeta:
+    def exited(s: ContainerStatus) -> ContainerStatus:
         nonlocal recorded_meanwhile
-        if m.state == CONTAINER_EXITED:
+        if s.state == CONTAINER_EXITED:
             # Another record_exit ran while this one read the OOM evidence: keep its record.
             recorded_meanwhile = True
-            return m
+            return s
         return dataclasses.replace(
-            m,
+            s,
             state=CONTAINER_EXITED,
             exit_code=code,
-            finished_at=max(finished, m.started_at),
+            finished_at=max(finished, s.started_at),
             reason=reason,
-            message=m.message or message,
-            started_at=m.started_at or finished,
+            message=s.message or message,
+            started_at=s.started_at or finished,
         )
 
-    updated = svc.state.update_container(container_id, exited)
+    updated = svc.state.containers.update_status(container_id, exited)
     if recorded_meanwhile:
         return
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
-    stopped = ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.finished_at)
+    stopped = ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.status.finished_at)
     if container_id in svc.starting:
         svc.starting[container_id].append(stopped)  # start_container publishes it after STARTED
     else:
@@ -172,9 +177,10 @@ def _signal_number(name: str) -> int:
 
 async def stop_container(svc: Services, container_id: str, grace_seconds: int) -> None:
     """Signal, wait up to `grace_seconds`, then SIGKILL; stopping a stopped container succeeds."""
-    meta = svc.state.get_container(container_id)
-    if meta.state != CONTAINER_RUNNING:
-        if meta.state == CONTAINER_CREATED:
+    record = svc.state.containers.get(container_id)
+    meta = record.meta
+    if record.status.state != CONTAINER_RUNNING:
+        if record.status.state == CONTAINER_CREATED:
             await _stop_created(svc, meta)
         return
     handler = svc.handler(meta.runtime_handler)
@@ -199,13 +205,14 @@ async def _stop_created(svc: Services, meta: ContainerMeta) -> None:
 async def remove_container(svc: Services, container_id: str) -> None:
     """Kills it if running, deletes runc state, unmounts, removes files; absent is not an error."""
     try:
-        meta = svc.state.get_container(container_id)
+        record = svc.state.containers.get(container_id)
     except NotFound:
         return  # api.proto: RemoveContainer must not error for a removed container
+    meta = record.meta
     async with svc.locks.hold(container_id):
         handler = svc.handler(meta.runtime_handler)
         try:
-            if meta.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
+            if record.status.state in (CONTAINER_RUNNING, CONTAINER_CREATED):
                 await stop_container(svc, container_id, 0)
                 await launching.kill_and_delete(svc, handler, container_id, strict=True)
             else:
@@ -218,7 +225,7 @@ async def remove_container(svc: Services, container_id: str) -> None:
                 f"RemoveContainer can be retried: {exc}"
             ) from exc
         await release_container_files(svc, meta)
-        svc.state.delete_container(container_id)
+        svc.state.containers.delete(container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))
     log.info("container %s removed", container_id[:13])
 

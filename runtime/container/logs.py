@@ -20,9 +20,12 @@ async def reopen_container_log(svc: Services, container_id: str) -> None:
     A symlink planted at the log path is replaced by a regular file first: conmon
     opens the path itself and must never follow a link out of the log directory.
     """
-    meta = svc.state.get_container(container_id)
-    if meta.state != CONTAINER_RUNNING:
-        raise FailedPrecondition(f"container {container_id} is {meta.state}, not RUNNING: its log cannot be reopened")
+    record = svc.state.containers.get(container_id)
+    meta = record.meta
+    if record.status.state != CONTAINER_RUNNING:
+        raise FailedPrecondition(
+            f"container {container_id} is {record.status.state}, not RUNNING: its log cannot be reopened"
+        )
     if not meta.log_path:
         raise FailedPrecondition(f"container {container_id} has no log path")
     path = Path(meta.log_path)

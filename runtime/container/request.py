@@ -92,7 +92,7 @@ def target_container_pid(svc: Services, sandbox: SandboxMeta, ns: api_pb2.Namesp
     field = f"{SECURITY_CONTEXT}.namespace_options.target_id"
     if not ns.target_id:
         raise InvalidArgument(f"{field} is empty but a namespace mode is TARGET")
-    target = svc.state.get_container(ns.target_id)
+    target = svc.state.containers.get(ns.target_id).meta
     if target.sandbox_id != sandbox.id or not target.pid:
         raise InvalidArgument(f"{field} {ns.target_id} is not a running container of this pod")
     return target.pid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 
@@ -24,17 +25,18 @@ log = logging.getLogger("crishim.resources")
 async def update_container_resources(
     svc: Services, container_id: str, linux: api_pb2.LinuxContainerResources | None
 ) -> None:
-    meta = svc.state.get_container(container_id)
+    record = svc.state.containers.get(container_id)
     if linux is None:
         return
-    if meta.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
-        raise FailedPrecondition(f"container {container_id} is {meta.state}: only a live container can be resized")
-    handler = svc.handler(meta.runtime_handler)
+    state = record.status.state
+    if state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
+        raise FailedPrecondition(f"container {container_id} is {state}: only a live container can be resized")
+    handler = svc.handler(record.meta.runtime_handler)
     res = convert.resources(linux)
     assert res is not None
     await handler.runtime.update(container_id, resources_to_spec(res))
     stored = json_format.MessageToDict(linux, preserving_proto_field_name=True)
-    svc.state.set_container(container_id, resources=json.dumps(stored))
+    svc.state.containers.update_status(container_id, lambda s: dataclasses.replace(s, resources=json.dumps(stored)))
 
 
 def pod_cgroup_limits(
@@ -68,8 +70,10 @@ def has_pod_cgroup(svc: Services, meta: SandboxMeta) -> bool:
     if not is_pod_cgroup(meta.cgroup_parent, meta.uid):
         return False
     return not any(
-        other.id != meta.id and other.state == SANDBOX_READY and other.cgroup_parent == meta.cgroup_parent
-        for other in svc.state.list_sandboxes()
+        other.meta.id != meta.id
+        and other.status.state == SANDBOX_READY
+        and other.meta.cgroup_parent == meta.cgroup_parent
+        for other in svc.state.sandboxes.all()
     )
 
 
@@ -99,7 +103,7 @@ async def update_pod_sandbox_resources(
     properties (a daemon-reload), it writes the kubelet's values back, the same ones for
     a kubelet pod; a slice with no such properties keeps the write until then.
     """
-    meta = svc.state.get_sandbox(sandbox_id)
+    meta = svc.state.sandboxes.get(sandbox_id).meta
     if resources is None:
         return False
     if not has_pod_cgroup(svc, meta):

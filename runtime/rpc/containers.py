@@ -19,7 +19,9 @@ from crishim.runtime.state.records import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
     CONTAINER_RUNNING,
+    Container,
     ContainerMeta,
+    ContainerStatus,
 )
 from google.protobuf import json_format
 
@@ -33,8 +35,8 @@ STATE = {
 }
 
 
-def container_state(meta: ContainerMeta) -> api_pb2.ContainerState:
-    return STATE.get(meta.state, api_pb2.CONTAINER_UNKNOWN)
+def container_state(status: ContainerStatus) -> api_pb2.ContainerState:
+    return STATE.get(status.state, api_pb2.CONTAINER_UNKNOWN)
 
 
 def _metadata(meta: ContainerMeta) -> api_pb2.ContainerMetadata:
@@ -49,20 +51,21 @@ def _image_spec(meta: ContainerMeta) -> api_pb2.ImageSpec:
     return spec
 
 
-def container_status(svc: Services, meta: ContainerMeta) -> api_pb2.ContainerStatus:
+def container_status(svc: Services, record: Container) -> api_pb2.ContainerStatus:
+    meta, now = record.meta, record.status
     status = api_pb2.ContainerStatus(
         id=meta.id,
         metadata=_metadata(meta),
-        state=container_state(meta),
+        state=container_state(now),
         created_at=meta.created_at,
-        started_at=meta.started_at,
-        finished_at=meta.finished_at,
-        exit_code=meta.exit_code,
+        started_at=now.started_at,
+        finished_at=now.finished_at,
+        exit_code=now.exit_code,
         image=_image_spec(meta),
         image_ref=meta.image_ref,
         image_id=meta.image_id,
-        reason=meta.reason,
-        message=meta.message,
+        reason=now.reason,
+        message=now.message,
         labels=meta.labels,
         annotations=meta.annotations,
         log_path=meta.log_path,
@@ -70,8 +73,8 @@ def container_status(svc: Services, meta: ContainerMeta) -> api_pb2.ContainerSta
     if meta.mounts:
         for item in json.loads(meta.mounts):
             status.mounts.append(json_format.ParseDict(item, api_pb2.Mount()))
-    if meta.resources:
-        linux = json_format.ParseDict(json.loads(meta.resources), api_pb2.LinuxContainerResources())
+    if now.resources:
+        linux = json_format.ParseDict(json.loads(now.resources), api_pb2.LinuxContainerResources())
         status.resources.CopyFrom(api_pb2.ContainerResources(linux=linux))
     if meta.user:
         user = json.loads(meta.user)
@@ -87,7 +90,8 @@ def container_status(svc: Services, meta: ContainerMeta) -> api_pb2.ContainerSta
     return status
 
 
-def _summary(meta: ContainerMeta) -> api_pb2.Container:
+def _summary(record: Container) -> api_pb2.Container:
+    meta = record.meta
     return api_pb2.Container(
         id=meta.id,
         pod_sandbox_id=meta.sandbox_id,
@@ -95,19 +99,20 @@ def _summary(meta: ContainerMeta) -> api_pb2.Container:
         image=_image_spec(meta),
         image_ref=meta.image_ref,
         image_id=meta.image_id,
-        state=container_state(meta),
+        state=container_state(record.status),
         created_at=meta.created_at,
         labels=meta.labels,
         annotations=meta.annotations,
     )
 
 
-def _matches(meta: ContainerMeta, f: api_pb2.ContainerFilter | None) -> bool:
+def _matches(record: Container, f: api_pb2.ContainerFilter | None) -> bool:
     if f is None:
         return True
+    meta = record.meta
     if not id_matches(meta.id, f.id):
         return False
-    if f.HasField("state") and container_state(meta) != f.state.state:
+    if f.HasField("state") and container_state(record.status) != f.state.state:
         return False
     if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
         return False
@@ -165,9 +170,10 @@ class ContainerRpcs:
     async def ContainerStatus(
         self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ContainerStatusResponse:
-        meta = self.svc.state.get_container(self._container_id(request.container_id))
-        response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, meta))
+        record = self.svc.state.containers.get(self._container_id(request.container_id))
+        response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, record))
         if request.verbose:
+            meta = record.meta
             spec = read_runtime_spec(meta.bundle)
             response.info["info"] = json.dumps(
                 {
@@ -182,9 +188,9 @@ class ContainerRpcs:
         return response
 
     def _list(self, f: api_pb2.ContainerFilter | None) -> list[api_pb2.Container]:
-        items = [m for m in self.svc.state.list_containers() if _matches(m, f)]
-        items.sort(key=lambda m: m.created_at)
-        return [_summary(m) for m in items]
+        records = [r for r in self.svc.state.containers.all() if _matches(r, f)]
+        records.sort(key=lambda r: r.meta.created_at)
+        return [_summary(r) for r in records]
 
     @cri_rpc
     async def ListContainers(

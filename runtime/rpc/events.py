@@ -39,10 +39,10 @@ class EventRpcs:
                 created_at=event.created_at,
             )
             try:
-                sandbox = self.svc.state.get_sandbox(event.sandbox_id)
+                sandbox = self.svc.state.sandboxes.get(event.sandbox_id)
                 response.pod_sandbox_status.CopyFrom(sandbox_status(sandbox))
                 response.containers_statuses.extend(
-                    container_status(self.svc, c) for c in self.svc.state.list_containers(event.sandbox_id)
+                    container_status(self.svc, c) for c in self.svc.state.containers.in_sandbox(event.sandbox_id)
                 )
             except NotFound:
                 pass  # the pod is gone already (DELETED of its last container)

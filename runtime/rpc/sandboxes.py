@@ -15,7 +15,7 @@ from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
 from crishim.runtime.sandbox import lifecycle
 from crishim.runtime.sandbox.run import run_pod_sandbox
-from crishim.runtime.state.records import SANDBOX_READY, SandboxMeta
+from crishim.runtime.state.records import SANDBOX_READY, Sandbox, SandboxMeta, SandboxStatus
 
 if TYPE_CHECKING:
     from crishim.runtime.services import Services
@@ -23,15 +23,16 @@ if TYPE_CHECKING:
 STATE = {SANDBOX_READY: api_pb2.SANDBOX_READY}
 
 
-def sandbox_state(meta: SandboxMeta) -> api_pb2.PodSandboxState:
-    return STATE.get(meta.state, api_pb2.SANDBOX_NOTREADY)
+def sandbox_state(status: SandboxStatus) -> api_pb2.PodSandboxState:
+    return STATE.get(status.state, api_pb2.SANDBOX_NOTREADY)
 
 
 def sandbox_metadata(meta: SandboxMeta) -> api_pb2.PodSandboxMetadata:
     return api_pb2.PodSandboxMetadata(name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt)
 
 
-def sandbox_status(meta: SandboxMeta) -> api_pb2.PodSandboxStatus:
+def sandbox_status(record: Sandbox) -> api_pb2.PodSandboxStatus:
+    meta = record.meta
     config = api_pb2.PodSandboxConfig.FromString(meta.config)
     network = api_pb2.PodSandboxNetworkStatus(
         ip=meta.ip, additional_ips=[api_pb2.PodIP(ip=ip) for ip in meta.additional_ips]
@@ -40,7 +41,7 @@ def sandbox_status(meta: SandboxMeta) -> api_pb2.PodSandboxStatus:
     return api_pb2.PodSandboxStatus(
         id=meta.id,
         metadata=sandbox_metadata(meta),
-        state=sandbox_state(meta),
+        state=sandbox_state(record.status),
         created_at=meta.created_at,
         network=network,
         linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=ns)),
@@ -50,21 +51,22 @@ def sandbox_status(meta: SandboxMeta) -> api_pb2.PodSandboxStatus:
     )
 
 
-def _matches(meta: SandboxMeta, f: api_pb2.PodSandboxFilter | None) -> bool:
+def _matches(record: Sandbox, f: api_pb2.PodSandboxFilter | None) -> bool:
     if f is None:
         return True
-    if not id_matches(meta.id, f.id):
+    if not id_matches(record.meta.id, f.id):
         return False
-    if f.HasField("state") and sandbox_state(meta) != f.state.state:
+    if f.HasField("state") and sandbox_state(record.status) != f.state.state:
         return False
-    return labels_match(meta.labels, f.label_selector)
+    return labels_match(record.meta.labels, f.label_selector)
 
 
-def _summary(meta: SandboxMeta) -> api_pb2.PodSandbox:
+def _summary(record: Sandbox) -> api_pb2.PodSandbox:
+    meta = record.meta
     return api_pb2.PodSandbox(
         id=meta.id,
         metadata=sandbox_metadata(meta),
-        state=sandbox_state(meta),
+        state=sandbox_state(record.status),
         created_at=meta.created_at,
         labels=meta.labels,
         annotations=meta.annotations,
@@ -115,12 +117,14 @@ class SandboxRpcs:
     ) -> api_pb2.PodSandboxStatusResponse:
         from crishim.runtime.rpc.containers import container_status
 
-        meta = self.svc.state.get_sandbox(self._resolve_sandbox(request.pod_sandbox_id))
+        record = self.svc.state.sandboxes.get(self._resolve_sandbox(request.pod_sandbox_id))
+        meta = record.meta
         # The evented PLEG reads the pod's container statuses and the time they were taken
         # from this one answer (api.proto: containers_statuses, timestamp).
+        containers = self.svc.state.containers.in_sandbox(meta.id)
         response = api_pb2.PodSandboxStatusResponse(
-            status=sandbox_status(meta),
-            containers_statuses=[container_status(self.svc, c) for c in self.svc.state.list_containers(meta.id)],
+            status=sandbox_status(record),
+            containers_statuses=[container_status(self.svc, c) for c in containers],
             timestamp=now_ns(),
         )
         if request.verbose:
@@ -137,9 +141,9 @@ class SandboxRpcs:
         return response
 
     def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[api_pb2.PodSandbox]:
-        items = [m for m in self.svc.state.list_sandboxes() if _matches(m, f)]
-        items.sort(key=lambda m: m.created_at)
-        return [_summary(m) for m in items]
+        records = [r for r in self.svc.state.sandboxes.all() if _matches(r, f)]
+        records.sort(key=lambda r: r.meta.created_at)
+        return [_summary(r) for r in records]
 
     @cri_rpc
     async def ListPodSandbox(

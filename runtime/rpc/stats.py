@@ -15,7 +15,7 @@ from crishim.runtime.container.resources import update_pod_sandbox_resources
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
-from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY, ContainerMeta, SandboxMeta
+from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY, Container, Sandbox
 
 if TYPE_CHECKING:
     from crishim.runtime.services import Services
@@ -147,9 +147,10 @@ def pod_stats(svc: Services, sample: collect.PodSample) -> api_pb2.PodSandboxSta
     )
 
 
-def _container_filter(meta: ContainerMeta, f: api_pb2.ContainerStatsFilter | None) -> bool:
+def _container_filter(record: Container, f: api_pb2.ContainerStatsFilter | None) -> bool:
     if f is None:
         return True
+    meta = record.meta
     return (
         id_matches(meta.id, f.id)
         and (not f.pod_sandbox_id or meta.sandbox_id.startswith(f.pod_sandbox_id))
@@ -157,23 +158,23 @@ def _container_filter(meta: ContainerMeta, f: api_pb2.ContainerStatsFilter | Non
     )
 
 
-def _pod_filter(meta: SandboxMeta, f: api_pb2.PodSandboxStatsFilter | None) -> bool:
+def _pod_filter(record: Sandbox, f: api_pb2.PodSandboxStatsFilter | None) -> bool:
     if f is None:
         return True
-    return id_matches(meta.id, f.id) and labels_match(meta.labels, f.label_selector)
+    return id_matches(record.meta.id, f.id) and labels_match(record.meta.labels, f.label_selector)
 
 
 class StatsRpcs:
     svc: Services
 
     async def _container_stats(self, f: api_pb2.ContainerStatsFilter | None) -> list[api_pb2.ContainerStats]:
-        metas = [m for m in self.svc.state.list_containers() if _container_filter(m, f)]
-        samples = [await collect.container_sample(self.svc, m) for m in metas]
+        records = [r for r in self.svc.state.containers.all() if _container_filter(r, f)]
+        samples = [await collect.container_sample(self.svc, r) for r in records]
         return [container_stats(self.svc, s) for s in samples]
 
     async def _pod_stats(self, f: api_pb2.PodSandboxStatsFilter | None) -> list[api_pb2.PodSandboxStats]:
-        metas = [m for m in self.svc.state.list_sandboxes() if m.state == SANDBOX_READY and _pod_filter(m, f)]
-        return [pod_stats(self.svc, await collect.pod_sample(self.svc, m)) for m in metas]
+        records = [r for r in self.svc.state.sandboxes.all() if r.status.state == SANDBOX_READY and _pod_filter(r, f)]
+        return [pod_stats(self.svc, await collect.pod_sample(self.svc, r.meta)) for r in records]
 
     @cri_rpc
     async def ContainerStats(
@@ -181,8 +182,8 @@ class StatsRpcs:
     ) -> api_pb2.ContainerStatsResponse:
         if not request.container_id:
             raise InvalidArgument("container_id is empty")
-        meta = self.svc.state.get_container(self.svc.resolve_container_id(request.container_id))
-        sample = await collect.container_sample(self.svc, meta)
+        record = self.svc.state.containers.get(self.svc.resolve_container_id(request.container_id))
+        sample = await collect.container_sample(self.svc, record)
         return api_pb2.ContainerStatsResponse(stats=container_stats(self.svc, sample))
 
     @cri_rpc
@@ -206,7 +207,7 @@ class StatsRpcs:
     ) -> api_pb2.PodSandboxStatsResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
-        meta = self.svc.state.get_sandbox(self.svc.resolve_sandbox_id(request.pod_sandbox_id))
+        meta = self.svc.state.sandboxes.get(self.svc.resolve_sandbox_id(request.pod_sandbox_id)).meta
         return api_pb2.PodSandboxStatsResponse(stats=pod_stats(self.svc, await collect.pod_sample(self.svc, meta)))
 
     @cri_rpc
@@ -237,9 +238,10 @@ class StatsRpcs:
 
     async def _pod_metrics(self) -> list[api_pb2.PodSandboxMetrics]:
         out = []
-        for meta in self.svc.state.list_sandboxes():
-            if meta.state != SANDBOX_READY:
+        for record in self.svc.state.sandboxes.all():
+            if record.status.state != SANDBOX_READY:
                 continue
+            meta = record.meta
             sample = await collect.pod_sample(self.svc, meta)
             pod = api_pb2.PodSandboxMetrics(pod_sandbox_id=meta.id)
             if sample.cgroup is not None:
@@ -254,7 +256,7 @@ class StatsRpcs:
                     )
                 )
             for c in sample.containers:
-                if c.cgroup is None or c.meta.state != CONTAINER_RUNNING:
+                if c.cgroup is None or c.state != CONTAINER_RUNNING:
                     continue
                 pod.container_metrics.append(
                     api_pb2.ContainerMetrics(

@@ -21,9 +21,9 @@ class StreamingRpcs:
         if not container_id:
             raise InvalidArgument("container_id is empty")
         cid = self.svc.resolve_container_id(container_id)
-        meta = self.svc.state.get_container(cid)
-        if meta.state != CONTAINER_RUNNING:
-            raise FailedPrecondition(f"container {cid} is {meta.state}, not RUNNING")
+        state = self.svc.state.containers.get(cid).status.state
+        if state != CONTAINER_RUNNING:
+            raise FailedPrecondition(f"container {cid} is {state}, not RUNNING")
         return cid
 
     @cri_rpc
@@ -60,7 +60,7 @@ class StreamingRpcs:
         if not request.pod_sandbox_id:
             raise InvalidArgument("pod_sandbox_id is empty")
         sid = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
-        if self.svc.state.get_sandbox(sid).state != SANDBOX_READY:
+        if self.svc.state.sandboxes.get(sid).status.state != SANDBOX_READY:
             raise FailedPrecondition(f"pod sandbox {sid} is not ready")
         url = self.svc.streaming.url_for_port_forward(sid, [int(p) for p in request.port])
         return api_pb2.PortForwardResponse(url=url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -20,34 +21,43 @@ log = logging.getLogger("crishim.sandbox")
 async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
     """Stops every container, then the infra container, then releases the network."""
     try:
-        sandbox = svc.state.get_sandbox(sandbox_id)
+        record = svc.state.sandboxes.get(sandbox_id)
     except NotFound:
         return  # api.proto: StopPodSandbox must not fail when everything is already reclaimed
-    live = [c for c in svc.state.list_containers(sandbox_id) if c.state in (CONTAINER_CREATED, CONTAINER_RUNNING)]
-    if sandbox.state == SANDBOX_NOTREADY and sandbox.network_torn_down and not live:
+    sandbox, status = record.meta, record.status
+    live = [
+        c
+        for c in svc.state.containers.in_sandbox(sandbox_id)
+        if c.status.state in (CONTAINER_CREATED, CONTAINER_RUNNING)
+    ]
+    if status.state == SANDBOX_NOTREADY and status.network_torn_down and not live:
         return  # stopped already: the kubelet calls this repeatedly
     async with svc.locks.hold("sandbox:" + sandbox_id):
-        await asyncio.gather(*(containers.stop_container(svc, c.id, 0) for c in svc.state.list_containers(sandbox_id)))
+        await asyncio.gather(
+            *(containers.stop_container(svc, c.meta.id, 0) for c in svc.state.containers.in_sandbox(sandbox_id))
+        )
         handler = svc.handler(sandbox.runtime_handler)
         await infra.destroy_infra(svc, handler, sandbox_id)
-        if sandbox.netns_path and not sandbox.network_torn_down:
+        if sandbox.netns_path and not status.network_torn_down:
             await svc.network.teardown(sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid)
         if sandbox.shm_path:
             await asyncio.to_thread(unmount, Path(sandbox.shm_path))
-        svc.state.set_sandbox(sandbox_id, state=SANDBOX_NOTREADY, network_torn_down=True)
+        svc.state.sandboxes.update_status(
+            sandbox_id, lambda s: dataclasses.replace(s, state=SANDBOX_NOTREADY, network_torn_down=True)
+        )
     log.info("sandbox %s stopped", sandbox_id[:13])
 
 
 async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
     """Removes containers (running ones too), the infra container, the netns and all files."""
     try:
-        sandbox = svc.state.get_sandbox(sandbox_id)
+        sandbox = svc.state.sandboxes.get(sandbox_id).meta
     except NotFound:
         return  # api.proto: RemovePodSandbox must not fail for a removed sandbox
     await stop_pod_sandbox(svc, sandbox_id)
     async with svc.locks.hold("sandbox:" + sandbox_id):
-        for container in svc.state.list_containers(sandbox_id):
-            await containers.remove_container(svc, container.id)
+        for container in svc.state.containers.in_sandbox(sandbox_id):
+            await containers.remove_container(svc, container.meta.id)
         bundle = Path(sandbox.bundle)
         await asyncio.to_thread(unmount, bundle / "rootfs")
         if sandbox.netns_path:
@@ -56,5 +66,5 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         (svc.config.exits_dir / sandbox_id).unlink(missing_ok=True)
         await asyncio.to_thread(shutil.rmtree, svc.config.attach_dir / sandbox_id, True)
-        svc.state.delete_sandbox(sandbox_id)
+        svc.state.sandboxes.delete(sandbox_id)
     log.info("sandbox %s removed", sandbox_id[:13])

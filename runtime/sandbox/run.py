@@ -29,7 +29,7 @@ from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.oom import clamp_and_log
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Handler, Services
-from crishim.runtime.state.records import SANDBOX_READY, SandboxMeta
+from crishim.runtime.state.records import SandboxMeta, SandboxStatus
 from crishim.runtime.state.store import sandbox_name_key
 
 log = logging.getLogger("crishim.sandbox")
@@ -75,8 +75,8 @@ async def run_pod_sandbox(svc: Services, config: api_pb2.PodSandboxConfig, runti
 
 
 def _recorded_id(svc: Services, name_key: str) -> str | None:
-    existing = svc.state.find_sandbox_by_name(name_key)
-    return None if existing is None else existing.id
+    existing = svc.state.sandboxes.find_by_name(name_key)
+    return None if existing is None else existing.meta.id
 
 
 def checked_request(config: api_pb2.PodSandboxConfig, handler: Handler) -> PodRequest:
@@ -119,7 +119,7 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         started = await infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
         undo.push_async_callback(infra.destroy_infra, svc, pod.handler, sandbox_id)
         meta = sandbox_record(pod, sandbox_id, bundle, address, started, spec_input)
-        svc.state.add_sandbox(meta)
+        svc.state.sandboxes.add(meta, SandboxStatus())
         undo.pop_all()
     return meta
 
@@ -214,7 +214,6 @@ def sandbox_record(
         namespace=md.namespace,
         uid=md.uid,
         attempt=md.attempt,
-        state=SANDBOX_READY,
         created_at=now_ns(),
         runtime_handler=pod.handler.name,
         config=config.SerializeToString(),

@@ -1,4 +1,11 @@
-"""Frozen records of what the daemon created, as stored in SQLite.
+"""Records of what the daemon created: immutable metadata plus a status that changes.
+
+A record is a `Record(meta, status)` snapshot. The metadata is written once,
+when RunPodSandbox or CreateContainer commits, and never changes; everything
+that changes afterwards lives in the status, which only the store's
+`update_status(id, fn)` replaces (see store.py). A new status makes a new
+Record object, so a snapshot in hand never changes under its reader, and
+anything derived from a record can be cached for as long as the object lives.
 
 Sandbox states::
 
@@ -14,10 +21,8 @@ Container states::
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 SANDBOX_READY = "READY"
 SANDBOX_NOTREADY = "NOTREADY"
@@ -35,7 +40,6 @@ class SandboxMeta:
     namespace: str
     uid: str
     attempt: int
-    state: str
     created_at: int  # ns since the epoch, as CRI reports it
     runtime_handler: str
     config: bytes  # serialized runtime.v1.PodSandboxConfig, kept verbatim
@@ -48,11 +52,16 @@ class SandboxMeta:
     conmon_pid: int = 0
     cgroup_parent: str = ""
     cgroups_path: str = ""
-    network_torn_down: bool = False
     shm_path: str = ""
     userns: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxStatus:
+    state: str = SANDBOX_READY
+    network_torn_down: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,6 @@ class ContainerMeta:
     sandbox_id: str
     name: str
     attempt: int
-    state: str
     created_at: int
     config: bytes  # serialized runtime.v1.ContainerConfig
     image: str  # the image as the caller named it
@@ -71,18 +79,12 @@ class ContainerMeta:
     rootfs: str
     runtime_handler: str
     log_path: str = ""  # absolute
-    started_at: int = 0
-    finished_at: int = 0
-    exit_code: int = 0
-    reason: str = ""
-    message: str = ""
     pid: int = 0
     conmon_pid: int = 0
     cgroups_path: str = ""
     tty: bool = False
     stdin: bool = False
     stdin_once: bool = False
-    resources: str = ""  # JSON of the LinuxContainerResources last applied
     user: str = ""  # JSON {uid, gid, supplemental_groups}
     image_volumes: tuple[str, ...] = ()  # mount points of image volumes to unmount on removal
     mounts: str = ""  # JSON of the mounts as requested, for ContainerStatus
@@ -90,21 +92,40 @@ class ContainerMeta:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-R = TypeVar("R", SandboxMeta, ContainerMeta)
+@dataclass(frozen=True, slots=True)
+class ContainerStatus:
+    state: str = CONTAINER_CREATED
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    resources: str = ""  # JSON of the LinuxContainerResources last applied (UpdateContainerResources)
 
 
-def encode(record: SandboxMeta | ContainerMeta) -> str:
-    data = dataclasses.asdict(record)
-    data["config"] = record.config.hex()
-    return json.dumps(data, separators=(",", ":"))
+class HasId(Protocol):
+    @property
+    def id(self) -> str: ...
 
 
-def decode(cls: type[R], text: str) -> R:
-    data: dict[str, Any] = json.loads(text)
-    data["config"] = bytes.fromhex(data["config"])
-    known = {f.name for f in dataclasses.fields(cls)}
-    clean = {k: v for k, v in data.items() if k in known}
-    for key, value in clean.items():
-        if isinstance(value, list):
-            clean[key] = tuple(value)
-    return cls(**clean)
+class HasState(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+M = TypeVar("M", bound=HasId)  # SandboxMeta or ContainerMeta
+S = TypeVar("S", bound=HasState)  # SandboxStatus or ContainerStatus
+
+
+# eq=False: compared and hashed by identity, so derived values can be cached per snapshot
+# (weakref_slot lets such caches drop them with the record).
+@dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
+class Record(Generic[M, S]):
+    """One sandbox or container as it is now: its metadata and its current status."""
+
+    meta: M
+    status: S
+
+
+Sandbox = Record[SandboxMeta, SandboxStatus]
+Container = Record[ContainerMeta, ContainerStatus]

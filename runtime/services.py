@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from crishim.oci.features import RuntimeFeatures
 from crishim.runtime.config import Config
 from crishim.runtime.errors import InvalidArgument, NotFound
-from crishim.runtime.events import ContainerEvent, EventBus
+from crishim.runtime.events import EventBus
 from crishim.runtime.locks import KeyedLocks
 from crishim.runtime.names import NameRegistry
 from crishim.runtime.state.store import StateStore
@@ -62,9 +62,6 @@ class Services:
     monitor: ExitMonitor = field(init=False)
     stats: StatsSampler = field(init=False)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
-    # Containers inside `runc start`, with the events their exit produced meanwhile: the exit
-    # must not `runc delete` under the start, and STOPPED must not reach subscribers before STARTED.
-    starting: dict[str, list[ContainerEvent]] = field(default_factory=dict)
     stop_metrics: Any = None
     # The kernel's record of OOM kills (/dev/kmsg), None where it cannot be read.
     oom_log: OomKillLog | None = None

@@ -24,6 +24,7 @@ from crishim.runtime.state.records import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
     CONTAINER_RUNNING,
+    Container,
     ContainerMeta,
     ContainerStatus,
 )
@@ -53,12 +54,13 @@ async def start_container(svc: Services, container_id: str) -> None:
         svc.monitor.watch(container_id, meta.conmon_pid)
         # Taken before `runc start`: a process that exits at once must not finish before it started.
         started_at = now_ns()
-        svc.starting[container_id] = []
+        containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=True))
         try:
             await handler.runtime.start(container_id)
         except Exception as exc:
-            for event in svc.starting.pop(container_id, []):
-                svc.events.publish(event)
+            ended = containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=False))
+            if ended.status.state == CONTAINER_EXITED:
+                svc.events.publish(_stopped_event(ended))  # record_exit left it to us
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
@@ -75,21 +77,26 @@ async def start_container(svc: Services, container_id: str) -> None:
                 ),
             )
             raise
-        deferred = svc.starting.pop(container_id, [])
         started = containers.update_status(
             container_id,
             lambda s: dataclasses.replace(
                 s,
+                starting=False,
                 state=CONTAINER_RUNNING if s.state == CONTAINER_CREATED else s.state,
                 started_at=started_at,
             ),
         )
-        if started.status.state == CONTAINER_EXITED:
+        exited_meanwhile = started.status.state == CONTAINER_EXITED
+        if exited_meanwhile:
             # It exited while `runc start` ran; record_exit left the delete to us.
             await launching.delete_quietly(handler, container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.status.started_at))
-    for late in deferred:  # an exit seen while `runc start` ran comes after STARTED
-        svc.events.publish(late)
+    if exited_meanwhile:  # an exit seen while `runc start` ran comes after STARTED
+        svc.events.publish(_stopped_event(started))
+
+
+def _stopped_event(record: Container) -> ContainerEvent:
+    return ContainerEvent(record.meta.id, record.meta.sandbox_id, STOPPED, record.status.finished_at)
 
 
 async def record_exit(svc: Services, container_id: str) -> None:
@@ -132,15 +139,12 @@ async def record_exit(svc: Services, container_id: str) -> None:
     if recorded_meanwhile:
         return
     log.info("container %s exited with %d (%s)", container_id[:13], code, reason)
-    stopped = ContainerEvent(container_id, meta.sandbox_id, STOPPED, updated.status.finished_at)
-    if container_id in svc.starting:
-        svc.starting[container_id].append(stopped)  # start_container publishes it after STARTED
-    else:
-        # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
-        svc.events.publish(stopped)
-    if container_id not in svc.starting:
-        # The runc state of an exited container is of no more use; delete frees its cgroup.
-        await launching.delete_quietly(svc.handler(meta.runtime_handler), container_id)
+    if updated.status.starting:
+        return  # start_container publishes STOPPED after STARTED, then deletes the runc state
+    # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
+    svc.events.publish(_stopped_event(updated))
+    # The runc state of an exited container is of no more use; delete frees its cgroup.
+    await launching.delete_quietly(svc.handler(meta.runtime_handler), container_id)
 
 
 def stop_signal(svc: Services, meta: ContainerMeta) -> int:

@@ -17,6 +17,10 @@ Container states::
        |                                                           ^
        +--------------- start failed (runc error) -----------------+
     UNKNOWN: the runtime lost track (state dir gone after a reboot).
+
+While `runc start` runs, ContainerStatus.starting is set: an exit recorded
+meanwhile neither deletes the runc state under the start nor tells
+subscribers STOPPED before StartContainer has told them STARTED.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ CONTAINER_CREATED = "CREATED"
 CONTAINER_RUNNING = "RUNNING"
 CONTAINER_EXITED = "EXITED"
 CONTAINER_UNKNOWN = "UNKNOWN"
+
+# A status field with this metadata is kept in memory only (see ContainerStatus.starting).
+NOT_STORED = {"stored": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +108,8 @@ class ContainerStatus:
     reason: str = ""
     message: str = ""
     resources: str = ""  # JSON of the LinuxContainerResources last applied (UpdateContainerResources)
+    # Inside `runc start`. Not stored: no start outlives the daemon process that ran it.
+    starting: bool = field(default=False, metadata=NOT_STORED)
 
 
 class HasId(Protocol):

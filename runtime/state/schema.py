@@ -119,12 +119,12 @@ def _codec(hint: Any) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
 
 
 class RowCodec(Generic[T]):
-    """A record dataclass <-> the values of its columns, named after its fields."""
+    """A record dataclass <-> the values of its columns, named after its stored fields."""
 
     def __init__(self, cls: type[T]) -> None:
         hints = typing.get_type_hints(cls)
         self.record_type = cls
-        self.columns = tuple(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        self.columns = tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("stored", True))  # type: ignore[arg-type]
         codecs = [_codec(hints[name]) for name in self.columns]
         self._to_sql = tuple(c[0] for c in codecs)
         self._from_sql = tuple(c[1] for c in codecs)

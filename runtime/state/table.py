@@ -114,7 +114,8 @@ class RecordTable(Generic[M, S]):
     def update_status(self, record_id: str, fn: Callable[[S], S]) -> Record[M, S]:
         """Replaces the status with fn(status); the one way a status changes.
 
-        Written only when a column changes. Returns the record as it now is.
+        Written only when a stored column changes (a field kept in memory alone,
+        like ContainerStatus.starting, costs no write). Returns the record as it now is.
         """
         current = self.get(record_id)
         status = fn(current.status)

@@ -123,6 +123,18 @@ def test_a_status_changes_only_through_update_status(tmp_path: Path) -> None:
     store.close()
 
 
+def test_starting_is_kept_in_memory_only(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.sandboxes.add(sandbox("s1", "pod"), SandboxStatus())
+    store.containers.add(container("c1", "s1", "ctr"), ContainerStatus())
+    writes = store._db.connection.total_changes
+    starting = store.containers.update_status("c1", lambda s: dataclasses.replace(s, starting=True))
+    assert starting.status.starting
+    assert store._db.connection.total_changes == writes  # nothing stored changed: no write
+    store.close()
+    assert not StateStore(tmp_path / "state.db").containers.get("c1").status.starting  # no start outlives us
+
+
 def test_a_failed_write_leaves_memory_as_it_was(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.db")
     store.sandboxes.add(sandbox("s1", "pod"), SandboxStatus())

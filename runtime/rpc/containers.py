@@ -15,6 +15,7 @@ from crishim.runtime.container import lifecycle, logs, resources
 from crishim.runtime.container.create import create_container
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.rpc.summaries import ListItems
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
@@ -106,6 +107,9 @@ def _summary(record: Container) -> api_pb2.Container:
     )
 
 
+_items = ListItems(_summary)
+
+
 def _matches(record: Container, f: api_pb2.ContainerFilter | None) -> bool:
     if f is None:
         return True
@@ -187,17 +191,17 @@ class ContainerRpcs:
             )
         return response
 
-    def _list(self, f: api_pb2.ContainerFilter | None) -> list[api_pb2.Container]:
+    def _list(self, f: api_pb2.ContainerFilter | None) -> list[Container]:
         records = [r for r in self.svc.state.containers.all() if _matches(r, f)]
         records.sort(key=lambda r: r.meta.created_at)
-        return [_summary(r) for r in records]
+        return records
 
     @cri_rpc
     async def ListContainers(
         self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListContainersResponse:
         f = request.filter if request.HasField("filter") else None
-        return api_pb2.ListContainersResponse(containers=self._list(f))
+        return _items.response(api_pb2.ListContainersResponse, "containers", self._list(f))
 
     @cri_rpc
     async def StreamContainers(
@@ -205,7 +209,7 @@ class ContainerRpcs:
     ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(self._list(f)):
-            yield api_pb2.StreamContainersResponse(containers=batch)
+            yield _items.response(api_pb2.StreamContainersResponse, "containers", batch)
 
     @cri_rpc
     async def ExecSync(

@@ -13,6 +13,7 @@ from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.rpc.summaries import ListItems
 from crishim.runtime.sandbox import lifecycle
 from crishim.runtime.sandbox.run import run_pod_sandbox
 from crishim.runtime.state.records import SANDBOX_READY, Sandbox, SandboxMeta, SandboxStatus
@@ -72,6 +73,9 @@ def _summary(record: Sandbox) -> api_pb2.PodSandbox:
         annotations=meta.annotations,
         runtime_handler=meta.runtime_handler,
     )
+
+
+_items = ListItems(_summary)
 
 
 class SandboxRpcs:
@@ -140,17 +144,17 @@ class SandboxRpcs:
             response.info["info"] = json.dumps(info)
         return response
 
-    def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[api_pb2.PodSandbox]:
+    def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[Sandbox]:
         records = [r for r in self.svc.state.sandboxes.all() if _matches(r, f)]
         records.sort(key=lambda r: r.meta.created_at)
-        return [_summary(r) for r in records]
+        return records
 
     @cri_rpc
     async def ListPodSandbox(
         self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListPodSandboxResponse:
         f = request.filter if request.HasField("filter") else None
-        return api_pb2.ListPodSandboxResponse(items=self._list_sandboxes(f))
+        return _items.response(api_pb2.ListPodSandboxResponse, "items", self._list_sandboxes(f))
 
     @cri_rpc
     async def StreamPodSandboxes(
@@ -158,4 +162,4 @@ class SandboxRpcs:
     ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
         f = request.filter if request.HasField("filter") else None
         for batch in chunks(self._list_sandboxes(f)):
-            yield api_pb2.StreamPodSandboxesResponse(pod_sandboxes=batch)
+            yield _items.response(api_pb2.StreamPodSandboxesResponse, "pod_sandboxes", batch)

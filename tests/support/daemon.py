@@ -21,6 +21,11 @@ from crishim.runtime.network.netns import release_dir
 MAX_MESSAGE = 16 * 1024 * 1024
 
 
+# Start-up probes every runtime handler; under software emulation (the node VM) with a busy
+# host that alone can take a minute.
+START_TIMEOUT = 240.0 if os.environ.get("CRISHIM_NODE_VM") == "1" else 60.0
+
+
 @dataclass
 class Daemon:
     """A running `crishim serve`, with stubs ready to call."""
@@ -65,7 +70,8 @@ class Daemon:
     def images(self) -> api_pb2_grpc.ImageServiceStub:
         return api_pb2_grpc.ImageServiceStub(self.channel())
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float | None = None) -> None:
+        timeout = START_TIMEOUT if timeout is None else timeout
         with self.log_file.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "crishim.runtime.cli", "--config", str(self.config_file), "serve"],

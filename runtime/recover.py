@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 
+from crishim.oci import conmon
 from crishim.runtime.container import lifecycle
 from crishim.runtime.errors import NotFound
 from crishim.runtime.services import Services
@@ -22,17 +22,6 @@ from crishim.runtime.state.records import (
 )
 
 log = logging.getLogger("crishim.recover")
-
-
-def conmon_alive(pid: int, object_id: str) -> bool:
-    """The pid is still the conmon of this object (not a recycled pid)."""
-    if pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(cmdline) and cmdline[0].endswith(b"conmon") and object_id.encode() in cmdline
 
 
 async def on_object_exit(svc: Services, object_id: str) -> None:
@@ -63,7 +52,7 @@ async def reconcile(svc: Services) -> None:
     for sandbox in svc.state.sandboxes.all():
         if sandbox.status.state != SANDBOX_READY:
             continue
-        if conmon_alive(sandbox.meta.conmon_pid, sandbox.meta.id):
+        if conmon.is_conmon_of(sandbox.meta.conmon_pid, sandbox.meta.id):
             svc.monitor.watch(sandbox.meta.id, sandbox.meta.conmon_pid)
         else:
             _mark_not_ready(svc, sandbox.meta.id)
@@ -71,7 +60,7 @@ async def reconcile(svc: Services) -> None:
         if container.status.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
             continue
         meta = container.meta
-        if conmon_alive(meta.conmon_pid, meta.id):
+        if conmon.is_conmon_of(meta.conmon_pid, meta.id):
             svc.monitor.watch(meta.id, meta.conmon_pid)
             running += 1
         else:

@@ -10,11 +10,11 @@ import signal
 from pathlib import Path
 
 from crishim.cri_api import api_pb2
+from crishim.oci import conmon
 from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
-from crishim.runtime.container.monitor import read_exit_file
 from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
 from crishim.runtime.events import DELETED, STARTED, STOPPED, ContainerEvent
 from crishim.runtime.ids import now_ns
@@ -108,8 +108,7 @@ async def record_exit(svc: Services, container_id: str) -> None:
     if record.status.state == CONTAINER_EXITED:
         return
     meta = record.meta
-    exit_file = svc.config.exits_dir / container_id
-    result = read_exit_file(exit_file)
+    result = conmon.read_exit(svc.config.exits_dir, container_id)
     oom = await launching.oom_killed(svc, meta)
     if result is None:
         code, finished = (137 if oom else 255), now_ns()
@@ -241,5 +240,4 @@ async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
     await asyncio.to_thread(rootfs_mount.unmount_idmapped_layers, Path(meta.bundle) / "idmapped")
     await svc.images.arelease(f"container:{meta.id}")
     await asyncio.to_thread(shutil.rmtree, meta.bundle, True)
-    (svc.config.exits_dir / meta.id).unlink(missing_ok=True)
-    await asyncio.to_thread(shutil.rmtree, svc.config.attach_dir / meta.id, True)
+    await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, meta.id)

@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 log = logging.getLogger("crishim.monitor")
 
@@ -86,16 +85,3 @@ class ExitMonitor:
                 loop.remove_reader(fd)
             os.close(fd)
         self._fds.clear()
-
-
-def read_exit_file(path: Path) -> tuple[int, int] | None:
-    """(exit code, finish time in ns) from conmon's exit file, or None when absent."""
-    try:
-        text = path.read_text().strip()
-        mtime = path.stat().st_mtime_ns
-    except FileNotFoundError:
-        return None
-    try:
-        return int(text), mtime
-    except ValueError:
-        return None

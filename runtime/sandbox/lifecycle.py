@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from crishim.oci import conmon
 from crishim.runtime.container import lifecycle as containers
 from crishim.runtime.errors import NotFound
 from crishim.runtime.mounts import unmount
@@ -64,7 +65,6 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
             await svc.network.remove_netns(sandbox.netns_path)
         await svc.images.arelease(f"sandbox:{sandbox_id}")
         await asyncio.to_thread(shutil.rmtree, bundle, True)
-        (svc.config.exits_dir / sandbox_id).unlink(missing_ok=True)
-        await asyncio.to_thread(shutil.rmtree, svc.config.attach_dir / sandbox_id, True)
+        await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, sandbox_id)
         svc.state.sandboxes.delete(sandbox_id)
     log.info("sandbox %s removed", sandbox_id[:13])

@@ -148,6 +148,36 @@ def is_conmon_of(pid: int, cid: str) -> bool:
     return bool(cmdline) and cmdline[0].endswith(b"conmon") and cid.encode() in cmdline
 
 
+def conmons_for(exit_dir: Path) -> dict[str, int]:
+    """Every live conmon that writes its exit file to `exit_dir` (one daemon's), by container ID.
+
+    A daemon killed between launching conmon and committing the record leaves a conmon no
+    record names, possibly still inside `runc create`; the start-up sweep finds it here.
+    """
+    wanted = str(exit_dir).encode()
+    found: dict[str, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline[0].endswith(b"conmon") and _option(cmdline, b"--exit-dir") == wanted:
+            cid = _option(cmdline, b"-c")
+            if cid:
+                found[cid.decode(errors="replace")] = int(entry.name)
+    return found
+
+
+def _option(cmdline: list[bytes], name: bytes) -> bytes | None:
+    """The value after `name` in a command line, as build_args writes it."""
+    try:
+        return cmdline[cmdline.index(name) + 1]
+    except (ValueError, IndexError):
+        return None
+
+
 # ---------------------------------------------------------------- control FIFO
 
 

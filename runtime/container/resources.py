@@ -12,14 +12,19 @@ from crishim.cgroups.paths import is_pod_cgroup, parent_to_fs
 from crishim.cgroups.records import Resources as CgroupResources
 from crishim.cgroups.stats import cgroup_for
 from crishim.cri_api import api_pb2
+from crishim.oci.errors import RuntimeCommandError
 from crishim.oci.opts import resources_to_spec
-from crishim.runtime import convert
-from crishim.runtime.errors import FailedPrecondition
+from crishim.runtime import convert, validate
+from crishim.runtime.errors import FailedPrecondition, InvalidArgument
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_READY, SandboxMeta
 from google.protobuf import json_format
 
 log = logging.getLogger("crishim.resources")
+
+# How the kernel refuses a value it cannot apply to a live cgroup (below the current usage, out
+# of range), as the runtime passes it on: the caller's values are at fault, not the node.
+KERNEL_REFUSALS = ("Invalid argument", "Device or resource busy", "Numerical result out of range")
 
 
 async def update_container_resources(
@@ -34,7 +39,15 @@ async def update_container_resources(
     handler = svc.handler(record.meta.runtime_handler)
     res = convert.resources(linux)
     assert res is not None
-    await handler.runtime.update(container_id, resources_to_spec(res))
+    try:
+        await handler.runtime.update(container_id, resources_to_spec(res))
+    except RuntimeCommandError as exc:
+        if not any(reason in exc.stderr for reason in KERNEL_REFUSALS):
+            raise
+        raise InvalidArgument(
+            f"the node refused the new resources of container {container_id}: {exc.stderr.strip()}; "
+            "the container keeps its previous limits"
+        ) from exc
     stored = json_format.MessageToDict(linux, preserving_proto_field_name=True)
     svc.state.containers.update_status(container_id, lambda s: dataclasses.replace(s, resources=json.dumps(stored)))
 
@@ -106,6 +119,7 @@ async def update_pod_sandbox_resources(
     meta = svc.state.sandboxes.get(sandbox_id).meta
     if resources is None:
         return False
+    validate.resources(resources, "resources")
     if not has_pod_cgroup(svc, meta):
         log.debug("sandbox %s has no pod cgroup of its own: pod resources are the kubelet's", sandbox_id[:13])
         return False

@@ -370,13 +370,13 @@ class OciRuntime:
                 await asyncio.wait_for(self.create(cid, bundle, bundle / "pid"), 20.0)
             except Exception as exc:  # noqa: BLE001 - any refusal means "not supported"
                 log.info("%s: no support for mount options %s: %s", self.name, ",".join(options), exc)
-                await self._discard_probe(cid)
+                await self._discard_probe(cid, bundle / "pid")
                 return False
             try:
                 opts = await asyncio.to_thread(_mount_options, bundle / "pid", "/dst")
                 return opts is not None and check(opts)
             finally:
-                await self._discard_probe(cid)
+                await self._discard_probe(cid, bundle / "pid")
 
     def _probe_cgroups_path(self, cid: str) -> str:
         """A throw-away cgroup in the form the handler's cgroup driver expects.
@@ -388,9 +388,17 @@ class OciRuntime:
             return f"system.slice:{_PROBE_CGROUP}:{cid}"
         return f"/{_PROBE_CGROUP}/{cid}"
 
-    async def _discard_probe(self, cid: str) -> None:
+    async def _discard_probe(self, cid: str, pid_file: Path) -> None:
+        init_pid = read_pid(pid_file)
         with contextlib.suppress(Exception):
             await self.delete(cid, force=True)
+        if init_pid is not None:
+            # The created container's init was the runtime's child; with the runtime gone it is
+            # ours (the daemon is a subreaper): collect it, or it stays a zombie.
+            for _ in range(50):
+                if _collected(init_pid):
+                    break
+                await asyncio.sleep(0.02)
         if self.systemd_cgroup:
             return
         # The cgroup can stay busy for a moment after the init is killed.
@@ -400,6 +408,15 @@ class OciRuntime:
             await asyncio.sleep(0.02)
         # The shared parent goes too once empty; a probe running beside us keeps it (EBUSY).
         await asyncio.to_thread(_remove_cgroup_dirs, _PROBE_CGROUP)
+
+
+def _collected(pid: int) -> bool:
+    """True once `pid` is reaped, or when it is no child of ours (someone else collects it)."""
+    try:
+        got, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return got == pid
 
 
 def _mount_options(pid_file: Path, target: str) -> tuple[str, ...] | None:

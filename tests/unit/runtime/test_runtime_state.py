@@ -90,6 +90,13 @@ def test_index_is_what_sqlite_holds_after_reopen(tmp_path: Path) -> None:
     before = snapshot(store)
     store.close()
 
+    db = sqlite3.connect(tmp_path / "state.db")
+    status_rows = [
+        db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("sandbox_status", "container_status")
+    ]
+    db.close()
+    assert status_rows == [2, 5]  # a deleted record's status row went with it
+
     reopened = StateStore(tmp_path / "state.db")
     assert snapshot(reopened) == before
     assert [r.meta.id for r in reopened.containers.all()] == ["c0", "c1", "c2", "c4", "c5"]  # oldest first

@@ -15,7 +15,7 @@ from crishim.runtime.container.resources import update_pod_sandbox_resources
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
-from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY, Container, Sandbox
+from crishim.runtime.state.records import SANDBOX_READY, Container, Sandbox
 
 if TYPE_CHECKING:
     from crishim.runtime.services import Services
@@ -241,33 +241,17 @@ class StatsRpcs:
         for record in self.svc.state.sandboxes.all():
             if record.status.state != SANDBOX_READY:
                 continue
-            meta = record.meta
-            sample = await collect.pod_sample(self.svc, meta)
-            pod = api_pb2.PodSandboxMetrics(pod_sandbox_id=meta.id)
-            if sample.cgroup is not None:
-                net = [
-                    cadvisor.NetworkCounters(i.name, i.rx_bytes, i.tx_bytes, i.rx_errors, i.tx_errors)
-                    for i in sample.interfaces
-                ]
-                pod.metrics.extend(
-                    _metric(v)
-                    for v in cadvisor.cgroup_metrics(
-                        sample.cgroup, meta.cgroup_parent or meta.cgroups_path, "", "", net
-                    )
+            pod = await collect.pod_metrics(self.svc, record.meta)
+            out.append(
+                api_pb2.PodSandboxMetrics(
+                    pod_sandbox_id=pod.pod_id,
+                    metrics=[_metric(v) for v in pod.samples],
+                    container_metrics=[
+                        api_pb2.ContainerMetrics(container_id=cid, metrics=[_metric(v) for v in values])
+                        for cid, values in pod.containers
+                    ],
                 )
-            for c in sample.containers:
-                if c.cgroup is None or c.state != CONTAINER_RUNNING:
-                    continue
-                pod.container_metrics.append(
-                    api_pb2.ContainerMetrics(
-                        container_id=c.meta.id,
-                        metrics=[
-                            _metric(v)
-                            for v in cadvisor.cgroup_metrics(c.cgroup, c.meta.cgroups_path, c.meta.name, c.meta.image)
-                        ],
-                    )
-                )
-            out.append(pod)
+            )
         return out
 
     @cri_rpc
@@ -302,7 +286,7 @@ class StatsRpcs:
 
 
 def _metric(v: cadvisor.MetricValue) -> api_pb2.Metric:
-    kind = api_pb2.COUNTER if v.type == "counter" or getattr(v.type, "value", v.type) == "counter" else api_pb2.GAUGE
+    kind = api_pb2.COUNTER if v.type == "counter" else api_pb2.GAUGE
     return api_pb2.Metric(
         name=v.name,
         timestamp=v.timestamp_ns,

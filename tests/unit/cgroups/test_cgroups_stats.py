@@ -44,7 +44,7 @@ def test_cadvisor_metrics_use_descriptor_names_types_and_labels() -> None:
     metrics = cgroup_metrics(_stats(), "/kubepods/pod1", "", "", [nic])
     by = {(m.name, m.label_values[-1] if "network" in m.name else ""): m for m in metrics}
     cpu = by[("container_cpu_usage_seconds_total", "")]
-    assert (cpu.type, cpu.value, cpu.label_values) == ("counter", 3, ("/kubepods/pod1", "", ""))
+    assert (cpu.type, cpu.value, cpu.label_values) == ("counter", 3, ("/kubepods/pod1", "", "", "total"))
     assert by[("container_memory_working_set_bytes", "")].value == 80
     assert by[("container_memory_working_set_bytes", "")].type == "gauge"
     assert by[("container_spec_memory_limit_bytes", "")].value == 1000

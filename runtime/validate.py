@@ -184,6 +184,15 @@ def bind_mount(mount: api_pb2.Mount, field: str, *, features: RuntimeFeatures, h
         )
 
 
+def image_volume(mount: api_pb2.Mount, field: str) -> None:
+    """An image volume (KEP-4639) is mounted read-only, and the request has to say so."""
+    if not mount.readonly:
+        raise InvalidArgument(
+            f"{field}.readonly is false for the image volume {mount.image.image!r} at "
+            f"{mount.container_path!r}: image volumes are read-only; set readonly=true"
+        )
+
+
 def recursive_read_only(mount: api_pb2.Mount, field: str, *, supported: bool, handler: str) -> None:
     """rro (KEP-3857) is read-only all the way down: readonly, private, and a handler that does it."""
     if not mount.readonly:

@@ -63,12 +63,7 @@ def checked_request(svc: Services, sandbox: SandboxMeta, config: api_pb2.Contain
     userns = convert.user_namespace(pod_sc.namespace_options, "sandbox namespace_options")
     validate.privileged(config.linux.security_context, pod_sc.privileged, userns is not None, SECURITY_CONTEXT)
     validate.mount_paths(config.mounts, "config.mounts")
-    binds = tuple(
-        None
-        if is_image_volume(m)
-        else convert.bind_mount(m, f"config.mounts[{i}]", features=handler.features, handler=handler.name)
-        for i, m in enumerate(config.mounts)
-    )
+    binds = tuple(checked_mount(m, f"config.mounts[{i}]", handler) for i, m in enumerate(config.mounts))
     devices = tuple(convert.device(d, f"config.devices[{i}]") for i, d in enumerate(config.devices))
     target_pid = target_container_pid(svc, sandbox, config.linux.security_context.namespace_options)
     return ContainerRequest(config, sandbox, pod_config, handler, image_set, image, userns, binds, devices, target_pid)
@@ -83,6 +78,14 @@ def resolve_image(svc: Services, ref: str, image_set: str) -> ImageRecord:
 
 def is_image_volume(mount: api_pb2.Mount) -> bool:
     return mount.HasField("image") and bool(mount.image.image)
+
+
+def checked_mount(mount: api_pb2.Mount, field: str, handler: Handler) -> Mount | None:
+    """A host-path mount converted for oci/, or None for an image volume (create.py mounts it)."""
+    if is_image_volume(mount):
+        validate.image_volume(mount, field)
+        return None
+    return convert.bind_mount(mount, field, features=handler.features, handler=handler.name)
 
 
 def target_container_pid(svc: Services, sandbox: SandboxMeta, ns: api_pb2.NamespaceOption) -> int | None:

@@ -105,7 +105,7 @@ def pod(live_daemon: Daemon, request: pytest.FixtureRequest) -> Iterator[tuple[s
 
 
 def image_mount(image: str, path: str = "/vol", sub_path: str = "") -> pb.Mount:
-    return pb.Mount(container_path=path, image=pb.ImageSpec(image=image), image_sub_path=sub_path)
+    return pb.Mount(container_path=path, image=pb.ImageSpec(image=image), image_sub_path=sub_path, readonly=True)
 
 
 def sleeper(name: str, busybox: str, *mounts: pb.Mount) -> pb.ContainerConfig:

@@ -151,7 +151,7 @@ def test_image_volumes_resolve_in_the_sandbox_handlers_set(daemon: Daemon, test_
     busybox, artifact = test_images.ref("busybox:latest"), test_images.ref("artifact:latest")
     pull(daemon, busybox, "crun")
     pull(daemon, artifact)  # shared set only
-    mount = pb.Mount(container_path="/model", image=pb.ImageSpec(image=artifact))
+    mount = pb.Mount(container_path="/model", image=pb.ImageSpec(image=artifact), readonly=True)
     config = container_config("reader", busybox, ["cat", "/model/content/hello.txt"], mounts=[mount])
     assert create_code(daemon, "crun-volume-unpulled", "crun", config) == grpc.StatusCode.NOT_FOUND
     pull(daemon, artifact, "crun")

@@ -1,20 +1,19 @@
-"""A minimal container rootfs made from the host's static busybox, for oci/ tests."""
+"""A minimal container rootfs made from the host's busybox, for oci/ tests."""
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-BUSYBOX = "/usr/bin/busybox"
+from tests.support.testimages import install_busybox
+
 APPLETS = ("sh", "echo", "sleep", "cat", "id", "ls", "touch", "mount", "grep", "true", "false", "sysctl",
            "hostname", "ps", "head", "stat", "wc", "mkdir", "env")  # fmt: skip
 
 
 def make_rootfs(root: Path) -> Path:
-    """root/bin/busybox plus applet symlinks, /etc/passwd and /etc/group; returns root."""
-    (root / "bin").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    """root/bin/busybox with its C library, applet symlinks, /etc/passwd and /etc/group; returns root."""
+    install_busybox(root)
     for applet in APPLETS:
         os.symlink("busybox", root / "bin" / applet)
     for d in ("etc", "proc", "sys", "dev", "tmp", "data"):

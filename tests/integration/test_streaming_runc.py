@@ -41,6 +41,7 @@ from tests.support.streamclient import (
     ws_exec,
     ws_port_forward,
 )
+from tests.support.testimages import busybox_applets, install_busybox
 
 pytestmark = [
     pytest.mark.root,
@@ -65,14 +66,11 @@ def make_bundle(base: Path, args: list[str], *, netns: str | None = None) -> Pat
     """A busybox root filesystem and a `runc spec` config edited for a non-terminal container."""
     bundle = base / uuid.uuid4().hex[:8]
     rootfs = bundle / "rootfs"
-    (rootfs / "bin").mkdir(parents=True)
+    install_busybox(rootfs)
     for d in ("proc", "sys", "dev", "tmp", "etc"):
         (rootfs / d).mkdir()
-    shutil.copy2(BUSYBOX, rootfs / "bin" / "busybox")
-    applets = subprocess.run([BUSYBOX, "--list"], check=True, capture_output=True, text=True).stdout.split()
-    for applet in applets:
-        if applet != "busybox":
-            os.symlink("busybox", rootfs / "bin" / applet)
+    for applet in busybox_applets():
+        os.symlink("busybox", rootfs / "bin" / applet)
     subprocess.run([RUNC, "spec"], cwd=bundle, check=True)
     config = json.loads((bundle / "config.json").read_text())
     config["process"]["terminal"] = False

@@ -1,4 +1,4 @@
-"""Test images built from the host's static busybox, and the builder helpers only tests use.
+"""Test images built from the host's busybox, and the builder helpers only tests use.
 
 The product keeps what it needs to make its own pause image (crishim.images.build);
 tests, the conformance suite and scripts/build-test-images build their images with
@@ -8,6 +8,7 @@ these on top of it.
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import tarfile
 from collections.abc import Iterable, Mapping, Sequence
@@ -126,7 +127,7 @@ nobody:x:65534:
 """
 
 
-# Debian's static busybox is built without pgrep, pkill and ipcs; tests (and critest) use them.
+# Debian's busybox is built without pgrep, pkill and ipcs; tests (and critest) use them.
 PROC_SCRIPTS = {
     "pgrep": """#!/bin/sh
 # pgrep stand-in: prints the PIDs whose process name contains PATTERN.
@@ -164,10 +165,67 @@ def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     return sorted({name for name in out.split() if name and name != "busybox" and "/" not in name})
 
 
-def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
-    """Entries of a minimal Linux root: static busybox, its applets, accounts and the usual dirs."""
+def shared_libraries(binary: Path) -> list[Path]:
+    """The shared objects `binary` needs, its dynamic loader included, at the paths `ldd` names.
+
+    Empty for a static binary. The paths are where the binary looks (the loader's is
+    written into it), so an image lays each file at the same path.
+    """
+    found = subprocess.run(["ldd", str(binary)], capture_output=True, text=True)
+    if found.returncode != 0:  # "not a dynamic executable"
+        return []
+    libraries = []
+    for line in found.stdout.splitlines():
+        words = line.split()
+        path = words[2] if len(words) > 2 and words[1] == "=>" else words[0] if words else ""
+        if path.startswith("/"):  # not the kernel's vdso, which has no file
+            libraries.append(Path(path))
+    return libraries
+
+
+def busybox_libraries(busybox: Path = BUSYBOX) -> list[Path]:
+    """The C library files Debian's dynamically linked busybox loads.
+
+    The test images need that busybox, not busybox-static: its shell runs every command
+    it does not build in by exec'ing it from PATH, as the upstream busybox image's does,
+    so masking /bin/ls makes `sh -c ls` fail (critest's MaskedPaths). The static build
+    runs applets inside the shell and never looks at /bin/ls.
+    """
     if not busybox.is_file():
-        raise InvalidArgument(f"{busybox} is missing: install Debian's busybox-static")
+        raise InvalidArgument(f"{busybox} is missing: install Debian's busybox package (scripts/setup does)")
+    libraries = shared_libraries(busybox)
+    if not libraries:
+        raise InvalidArgument(
+            f"{busybox} is statically linked: install Debian's busybox package in place of busybox-static "
+            "(scripts/setup does)"
+        )
+    return libraries
+
+
+def _library_entries(libraries: Sequence[Path]) -> list[FileEntry]:
+    """Each library at its own path, with the directories above it; the content of the file it resolves to."""
+    dirs = sorted({str(parent) for lib in libraries for parent in lib.parents if str(parent) != "/"})
+    return [
+        *(directory(d) for d in dirs),
+        *(host_file(str(lib), lib.resolve(), mode=0o755) for lib in libraries),
+    ]
+
+
+def install_busybox(root: Path, busybox: Path = BUSYBOX) -> None:
+    """Copies busybox to root/bin/busybox and its libraries to their paths under root (bundle roots)."""
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(busybox, root / "bin" / "busybox")
+    (root / "bin" / "busybox").chmod(0o755)
+    for lib in busybox_libraries(busybox):
+        target = root / lib.relative_to("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lib.resolve(), target)
+        target.chmod(0o755)
+
+
+def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
+    """Entries of a minimal Linux root: busybox and its C library, its applets, accounts and the usual dirs."""
+    libraries = busybox_libraries(busybox)
     applets = busybox_applets(busybox)
     entries = [
         directory("bin"),
@@ -181,6 +239,7 @@ def busybox_rootfs_layer(busybox: Path = BUSYBOX) -> list[FileEntry]:
             if name not in applets
         ),
         directory("dev"),
+        *_library_entries(libraries),
         directory("etc"),
         regular("etc/passwd", PASSWD.encode()),
         regular("etc/group", GROUP.encode()),

@@ -97,13 +97,32 @@ def apparmor_container(sc: pb.LinuxContainerSecurityContext) -> pb.ContainerConf
     )
 
 
+def unloaded_profile_refusal(name: str) -> str:
+    """What CreateContainer answers for localhost/`name` when no such profile is loaded.
+
+    Where AppArmor is off no profile can be applied, and the refusal says that instead.
+    """
+    if apparmor_enabled():
+        return f"apparmor profile {name!r} is not loaded; load it with apparmor_parser first"
+    return (
+        f"apparmor profile localhost/{name} was asked for, but AppArmor is not enabled on this host; "
+        "remove the profile or run the pod on a node with AppArmor"
+    )
+
+
 def check_refused(daemon: Daemon, sc: pb.LinuxContainerSecurityContext) -> None:
-    """createContainerWithAppArmor(shouldSucceed=false): CreateContainer fails, no container ID."""
+    """createContainerWithAppArmor(shouldSucceed=false): CreateContainer fails, no container ID.
+
+    The refusal names the missing profile (FAILED_PRECONDITION: the request is fine, the node lacks it).
+    """
     with critest.default_pod(daemon) as (pod_id, pod_cfg):
         config = apparmor_container(sc)
-        created: list[str] = []
-        code = cri.rpc_code(lambda: created.append(critest.create_container(daemon, pod_id, pod_cfg, config)))
-        assert code != grpc.StatusCode.OK, f"CreateContainer accepted an unloaded AppArmor profile: {created}"
+        critest.prepare_image(daemon, pod_cfg, config)
+        cri.assert_refused(
+            lambda: cri.create_container(daemon, pod_id, pod_cfg, config),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            unloaded_profile_refusal(MISSING),
+        )
 
 
 def check_enforced(daemon: Daemon, sc: pb.LinuxContainerSecurityContext, *, write_allowed: bool) -> None:

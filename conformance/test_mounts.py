@@ -194,27 +194,47 @@ def test_recursive_readonly_mount_makes_submounts_readonly(daemon: Daemon) -> No
     _check_readonly_mount(daemon, rro=True)
 
 
-def _check_rro_refused(daemon: Daemon, *, readonly: bool, propagation: pb.MountPropagation) -> None:
+def _check_rro_refused(daemon: Daemon, *, readonly: bool, propagation: pb.MountPropagation, details: str) -> None:
+    """createMountContainer must fail: INVALID_ARGUMENT with `details`, after the image is pulled."""
     require_rro(daemon)
     with critest.privileged_pod(daemon) as (pod_id, pod_cfg), rro_host_path(pod_id) as host_path:
         config = mount_container_config(host_path, readonly=readonly, rro=True, propagation=propagation)
-        code = cri.rpc_code(lambda: critest.create_container(daemon, pod_id, pod_cfg, config))
-        assert code != grpc.StatusCode.OK, "CreateContainer accepted an invalid recursive read-only mount"
+        critest.prepare_image(daemon, pod_cfg, config)
+        cri.assert_refused(
+            lambda: cri.create_container(daemon, pod_id, pod_cfg, config), grpc.StatusCode.INVALID_ARGUMENT, details
+        )
 
 
 def test_recursive_readonly_with_host_to_container_propagation_is_refused(daemon: Daemon) -> None:
     """[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive
     readonly mount with PROPAGATION_HOST_TO_CONTAINER"""
-    _check_rro_refused(daemon, readonly=True, propagation=HOST_TO_CONTAINER)
+    _check_rro_refused(
+        daemon,
+        readonly=True,
+        propagation=HOST_TO_CONTAINER,
+        details="config.mounts[0]: recursive_read_only needs PROPAGATION_PRIVATE, "
+        "not PROPAGATION_HOST_TO_CONTAINER ('/mnt')",
+    )
 
 
 def test_recursive_readonly_with_bidirectional_propagation_is_refused(daemon: Daemon) -> None:
     """[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive
     readonly mount with PROPAGATION_BIDIRECTIONAL"""
-    _check_rro_refused(daemon, readonly=True, propagation=BIDIRECTIONAL)
+    _check_rro_refused(
+        daemon,
+        readonly=True,
+        propagation=BIDIRECTIONAL,
+        details="config.mounts[0]: recursive_read_only needs PROPAGATION_PRIVATE, "
+        "not PROPAGATION_BIDIRECTIONAL ('/mnt')",
+    )
 
 
 def test_recursive_readonly_without_readonly_is_refused(daemon: Daemon) -> None:
     """[k8s.io] Container Mount Readonly runtime should support readonly mounts should reject a recursive
     readonly mount with ReadOnly: false"""
-    _check_rro_refused(daemon, readonly=False, propagation=PRIVATE)
+    _check_rro_refused(
+        daemon,
+        readonly=False,
+        propagation=PRIVATE,
+        details="config.mounts[0]: recursive_read_only needs readonly=true ('/mnt')",
+    )

@@ -338,17 +338,15 @@ def test_run_as_group_without_run_as_user_is_rejected(daemon: Daemon) -> None:
     """[k8s.io] Security Context bucket runtime should return error if RunAsGroup is set without RunAsUser"""
     with critest.default_pod(daemon) as (pod_id, pod_cfg):
         sc = pb.LinuxContainerSecurityContext(run_as_group=pb.Int64Value(value=1002))
-        code = cri.rpc_code(
-            lambda: sc_container(
-                daemon,
-                pod_id,
-                pod_cfg,
-                "container-with-RunAsGroup-without-RunAsUser-test-",
-                sc,
-                command=["sh", "-c", "echo $(id -u):$(id -g)"],
-            )
+        config = sc_config(
+            "container-with-RunAsGroup-without-RunAsUser-test-", sc, command=["sh", "-c", "echo $(id -u):$(id -g)"]
         )
-        assert code != grpc.StatusCode.OK, "CreateContainer accepted run_as_group without run_as_user"
+        critest.prepare_image(daemon, pod_cfg, config)
+        cri.assert_refused(
+            lambda: cri.create_container(daemon, pod_id, pod_cfg, config),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "config.linux.security_context.run_as_group is set without run_as_user or run_as_username",
+        )
 
 
 def _check_rootfs(daemon: Daemon, readonly: bool) -> None:

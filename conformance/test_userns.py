@@ -140,8 +140,11 @@ def run_uid_map_container(daemon: Daemon, pod_id: str, pod_cfg: pb.PodSandboxCon
     return name + ".log"
 
 
-def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -> None:
-    """runUserNamespacePodWithError: RunPodSandbox must fail."""
+USERNS_FIELD = "config.linux.security_context.namespace_options.userns_options"
+
+
+def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace, details: str) -> None:
+    """runUserNamespacePodWithError: RunPodSandbox must fail, INVALID_ARGUMENT with `details`."""
     config = pb.PodSandboxConfig(
         metadata=pb.PodSandboxMetadata(
             name="user-namespaces-pod-" + critest.new_uuid(),
@@ -154,10 +157,15 @@ def assert_pod_refused(daemon: Daemon, handler: str, userns: pb.UserNamespace) -
         ),
     )
     created: list[str] = []
-    code = cri.rpc_code(lambda: created.append(critest.run_pod(daemon, config, handler=handler)[0]))
-    for pod_id in created:
-        cri.remove_pod(daemon, pod_id)
-    assert code != grpc.StatusCode.OK, f"RunPodSandbox accepted user namespace options {userns}"
+    try:
+        cri.assert_refused(
+            lambda: created.append(critest.run_pod(daemon, config, handler=handler)[0]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            details,
+        )
+    finally:
+        for pod_id in created:
+            cri.remove_pod(daemon, pod_id)
 
 
 # ---- specs --------------------------------------------------------------------------------------
@@ -197,23 +205,43 @@ def test_more_than_one_mapping_is_refused(daemon: Daemon, userns_handler: str) -
         pb.IDMapping(container_id=0, host_id=1000, length=100000),
         pb.IDMapping(container_id=0, host_id=2000, length=100000),
     ]
-    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=POD, uids=wrong, gids=wrong))
+    assert_pod_refused(
+        daemon,
+        userns_handler,
+        pb.UserNamespace(mode=POD, uids=wrong, gids=wrong),
+        f"{USERNS_FIELD}: exactly one uid and one gid mapping are supported, got 2 and 2",
+    )
 
 
 def test_mapping_without_container_root_is_refused(daemon: Daemon, userns_handler: str) -> None:
     """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
     fail if container ID 0 is not mapped"""
     mapping = [pb.IDMapping(container_id=1, host_id=1000, length=100000)]
-    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=POD, uids=mapping, gids=mapping))
+    assert_pod_refused(
+        daemon,
+        userns_handler,
+        pb.UserNamespace(mode=POD, uids=mapping, gids=mapping),
+        f"{USERNS_FIELD}: the uid mapping must start at container ID 0",
+    )
 
 
 def test_container_user_namespace_mode_is_refused(daemon: Daemon, userns_handler: str) -> None:
     """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
     fail with NamespaceMode_CONTAINER"""
-    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=CONTAINER))
+    assert_pod_refused(
+        daemon,
+        userns_handler,
+        pb.UserNamespace(mode=CONTAINER),
+        f"{USERNS_FIELD}.mode CONTAINER is not supported; use POD or NODE",
+    )
 
 
 def test_target_user_namespace_mode_is_refused(daemon: Daemon, userns_handler: str) -> None:
     """[k8s.io] Security Context UserNamespaces when Host idmap mount support is not needed runtime should
     fail with NamespaceMode_TARGET"""
-    assert_pod_refused(daemon, userns_handler, pb.UserNamespace(mode=TARGET))
+    assert_pod_refused(
+        daemon,
+        userns_handler,
+        pb.UserNamespace(mode=TARGET),
+        f"{USERNS_FIELD}.mode TARGET is not supported; use POD or NODE",
+    )

@@ -249,6 +249,26 @@ def code_of(call: Callable[..., object], request: object) -> grpc.StatusCode:
     return rpc_code(lambda: call(request, timeout=30))
 
 
+def refusal(call: Callable[[], object]) -> grpc.RpcError:
+    """The error `call` fails with; a call that succeeds fails the test."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        return exc
+    raise AssertionError("the call succeeded where a refusal was expected")
+
+
+def assert_refused(call: Callable[[], object], code: grpc.StatusCode, details: str) -> None:
+    """`call` fails with exactly `code` and the message `details`.
+
+    Only the call under test goes in `call`: an image pull or a pod run before it
+    belongs outside, so their failures fail the test instead of passing for the refusal.
+    """
+    error = refusal(call)
+    got = (error.code(), error.details())
+    assert got == (code, details), f"expected {code.name}: {details!r}\n     got {got[0].name}: {got[1]!r}"
+
+
 def parse_cri_log(text: str) -> list[tuple[str, str, str, str]]:
     """CRI log lines as (timestamp, stream, tag, content); a malformed line fails the test."""
     entries = []

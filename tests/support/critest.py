@@ -200,13 +200,21 @@ def remove_image_if_present(daemon: Daemon, ref: str) -> None:
 # ---- containers ------------------------------------------------------------------------------
 
 
-def create_container(daemon: Daemon, pod_id: str, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig) -> str:
-    """framework.CreateContainer: pull the image when absent, set user_specified_image, create."""
+def prepare_image(daemon: Daemon, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig) -> None:
+    """framework.CreateContainer's first half: pull the image when absent, set user_specified_image.
+
+    Tests that expect CreateContainer to be refused call this first and wrap only the create.
+    """
     ref = normalize_image(config.image.image)
     if cri.image_status(daemon, ref) is None:
         cri.pull(daemon, ref, pod_config)
     if not config.image.user_specified_image:
         config.image.user_specified_image = ref
+
+
+def create_container(daemon: Daemon, pod_id: str, pod_config: pb.PodSandboxConfig, config: pb.ContainerConfig) -> str:
+    """framework.CreateContainer: pull the image when absent, set user_specified_image, create."""
+    prepare_image(daemon, pod_config, config)
     return cri.create_container(daemon, pod_id, pod_config, config)
 
 

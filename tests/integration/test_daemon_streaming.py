@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import socket
 import time
@@ -20,7 +19,6 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
-from crishim.oci import conmon
 from crishim.runtime.config import StreamingConfig
 from crishim.runtime.streaming.spdy import SpdyConnection, SpdyStream
 from crishim.runtime.streaming.streams import TerminalSize
@@ -49,16 +47,6 @@ from tests.support.streamclient import (
 )
 
 pytestmark = pytest.mark.root
-
-# A container started with stdin and stdin_once=false keeps its stdin open when an
-# attached client leaves (api.proto ContainerConfig.stdin_once); conmon only does so
-# when started with --leave-stdin-open.
-LEAVES_STDIN_OPEN = "leave_stdin_open" in {f.name for f in dataclasses.fields(conmon.ConmonLaunch)}
-needs_leave_stdin_open = pytest.mark.xfail(
-    not LEAVES_STDIN_OPEN,
-    strict=True,
-    reason="conmon is not started with --leave-stdin-open: detaching closes the container's stdin",
-)
 
 HANDLERS = ["runc", "crun"]
 # client-go's SPDY executor offers these, newest first (crictl exec/attach, the kubelet's proxy).
@@ -297,7 +285,6 @@ def start_stdin_container(
     return start_container(daemon, pod.sid, pod.config, config)
 
 
-@needs_leave_stdin_open
 async def test_attach_with_stdin_echoes_and_detaching_leaves_the_container_running(
     live_daemon: Daemon, busybox: str, pod: Pod
 ) -> None:
@@ -345,7 +332,6 @@ async def test_tty_attach_resizes_the_container_terminal(live_daemon: Daemon, bu
     assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
 
 
-@needs_leave_stdin_open
 async def test_attach_over_websocket_echoes_stdin(live_daemon: Daemon, busybox: str, pod: Pod) -> None:
     cid = start_stdin_container(live_daemon, pod, busybox, "wscat", ["cat"])
     client = await WebSocketClient.connect(attach_url(live_daemon, cid, tty=False), ["v5.channel.k8s.io"])

@@ -35,8 +35,11 @@ print(json.dumps({"first": first, "second": second, "mounts": mounts}))
 
 def test_fix_mounts_each_v2_controller_once_as_v1(tmp_path: Path) -> None:
     layout = detect()
+    if layout.version is not CgroupVersion.HYBRID:
+        pytest.skip("needs a hybrid host (v1 hierarchies beside v2)")
+    assert "hugetlb" not in layout.v2_controllers, "hugetlb is still on v2: scripts/setup's fix did not run"
     if "hugetlb" not in layout.v1_mounts:
-        pytest.skip("needs the hugetlb controller on a v1 hierarchy to remount it")
+        pytest.skip("this kernel has no hugetlb controller")
     out = subprocess.run(
         [
             "unshare",
@@ -65,7 +68,8 @@ def test_fix_mounts_each_v2_controller_once_as_v1(tmp_path: Path) -> None:
 
 def test_fix_on_this_host_is_a_no_op_once_fixed() -> None:
     layout = detect()
-    if layout.version is not CgroupVersion.HYBRID or layout.v2_controllers:
-        pytest.skip("needs a hybrid host whose v2 hierarchy already holds no controller")
+    if layout.version is not CgroupVersion.HYBRID:
+        pytest.skip("needs a hybrid host (v1 hierarchies beside v2)")
+    assert not layout.v2_controllers, f"v2 still holds {sorted(layout.v2_controllers)}: scripts/setup's fix did not run"
     assert fix_hybrid_for_crun(layout) == []
     assert detect() == layout

@@ -58,7 +58,7 @@ def test_busy_process_shows_rising_cpu_and_nano_cores(parent: V1Cgroup) -> None:
         assert child.pids() == [proc.pid]
         sampler = StatsSampler()
         first = sampler.sample("busy", read_cgroup_stats(child.path, "cgroupfs"))
-        time.sleep(0.5)
+        time.sleep(0.5)  # the interval the CPU rate is measured over
         second = sampler.sample("busy", read_cgroup_stats(child.path, "cgroupfs"))
         assert second.cpu.usage_core_ns > first.cpu.usage_core_ns
         assert second.cpu.usage_nano_cores is not None
@@ -171,9 +171,10 @@ def test_remove_retries_while_processes_drain_and_leaves_nothing(parent: V1Cgrou
     assert not parent.exists()
 
 
-def test_hugetlb_usage_is_reported_per_page_size(parent: V1Cgroup) -> None:
+def test_hugetlb_usage_is_reported_per_page_size(layout: CgroupLayout, parent: V1Cgroup) -> None:
+    assert "hugetlb" not in layout.v2_controllers, "hugetlb is still on v2: scripts/setup's fix did not run"
     if "hugetlb" not in parent.mounts:
-        pytest.skip("no v1 hugetlb controller on this host")
+        pytest.skip("this kernel has no hugetlb controller")
     sizes = [h.page_size for h in parent.stats().hugetlb]
     assert "2MB" in sizes
     parent.set_resources(Resources(hugepage_limits={"2MB": 4 << 20}))
@@ -185,5 +186,5 @@ def test_host_layout_is_detected(layout: CgroupLayout) -> None:
     assert os.path.isdir(layout.v1_mounts["memory"])
     assert os.path.exists(os.path.join(layout.v1_mounts["cpuacct"], "cpuacct.usage"))
     if layout.version is CgroupVersion.HYBRID:
-        # This host's hugetlb was moved to v1 by hand, so crun can run.
-        assert isinstance(hybrid_blocks_crun(layout), bool)
+        # scripts/setup moved every v2 controller to a v1 hierarchy, so crun runs here.
+        assert not hybrid_blocks_crun(layout), f"v2 still holds {sorted(layout.v2_controllers)}: run scripts/setup"

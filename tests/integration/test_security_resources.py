@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +314,19 @@ def test_privileged_container_needs_a_privileged_pod(live_daemon: Daemon, busybo
     assert "privileged" in details
 
 
+# What every container's /dev holds (the OCI default devices and the console).
+DEFAULT_DEVICES = {"null", "zero", "full", "random", "urandom", "tty", "ptmx", "console"}
+
+
+def _device_nodes(directory: Path) -> set[str]:
+    """Names of the character and block devices directly in `directory` (a privileged container gets them all)."""
+    return {
+        entry.name
+        for entry in directory.iterdir()
+        if not entry.is_symlink() and (entry.is_char_device() or entry.is_block_device()) and entry.name != "console"
+    }
+
+
 def test_privileged_container_gets_host_capabilities_and_devices(live_daemon: Daemon, busybox: str) -> None:
     privileged = pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(privileged=True))
     sid, config = run_pod(live_daemon, "privileged", linux=privileged)
@@ -325,13 +337,17 @@ def test_privileged_container_gets_host_capabilities_and_devices(live_daemon: Da
             SLEEP,
             linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(privileged=True)),
         )
+        host_devices = _device_nodes(Path("/dev"))
+        assert host_devices - DEFAULT_DEVICES, f"the host shows no device beyond the defaults: {host_devices}"
         cid = start_container(live_daemon, sid, config, cfg)
         host_bounding = next(
             line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("CapBnd:")
         ).split()[1]
         assert status_field(live_daemon, cid, "CapEff") == host_bounding
         assert status_field(live_daemon, cid, "Seccomp") == "0"
-        assert "loop0" in exec_checked(live_daemon, cid, ["ls", "/dev"]) or os.path.exists("/dev/loop0") is False
+        # Every device node of the host's /dev, not only the defaults every container gets.
+        in_container = set(exec_checked(live_daemon, cid, ["ls", "-1", "/dev"]).split())
+        assert host_devices <= in_container, sorted(host_devices - in_container)
     finally:
         remove_pod(live_daemon, sid)
 

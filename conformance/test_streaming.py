@@ -77,6 +77,8 @@ async def _attach_echo(url: str) -> tuple[bytes, bytes, bytes]:
                     grew.set()
 
             tasks = [asyncio.create_task(pump(stdout, out)), asyncio.create_task(pump(stderr, err))]
+            # critest's idle check: whatever the shell prints first, then nothing more for a
+            # while with nothing on stdin. The waiting is what is checked, so it stays a sleep.
             await asyncio.sleep(1)
             header = bytes(out)
             await asyncio.sleep(1)
@@ -87,7 +89,7 @@ async def _attach_echo(url: str) -> tuple[bytes, bytes, bytes]:
                     while bytes(out[len(header) :]) != b"hello":
                         grew.clear()
                         await grew.wait()
-            await asyncio.sleep(2)  # critest then watches 3 s for anything more
+            await asyncio.sleep(2)  # critest then watches 3 s for anything more: a check of silence
             seen = bytes(out[len(header) :])
             await stdin.close()
             with contextlib.suppress(TimeoutError):

@@ -253,7 +253,7 @@ def test_pod_cgroup_is_the_parent_of_its_containers(live_daemon: Daemon, own_pod
 
 def test_container_stats_report_cpu_working_set_and_pressure(live_daemon: Daemon, own_pod: OwnPod) -> None:
     first = container_stats(live_daemon, own_pod.burn)
-    time.sleep(1.0)
+    time.sleep(1.0)  # the interval the CPU rate and pressure are measured over
     burn_dir = container_cgroup(live_daemon, own_pod.burn)
     cpu_psi_before = psi_total_us(burn_dir, "cpu.pressure")
     second = container_stats(live_daemon, own_pod.burn)

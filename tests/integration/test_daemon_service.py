@@ -15,7 +15,15 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 
-from tests.support.cri import code_of, container_config, remove_pod, run_pod, start_container
+from tests.support.cri import (
+    code_of,
+    container_config,
+    eventually,
+    exec_output,
+    remove_pod,
+    run_pod,
+    start_container,
+)
 from tests.support.daemon import Daemon, running_daemon
 
 pytestmark = pytest.mark.root
@@ -159,14 +167,23 @@ def test_sigterm_lets_an_in_flight_call_finish_and_leaves_containers_running(tes
         def slow_exec() -> None:
             try:
                 result["answer"] = daemon.runtime.ExecSync(
-                    pb.ExecSyncRequest(container_id=cid, cmd=["sh", "-c", "sleep 2; echo done"], timeout=20), timeout=30
+                    pb.ExecSyncRequest(
+                        container_id=cid, cmd=["sh", "-c", "touch /tmp/in-flight; sleep 2; echo done"], timeout=20
+                    ),
+                    timeout=30,
                 )
             except grpc.RpcError as exc:
                 result["error"] = exc
 
         caller = threading.Thread(target=slow_exec)
         caller.start()
-        time.sleep(0.7)
+        # The call is in flight once its command runs in the container.
+        eventually(
+            lambda: exec_output(daemon, cid, ["test", "-e", "/tmp/in-flight"])[0],
+            lambda code: code == 0,
+            timeout=30,
+            what="the slow exec running",
+        )
         assert daemon.proc is not None
         daemon.proc.send_signal(signal.SIGTERM)
         caller.join(30)

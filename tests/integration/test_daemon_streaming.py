@@ -43,6 +43,7 @@ from tests.support.streamclient import (
     spdy_connect,
     spdy_exec,
     spdy_port_forward,
+    when_size,
     ws_exec,
 )
 
@@ -150,9 +151,7 @@ async def test_exec_with_tty_sees_resizes_in_stty_size(live_daemon: Daemon, pod:
         await session.until(b"# ")  # the shell is up and reading
         for width, height in ((100, 40), (132, 51)):
             await session.send_resize(width, height)
-            await asyncio.sleep(0.2)
-            await session.stdin.write(b"stty size\n")
-            await session.until(b"%d %d" % (height, width))
+            await session.until_size(width, height)
         await session.stdin.write(b"exit 3\n")
         async with asyncio.timeout(SESSION_LIMIT):
             status = json.loads(await read_all(session.error))
@@ -161,14 +160,11 @@ async def test_exec_with_tty_sees_resizes_in_stty_size(live_daemon: Daemon, pod:
 
 async def test_exec_with_tty_over_websocket_sees_resize(live_daemon: Daemon, pod: Pod) -> None:
     url = exec_url(live_daemon, pod.sleeper, ["sh"], tty=True, stdin=True)
-    result = await ws_exec(
-        url,
-        stdin=b"",
-        tty=True,
-        close_stdin=False,
-        resizes=[ResizeScript(TerminalSize(width=77, height=22), b"stty size; exit\n")],
-    )
-    assert b"22 77" in result.stdout, result.stdout
+    size = TerminalSize(width=77, height=22)
+    script = when_size(size, "stty size; exit\n").encode()
+    result = await ws_exec(url, stdin=b"", tty=True, close_stdin=False, resizes=[ResizeScript(size, script)])
+    # The terminal echoes the script, which names the size too: the answer is a line of its own.
+    assert b"22 77" in result.stdout.replace(b"\r", b"").split(b"\n"), result.stdout
     assert result.exit_code == 0
 
 
@@ -236,6 +232,20 @@ class AttachSession:
         assert self.resize is not None
         await self.resize.write(json.dumps({"Width": width, "Height": height}).encode())
 
+    async def until_size(self, width: int, height: int, time_limit: float = 15.0) -> None:
+        """Asks the shell `stty size` until it answers HEIGHT WIDTH: a resize reaches the terminal on its own time."""
+        answer = b"%d %d" % (height, width)
+        async with asyncio.timeout(time_limit):
+            while True:
+                asked_at = len(self.output)
+                await self.stdin.write(b"stty size\n")
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        while answer not in self.output[asked_at:]:
+                            self.grew.clear()
+                            await self.grew.wait()
+                        return
+
     async def detach(self) -> None:
         """Drop the connection without ending stdin, as a client that goes away does."""
         await self.conn.close()
@@ -292,9 +302,8 @@ async def test_attach_with_stdin_echoes_and_detaching_leaves_the_container_runni
     async with session_at(attach_url(live_daemon, cid, tty=False), tty=False) as session:
         await session.stdin.write(b"first visit\n")
         await session.until(b"first visit\n")
-    await asyncio.sleep(0.5)
-    assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
-    # stdin stays open across attaches (stdin_once is false), so a second visitor is heard too.
+    # stdin stays open across attaches (stdin_once is false), so a second visitor is heard too:
+    # had detaching closed it, `cat` would have ended and the container with it.
     async with session_at(attach_url(live_daemon, cid, tty=False), tty=False) as session:
         await session.stdin.write(b"second visit\n")
         await session.until(b"second visit\n")
@@ -321,14 +330,13 @@ async def test_tty_attach_resizes_the_container_terminal(live_daemon: Daemon, bu
     cid = start_stdin_container(live_daemon, pod, busybox, "shell", ["sh"], tty=True)
     async with session_at(attach_url(live_daemon, cid, tty=True), tty=True) as session:
         await session.send_resize(91, 33)
-        await asyncio.sleep(0.3)
-        await session.stdin.write(b"stty size\n")
-        await session.until(b"33 91")
+        await session.until_size(91, 33)
         await session.send_resize(120, 45)
-        await asyncio.sleep(0.3)
-        await session.stdin.write(b"stty size\n")
-        await session.until(b"45 120")
-    await asyncio.sleep(0.3)
+        await session.until_size(120, 45)
+    # Leaving the attach leaves the shell reading: a second attach still gets answers.
+    async with session_at(attach_url(live_daemon, cid, tty=True), tty=True) as session:
+        await session.stdin.write(b"echo $((6 * 7))\n")
+        await session.until(b"42")
     assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
 
 
@@ -346,7 +354,10 @@ async def test_attach_over_websocket_echoes_stdin(live_daemon: Daemon, busybox: 
                     seen += item[1]
     finally:
         await client.close()
-    await asyncio.sleep(0.3)
+    # Leaving kept stdin open and `cat` running: a second visitor is heard too.
+    async with session_at(attach_url(live_daemon, cid, tty=False), tty=False) as session:
+        await session.stdin.write(b"second visit\n")
+        await session.until(b"second visit\n")
     assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
 
 
@@ -560,7 +571,7 @@ def test_an_expired_token_is_refused_with_404(test_images) -> None:
         conn, chosen = asyncio.run(spdy_connect(fresh, ["portforward.k8s.io"]))
         asyncio.run(conn.close())
         assert chosen == "portforward.k8s.io"
-        time.sleep(1.5)
+        time.sleep(1.5)  # the token's lifetime running out is what is under test
         with pytest.raises(HTTPStatusError) as info:
             asyncio.run(spdy_connect(stale, ["portforward.k8s.io"]))
         assert info.value.status == 404

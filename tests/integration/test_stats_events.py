@@ -124,7 +124,7 @@ def container_stats(daemon: Daemon, cid: str) -> pb.ContainerStats:
 
 def test_cpu_burner_shows_rising_usage_and_nano_cores(daemon: Daemon, pod: Pod) -> None:
     first = container_stats(daemon, pod.burn)
-    time.sleep(0.5)
+    time.sleep(0.5)  # the interval the CPU rate is measured over
     second = container_stats(daemon, pod.burn)
     assert second.attributes.id == pod.burn
     assert second.attributes.labels["app"] == "burn"

@@ -38,6 +38,7 @@ from tests.support.streamclient import (
     spdy_connect,
     spdy_exec,
     spdy_port_forward,
+    when_size,
     ws_exec,
     ws_port_forward,
 )
@@ -287,14 +288,10 @@ async def test_exec_in_container_runs_inside_its_namespaces(server: StreamingSer
 
 
 async def test_exec_tty_in_container_sees_resize(server: StreamingServer) -> None:
-    url = server.url_for_exec("sleeper", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stderr=False)
-    result = await spdy_exec(
-        url,
-        stdin=b"",
-        tty=True,
-        resizes=[ResizeScript(TerminalSize(width=111, height=33), b"go\n")],
-        close_stdin=False,
-    )
+    size = TerminalSize(width=111, height=33)
+    command = ["sh", "-c", when_size(size, "read a; stty size")]
+    url = server.url_for_exec("sleeper", command, tty=True, stdin=True, stderr=False)
+    result = await spdy_exec(url, stdin=b"", tty=True, resizes=[ResizeScript(size, b"go\n")], close_stdin=False)
     assert b"33 111" in result.stdout
     assert result.exit_code == 0
 

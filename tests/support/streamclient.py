@@ -70,10 +70,20 @@ class ExecResult:
 
 @dataclass
 class ResizeScript:
-    """Send `size`, then `after` on stdin: lets a test order resizes and input."""
+    """Send `size`, then `after` on stdin.
+
+    The resize and the input travel on separate streams, so the input may reach the
+    process before the terminal has its new size: a command that reports the size
+    waits for it first (`when_size`).
+    """
 
     size: TerminalSize
     after: bytes = b""
+
+
+def when_size(size: TerminalSize, command: str) -> str:
+    """Shell text that waits until the terminal is `size` (`stty size`), then runs `command`."""
+    return f'until [ "$(stty size)" = "{size.height} {size.width}" ]; do sleep 0.05; done; {command}'
 
 
 async def _open(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
@@ -180,7 +190,6 @@ async def spdy_exec(
                     size = script.size
                     await rsz.write(json.dumps({"Width": size.width, "Height": size.height}).encode() + b"\n")
                     if script.after:
-                        await asyncio.sleep(0.05)
                         await sin.write(script.after)
                 if close_stdin:
                     await sin.close()
@@ -355,7 +364,6 @@ async def ws_exec(
             for script in resizes:
                 await client.send(4, json.dumps({"Width": script.size.width, "Height": script.size.height}).encode())
                 if script.after:
-                    await asyncio.sleep(0.05)
                     await client.send(0, script.after)
             if stdin is not None and close_stdin and client.protocol == "v5.channel.k8s.io":
                 await client.close_channel(0)

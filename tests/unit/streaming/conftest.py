@@ -8,7 +8,12 @@ import pytest
 from crishim.runtime.streaming.backends import exec_on_host, port_forward_in_netns
 from crishim.runtime.streaming.errors import NotFound
 from crishim.runtime.streaming.server import StreamingServer
-from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams
+from crishim.runtime.streaming.streams import ByteReader, ByteWriter, SessionStreams, TerminalSize
+
+from tests.support.streamclient import when_size
+
+# The size test_websocket_attach_tty gives the "tty-container", which reports it once it has it.
+TTY_CONTAINER_SIZE = TerminalSize(width=77, height=11)
 
 
 class HostBackend:
@@ -36,7 +41,8 @@ class HostBackend:
 
 @pytest.fixture
 def backend() -> HostBackend:
-    return HostBackend({"cat-container": ["cat"], "tty-container": ["sh", "-c", "read x; stty size; echo got $x"]})
+    tty_container = ["sh", "-c", when_size(TTY_CONTAINER_SIZE, "read x; stty size; echo got $x")]
+    return HostBackend({"cat-container": ["cat"], "tty-container": tty_container})
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from tests.support.streamclient import (
     WebSocketClient,
     spdy_connect,
     spdy_exec,
+    when_size,
     ws_exec,
 )
 
-from .conftest import HostBackend
+from .conftest import TTY_CONTAINER_SIZE, HostBackend
 
 SPDY_VERSIONS = ["v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"]
 WS_VERSIONS = [
@@ -71,16 +72,10 @@ async def test_spdy_large_stdin_round_trips_under_flow_control(server: Streaming
 
 
 async def test_spdy_tty_exec_sees_resize_in_stty_size(server: StreamingServer) -> None:
-    url = server.url_for_exec("c1", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stdout=True, stderr=False)
-    result = await spdy_exec(
-        url,
-        stdin=b"",
-        tty=True,
-        resizes=[
-            ResizeScript(TerminalSize(width=100, height=37), b"one\n"),
-        ],
-        close_stdin=False,
-    )
+    size = TerminalSize(width=100, height=37)
+    command = ["sh", "-c", when_size(size, "read a; stty size")]
+    url = server.url_for_exec("c1", command, tty=True, stdin=True, stdout=True, stderr=False)
+    result = await spdy_exec(url, stdin=b"", tty=True, resizes=[ResizeScript(size, b"one\n")], close_stdin=False)
     lines = result.stdout.replace(b"\r", b"").split(b"\n")
     assert b"37 100" in lines
     assert result.exit_code == 0
@@ -127,14 +122,10 @@ async def test_websocket_v5_close_signal_ends_stdin(server: StreamingServer) -> 
 
 
 async def test_websocket_tty_exec_sees_resize(server: StreamingServer) -> None:
-    url = server.url_for_exec("c1", ["sh", "-c", "read a; stty size"], tty=True, stdin=True, stderr=False)
-    result = await ws_exec(
-        url,
-        tty=True,
-        stdin=b"",
-        resizes=[ResizeScript(TerminalSize(width=90, height=21), b"go\n")],
-        close_stdin=False,
-    )
+    size = TerminalSize(width=90, height=21)
+    command = ["sh", "-c", when_size(size, "read a; stty size")]
+    url = server.url_for_exec("c1", command, tty=True, stdin=True, stderr=False)
+    result = await ws_exec(url, tty=True, stdin=b"", resizes=[ResizeScript(size, b"go\n")], close_stdin=False)
     assert b"21 90" in result.stdout
     assert result.exit_code == 0
 
@@ -145,7 +136,7 @@ async def test_websocket_attach_tty(server: StreamingServer) -> None:
         url,
         tty=True,
         stdin=b"",
-        resizes=[ResizeScript(TerminalSize(width=77, height=11), b"x\n")],
+        resizes=[ResizeScript(TTY_CONTAINER_SIZE, b"x\n")],
         close_stdin=False,
     )
     assert b"11 77" in result.stdout
@@ -182,7 +173,7 @@ async def test_expired_token_is_refused_with_404(backend: HostBackend) -> None:
     await srv.start()
     try:
         url = srv.url_for_exec("c1", ["true"])
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # the token's lifetime running out is what is under test
         with pytest.raises(HTTPStatusError) as err:
             await spdy_connect(url, ["v4.channel.k8s.io"])
         assert err.value.status == 404

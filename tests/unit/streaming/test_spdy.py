@@ -99,12 +99,15 @@ async def test_flow_controlled_sender_waits_for_window_updates() -> None:
         assert incoming is not None
         await incoming.reply()
         outbound = await stream_task
-        await asyncio.sleep(0.05)
+        for _ in range(1000):  # the settings frame reaches the server on its own time
+            if server.peer_flow_control:
+                break
+            await asyncio.sleep(0.01)
         assert server.peer_flow_control
         payload = b"x" * (300 * 1024)
         writer = asyncio.create_task(incoming.write(payload))
+        # Nobody reads for a while: the server stops at the 64 KiB stream window. The wait is the check.
         await asyncio.sleep(0.1)
-        # Nobody read yet: the server stopped at the 64 KiB stream window.
         assert not writer.done()
         received = bytearray()
         while len(received) < len(payload):

@@ -230,7 +230,7 @@ def test_bad_input_gets_the_right_codes(live_daemon: Daemon, busybox: str) -> No
 # Both runtimes look the command up while creating the container, so CreateContainer fails
 # with their reason, and nothing is left listed.
 MISSING_COMMAND_REASONS = {
-    "runc": r'exec: \"/no/such/binary\": stat /no/such/binary: no such file or directory',  # in runc's quoted log
+    "runc": r"exec: \"/no/such/binary\": stat /no/such/binary: no such file or directory",  # in runc's quoted log
     "crun": "executable file `/no/such/binary` not found in $PATH: No such file or directory",
 }
 

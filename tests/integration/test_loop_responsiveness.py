@@ -24,7 +24,8 @@ from tests.support.registry import RegistryServer
 
 pytest_plugins = ["tests.support.registry"]
 
-pytestmark = pytest.mark.root
+# Pulling and unpacking 1 GiB and removing it: about 80 s a test on the host, ten times that under emulation.
+pytestmark = [pytest.mark.root, pytest.mark.timeout(1800)]
 
 MAX_STALL = 0.050
 FILES = 16384

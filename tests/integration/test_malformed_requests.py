@@ -136,6 +136,7 @@ def test_every_method_names_its_message_when_the_bytes_do_not_decode(live_daemon
         assert "well-formed" in details, details
 
 
+@pytest.mark.timeout(1800)  # 5000 calls: about 80 s on the host, ten times that under emulation
 @settings(max_examples=5000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(malformed_calls())
 def test_malformed_requests_are_never_unknown_or_internal(live_daemon: Daemon, raw_channel, call) -> None:

@@ -116,6 +116,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
     return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
 
 
+@pytest.mark.timeout(1800)  # twenty crashes and restarts: about 80 s on the host, ten times that under emulation
 def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:
     rng = random.Random(20261126)
     with running_daemon() as daemon:

@@ -227,8 +227,10 @@ async def remove_container(svc: Services, container_id: str) -> None:
                 f"container {container_id}: {handler.name} could not delete its state, so it is kept; "
                 f"RemoveContainer can be retried: {exc}"
             ) from exc
-        await release_container_files(svc, meta)
+        # The record goes before the files: a crash in between leaves files no record names,
+        # which the start-up sweep removes, never a listed container whose files are gone.
         svc.state.containers.delete(container_id)
+        await release_container_files(svc, meta)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))
     log.info("container %s removed", container_id[:13])
 

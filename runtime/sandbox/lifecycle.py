@@ -59,12 +59,14 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
     async with svc.locks.hold("sandbox:" + sandbox_id):
         for container in svc.state.containers.in_sandbox(sandbox_id):
             await containers.remove_container(svc, container.meta.id)
+        if sandbox.netns_path:
+            await svc.network.remove_netns(sandbox.netns_path)  # idempotent: a retry may repeat it
+        # The record goes before the files: a crash in between leaves a bundle no record names,
+        # which the start-up sweep removes, never a listed pod whose bundle is gone.
+        svc.state.sandboxes.delete(sandbox_id)
         bundle = Path(sandbox.bundle)
         await asyncio.to_thread(unmount, bundle / "rootfs")
-        if sandbox.netns_path:
-            await svc.network.remove_netns(sandbox.netns_path)
         await svc.images.arelease(f"sandbox:{sandbox_id}")
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, sandbox_id)
-        svc.state.sandboxes.delete(sandbox_id)
     log.info("sandbox %s removed", sandbox_id[:13])

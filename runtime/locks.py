@@ -26,3 +26,8 @@ class KeyedLocks:
             if self._users[key] == 0:
                 del self._users[key]
                 del self._locks[key]
+
+    def held(self, key: str) -> bool:
+        """Whether someone holds `key` now: an exit seen while a stop holds the lock is expected."""
+        lock = self._locks.get(key)
+        return lock is not None and lock.locked()

@@ -34,7 +34,12 @@ async def on_object_exit(svc: Services, object_id: str) -> None:
         except NotFound:
             return
         if sandbox.status.state == SANDBOX_READY:
-            log.warning("infra container of sandbox %s exited; the sandbox is NOTREADY", object_id[:13])
+            stopping = svc.locks.held("sandbox:" + object_id)
+            log.log(
+                logging.INFO if stopping else logging.WARNING,
+                "infra container of sandbox %s exited; the sandbox is NOTREADY",
+                object_id[:13],
+            )
             _mark_not_ready(svc, object_id)
         return
     await lifecycle.record_exit(svc, object_id)

@@ -97,11 +97,15 @@ async def delete_quietly(handler: Handler, object_id: str) -> None:
 
 
 async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, strict: bool = False) -> None:
-    """SIGKILL, wait for conmon to record the exit, then `runc delete --force`; idempotent.
+    """SIGKILL, wait until conmon has recorded the exit and exited, then `runc delete --force`.
 
-    With `strict`, a failing delete raises instead of being logged, so the
-    caller can keep its record until the runtime state is really gone.
+    Idempotent. Waiting for conmon itself (not only for its exit file) means that a
+    StopPodSandbox or RemoveContainer that returned has left no conmon behind, and that
+    the daemon, conmon's subreaper, reaps it rather than leaving a zombie. With `strict`,
+    a failing delete raises instead of being logged, so the caller can keep its record
+    until the runtime state is really gone.
     """
+    _watch_conmon(svc, object_id)
     await signal_quietly(handler, object_id, 9)
     if svc.monitor is not None and svc.monitor.watching(object_id):
         await svc.monitor.wait(object_id, 10.0)
@@ -109,12 +113,25 @@ async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, st
         await delete_state(handler, object_id)
     else:
         await delete_quietly(handler, object_id)
-    conmon_pid = conmon.read_conmon_pid(svc.sandbox_dir(object_id)) or conmon.read_conmon_pid(
-        svc.container_dir(object_id)
-    )
+    conmon_pid = _conmon_pid(svc, object_id)
     if conmon_pid:
         with contextlib.suppress(Exception):
             reap(conmon_pid)
+
+
+def _conmon_pid(svc: Services, object_id: str) -> int | None:
+    """The PID conmon wrote into the bundle, of a sandbox's infra container or of a container."""
+    return conmon.read_conmon_pid(svc.sandbox_dir(object_id)) or conmon.read_conmon_pid(svc.container_dir(object_id))
+
+
+def _watch_conmon(svc: Services, object_id: str) -> None:
+    """Arms the exit watch on a conmon nobody watches yet (an infra container's, or a
+    container's not started), so kill_and_delete can wait for it to be gone."""
+    if svc.monitor is None or svc.monitor.watching(object_id):
+        return
+    pid = _conmon_pid(svc, object_id)
+    if pid and conmon.is_conmon_of(pid, object_id):
+        svc.monitor.watch(object_id, pid)
 
 
 async def oom_killed(svc: Services, meta: ContainerMeta) -> bool:

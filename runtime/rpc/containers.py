@@ -14,7 +14,8 @@ from crishim.runtime.container import exec as execs
 from crishim.runtime.container import lifecycle, logs, resources
 from crishim.runtime.container.create import create_container
 from crishim.runtime.errors import InvalidArgument
-from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.rpc.filters import oldest_first, selects_container
+from crishim.runtime.rpc.requests import Filtered, container_id, request_filter, sandbox_id
 from crishim.runtime.rpc.summaries import ListItems
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
@@ -40,7 +41,7 @@ def container_state(status: ContainerStatus) -> api_pb2.ContainerState:
     return STATE.get(status.state, api_pb2.CONTAINER_UNKNOWN)
 
 
-def _metadata(meta: ContainerMeta) -> api_pb2.ContainerMetadata:
+def container_metadata(meta: ContainerMeta) -> api_pb2.ContainerMetadata:
     return api_pb2.ContainerMetadata(name=meta.name, attempt=meta.attempt)
 
 
@@ -56,7 +57,7 @@ def container_status(svc: Services, record: Container) -> api_pb2.ContainerStatu
     meta, now = record.meta, record.status
     status = api_pb2.ContainerStatus(
         id=meta.id,
-        metadata=_metadata(meta),
+        metadata=container_metadata(meta),
         state=container_state(now),
         created_at=meta.created_at,
         started_at=now.started_at,
@@ -96,7 +97,7 @@ def _summary(record: Container) -> api_pb2.Container:
     return api_pb2.Container(
         id=meta.id,
         pod_sandbox_id=meta.sandbox_id,
-        metadata=_metadata(meta),
+        metadata=container_metadata(meta),
         image=_image_spec(meta),
         image_ref=meta.image_ref,
         image_id=meta.image_id,
@@ -113,23 +114,13 @@ _items = ListItems(_summary)
 def _matches(record: Container, f: api_pb2.ContainerFilter | None) -> bool:
     if f is None:
         return True
-    meta = record.meta
-    if not id_matches(meta.id, f.id):
-        return False
     if f.HasField("state") and container_state(record.status) != f.state.state:
         return False
-    if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
-        return False
-    return labels_match(meta.labels, f.label_selector)
+    return selects_container(f, record.meta)
 
 
 class ContainerRpcs:
     svc: Services
-
-    def _container_id(self, container_id: str, missing_ok: bool = False) -> str:
-        if not container_id:
-            raise InvalidArgument("container_id is empty")
-        return self.svc.resolve_container_id(container_id, missing_ok=missing_ok)
 
     @cri_rpc
     async def CreateContainer(
@@ -139,22 +130,22 @@ class ContainerRpcs:
             raise InvalidArgument("pod_sandbox_id is empty")
         if not request.HasField("config"):
             raise InvalidArgument("config is required")
-        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
-        cid = await create_container(self.svc, sandbox_id, request.config, request.sandbox_config)
+        sid = sandbox_id(self.svc, request.pod_sandbox_id)
+        cid = await create_container(self.svc, sid, request.config, request.sandbox_config)
         return api_pb2.CreateContainerResponse(container_id=cid)
 
     @cri_rpc
     async def StartContainer(
         self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.StartContainerResponse:
-        await lifecycle.start_container(self.svc, self._container_id(request.container_id))
+        await lifecycle.start_container(self.svc, container_id(self.svc, request.container_id))
         return api_pb2.StartContainerResponse()
 
     @cri_rpc
     async def StopContainer(
         self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.StopContainerResponse:
-        cid = self._container_id(request.container_id, missing_ok=True)
+        cid = container_id(self.svc, request.container_id, missing_ok=True)
         try:
             await lifecycle.stop_container(self.svc, cid, max(0, request.timeout))
         except Exception as exc:
@@ -167,14 +158,14 @@ class ContainerRpcs:
     async def RemoveContainer(
         self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RemoveContainerResponse:
-        await lifecycle.remove_container(self.svc, self._container_id(request.container_id, missing_ok=True))
+        await lifecycle.remove_container(self.svc, container_id(self.svc, request.container_id, missing_ok=True))
         return api_pb2.RemoveContainerResponse()
 
     @cri_rpc
     async def ContainerStatus(
         self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ContainerStatusResponse:
-        record = self.svc.state.containers.get(self._container_id(request.container_id))
+        record = self.svc.state.containers.get(container_id(self.svc, request.container_id))
         response = api_pb2.ContainerStatusResponse(status=container_status(self.svc, record))
         if request.verbose:
             meta = record.meta
@@ -191,25 +182,22 @@ class ContainerRpcs:
             )
         return response
 
-    def _list(self, f: api_pb2.ContainerFilter | None) -> list[Container]:
-        records = [r for r in self.svc.state.containers.all() if _matches(r, f)]
-        records.sort(key=lambda r: r.meta.created_at)
-        return records
+    def _list(self, request: Filtered[api_pb2.ContainerFilter]) -> list[Container]:
+        f = request_filter(request)
+        return oldest_first(self.svc.state.containers.all(), lambda r: _matches(r, f))
 
     @cri_rpc
     async def ListContainers(
         self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListContainersResponse:
-        f = request.filter if request.HasField("filter") else None
-        return _items.response(api_pb2.ListContainersResponse, "containers", self._list(f))
+        return _items.response(api_pb2.ListContainersResponse, "containers", self._list(request))
 
     @cri_rpc
     async def StreamContainers(
         self, request: api_pb2.StreamContainersRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamContainersResponse]:
-        f = request.filter if request.HasField("filter") else None
-        for batch in chunks(self._list(f)):
-            yield _items.response(api_pb2.StreamContainersResponse, "containers", batch)
+        for answer in _items.batches(api_pb2.StreamContainersResponse, "containers", self._list(request)):
+            yield answer
 
     @cri_rpc
     async def ExecSync(
@@ -218,7 +206,7 @@ class ContainerRpcs:
         if not request.cmd:
             raise InvalidArgument("cmd is empty: name the command to run")
         result = await execs.exec_sync(
-            self.svc, self._container_id(request.container_id), list(request.cmd), request.timeout
+            self.svc, container_id(self.svc, request.container_id), list(request.cmd), request.timeout
         )
         return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 
@@ -226,7 +214,7 @@ class ContainerRpcs:
     async def ReopenContainerLog(
         self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ReopenContainerLogResponse:
-        await logs.reopen_container_log(self.svc, self._container_id(request.container_id))
+        await logs.reopen_container_log(self.svc, container_id(self.svc, request.container_id))
         return api_pb2.ReopenContainerLogResponse()
 
     @cri_rpc
@@ -234,5 +222,5 @@ class ContainerRpcs:
         self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.UpdateContainerResourcesResponse:
         linux = request.linux if request.HasField("linux") else None
-        await resources.update_container_resources(self.svc, self._container_id(request.container_id), linux)
+        await resources.update_container_resources(self.svc, container_id(self.svc, request.container_id), linux)
         return api_pb2.UpdateContainerResourcesResponse()

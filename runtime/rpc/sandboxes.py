@@ -12,7 +12,8 @@ from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
-from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.rpc.filters import oldest_first, selects
+from crishim.runtime.rpc.requests import Filtered, request_filter, sandbox_id
 from crishim.runtime.rpc.summaries import ListItems
 from crishim.runtime.sandbox import lifecycle
 from crishim.runtime.sandbox.run import run_pod_sandbox
@@ -55,11 +56,9 @@ def sandbox_status(record: Sandbox) -> api_pb2.PodSandboxStatus:
 def _matches(record: Sandbox, f: api_pb2.PodSandboxFilter | None) -> bool:
     if f is None:
         return True
-    if not id_matches(record.meta.id, f.id):
-        return False
     if f.HasField("state") and sandbox_state(record.status) != f.state.state:
         return False
-    return labels_match(record.meta.labels, f.label_selector)
+    return selects(f, record.meta.id, record.meta.labels)
 
 
 def _summary(record: Sandbox) -> api_pb2.PodSandbox:
@@ -81,38 +80,27 @@ _items = ListItems(_summary)
 class SandboxRpcs:
     svc: Services
 
-    def _resolve_sandbox(self, sandbox_id: str) -> str:
-        if not sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        return self.svc.resolve_sandbox_id(sandbox_id)
-
     @cri_rpc
     async def RunPodSandbox(
         self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RunPodSandboxResponse:
         if not request.HasField("config"):
             raise InvalidArgument("config is required")
-        sandbox_id = await run_pod_sandbox(self.svc, request.config, request.runtime_handler)
-        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sandbox_id)
+        sid = await run_pod_sandbox(self.svc, request.config, request.runtime_handler)
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sid)
 
     @cri_rpc
     async def StopPodSandbox(
         self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.StopPodSandboxResponse:
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
-        await lifecycle.stop_pod_sandbox(self.svc, sandbox_id)
+        await lifecycle.stop_pod_sandbox(self.svc, sandbox_id(self.svc, request.pod_sandbox_id, missing_ok=True))
         return api_pb2.StopPodSandboxResponse()
 
     @cri_rpc
     async def RemovePodSandbox(
         self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RemovePodSandboxResponse:
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id, missing_ok=True)
-        await lifecycle.remove_pod_sandbox(self.svc, sandbox_id)
+        await lifecycle.remove_pod_sandbox(self.svc, sandbox_id(self.svc, request.pod_sandbox_id, missing_ok=True))
         return api_pb2.RemovePodSandboxResponse()
 
     @cri_rpc
@@ -121,7 +109,7 @@ class SandboxRpcs:
     ) -> api_pb2.PodSandboxStatusResponse:
         from crishim.runtime.rpc.containers import container_status
 
-        record = self.svc.state.sandboxes.get(self._resolve_sandbox(request.pod_sandbox_id))
+        record = self.svc.state.sandboxes.get(sandbox_id(self.svc, request.pod_sandbox_id))
         meta = record.meta
         # The evented PLEG reads the pod's container statuses and the time they were taken
         # from this one answer (api.proto: containers_statuses, timestamp).
@@ -144,22 +132,20 @@ class SandboxRpcs:
             response.info["info"] = json.dumps(info)
         return response
 
-    def _list_sandboxes(self, f: api_pb2.PodSandboxFilter | None) -> list[Sandbox]:
-        records = [r for r in self.svc.state.sandboxes.all() if _matches(r, f)]
-        records.sort(key=lambda r: r.meta.created_at)
-        return records
+    def _list_sandboxes(self, request: Filtered[api_pb2.PodSandboxFilter]) -> list[Sandbox]:
+        f = request_filter(request)
+        return oldest_first(self.svc.state.sandboxes.all(), lambda r: _matches(r, f))
 
     @cri_rpc
     async def ListPodSandbox(
         self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListPodSandboxResponse:
-        f = request.filter if request.HasField("filter") else None
-        return _items.response(api_pb2.ListPodSandboxResponse, "items", self._list_sandboxes(f))
+        return _items.response(api_pb2.ListPodSandboxResponse, "items", self._list_sandboxes(request))
 
     @cri_rpc
     async def StreamPodSandboxes(
         self, request: api_pb2.StreamPodSandboxesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamPodSandboxesResponse]:
-        f = request.filter if request.HasField("filter") else None
-        for batch in chunks(self._list_sandboxes(f)):
-            yield _items.response(api_pb2.StreamPodSandboxesResponse, "pod_sandboxes", batch)
+        sandboxes = self._list_sandboxes(request)
+        for answer in _items.batches(api_pb2.StreamPodSandboxesResponse, "pod_sandboxes", sandboxes):
+            yield answer

@@ -7,14 +7,16 @@ from typing import TYPE_CHECKING
 
 import grpc
 from crishim.cgroups import cadvisor
-from crishim.cgroups.records import CgroupStats, PsiStats
+from crishim.cgroups.records import CgroupStats, PsiData, PsiStats
 from crishim.cri_api import api_pb2
 from crishim.runtime import stats as collect
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.container.resources import update_pod_sandbox_resources
-from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.ids import now_ns
-from crishim.runtime.rpc.filters import chunks, id_matches, labels_match
+from crishim.runtime.rpc.containers import container_metadata
+from crishim.runtime.rpc.filters import chunks, selects, selects_container
+from crishim.runtime.rpc.requests import Filtered, container_id, request_filter, sandbox_id
+from crishim.runtime.rpc.sandboxes import sandbox_metadata
 from crishim.runtime.state.records import SANDBOX_READY, Container, Sandbox
 
 if TYPE_CHECKING:
@@ -25,18 +27,16 @@ def _u64(value: int | None) -> api_pb2.UInt64Value | None:
     return None if value is None else api_pb2.UInt64Value(value=max(0, int(value)))
 
 
+def _psi_data(data: PsiData) -> api_pb2.PsiData:
+    return api_pb2.PsiData(Total=data.total_ns, Avg10=data.avg10, Avg60=data.avg60, Avg300=data.avg300)
+
+
 def _psi(psi: PsiStats | None) -> api_pb2.PsiStats | None:
     if psi is None:
         return None
-    out = api_pb2.PsiStats(
-        Some=api_pb2.PsiData(
-            Total=psi.some.total_ns, Avg10=psi.some.avg10, Avg60=psi.some.avg60, Avg300=psi.some.avg300
-        )
-    )
+    out = api_pb2.PsiStats(Some=_psi_data(psi.some))
     if psi.full is not None:
-        out.Full.CopyFrom(
-            api_pb2.PsiData(Total=psi.full.total_ns, Avg10=psi.full.avg10, Avg60=psi.full.avg60, Avg300=psi.full.avg300)
-        )
+        out.Full.CopyFrom(_psi_data(psi.full))
     return out
 
 
@@ -89,7 +89,7 @@ def container_stats(svc: Services, sample: collect.ContainerSample) -> api_pb2.C
     return api_pb2.ContainerStats(
         attributes=api_pb2.ContainerAttributes(
             id=meta.id,
-            metadata=api_pb2.ContainerMetadata(name=meta.name, attempt=meta.attempt),
+            metadata=container_metadata(meta),
             labels=meta.labels,
             annotations=meta.annotations,
         ),
@@ -130,9 +130,7 @@ def pod_stats(svc: Services, sample: collect.PodSample) -> api_pb2.PodSandboxSta
     return api_pb2.PodSandboxStats(
         attributes=api_pb2.PodSandboxAttributes(
             id=meta.id,
-            metadata=api_pb2.PodSandboxMetadata(
-                name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt
-            ),
+            metadata=sandbox_metadata(meta),
             labels=meta.labels,
             annotations=meta.annotations,
         ),
@@ -148,41 +146,32 @@ def pod_stats(svc: Services, sample: collect.PodSample) -> api_pb2.PodSandboxSta
 
 
 def _container_filter(record: Container, f: api_pb2.ContainerStatsFilter | None) -> bool:
-    if f is None:
-        return True
-    meta = record.meta
-    return (
-        id_matches(meta.id, f.id)
-        and (not f.pod_sandbox_id or meta.sandbox_id.startswith(f.pod_sandbox_id))
-        and labels_match(meta.labels, f.label_selector)
-    )
+    return f is None or selects_container(f, record.meta)
 
 
 def _pod_filter(record: Sandbox, f: api_pb2.PodSandboxStatsFilter | None) -> bool:
-    if f is None:
-        return True
-    return id_matches(record.meta.id, f.id) and labels_match(record.meta.labels, f.label_selector)
+    return record.status.state == SANDBOX_READY and (f is None or selects(f, record.meta.id, record.meta.labels))
 
 
 class StatsRpcs:
     svc: Services
 
-    async def _container_stats(self, f: api_pb2.ContainerStatsFilter | None) -> list[api_pb2.ContainerStats]:
+    async def _container_stats(self, request: Filtered[api_pb2.ContainerStatsFilter]) -> list[api_pb2.ContainerStats]:
+        f = request_filter(request)
         records = [r for r in self.svc.state.containers.all() if _container_filter(r, f)]
         samples = [await collect.container_sample(self.svc, r) for r in records]
         return [container_stats(self.svc, s) for s in samples]
 
-    async def _pod_stats(self, f: api_pb2.PodSandboxStatsFilter | None) -> list[api_pb2.PodSandboxStats]:
-        records = [r for r in self.svc.state.sandboxes.all() if r.status.state == SANDBOX_READY and _pod_filter(r, f)]
+    async def _pod_stats(self, request: Filtered[api_pb2.PodSandboxStatsFilter]) -> list[api_pb2.PodSandboxStats]:
+        f = request_filter(request)
+        records = [r for r in self.svc.state.sandboxes.all() if _pod_filter(r, f)]
         return [pod_stats(self.svc, await collect.pod_sample(self.svc, r.meta)) for r in records]
 
     @cri_rpc
     async def ContainerStats(
         self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ContainerStatsResponse:
-        if not request.container_id:
-            raise InvalidArgument("container_id is empty")
-        record = self.svc.state.containers.get(self.svc.resolve_container_id(request.container_id))
+        record = self.svc.state.containers.get(container_id(self.svc, request.container_id))
         sample = await collect.container_sample(self.svc, record)
         return api_pb2.ContainerStatsResponse(stats=container_stats(self.svc, sample))
 
@@ -190,39 +179,33 @@ class StatsRpcs:
     async def ListContainerStats(
         self, request: api_pb2.ListContainerStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListContainerStatsResponse:
-        f = request.filter if request.HasField("filter") else None
-        return api_pb2.ListContainerStatsResponse(stats=await self._container_stats(f))
+        return api_pb2.ListContainerStatsResponse(stats=await self._container_stats(request))
 
     @cri_rpc
     async def StreamContainerStats(
         self, request: api_pb2.StreamContainerStatsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamContainerStatsResponse]:
-        f = request.filter if request.HasField("filter") else None
-        for batch in chunks(await self._container_stats(f)):
+        for batch in chunks(await self._container_stats(request)):
             yield api_pb2.StreamContainerStatsResponse(container_stats=batch)
 
     @cri_rpc
     async def PodSandboxStats(
         self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PodSandboxStatsResponse:
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        meta = self.svc.state.sandboxes.get(self.svc.resolve_sandbox_id(request.pod_sandbox_id)).meta
+        meta = self.svc.state.sandboxes.get(sandbox_id(self.svc, request.pod_sandbox_id)).meta
         return api_pb2.PodSandboxStatsResponse(stats=pod_stats(self.svc, await collect.pod_sample(self.svc, meta)))
 
     @cri_rpc
     async def ListPodSandboxStats(
         self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListPodSandboxStatsResponse:
-        f = request.filter if request.HasField("filter") else None
-        return api_pb2.ListPodSandboxStatsResponse(stats=await self._pod_stats(f))
+        return api_pb2.ListPodSandboxStatsResponse(stats=await self._pod_stats(request))
 
     @cri_rpc
     async def StreamPodSandboxStats(
         self, request: api_pb2.StreamPodSandboxStatsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[api_pb2.StreamPodSandboxStatsResponse]:
-        f = request.filter if request.HasField("filter") else None
-        for batch in chunks(await self._pod_stats(f)):
+        for batch in chunks(await self._pod_stats(request)):
             yield api_pb2.StreamPodSandboxStatsResponse(pod_sandbox_stats=batch)
 
     @cri_rpc
@@ -273,12 +256,9 @@ class StatsRpcs:
     ) -> api_pb2.UpdatePodSandboxResourcesResponse:
         # KEP-2837: the kubelet has already resized the pod cgroup it owns; crishim writes the
         # same limits into a pod cgroup of the pod's own (see update_pod_sandbox_resources).
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        sandbox_id = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
         await update_pod_sandbox_resources(
             self.svc,
-            sandbox_id,
+            sandbox_id(self.svc, request.pod_sandbox_id),
             request.resources if request.HasField("resources") else None,
             request.overhead if request.HasField("overhead") else None,
         )

@@ -8,6 +8,7 @@ import grpc
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument
+from crishim.runtime.rpc.requests import container_id, sandbox_id
 from crishim.runtime.state.records import CONTAINER_RUNNING, SANDBOX_READY
 
 if TYPE_CHECKING:
@@ -17,10 +18,8 @@ if TYPE_CHECKING:
 class StreamingRpcs:
     svc: Services
 
-    def _running_container(self, container_id: str) -> str:
-        if not container_id:
-            raise InvalidArgument("container_id is empty")
-        cid = self.svc.resolve_container_id(container_id)
+    def _running_container(self, wanted: str) -> str:
+        cid = container_id(self.svc, wanted)
         state = self.svc.state.containers.get(cid).status.state
         if state != CONTAINER_RUNNING:
             raise FailedPrecondition(f"container {cid} is {state}, not RUNNING")
@@ -57,9 +56,7 @@ class StreamingRpcs:
     async def PortForward(
         self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PortForwardResponse:
-        if not request.pod_sandbox_id:
-            raise InvalidArgument("pod_sandbox_id is empty")
-        sid = self.svc.resolve_sandbox_id(request.pod_sandbox_id)
+        sid = sandbox_id(self.svc, request.pod_sandbox_id)
         if self.svc.state.sandboxes.get(sid).status.state != SANDBOX_READY:
             raise FailedPrecondition(f"pod sandbox {sid} is not ready")
         url = self.svc.streaming.url_for_port_forward(sid, [int(p) for p in request.port])

@@ -14,9 +14,10 @@ again: the kubelet's relist of a node where nothing changed costs a filter.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from crishim.runtime.rpc.filters import chunks
 from google.protobuf.message import Message
 
 R = TypeVar("R")
@@ -65,3 +66,8 @@ class ListItems(Generic[R]):
         answer: T = cls.FromString(tag + tag.join(items)) if items else cls()
         self._last[cls] = (list(records), answer)
         return answer
+
+    def batches(self, cls: type[T], field: str, records: Sequence[R]) -> Iterator[T]:
+        """The answers of a Stream* RPC: `response` over chunks of `records` small enough to send."""
+        for batch in chunks(records):
+            yield self.response(cls, field, batch)

@@ -8,6 +8,7 @@ points outside the rootfs is treated as missing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,12 +42,17 @@ def _read_in_rootfs(rootfs: Path, rel: str) -> str:
         return ""
 
 
-def parse_passwd(text: str) -> list[PasswdEntry]:
-    out = []
+def _entries(text: str, min_fields: int) -> Iterator[list[str]]:
+    """The colon-separated fields of each line that has `min_fields` of them and is not a comment."""
     for line in text.splitlines():
         parts = line.split(":")
-        if len(parts) < 4 or line.startswith("#"):
-            continue
+        if len(parts) >= min_fields and not line.startswith("#"):
+            yield parts
+
+
+def parse_passwd(text: str) -> list[PasswdEntry]:
+    out = []
+    for parts in _entries(text, 4):
         try:
             out.append(PasswdEntry(parts[0], int(parts[2]), int(parts[3])))
         except ValueError:
@@ -56,10 +62,7 @@ def parse_passwd(text: str) -> list[PasswdEntry]:
 
 def parse_group(text: str) -> list[GroupEntry]:
     out = []
-    for line in text.splitlines():
-        parts = line.split(":")
-        if len(parts) < 3 or line.startswith("#"):
-            continue
+    for parts in _entries(text, 3):
         try:
             members = tuple(m for m in parts[3].split(",") if m) if len(parts) > 3 else ()
             out.append(GroupEntry(parts[0], int(parts[2]), members))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Literal
 
 from crishim.cri_api import api_pb2
 from crishim.oci.features import RuntimeFeatures
@@ -76,16 +77,25 @@ def resources(res: api_pb2.LinuxContainerResources | None) -> Resources | None:
     )
 
 
+ProfileKind = Literal["runtime/default", "unconfined", "localhost"]
+
+
+def _structured_profile(profile: api_pb2.SecurityProfile, field: str, missing_ref: str) -> tuple[ProfileKind, str]:
+    """The kind of a SecurityProfile and, for Localhost, its localhost_ref (which must be set)."""
+    if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
+        return "unconfined", ""
+    if profile.profile_type == api_pb2.SecurityProfile.Localhost:
+        if not profile.localhost_ref:
+            raise InvalidArgument(f"{field}.localhost_ref is empty: {missing_ref}")
+        return "localhost", profile.localhost_ref
+    return "runtime/default", ""
+
+
 def seccomp_profile(profile: api_pb2.SecurityProfile | None, legacy_path: str, field: str) -> SeccompProfile:
     """The structured field wins over the deprecated seccomp_profile_path."""
     if profile is not None:
-        if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
-            return SeccompProfile(kind="unconfined")
-        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
-            if not profile.localhost_ref:
-                raise InvalidArgument(f"{field}.seccomp.localhost_ref is empty: name the profile file")
-            return SeccompProfile(kind="localhost", path=profile.localhost_ref)
-        return SeccompProfile(kind="runtime/default")
+        kind, ref = _structured_profile(profile, f"{field}.seccomp", "name the profile file")
+        return SeccompProfile(kind=kind, path=ref)
     if legacy_path in ("", "unconfined"):
         # api.proto: an empty path means unconfined for the deprecated field.
         return SeccompProfile(kind="unconfined")
@@ -99,14 +109,10 @@ def seccomp_profile(profile: api_pb2.SecurityProfile | None, legacy_path: str, f
 
 
 def apparmor_profile(profile: api_pb2.SecurityProfile | None, legacy_name: str, field: str) -> AppArmorProfile | None:
+    """The structured field wins over the deprecated apparmor_profile; neither set: None."""
     if profile is not None:
-        if profile.profile_type == api_pb2.SecurityProfile.Unconfined:
-            return AppArmorProfile(kind="unconfined")
-        if profile.profile_type == api_pb2.SecurityProfile.Localhost:
-            if not profile.localhost_ref:
-                raise InvalidArgument(f"{field}.apparmor.localhost_ref is empty: name the loaded profile")
-            return AppArmorProfile(kind="localhost", name=profile.localhost_ref.removeprefix("localhost/"))
-        return AppArmorProfile(kind="runtime/default")
+        kind, ref = _structured_profile(profile, f"{field}.apparmor", "name the loaded profile")
+        return AppArmorProfile(kind=kind, name=ref.removeprefix("localhost/"))
     if not legacy_name:
         return None
     if legacy_name == "unconfined":

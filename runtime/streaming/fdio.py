@@ -14,24 +14,52 @@ import fcntl
 import os
 import struct
 import termios
+from collections.abc import Callable
 
 from crishim.runtime.streaming.streams import ByteReader, ByteWriter, TerminalSize
 
 CHUNK = 32 * 1024
+
+# loop.add_reader or loop.add_writer: (fd, callback, *args).
+_Watch = Callable[[int, Callable[[asyncio.Future[None]], None], asyncio.Future[None]], object]
 
 
 def set_nonblocking(fd: int) -> None:
     os.set_blocking(fd, False)
 
 
-class FdReader:
+class _OwnedFd:
+    """A non-blocking fd, closed with this object only if it `owns` it."""
+
+    def __init__(self, fd: int, *, owns: bool) -> None:
+        self.fd = fd
+        self._owns = owns
+        set_nonblocking(fd)
+
+    async def _until_ready(self, watch: _Watch, unwatch: Callable[[int], object]) -> None:
+        """Wait until the loop's `watch` (add_reader or add_writer) says the fd is ready."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        watch(self.fd, _set_done, fut)
+        try:
+            await fut
+        finally:
+            unwatch(self.fd)
+
+    def _close_owned(self) -> bool:
+        """Close the fd if this object owns it and it is open; False when there was nothing to close."""
+        if not (self._owns and self.fd >= 0):
+            return False
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        return True
+
+
+class FdReader(_OwnedFd):
     """Reads a non-blocking fd; EOF on 0 bytes, or EIO (a pty master whose slave side is gone)."""
 
     def __init__(self, fd: int, *, owns: bool = True) -> None:
-        self.fd = fd
-        self._owns = owns
+        super().__init__(fd, owns=owns)
         self._eof = False
-        set_nonblocking(fd)
 
     async def read(self) -> bytes:
         if self._eof:
@@ -41,12 +69,7 @@ class FdReader:
             try:
                 data = os.read(self.fd, CHUNK)
             except BlockingIOError:
-                fut: asyncio.Future[None] = loop.create_future()
-                loop.add_reader(self.fd, _set_done, fut)
-                try:
-                    await fut
-                finally:
-                    loop.remove_reader(self.fd)
+                await self._until_ready(loop.add_reader, loop.remove_reader)
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EIO, errno.EBADF):
@@ -58,21 +81,17 @@ class FdReader:
             return data
 
     def close(self) -> None:
-        if self._owns and self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
+        if self._close_owned():
             self.fd = -1
             self._eof = True
 
 
-class FdWriter:
+class FdWriter(_OwnedFd):
     """Writes to a non-blocking fd; a vanished reader (EPIPE/EIO) makes later writes no-ops."""
 
     def __init__(self, fd: int, *, owns: bool = True) -> None:
-        self.fd = fd
-        self._owns = owns
+        super().__init__(fd, owns=owns)
         self._broken = False
-        set_nonblocking(fd)
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -82,12 +101,7 @@ class FdWriter:
                 n = os.write(self.fd, view)
                 view = view[n:]
             except BlockingIOError:
-                fut: asyncio.Future[None] = loop.create_future()
-                loop.add_writer(self.fd, _set_done, fut)
-                try:
-                    await fut
-                finally:
-                    loop.remove_writer(self.fd)
+                await self._until_ready(loop.add_writer, loop.remove_writer)
             except OSError as exc:
                 if exc.errno in (errno.EPIPE, errno.EIO, errno.EBADF):
                     self._broken = True
@@ -95,9 +109,7 @@ class FdWriter:
                     raise
 
     async def close(self) -> None:
-        if self._owns and self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
+        self._close_owned()
         self.fd = -1
 
 

@@ -7,6 +7,10 @@ themselves come through a LayerFetcher (layers.py).
 Pulls of one reference (into one image set) share one task. A pull whose every
 caller gave up is cancelled and undone; so is one that receives no bytes for
 `pull_progress_timeout` seconds.
+
+With a policy (policy.py) the resolved manifest is checked (trust.py) before its config or
+any layer is fetched: a refused image leaves nothing behind. Pulls chosen by different
+policy files (per-namespace policies) never share a task.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from .errors import DeadlineExceeded, NotFound
 from .layers import LayerFetcher, LayerJob, StoreAccess
 from .manifest import Credentials, Descriptor, parse_image_config
 from .metadata import SHARED_SET
+from .policy import Policy, PolicySet
 from .records import ImageRecord, ProgressFn, PullProgress
 from .reference import Reference, parse_reference
 from .tasks import SharedTask, gather_or_cancel, in_thread, shared_in
+from .trust import ImageVerifier, VerdictFn
 from .unpack import chain_ids
 
 if TYPE_CHECKING:
@@ -42,6 +48,8 @@ class _PullState:
     ref: Reference
     listeners: list[ProgressFn]
     image_set: str = SHARED_SET
+    policy: Policy | None = None
+    on_verdict: VerdictFn | None = None
     last_progress: float = field(default_factory=time.monotonic)
     bytes: int = 0
 
@@ -72,7 +80,13 @@ class Puller:
     """
 
     def __init__(
-        self, store: StoreAccess, *, max_parallel_layers: int, pull_progress_timeout: float, sync_layers: bool
+        self,
+        store: StoreAccess,
+        *,
+        max_parallel_layers: int,
+        pull_progress_timeout: float,
+        sync_layers: bool,
+        policies: PolicySet | None = None,
     ) -> None:
         self.content = store.content
         self.meta = store.meta
@@ -80,6 +94,8 @@ class Puller:
         self._registry = store.registry
         self._remove_tree = store.remove_tree
         self.pull_progress_timeout = pull_progress_timeout
+        self.policies = policies
+        self.verifier = ImageVerifier()
         self._pulls: dict[str, SharedTask[ImageRecord]] = {}
         self._needed: collections.Counter[str] = collections.Counter()
         # Counters for the metrics exporter.
@@ -122,14 +138,20 @@ class Puller:
         credentials: Credentials | None = None,
         progress: ProgressFn | None = None,
         image_set: str = SHARED_SET,
+        namespace: str = "",
+        on_verdict: VerdictFn | None = None,
     ) -> ImageRecord:
         """Pulls `ref` into `image_set` (or joins a pull of it already running) and returns the
-        stored image; layers another set already has are not downloaded again."""
+        stored image; layers another set already has are not downloaded again.
+
+        `namespace` (the pod's) chooses the policy; `on_verdict` hears the policy's verdict
+        when this call starts the pull (a caller joining a running pull is not told)."""
         parsed = parse_reference(ref)
-        key = f"{image_set}\0{parsed}"
+        policy = self.policies.for_namespace(namespace) if self.policies is not None else None
+        key = f"{image_set}\0{parsed}\0{policy.source if policy else ''}"
         shared = self._pulls.get(key)
         if shared is None:
-            state = _PullState(parsed, [], image_set)
+            state = _PullState(parsed, [], image_set, policy, on_verdict)
             shared = shared_in(
                 self._pulls,
                 key,
@@ -199,6 +221,14 @@ class Puller:
         registry = self._registry()
         manifest, session = await registry.resolve(ref, credentials)
         state.touch()
+        if state.policy is not None:
+            verdict = await self.verifier.check(state.policy, registry, session, ref, manifest)
+            log.info("pull %s: %s", ref, verdict)
+            if state.on_verdict is not None:
+                state.on_verdict(verdict)
+            state.touch()
+        else:
+            self.verifier.counts["unsigned"] += 1
         config_raw = await registry.fetch_blob(session, manifest.config.digest)
         state.touch()
         config, diff_ids, verifiable = parse_image_config(config_raw, manifest, f"image {ref}")

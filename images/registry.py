@@ -366,6 +366,24 @@ class RegistryClient:
             digest=digest, top_digest=top_digest, media_type=media_type, raw=raw, config=config, layers=layers
         )
 
+    async def fetch_manifest(self, session: _Session, ref: Reference, obj: str) -> bytes:
+        """The raw manifest or index `obj` (a tag or digest) of the session's repository
+        (signature manifests, referrers indexes); NotFound when absent."""
+        raw, _, _ = await self._get_manifest(session, ref, obj)
+        return raw
+
+    async def fetch_referrers(self, session: _Session, digest: str) -> bytes:
+        """The OCI 1.1 referrers index of `digest`; NotFound when the registry lacks the API."""
+        url = f"{session.host.api_root}/{session.repository}/referrers/{digest}"
+        what = f"referrers of {session.repository}@{digest}"
+        response = await self._send(session, "GET", url, {"Accept": OCI_INDEX}, what)
+        try:
+            return await _read_capped(response, MAX_MANIFEST_BYTES, what)
+        except httpx.TransportError as exc:
+            raise Unavailable(f"registry {session.host.display} dropped the {what}: {exc!r}") from exc
+        finally:
+            await response.aclose()
+
     # ---- blobs ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

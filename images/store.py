@@ -49,10 +49,12 @@ from .errors import (
 from .layers import StoreAccess
 from .manifest import Credentials
 from .metadata import SHARED_SET, Garbage, ImageRow, Metadata
+from .policy import PolicySet
 from .pull import Puller
 from .records import ImageRecord, ProgressFn
 from .reference import looks_like_image_id, parse_reference
 from .tasks import in_thread
+from .trust import VerdictFn
 from .usage import tree_usage
 
 if TYPE_CHECKING:
@@ -75,6 +77,7 @@ class ImageStore:
         sync_layers: bool = False,
         registry: RegistryClient | None = None,
         image_sets: Mapping[str, str] | None = None,
+        policies: PolicySet | None = None,
     ) -> None:
         self.root = root
         self.image_sets = dict(image_sets) if image_sets is not None else None
@@ -90,6 +93,7 @@ class ImageStore:
             max_parallel_layers=max_parallel_layers,
             pull_progress_timeout=pull_progress_timeout,
             sync_layers=sync_layers,
+            policies=policies,
         )
         self._recover()
 
@@ -137,10 +141,23 @@ class ImageStore:
     # ---- pulls (pull.py does the work) ----------------------------------------------------
 
     async def pull(
-        self, ref: str, credentials: Credentials | None = None, progress: ProgressFn | None = None, image_set: str = ""
+        self,
+        ref: str,
+        credentials: Credentials | None = None,
+        progress: ProgressFn | None = None,
+        image_set: str = "",
+        *,
+        namespace: str = "",
+        on_verdict: VerdictFn | None = None,
     ) -> ImageRecord:
-        """Puller.pull: `ref` into `image_set` ('' is the shared set), joining a pull of it already running."""
-        return await self.puller.pull(ref, credentials, progress, image_set)
+        """Puller.pull: `ref` into `image_set` ('' is the shared set), joining a pull of it already
+        running, checked against the policy of pod namespace `namespace` (if any)."""
+        return await self.puller.pull(ref, credentials, progress, image_set, namespace, on_verdict)
+
+    @property
+    def verdict_counts(self) -> dict[str, int]:
+        """Pulls by policy verdict: verified, rejected, unsigned (accepted without a signature)."""
+        return dict(self.puller.verifier.counts)
 
     @property
     def pull_progress_timeout(self) -> float:

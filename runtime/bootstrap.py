@@ -12,12 +12,14 @@ from typing import Any
 from crishim.cgroups import detect
 from crishim.cgroups.oomkills import OomKillLog
 from crishim.cgroups.stats import StatsSampler
+from crishim.images.policy import PolicyInvalid, PolicySet
 from crishim.images.store import ImageStore
 from crishim.oci.apparmor_profile import ensure_default_profile
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.runtime import OciRuntime, become_subreaper
 from crishim.runtime.config import Config
 from crishim.runtime.container.monitor import ExitMonitor
+from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.image_sets import handler_image_sets
 from crishim.runtime.network.manager import PodNetwork
 from crishim.runtime.services import Handler, Services
@@ -98,9 +100,21 @@ async def ensure_pause_image(images: ImageStore, wanted: str) -> None:
     images.set_pinned(PAUSE_IMAGE, True)
 
 
+def image_policies(config: Config) -> PolicySet:
+    """The image trust policies, every file parsed now: a broken one stops the start-up."""
+    policies = PolicySet.from_settings(config.image_policy, config.image_policy_dir)
+    try:
+        for policy in policies.load_all():
+            log.info("image policy %s loaded", policy.source)
+    except PolicyInvalid as exc:
+        raise FailedPrecondition(f"cannot start: {exc}") from exc
+    return policies
+
+
 async def build_services(config: Config) -> Services:
     from crishim.runtime.recover import on_object_exit, reconcile
 
+    policies = image_policies(config)  # before the slow probes: a broken policy fails at once
     for d in (Path(config.root), Path(config.state_dir), config.exits_dir, config.attach_dir, config.netns_dir):
         d.mkdir(parents=True, exist_ok=True)
     # Traversable (not listable) by the mapped roots of user-namespaced pods.
@@ -122,6 +136,7 @@ async def build_services(config: Config) -> Services:
         max_parallel_layers=config.max_parallel_layer_downloads,
         pull_progress_timeout=config.image_pull_progress_timeout,
         image_sets=handler_image_sets(config, default_handler),
+        policies=policies,
     )
     await ensure_pause_image(images, config.sandbox_image)
     pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
@@ -175,6 +190,7 @@ def _start_metrics(svc: Services) -> Any:
 
     boundary.add_call_observer(metrics.observe_cri_call)
     metrics.set_state_collector(lambda: _objects_by_state(svc))
+    metrics.set_pull_verdict_collector(lambda: svc.images.verdict_counts)
     return metrics.start_metrics_server(svc.config.metrics.address)
 
 

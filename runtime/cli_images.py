@@ -16,6 +16,7 @@ from crishim.runtime.config import Config
 
 
 def _store(config: Config):  # type: ignore[no-untyped-def]
+    from crishim.images.policy import PolicySet
     from crishim.images.store import ImageStore
 
     return ImageStore(
@@ -23,6 +24,7 @@ def _store(config: Config):  # type: ignore[no-untyped-def]
         Path(config.registries.config_path) if config.registries.config_path else None,
         max_parallel_layers=config.max_parallel_layer_downloads,
         pull_progress_timeout=config.image_pull_progress_timeout,
+        policies=PolicySet.from_settings(config.image_policy, config.image_policy_dir),
     )
 
 
@@ -85,9 +87,10 @@ class LayerProgress:
 @click.argument("image")
 @click.option("--username", default=None, help="Registry user name.")
 @click.option("--password", default=None, help="Registry password.")
+@click.option("--namespace", default="", help="Check IMAGE against this pod namespace's image policy.")
 @click.pass_context
-def pull(ctx: click.Context, image: str, username: str | None, password: str | None) -> None:
-    """Pull IMAGE into crishim's image store, showing each layer's progress."""
+def pull(ctx: click.Context, image: str, username: str | None, password: str | None, namespace: str) -> None:
+    """Pull IMAGE into crishim's image store, showing the policy check and each layer's progress."""
     from crishim.images.manifest import Credentials
 
     config = load(ctx)
@@ -96,7 +99,9 @@ def pull(ctx: click.Context, image: str, username: str | None, password: str | N
 
     async def work(store) -> None:  # type: ignore[no-untyped-def]
         started = time.monotonic()
-        record = await store.pull(image, creds, bar.update)
+        record = await store.pull(
+            image, creds, bar.update, namespace=namespace, on_verdict=lambda v: click.echo(f"policy: {v}")
+        )
         seconds = time.monotonic() - started
         click.echo(f"pulled {image} as {record.id} ({_human(record.size)} in {seconds:.1f}s)")
 

@@ -90,6 +90,10 @@ class Config:
     log_size_max: int = -1
     image_pull_progress_timeout: float = 300.0
     max_parallel_layer_downloads: int = 3
+    # containers-policy.json(5) for every pull; absent = accept every image.
+    image_policy: str = "/etc/crishim/policy.json"
+    # <namespace>.json here replaces image_policy for pulls of that pod namespace.
+    image_policy_dir: str = "/etc/crishim/policies"
     cni: CniConfig = field(default_factory=CniConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)

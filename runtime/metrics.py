@@ -13,6 +13,8 @@ Exposed series:
   crishim_image_pulls_in_flight                      gauge
   crishim_image_pull_failures_total                  counter
   crishim_image_store_usage_bytes                    gauge
+  crishim_image_pull_verdicts_total{verdict}         counter: verified, rejected, unsigned
+                                                     (accepted with no signature required)
   crishim_<kind>{state} from set_state_collector(), e.g. crishim_containers{state="running"}
 """
 
@@ -26,6 +28,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 StateCollector = Callable[[], dict[str, dict[str, int]]]
+VerdictCollector = Callable[[], dict[str, int]]
+PULL_VERDICTS = ("verified", "rejected", "unsigned")
 
 _CRI_BUCKETS = (
     0.001,
@@ -51,6 +55,7 @@ _lock = threading.Lock()
 _metrics: _Metrics | None = None
 _state_collector: StateCollector | None = None
 _image_store_usage: int | None = None
+_verdict_collector: VerdictCollector | None = None
 
 
 class _Metrics:
@@ -94,8 +99,17 @@ class _DaemonCollector:
         return []
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+        verdicts = _verdict_collector
+        if verdicts is not None:
+            counts = verdicts()
+            by_verdict = CounterMetricFamily(
+                "crishim_image_pull_verdicts", "Image pulls by signature policy verdict.", labels=["verdict"]
+            )
+            for verdict in PULL_VERDICTS:
+                by_verdict.add_metric([verdict], counts.get(verdict, 0))
+            yield by_verdict
         usage = _image_store_usage
         if usage is not None:
             yield GaugeMetricFamily(
@@ -164,6 +178,12 @@ def set_state_collector(fn: StateCollector | None) -> None:
     """
     global _state_collector
     _state_collector = fn
+
+
+def set_pull_verdict_collector(fn: VerdictCollector | None) -> None:
+    """fn() -> {"verified": 3, "rejected": 1, "unsigned": 7}, counts since start, at each scrape."""
+    global _verdict_collector
+    _verdict_collector = fn
 
 
 def set_image_store_usage(bytes_: int | None) -> None:

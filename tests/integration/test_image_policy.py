@@ -1,0 +1,231 @@
+"""Signature policies against a real docker-registry: cosign-format signatures made here.
+
+Each test pushes its own small image (so no verdict or layer is shared between tests),
+signs it with a key generated in the test, and pulls it through a real ImageStore, or,
+for the CRI code, the namespace and the start-up refusal, through a live daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from crishim.cri_api import api_pb2 as pb
+from crishim.images import build as b
+from crishim.images.policy import PolicyRejected, PolicySet
+from crishim.images.store import ImageStore
+from crishim.images.trust import Verdict
+
+from tests.support import cosign
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.push import Pusher
+from tests.support.registry import RegistryServer
+
+pytest_plugins = ["tests.support.registry"]
+
+pytestmark = pytest.mark.root
+
+
+class Registry:
+    """Pushes fresh one-layer images and their signatures to the test registry."""
+
+    def __init__(self, server: RegistryServer) -> None:
+        self.host = server.host
+        self.pusher = Pusher(server.host)
+
+    def image(self, repo: str, tag: str = "v1") -> tuple[str, b.BuiltImage]:
+        """A new image (its own bytes) pushed as `repo:tag`; returns the repository name and it."""
+        built = b.build_image([b.build_layer([b.regular("id", uuid.uuid4().hex.encode())])], b.ImageConfig(cmd=("sh",)))
+        self.pusher.push(f"policy/{repo}", built, [tag])
+        return f"{self.host}/policy/{repo}", built
+
+    def sign(self, name: str, digest: str, key: cosign.SigningKey, *, claims: tuple[str, str] | None = None) -> None:
+        """A `.sig` tag signature of `digest`; `claims` = (docker-reference, digest) to forge."""
+        reference, claimed = claims or (name, digest)
+        cosign.push_sig_tag(self.pusher, name.split("/", 1)[1], digest, key, cosign.payload(reference, claimed))
+
+
+@pytest.fixture(scope="module")
+def reg(registry: RegistryServer) -> Iterator[Registry]:
+    r = Registry(registry)
+    yield r
+    r.pusher.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[ImageStore]:
+    s = ImageStore(tmp_path / "images", None, policies=PolicySet(tmp_path / "policy.json", tmp_path / "policies"))
+    yield s
+    await s.aclose()
+
+
+def signed_by(key: cosign.SigningKey, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    req: dict[str, Any] = {"type": "sigstoreSigned", "keyData": base64.b64encode(key.public_pem).decode()}
+    if identity is not None:
+        req["signedIdentity"] = identity
+    return req
+
+
+def write_policy(path: Path, default: list[dict[str, Any]], docker: dict[str, Any] | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"default": default, "transports": {"docker": docker or {}}}, indent=2))
+
+
+def assert_store_empty(store: ImageStore) -> None:
+    assert store.list(None) == []
+    assert not any((store.root / "blobs").rglob("sha256/*"))
+    assert not any(store.layers_dir.iterdir())
+
+
+REPO_MATCH = {"type": "matchRepository"}
+
+
+async def test_signed_image_is_verified_by_tag_and_by_digest_and_cached(
+    store: ImageStore, reg: Registry, tmp_path: Path
+) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("signed")
+    reg.sign(name, built.digest, key)
+    write_policy(tmp_path / "policy.json", [{"type": "reject"}], {name: [signed_by(key, REPO_MATCH)]})
+    verdicts: list[Verdict] = []
+    record = await store.pull(f"{name}:v1", on_verdict=verdicts.append)
+    assert record.id == built.config_digest
+    assert verdicts[0].outcome == "verified"
+    assert verdicts[0].scope == f"docker:{name}"
+    assert "sig tag" in verdicts[0].detail
+    await store.pull(f"{name}@{built.digest}", on_verdict=verdicts.append)
+    assert [v.outcome for v in verdicts] == ["verified", "verified"]
+    await store.pull(f"{name}:v1")  # the cached verdict
+    assert store.verdict_counts == {"verified": 3}
+
+
+@pytest.mark.parametrize("case", ["unsigned", "wrong key", "digest mismatch", "identity mismatch"])
+async def test_bad_or_missing_signature_is_rejected_before_any_layer(
+    store: ImageStore, reg: Registry, tmp_path: Path, case: str
+) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image(f"bad-{case.replace(' ', '-')}")
+    other_name, other = reg.image("other")
+    if case == "wrong key":
+        reg.sign(name, built.digest, cosign.SigningKey.generate())
+    elif case == "digest mismatch":  # a genuine signature of another image, copied to this one's tag
+        reg.sign(name, built.digest, key, claims=(name, other.digest))
+    elif case == "identity mismatch":
+        reg.sign(name, built.digest, key, claims=(other_name, built.digest))
+    write_policy(tmp_path / "policy.json", [signed_by(key, REPO_MATCH)])
+    with pytest.raises(PolicyRejected) as caught:
+        await store.pull(f"{name}:v1")
+    message = str(caught.value)
+    assert "scope default" in message
+    assert str(tmp_path / "policy.json") in message
+    assert ("no signature" if case == "unsigned" else case) in message
+    assert_store_empty(store)
+    assert store.verdict_counts == {"rejected": 1}
+
+
+async def test_referrers_tag_schema_signature_is_found(store: ImageStore, reg: Registry, tmp_path: Path) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("referred")
+    body = cosign.payload(name, built.digest)
+    subject = (built.digest, len(built.manifest), built.media_type)
+    cosign.push_referrer(reg.pusher, name.split("/", 1)[1], subject, key, body)
+    write_policy(tmp_path / "policy.json", [signed_by(key, REPO_MATCH)])
+    verdicts: list[Verdict] = []
+    await store.pull(f"{name}:v1", on_verdict=verdicts.append)
+    assert verdicts[0].outcome == "verified"
+    assert "referrers tag" in verdicts[0].detail
+
+
+async def test_default_identity_accepts_cosign_names_only_for_digest_pulls(
+    store: ImageStore, reg: Registry, tmp_path: Path
+) -> None:
+    """matchRepoDigestOrExact (the default): cosign signs the repository without a tag, which
+    vouches for a pull by digest but not for one by tag, as in containers/image."""
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("default-identity")
+    reg.sign(name, built.digest, key)
+    write_policy(tmp_path / "policy.json", [signed_by(key)])
+    with pytest.raises(PolicyRejected, match="identity mismatch"):
+        await store.pull(f"{name}:v1")
+    record = await store.pull(f"{name}@{built.digest}")
+    assert record.id == built.config_digest
+
+
+async def test_scopes_reject_and_accept_anything(store: ImageStore, reg: Registry, tmp_path: Path) -> None:
+    open_name, open_image = reg.image("open")
+    closed_name, _ = reg.image("closed")
+    write_policy(
+        tmp_path / "policy.json",
+        [{"type": "insecureAcceptAnything"}],
+        {reg.host: [{"type": "reject"}], open_name: [{"type": "insecureAcceptAnything"}]},
+    )
+    verdicts: list[Verdict] = []
+    assert (await store.pull(f"{open_name}:v1", on_verdict=verdicts.append)).id == open_image.config_digest
+    assert verdicts[0].outcome == "unsigned"
+    assert verdicts[0].scope == f"docker:{open_name}"
+    with pytest.raises(PolicyRejected, match=f"scope docker:{reg.host}\\).*rejects every image"):
+        await store.pull(f"{closed_name}:v1")
+
+
+async def test_namespace_policy_replaces_the_node_policy(store: ImageStore, reg: Registry, tmp_path: Path) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("per-namespace")
+    write_policy(tmp_path / "policy.json", [{"type": "insecureAcceptAnything"}])
+    write_policy(tmp_path / "policies" / "secure.json", [signed_by(key, REPO_MATCH)])
+    with pytest.raises(PolicyRejected, match="secure.json.*no signature"):
+        await store.pull(f"{name}:v1", namespace="secure")
+    assert (await store.pull(f"{name}:v1", namespace="relaxed")).id == built.config_digest
+    reg.sign(name, built.digest, key)
+    assert (await store.pull(f"{name}:v1", namespace="secure")).id == built.config_digest
+
+
+# ---- through the daemon ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("policy")
+
+
+@pytest.fixture(scope="module")
+def daemon(policy_dir: Path) -> Iterator[Daemon]:
+    extra = f'image_policy = "{policy_dir}/policy.json"\nimage_policy_dir = "{policy_dir}/policies"\n'
+    with running_daemon(extra) as d:
+        yield d
+
+
+def cri_pull(daemon: Daemon, ref: str, namespace: str) -> pb.PullImageResponse:
+    config = pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="p", uid="u", namespace=namespace))
+    return daemon.images.PullImage(
+        pb.PullImageRequest(image=pb.ImageSpec(image=ref), sandbox_config=config), timeout=60
+    )
+
+
+def test_cri_pull_refused_by_the_pod_namespace_policy(daemon: Daemon, reg: Registry, policy_dir: Path) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("cri")
+    write_policy(policy_dir / "policy.json", [{"type": "insecureAcceptAnything"}])
+    write_policy(policy_dir / "policies" / "prod.json", [signed_by(key, REPO_MATCH)])
+    with pytest.raises(grpc.RpcError) as caught:
+        cri_pull(daemon, f"{name}:v1", "prod")
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "prod.json (scope default)" in caught.value.details()
+    assert "no signature" in caught.value.details()
+    listed = daemon.images.ListImages(pb.ListImagesRequest(), timeout=30).images
+    assert built.config_digest not in {i.id for i in listed}
+    assert cri_pull(daemon, f"{name}:v1", "dev").image_ref == built.config_digest
+
+
+def test_policy_syntax_error_stops_the_daemon_naming_file_and_line(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.json"
+    policy.write_text('{\n  "default": [\n    {"type": "reject"},,\n  ]\n}\n')
+    with running_daemon(f'image_policy = "{policy}"\n', start=False) as d:
+        with pytest.raises(RuntimeError, match="crishim exited"):
+            d.start(timeout=60)
+        assert f"{policy}:3:" in d.log_tail()

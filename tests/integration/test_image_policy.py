@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +25,7 @@ from crishim.images.store import ImageStore
 from crishim.images.trust import Verdict
 
 from tests.support import cosign
-from tests.support.daemon import Daemon, running_daemon
+from tests.support.daemon import Daemon, running_daemon, write_config
 from tests.support.push import Pusher
 from tests.support.registry import RegistryServer
 
@@ -229,3 +231,24 @@ def test_policy_syntax_error_stops_the_daemon_naming_file_and_line(tmp_path: Pat
         with pytest.raises(RuntimeError, match="crishim exited"):
             d.start(timeout=60)
         assert f"{policy}:3:" in d.log_tail()
+
+
+def test_crishim_pull_prints_the_verification_step(reg: Registry, tmp_path: Path) -> None:
+    key = cosign.SigningKey.generate()
+    name, built = reg.image("cli")
+    reg.sign(name, built.digest, key)
+    write_policy(tmp_path / "policies" / "prod.json", [signed_by(key, REPO_MATCH)])
+    config = write_config(
+        tmp_path, f'image_policy = "{tmp_path}/policy.json"\nimage_policy_dir = "{tmp_path}/policies"\n'
+    )
+    base = [sys.executable, "-m", "crishim.runtime.cli", "--config", str(config), "pull", f"{name}:v1"]
+    signed = subprocess.run([*base, "--namespace", "prod"], capture_output=True, text=True, timeout=120)
+    assert signed.returncode == 0, signed.stderr
+    assert f"policy: verified: cosign signature ({built.digest.replace(':', '-')}.sig tag)" in signed.stdout
+    assert f"scope default of {tmp_path}/policies/prod.json" in signed.stdout
+    unsigned_name, _ = reg.image("cli-unsigned")
+    refused = subprocess.run(
+        [*base[:-1], f"{unsigned_name}:v1", "--namespace", "prod"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0
+    assert "no signature" in refused.stderr

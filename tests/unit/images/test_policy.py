@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ REQS = {
 REMAP = SignedIdentity("remapIdentity", prefix="mirror.io/m", signed_prefix="reg.io/a")
 
 
-def _policy(docker: dict[str, object], default: object = None) -> str:
+def _policy(docker: Mapping[str, object], default: object = None) -> str:
     return json.dumps({"default": default or [{"type": "reject"}], "transports": {"docker": docker}})
 
 

@@ -63,6 +63,21 @@ class MetricsConfig:
 
 
 @dataclass(slots=True)
+class ImagesConfig:
+    """[images]: pinned pre-fetch and the sharing of downloads between pulls."""
+
+    # Pulled in the background at start-up and pinned (the kubelet never removes them).
+    prefetch: list[str] = field(default_factory=list)
+    # Seconds between re-pulls of the pre-fetched tags (a moved tag is followed); 0 = never.
+    refresh_interval: float = 3600.0
+    # Layer downloads at once on the node, shared round-robin between pulls;
+    # 0 = max_parallel_layer_downloads.
+    max_concurrent_downloads: int = 0
+    # Pulls for pods of these namespaces (or annotated crishim.io/pull-priority: high) go first.
+    priority_namespaces: list[str] = field(default_factory=lambda: ["kube-system"])
+
+
+@dataclass(slots=True)
 class Config:
     """The effective daemon settings (top-level keys of crishim.toml).
 
@@ -98,12 +113,18 @@ class Config:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
     cdi_spec_dirs: list[str] = field(default_factory=lambda: ["/etc/cdi", "/var/run/cdi"])
 
     # Derived locations; one place decides where everything lives.
     @property
     def image_store_path(self) -> Path:
         return Path(self.image_store) if self.image_store else Path(self.root) / "images"
+
+    @property
+    def download_limit(self) -> int:
+        """The node-wide bound on concurrent layer downloads."""
+        return self.images.max_concurrent_downloads or self.max_parallel_layer_downloads
 
     @property
     def db_path(self) -> Path:
@@ -205,9 +226,25 @@ def check_values(config: Config, source: str) -> None:
             raise ConfigError(f"{where}runtimes.{name}.path is empty: name the runc or crun binary")
     if config.streaming.token_ttl <= 0:
         raise ConfigError(f"{where}streaming.token_ttl must be above 0, not {config.streaming.token_ttl}")
+    _check_images(config.images, where)
     for key in ("socket", "root", "state_dir"):
         if not getattr(config, key).startswith("/"):
             raise ConfigError(f"{where}{key} must be an absolute path, not {getattr(config, key)!r}")
+
+
+def _check_images(images: ImagesConfig, where: str) -> None:
+    from crishim.images.errors import InvalidArgument
+    from crishim.images.reference import parse_reference
+
+    if images.refresh_interval < 0:
+        raise ConfigError(f"{where}images.refresh_interval must be 0 (never) or above, not {images.refresh_interval}")
+    if images.max_concurrent_downloads < 0:
+        raise ConfigError(f"{where}images.max_concurrent_downloads must be 0 or above")
+    for ref in images.prefetch:
+        try:
+            parse_reference(ref)
+        except InvalidArgument as exc:
+            raise ConfigError(f"{where}images.prefetch: {exc}") from exc
 
 
 def validate(config: Config) -> None:

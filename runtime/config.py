@@ -78,6 +78,22 @@ class ImagesConfig:
 
 
 @dataclass(slots=True)
+class NriConfig:
+    """[nri]: the Node Resource Interface socket and plugins (timeouts in seconds, as containerd's)."""
+
+    enable: bool = True
+    socket_path: str = "/var/run/nri/nri.sock"
+    # Pre-installed plugins, started with the daemon: executables named NN-name (NN the index).
+    plugin_path: str = "/opt/nri/plugins"
+    # Their configuration: NN-name.conf, else name.conf.
+    plugin_config_path: str = "/etc/nri/conf.d"
+    plugin_registration_timeout: float = 5.0
+    plugin_request_timeout: float = 2.0
+    # Only pre-installed plugins: no socket for external ones.
+    disable_connections: bool = False
+
+
+@dataclass(slots=True)
 class Config:
     """The effective daemon settings (top-level keys of crishim.toml).
 
@@ -114,6 +130,7 @@ class Config:
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    nri: NriConfig = field(default_factory=NriConfig)
     cdi_spec_dirs: list[str] = field(default_factory=lambda: ["/etc/cdi", "/var/run/cdi"])
 
     # Derived locations; one place decides where everything lives.
@@ -227,6 +244,7 @@ def check_values(config: Config, source: str) -> None:
     if config.streaming.token_ttl <= 0:
         raise ConfigError(f"{where}streaming.token_ttl must be above 0, not {config.streaming.token_ttl}")
     _check_images(config.images, where)
+    _check_nri(config.nri, where)
     for key in ("socket", "root", "state_dir"):
         if not getattr(config, key).startswith("/"):
             raise ConfigError(f"{where}{key} must be an absolute path, not {getattr(config, key)!r}")
@@ -245,6 +263,15 @@ def _check_images(images: ImagesConfig, where: str) -> None:
             parse_reference(ref)
         except InvalidArgument as exc:
             raise ConfigError(f"{where}images.prefetch: {exc}") from exc
+
+
+def _check_nri(nri: NriConfig, where: str) -> None:
+    for key in ("plugin_registration_timeout", "plugin_request_timeout"):
+        if getattr(nri, key) <= 0:
+            raise ConfigError(f"{where}nri.{key} must be above 0 seconds, not {getattr(nri, key)}")
+    for key in ("socket_path", "plugin_path", "plugin_config_path"):
+        if not getattr(nri, key).startswith("/"):
+            raise ConfigError(f"{where}nri.{key} must be an absolute path, not {getattr(nri, key)!r}")
 
 
 def validate(config: Config) -> None:

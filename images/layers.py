@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import shutil
+import threading
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,9 +190,10 @@ class LayerFetcher:
     async def _unpack_stored(self, job: LayerJob, progress: LayerProgress) -> LayerRow | _Pending:
         """The blob is in the content store already (another image, an earlier pull): unpack it."""
         tmpdir = self.new_tmpdir()
-        source = file_source(self.content.path(job.desc.digest))
+        stop = threading.Event()
+        source = file_source(self.content.path(job.desc.digest), stop)
         try:
-            result = await in_thread(functools.partial(self._unpack, job, tmpdir, source, None))
+            result = await in_thread(functools.partial(self._unpack, job, tmpdir, source, None), stop)
             progress.report(job.desc, job.desc.size, done=True, cached=True)
             if result.deferred_links:
                 return _Pending(tmpdir, result, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import queue
+import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -87,11 +88,18 @@ class ChunkFeed:
         return item
 
 
-def file_source(path: Path) -> Callable[[], bytes | None]:
-    """A ChunkSource reading a local file (import and re-unpack from a stored blob)."""
-    handle = open(path, "rb")  # noqa: SIM115 - closed at EOF below
+def file_source(path: Path, stop: threading.Event | None = None) -> Callable[[], bytes | None]:
+    """A ChunkSource reading a local file (import and re-unpack from a stored blob).
+
+    Setting `stop` ends the unpack at its next read (UnpackAborted): a cancelled pull
+    must not go on unpacking a large stored blob in its thread long after the deadline.
+    """
+    handle = open(path, "rb")  # noqa: SIM115 - closed at EOF or on abort below
 
     def read() -> bytes | None:
+        if stop is not None and stop.is_set():
+            handle.close()
+            raise UnpackAborted("pull cancelled")
         data = handle.read(READ_SIZE)
         if not data:
             handle.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -58,17 +59,20 @@ def _forget(table: dict[K, SharedTask[T]], key: K, shared: SharedTask[T], _task:
         del table[key]
 
 
-async def in_thread(fn: Callable[[], T]) -> T:
+async def in_thread(fn: Callable[[], T], stop: threading.Event | None = None) -> T:
     """asyncio.to_thread whose cancellation waits for the thread to finish first.
 
     A cancelled to_thread future lets its thread run on; cleanup that follows
     the cancel would then race with it (a layer renamed into place after its
     temp dir was "removed"). Waiting keeps undo steps strictly after the work.
+    `stop`, set on cancellation, asks the thread to end early (work that checks it).
     """
     future = asyncio.ensure_future(asyncio.to_thread(fn))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
+        if stop is not None:
+            stop.set()
         await asyncio.wait({future})
         raise
 

@@ -1,8 +1,9 @@
 """One layer of a pull: downloaded (or re-read from its stored blob), unpacked and installed.
 
 Layers are keyed by chain ID and shared across pulls: a second pull needing a
-layer another is fetching joins that download. A semaphore bounds parallel
-downloads. The download streams into the unpack thread (`ChunkFeed`), so the blob
+layer another is fetching joins that download. The scheduler (scheduler.py) bounds
+parallel downloads node-wide and shares the slots fairly between pulls. The
+download streams into the unpack thread (`ChunkFeed`), so the blob
 is verified and the layer extracted while the bytes arrive; nothing takes its
 final name (blob or layer directory) until both digests matched. A connection
 that breaks mid-layer restarts the layer, as the registry's retry policy allows.
@@ -15,8 +16,8 @@ import functools
 import logging
 import os
 import shutil
-import threading
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .errors import DataLoss, ImageError, NotFound, Unavailable
 from .layerstream import ChunkFeed, file_source
 from .manifest import BLOB_CHUNK, Descriptor
 from .metadata import LayerRow, Metadata
+from .scheduler import DownloadClaim, DownloadScheduler, PullTicket
 from .tasks import SharedTask, complete_despite_cancel, in_thread, shared_in
 from .unpack import UnpackResult, resolve_deferred_links, syncfs, unpack_layer
 
@@ -37,7 +39,9 @@ log = logging.getLogger(__name__)
 
 
 class LayerProgress(Protocol):
-    """What a layer download tells the pull it belongs to."""
+    """What a layer download tells the pull it belongs to, and the pull's place in the queue."""
+
+    ticket: PullTicket
 
     def received(self, n: int) -> None:
         """`n` more bytes arrived: the pull is not stalled."""
@@ -103,8 +107,9 @@ class LayerFetcher:
         self.layer_dir = store.layer_dir
         self._registry = store.registry
         self.sync_layers = sync_layers
-        self._slots = asyncio.Semaphore(max_parallel)
+        self.scheduler = DownloadScheduler(max_parallel)
         self._tasks: dict[str, SharedTask[LayerRow]] = {}
+        self._claims: dict[str, DownloadClaim] = {}  # chain ID -> the pulls a queued download serves
         self.bytes_downloaded_total = 0  # for the metrics exporter
 
     def running(self, chain_id: str) -> bool:
@@ -127,16 +132,28 @@ class LayerFetcher:
         if existing is not None and self.layer_dir(job.chain).is_dir():
             progress.report(job.desc, job.desc.size, done=True, cached=True)
             return existing
-        shared = shared_in(
-            self._tasks, job.chain, lambda: asyncio.create_task(self._fetch(job, progress), name=f"layer {job.chain}")
-        )
+        claim = self._claims.get(job.chain)
+        if claim is not None:
+            claim.join(progress.ticket)  # served at the best priority of the pulls waiting for it
+        shared = shared_in(self._tasks, job.chain, lambda: self._start(job, progress))
         return await shared.join()
 
-    async def _fetch(self, job: LayerJob, progress: LayerProgress) -> LayerRow:
-        """Downloads within the parallelism bound; a layer that hardlinks into lower layers then
+    def _start(self, job: LayerJob, progress: LayerProgress) -> asyncio.Task[LayerRow]:
+        claim = self._claims[job.chain] = DownloadClaim([progress.ticket])
+        return asyncio.create_task(self._fetch(job, progress, claim), name=f"layer {job.chain}")
+
+    async def _fetch(self, job: LayerJob, progress: LayerProgress, claim: DownloadClaim) -> LayerRow:
+        """Downloads within the node-wide bound; a layer that hardlinks into lower layers then
         waits (outside the bound, so no deadlock) for those and copies the targets up."""
-        async with self._slots:
+        try:
+            await self.scheduler.acquire(claim)
+        finally:
+            if self._claims.get(job.chain) is claim:  # once it runs, pulls joining it change nothing
+                del self._claims[job.chain]
+        try:
             outcome = await self._download(job, progress)
+        finally:
+            self.scheduler.release()
         if isinstance(outcome, LayerRow):
             return outcome
         try:

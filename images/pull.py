@@ -11,6 +11,10 @@ caller gave up is cancelled and undone; so is one that receives no bytes for
 With a policy (policy.py) the resolved manifest is checked (trust.py) before its config or
 any layer is fetched: a refused image leaves nothing behind. Pulls chosen by different
 policy files (per-namespace policies) never share a task.
+
+Each pull holds a ticket of the download scheduler (scheduler.py) with its priority: a pod
+of a priority namespace, or one annotated for it, has its layers downloaded first. A caller
+of better priority joining a running pull raises that pull's priority.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import collections
 import functools
 import logging
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +36,7 @@ from .metadata import SHARED_SET
 from .policy import Policy, PolicySet
 from .records import ImageRecord, ProgressFn, PullProgress
 from .reference import Reference, parse_reference
+from .scheduler import Priority, PullTicket, pull_priority
 from .tasks import SharedTask, gather_or_cancel, in_thread, shared_in
 from .trust import ImageVerifier, VerdictFn
 from .unpack import chain_ids
@@ -47,6 +53,7 @@ class _PullState:
 
     ref: Reference
     listeners: list[ProgressFn]
+    ticket: PullTicket
     image_set: str = SHARED_SET
     policy: Policy | None = None
     on_verdict: VerdictFn | None = None
@@ -87,6 +94,7 @@ class Puller:
         pull_progress_timeout: float,
         sync_layers: bool,
         policies: PolicySet | None = None,
+        priority_namespaces: Iterable[str] = ("kube-system",),
     ) -> None:
         self.content = store.content
         self.meta = store.meta
@@ -95,8 +103,10 @@ class Puller:
         self._remove_tree = store.remove_tree
         self.pull_progress_timeout = pull_progress_timeout
         self.policies = policies
+        self.priority_namespaces = frozenset(priority_namespaces)
         self.verifier = ImageVerifier()
         self._pulls: dict[str, SharedTask[ImageRecord]] = {}
+        self._tickets: dict[str, PullTicket] = {}  # of the running pulls, by the key of _pulls
         self._needed: collections.Counter[str] = collections.Counter()
         # Counters for the metrics exporter.
         self.pulls_total = 0
@@ -140,24 +150,33 @@ class Puller:
         image_set: str = SHARED_SET,
         namespace: str = "",
         on_verdict: VerdictFn | None = None,
+        annotations: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
     ) -> ImageRecord:
         """Pulls `ref` into `image_set` (or joins a pull of it already running) and returns the
         stored image; layers another set already has are not downloaded again.
 
         `namespace` (the pod's) chooses the policy; `on_verdict` hears the policy's verdict
-        when this call starts the pull (a caller joining a running pull is not told)."""
+        when this call starts the pull (a caller joining a running pull is not told).
+        `namespace` and the sandbox's `annotations` choose the download priority, unless
+        `priority` is given (pre-fetch pulls in the background)."""
         parsed = parse_reference(ref)
+        if priority is None:
+            priority = pull_priority(namespace, annotations or {}, self.priority_namespaces)
         policy = self.policies.for_namespace(namespace) if self.policies is not None else None
         key = f"{image_set}\0{parsed}\0{policy.source if policy else ''}"
         shared = self._pulls.get(key)
         if shared is None:
-            state = _PullState(parsed, [], image_set, policy, on_verdict)
+            ticket = self._tickets[key] = PullTicket(str(parsed), priority)
+            state = _PullState(parsed, [], ticket, image_set, policy, on_verdict)
             shared = shared_in(
                 self._pulls,
                 key,
-                lambda: asyncio.create_task(self._pull_watched(state, credentials), name=f"pull {parsed}"),
+                lambda: asyncio.create_task(self._pull_watched(state, credentials, key), name=f"pull {parsed}"),
             )
             shared.listeners = state.listeners
+        elif (running := self._tickets.get(key)) is not None:
+            running.raise_to(priority)
         if progress is not None:
             shared.listeners.append(progress)
         try:
@@ -166,13 +185,13 @@ class Puller:
             if progress is not None and progress in shared.listeners:
                 shared.listeners.remove(progress)
 
-    async def _pull_watched(self, state: _PullState, credentials: Credentials | None) -> ImageRecord:
+    async def _pull_watched(self, state: _PullState, credentials: Credentials | None, key: str) -> ImageRecord:
         """The pull, cancelled when it receives nothing for `pull_progress_timeout` seconds."""
         ref = state.ref
         self.pulls_in_flight += 1
         self.pulls_total += 1
         started = time.monotonic()
-        log.info("pull %s: started", ref)
+        log.info("pull %s: started (%s priority)", ref, state.ticket.priority.name.lower())
         inner = asyncio.create_task(self._pull(ref, credentials, state))
         try:
             record = await self._watch(inner, state)
@@ -190,6 +209,7 @@ class Puller:
             raise
         finally:
             self.pulls_in_flight -= 1
+            self._tickets.pop(key, None)
         elapsed = max(time.monotonic() - started, 1e-6)
         log.info(
             "pull %s: done, image %s, %d bytes downloaded (image size %d) in %.2fs, %.1f MB/s",

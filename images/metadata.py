@@ -6,6 +6,7 @@ Tables:
   layers(chain_id, diff_id, blob_digest, blob_size, size, inodes)
   image_layers(image_set, image_id, position, chain_id)  -- a layer's reference count is its row count
   leases(holder, image_set, image_id)     -- containers / image volumes using an image
+  prefetch(ref, source)                   -- references kept pulled and pinned (prefetch.py)
 
 An image set is one namespace of images and names: '' is the set every runtime
 handler shares; a handler with `separate_images` (KEP-4216) has its own, named
@@ -78,6 +79,11 @@ CREATE TABLE IF NOT EXISTS leases (
     image_set TEXT NOT NULL DEFAULT '',
     image_id TEXT NOT NULL,
     FOREIGN KEY (image_set, image_id) REFERENCES images(image_set, id)
+);
+CREATE TABLE IF NOT EXISTS prefetch (
+    ref TEXT NOT NULL,
+    source TEXT NOT NULL,
+    PRIMARY KEY (ref, source)
 );
 """
 
@@ -345,6 +351,27 @@ class Metadata:
                 (int(pinned), image_set, image_id),
             )
             return cur.rowcount > 0
+
+    # ---- the pre-fetch list ---------------------------------------------------------------
+
+    def prefetch_refs(self, source: str | None = None) -> list[str]:
+        """The references to keep pulled (of one source, or all), each once, in the order added."""
+        if source is None:
+            rows = self._query("SELECT ref FROM prefetch GROUP BY ref ORDER BY MIN(rowid)")
+        else:
+            rows = self._query("SELECT ref FROM prefetch WHERE source = ? ORDER BY rowid", (source,))
+        return [row["ref"] for row in rows]
+
+    def set_prefetch_refs(self, source: str, refs: list[str], *, replace: bool) -> list[str]:
+        """Adds `refs` under `source`; with `replace`, drops that source's others, which it returns."""
+        with self._tx() as db:
+            dropped: list[str] = []
+            if replace:
+                old = [r["ref"] for r in db.execute("SELECT ref FROM prefetch WHERE source = ?", (source,))]
+                dropped = [ref for ref in old if ref not in refs]
+                db.executemany("DELETE FROM prefetch WHERE ref = ? AND source = ?", [(r, source) for r in dropped])
+            db.executemany("INSERT OR IGNORE INTO prefetch VALUES (?, ?)", [(r, source) for r in refs])
+            return dropped
 
     def remove_image(self, image_id: str, image_set: str = SHARED_SET) -> Garbage:
         """Drops every name of the image in the set; deletes it there unless a lease holds it.

@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,11 +53,13 @@ from .policy import PolicySet
 from .pull import Puller
 from .records import ImageRecord, ProgressFn
 from .reference import looks_like_image_id, parse_reference
+from .scheduler import Priority
 from .tasks import in_thread
 from .trust import VerdictFn
 from .usage import tree_usage
 
 if TYPE_CHECKING:
+    from .prefetch import Prefetcher
     from .registry import RegistryClient
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class ImageStore:
         registry: RegistryClient | None = None,
         image_sets: Mapping[str, str] | None = None,
         policies: PolicySet | None = None,
+        priority_namespaces: Iterable[str] = ("kube-system",),
     ) -> None:
         self.root = root
         self.image_sets = dict(image_sets) if image_sets is not None else None
@@ -94,15 +97,22 @@ class ImageStore:
             pull_progress_timeout=pull_progress_timeout,
             sync_layers=sync_layers,
             policies=policies,
+            priority_namespaces=priority_namespaces,
         )
+        self._prefetch_task: asyncio.Task[None] | None = None
         self._recover()
 
     def close(self) -> None:
         """Synchronous shutdown for callers without a loop at hand: cancels pulls, closes the database."""
+        if self._prefetch_task is not None:
+            self._prefetch_task.cancel()
         self.puller.cancel_all()
         self.meta.close()
 
     async def aclose(self) -> None:
+        if self._prefetch_task is not None:
+            self._prefetch_task.cancel()
+            await asyncio.gather(self._prefetch_task, return_exceptions=True)
         await asyncio.gather(*self.puller.cancel_all(), return_exceptions=True)
         if self._registry is not None:
             await self._registry.aclose()
@@ -149,10 +159,27 @@ class ImageStore:
         *,
         namespace: str = "",
         on_verdict: VerdictFn | None = None,
+        annotations: Mapping[str, str] | None = None,
+        priority: Priority | None = None,
     ) -> ImageRecord:
         """Puller.pull: `ref` into `image_set` ('' is the shared set), joining a pull of it already
-        running, checked against the policy of pod namespace `namespace` (if any)."""
-        return await self.puller.pull(ref, credentials, progress, image_set, namespace, on_verdict)
+        running, checked against the policy of pod namespace `namespace` (if any); the namespace
+        and the sandbox's `annotations` set its download priority unless `priority` does."""
+        return await self.puller.pull(
+            ref, credentials, progress, image_set, namespace, on_verdict, annotations, priority
+        )
+
+    def start_prefetch(
+        self, refs: Sequence[str], refresh_interval: float, keep_pinned: Iterable[str] = ()
+    ) -> Prefetcher:
+        """Records the configured pre-fetch list and keeps it pulled and pinned in a background
+        task (prefetch.py) that `aclose` cancels; returns at once."""
+        from .prefetch import CONFIG_SOURCE, Prefetcher
+
+        prefetcher = Prefetcher(self, refresh_interval, keep_pinned)
+        prefetcher.adopt(CONFIG_SOURCE, refs, replace=True)
+        self._prefetch_task = asyncio.create_task(prefetcher.run(), name="prefetch")
+        return prefetcher
 
     @property
     def verdict_counts(self) -> dict[str, int]:
@@ -270,7 +297,11 @@ class ImageStore:
 
     async def remove(self, ref_or_id: str, image_set: str = SHARED_SET) -> None:
         """Removes the image and every name it has from `image_set`; absent is fine; pinned is
-        FailedPrecondition. Its layers go only when no image of any set and no lease uses them."""
+        FailedPrecondition. Its layers go only when no image of any set and no lease uses them.
+
+        containerd and CRI-O remove a pinned image when RemoveImage names it (pinning only
+        keeps the kubelet's garbage collection away); we refuse, so that a pre-fetched or
+        pause image stays until its pin is withdrawn where it was made."""
         try:
             record = self.resolve(ref_or_id, image_set)
         except NotFound:
@@ -278,7 +309,8 @@ class ImageStore:
         if record.pinned:
             raise FailedPrecondition(
                 f"image {record.id} ({', '.join(record.repo_tags) or 'untagged'}) is pinned: "
-                "the runtime keeps it (e.g. the pause image); unpin it before removing"
+                "the runtime keeps it (the pause image, or one listed for pre-fetch: drop it from "
+                "[images] prefetch or from the list given to `crishim images prefetch --replace`)"
             )
         garbage = await in_thread(functools.partial(self.meta.remove_image, record.id, image_set))
         await in_thread(functools.partial(self._collect, garbage))

@@ -133,10 +133,11 @@ async def build_services(config: Config) -> Services:
     images = ImageStore(
         config.image_store_path,
         Path(config.registries.config_path) if config.registries.config_path else None,
-        max_parallel_layers=config.max_parallel_layer_downloads,
+        max_parallel_layers=config.download_limit,
         pull_progress_timeout=config.image_pull_progress_timeout,
         image_sets=handler_image_sets(config, default_handler),
         policies=policies,
+        priority_namespaces=config.images.priority_namespaces,
     )
     await ensure_pause_image(images, config.sandbox_image)
     pod_cidr = state.get_setting("pod_cidr") or config.cni.pod_cidr
@@ -164,7 +165,16 @@ async def build_services(config: Config) -> Services:
     svc.streaming = await _start_streaming(svc)
     svc.stop_metrics = _start_metrics(svc)
     await reconcile(svc)
+    _start_prefetch(config, images)
     return svc
+
+
+def _start_prefetch(config: Config, images: ImageStore) -> None:
+    """In the background: neither the start-up nor any CRI call waits for pre-fetch pulls."""
+    from crishim.images.pause import PAUSE_IMAGE
+
+    keep_pinned = [config.sandbox_image or PAUSE_IMAGE]  # a pre-fetch list never unpins the pause image
+    images.start_prefetch(config.images.prefetch, config.images.refresh_interval, keep_pinned)
 
 
 async def _start_streaming(svc: Services) -> Any:

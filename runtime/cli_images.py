@@ -22,9 +22,10 @@ def _store(config: Config):  # type: ignore[no-untyped-def]
     return ImageStore(
         config.image_store_path,
         Path(config.registries.config_path) if config.registries.config_path else None,
-        max_parallel_layers=config.max_parallel_layer_downloads,
+        max_parallel_layers=config.download_limit,
         pull_progress_timeout=config.image_pull_progress_timeout,
         policies=PolicySet.from_settings(config.image_policy, config.image_policy_dir),
+        priority_namespaces=config.images.priority_namespaces,
     )
 
 
@@ -112,7 +113,7 @@ def pull(ctx: click.Context, image: str, username: str | None, password: str | N
 @global_options
 @click.pass_context
 def images(ctx: click.Context) -> None:
-    """List the images in the store (subcommands: import)."""
+    """List the images in the store (subcommands: import, prefetch)."""
     if ctx.invoked_subcommand is not None:
         return
     config = load(ctx)
@@ -146,3 +147,40 @@ def import_images(ctx: click.Context, archive: Path) -> None:
             click.echo(f"imported {', '.join(record.repo_tags) or record.id}")
 
     _run_with_store(config, work, f"import of {archive} failed")
+
+
+@images.command("prefetch")
+@global_options
+@click.argument("listing", metavar="FILE", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Unlist (and unpin) references loaded by hand before that FILE lacks.")
+@click.pass_context
+def prefetch_images(ctx: click.Context, listing: Path, replace: bool) -> None:
+    """Pull and pin the images FILE lists (one reference a line, # comments), and keep them:
+    the daemon re-pulls them when their tag moves and its restarts keep them pinned."""
+    from crishim.images.errors import InvalidArgument
+    from crishim.images.pause import PAUSE_IMAGE
+    from crishim.images.prefetch import MANUAL_SOURCE, Prefetcher, read_list
+
+    config = load(ctx)
+    try:
+        refs = read_list(listing.read_text())
+    except InvalidArgument as exc:
+        raise click.ClickException(f"{listing}: {exc}") from exc
+
+    async def work(store) -> None:  # type: ignore[no-untyped-def]
+        prefetcher = Prefetcher(store, config.images.refresh_interval, [config.sandbox_image or PAUSE_IMAGE])
+        prefetcher.adopt(MANUAL_SOURCE, refs, replace=replace)
+        failed = 0
+        for ref in refs:
+            click.echo(f"prefetch {ref}")
+            try:
+                record = await prefetcher.ensure(ref, refresh=True, progress=LayerProgress().update)
+            except Exception as exc:  # noqa: BLE001 - report each, then fail the command
+                click.echo(f"  failed: {exc}", err=True)
+                failed += 1
+                continue
+            click.echo(f"  pinned {record.id} ({_human(record.size)})")
+        if failed:
+            raise RuntimeError(f"{failed} of {len(refs)} references failed; they stay listed and are retried")
+
+    _run_with_store(config, work, f"prefetch of {listing} failed")

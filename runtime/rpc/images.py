@@ -125,8 +125,15 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
     ) -> api_pb2.PullImageResponse:
         credentials = credentials_from_auth(request.auth) if request.HasField("auth") else None
         image_set = self.store.image_set(request.image.runtime_handler)
-        namespace = request.sandbox_config.metadata.namespace  # chooses the image policy
-        pull = self.store.pull(request.image.image, credentials, image_set=image_set, namespace=namespace)
+        # The pod's namespace chooses the image policy; it and the pod's annotations the download priority.
+        sandbox = request.sandbox_config
+        pull = self.store.pull(
+            request.image.image,
+            credentials,
+            image_set=image_set,
+            namespace=sandbox.metadata.namespace,
+            annotations=dict(sandbox.annotations),
+        )
         remaining = context.time_remaining()
         metrics.pull_started()
         started, ok, pulled_before = time.monotonic(), False, self.store.bytes_pulled_total

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from crishim.images import build as b
-from crishim.images.records import ProgressFn, PullProgress
+from crishim.images.records import ImageRecord, ProgressFn, PullProgress
 from crishim.images.store import ImageStore
 
 from tests.support.blobproxy import BlobProxy
@@ -68,35 +69,57 @@ class Timeline:
     def count(self, pull: str, upto: int | None = None) -> int:
         return sum(1 for p, _ in self.done[:upto] if p == pull)
 
+    def span(self, pull: str) -> tuple[int, int]:
+        """Where in `done` the pull's first and last layers are."""
+        where = [i for i, (p, _) in enumerate(self.done) if p == pull]
+        return where[0], where[-1]
+
+
+@dataclass(frozen=True)
+class PodPull:
+    name: str
+    image: b.BuiltImage
+    namespace: str  # of the pod asking: kube-system has priority
+
+
+async def pull_during(
+    tmp_path: Path, registry: RegistryServer, proxy: BlobProxy, first: PodPull, second: PodPull
+) -> Timeline:
+    """Pulls `first` with one download slot; once its first layer is in, pulls `second` to the
+    end, then `first`. Fails when `first` was done before `second`: nothing overtook it."""
+    refs = {pull.name: proxy.ref(push(registry, pull.name, pull.image)) for pull in (first, second)}
+    proxy.counted = {layer.digest for layer in first.image.layers + second.image.layers}
+    store = store_with_limit(tmp_path, 1)
+    timeline = Timeline()
+
+    def start(pull: PodPull) -> Awaitable[ImageRecord]:
+        return store.pull(refs[pull.name], progress=timeline.listener(pull.name), namespace=pull.namespace)
+
+    try:
+        first_pull = asyncio.ensure_future(start(first))
+        await asyncio.wait_for(timeline.first_layer_done.wait(), 60)
+        assert (await start(second)).id == second.image.config_digest
+        assert not first_pull.done(), f"{first.name} finished first: nothing was overtaken"
+        assert (await first_pull).id == first.image.config_digest
+    finally:
+        await store.aclose()
+    assert proxy.peak == 1
+    return timeline
+
 
 async def test_high_priority_pull_overtakes_a_large_pull_in_flight(
     tmp_path: Path, registry: RegistryServer, proxy: BlobProxy
 ) -> None:
-    big = random_image("big", 16, 256 * 1024)
-    small = random_image("small", 3, 64 * 1024)
-    big_ref, small_ref = proxy.ref(push(registry, "big", big)), proxy.ref(push(registry, "small", small))
-    proxy.counted = {layer.digest for layer in big.layers + small.layers}
-    store = store_with_limit(tmp_path, 1)
-    timeline = Timeline()
-    try:
-        big_pull = asyncio.create_task(store.pull(big_ref, progress=timeline.listener("big"), namespace="default"))
-        await asyncio.wait_for(timeline.first_layer_done.wait(), 60)
-        small_record = await store.pull(small_ref, progress=timeline.listener("small"), namespace="kube-system")
-        assert not big_pull.done(), "the large pull finished first: nothing was overtaken"
-        big_record = await big_pull
-    finally:
-        await store.aclose()
-    assert small_record.id == small.config_digest
-    assert big_record.id == big.config_digest
-    small_last = max(i for i, (pull, _) in enumerate(timeline.done) if pull == "small")
-    small_first = min(i for i, (pull, _) in enumerate(timeline.done) if pull == "small")
+    big = PodPull("big", random_image("big", 16, 256 * 1024), "default")
+    small = PodPull("small", random_image("small", 3, 64 * 1024), "kube-system")
+    timeline = await pull_during(tmp_path, registry, proxy, big, small)
+    small_first, small_last = timeline.span("small")
     # FIFO by layer would have served all 16 big layers first; here the big pull had at most
     # the layer in flight when the small pull queued (and the one before), and none came
     # between the small pull's layers: a high-priority pull takes every freed slot.
     assert timeline.count("big", small_last) <= 2, timeline.done
     assert timeline.count("big", small_last) == timeline.count("big", small_first), timeline.done
     assert timeline.count("big") == 16
-    assert proxy.peak == 1
 
 
 async def test_the_node_wide_download_limit_is_never_exceeded(
@@ -119,21 +142,12 @@ async def test_the_node_wide_download_limit_is_never_exceeded(
 async def test_pulls_take_turns_rather_than_queueing_behind_each_other(
     tmp_path: Path, registry: RegistryServer, proxy: BlobProxy
 ) -> None:
-    first = random_image("first", 10, 128 * 1024)
-    second = random_image("second", 3, 128 * 1024)
-    first_ref, second_ref = proxy.ref(push(registry, "first", first)), proxy.ref(push(registry, "second", second))
-    proxy.counted = {layer.digest for layer in first.layers + second.layers}
-    store = store_with_limit(tmp_path, 1)
-    timeline = Timeline()
-    try:
-        first_pull = asyncio.create_task(store.pull(first_ref, progress=timeline.listener("first")))
-        await asyncio.wait_for(timeline.first_layer_done.wait(), 60)
-        await store.pull(second_ref, progress=timeline.listener("second"))
-        assert not first_pull.done()
-        await first_pull
-    finally:
-        await store.aclose()
+    first = PodPull("first", random_image("first", 10, 128 * 1024), "default")
+    second = PodPull("second", random_image("second", 3, 128 * 1024), "default")
+    timeline = await pull_during(tmp_path, registry, proxy, first, second)
     # Same priority: round-robin, so the second pull needed about as many of the first
-    # pull's layers as it had layers itself, not all ten of them.
-    second_last = max(i for i, (pull, _) in enumerate(timeline.done) if pull == "second")
+    # pull's layers as it had layers itself, not all ten of them; and unlike a high-priority
+    # pull it did not take every slot: the two alternated.
+    second_first, second_last = timeline.span("second")
     assert timeline.count("first", second_last) <= 3 + 2, timeline.done
+    assert timeline.count("first", second_last) > timeline.count("first", second_first), timeline.done

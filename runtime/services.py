@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crishim.oci.features import RuntimeFeatures
-from crishim.runtime.config import Config
+from crishim.runtime.config import Config, NriConfig
 from crishim.runtime.errors import InvalidArgument, NotFound
 from crishim.runtime.events import EventBus
 from crishim.runtime.locks import KeyedLocks
 from crishim.runtime.names import NameRegistry
+from crishim.runtime.nri.adaptation import Nri
 from crishim.runtime.state.store import StateStore
 
 if TYPE_CHECKING:  # the real types, without importing them at start-up
@@ -57,6 +58,8 @@ class Services:
     events: EventBus = field(default_factory=EventBus)
     locks: KeyedLocks = field(default_factory=KeyedLocks)
     names: NameRegistry = field(default_factory=NameRegistry)
+    # NRI plugins; disabled until start() has recovered the state they are synchronised with.
+    nri: Nri = field(default_factory=lambda: Nri(NriConfig(enable=False)))
     # Set by bootstrap right after construction (they need the Services they serve).
     streaming: StreamingServer = field(init=False)
     monitor: ExitMonitor = field(init=False)
@@ -70,9 +73,23 @@ class Services:
     async def start(cls, config: Config) -> Services:
         from crishim.runtime.bootstrap import build_services
 
-        return await build_services(config)
+        svc = await build_services(config)
+        await svc.start_nri()
+        return svc
+
+    async def start_nri(self) -> None:
+        """Starts NRI once the records are reconciled: plugins are synchronised with them."""
+        from crishim.runtime.nri import steps
+        from crishim.runtime.version import __version__
+
+        async def on_update(plugin: Any, request: Any) -> Any:
+            return await steps.plugin_updates(self, plugin, request)
+
+        self.nri = Nri(self.config.nri, __version__)
+        await self.nri.start(lambda: steps.snapshot(self), on_update)
 
     async def close(self) -> None:
+        await self.nri.close()
         for task in self.background:
             task.cancel()
         for task in self.background:
@@ -129,6 +146,7 @@ class Services:
         config = self.network.config
         info["cniconfig"] = {"confDir": self.network.conf_dir, "network": getattr(config, "name", None)}
         info["streamingURL"] = self.streaming.base_url
+        info["nri"] = self.nri.info()
         return info
 
     @property

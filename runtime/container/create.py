@@ -33,6 +33,8 @@ from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.events import CREATED, ContainerEvent
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import unmount
+from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import SANDBOX_READY, ContainerMeta, ContainerStatus, SandboxMeta
 from crishim.runtime.state.store import container_name_key
@@ -54,6 +56,7 @@ async def create_container(
             sandbox = ready_sandbox(svc, sandbox_id)
             meta = await _create(svc, checked_request(svc, sandbox, config), container_id)
     svc.events.publish(ContainerEvent(container_id, sandbox_id, CREATED, meta.created_at))
+    await nri_steps.container_event(svc, nri_pb2.POST_CREATE_CONTAINER, container_id)
     log.info("container %s (%s) created in sandbox %s", container_id[:13], md.name, sandbox_id[:13])
     return container_id
 
@@ -80,22 +83,25 @@ async def _create(svc: Services, request: ContainerRequest, container_id: str) -
         await prepare_rootfs(svc, undo, request, container_id, bundle)
         mounts, image_volumes = await build_mounts(svc, undo, request, container_id, base_input.mounts)
         inp = dataclasses.replace(base_input, mounts=mounts)
-        spec = await write_spec(svc, request, inp, bundle)
-        logs = log_path(request)
-        result = await launching.launch(
-            svc,
-            request.handler,
-            container_id,
-            bundle,
-            log_path=Path(logs) if logs else bundle / "container.log",
-            tty=request.config.tty,
-            stdin=request.config.stdin,
-            stdin_once=request.config.stdin_once,
-            cgroups_path=inp.cgroups_path,
-        )
-        undo.push_async_callback(launching.kill_and_delete, svc, request.handler, container_id)
-        meta = container_record(request, inp, bundle, spec, result, image_volumes)
-        svc.state.containers.add(meta, initial_status(request.config))
+        # From the NRI hook until the record is stored, a plugin's synchronisation waits.
+        async with svc.nri.creating():
+            spec = await write_spec(svc, request, inp, bundle)
+            inp = dataclasses.replace(inp, cgroups_path=spec.get("linux", {}).get("cgroupsPath", inp.cgroups_path))
+            logs = log_path(request)
+            result = await launching.launch(
+                svc,
+                request.handler,
+                container_id,
+                bundle,
+                log_path=Path(logs) if logs else bundle / "container.log",
+                tty=request.config.tty,
+                stdin=request.config.stdin,
+                stdin_once=request.config.stdin_once,
+                cgroups_path=inp.cgroups_path,
+            )
+            undo.push_async_callback(launching.kill_and_delete, svc, request.handler, container_id)
+            meta = container_record(request, inp, bundle, spec, result, image_volumes)
+            svc.state.containers.add(meta, initial_status(request.config))
         undo.pop_all()
     return meta
 
@@ -139,10 +145,12 @@ async def build_mounts(
 
 
 async def write_spec(svc: Services, request: ContainerRequest, inp: ContainerSpecInput, bundle: Path) -> Spec:
-    """The OCI spec with CDI devices' edits, written as bundle/config.json."""
+    """The OCI spec with NRI plugins' adjustments and CDI devices' edits, written as bundle/config.json."""
     config = request.config
     spec = build_container_spec(inp)
+    adjustment = await nri_steps.create_container(svc, request.sandbox, inp.id, config, spec, now_ns())
     cdi_names = [d.name for d in config.CDI_devices] + cdi.names_from_annotations(config.annotations)
+    cdi_names += adjustment.cdi_devices
     cdi_edits = await asyncio.to_thread(cdi.resolve_cdi_devices, cdi_names, svc.config.cdi_spec_dirs)
     cdi.apply_cdi_edits(spec, cdi_edits)
     if request.userns is not None:

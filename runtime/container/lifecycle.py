@@ -19,6 +19,8 @@ from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
 from crishim.runtime.events import DELETED, STARTED, STOPPED, ContainerEvent
 from crishim.runtime.ids import now_ns
 from crishim.runtime.mounts import unmount
+from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
@@ -56,11 +58,12 @@ async def start_container(svc: Services, container_id: str) -> None:
         started_at = now_ns()
         containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=True))
         try:
+            await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, container_id)
             await handler.runtime.start(container_id)
         except Exception as exc:
             ended = containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=False))
             if ended.status.state == CONTAINER_EXITED:
-                svc.events.publish(_stopped_event(ended))  # record_exit left it to us
+                await _tell_stopped(svc, ended)  # record_exit left it to us
             # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
             message = str(exc)[:4096]
             await launching.kill_and_delete(svc, handler, container_id)
@@ -91,12 +94,15 @@ async def start_container(svc: Services, container_id: str) -> None:
             # It exited while `runc start` ran; record_exit left the delete to us.
             await launching.delete_quietly(handler, container_id)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, STARTED, started.status.started_at))
+    await nri_steps.container_event(svc, nri_pb2.POST_START_CONTAINER, container_id)
     if exited_meanwhile:  # an exit seen while `runc start` ran comes after STARTED
-        svc.events.publish(_stopped_event(started))
+        await _tell_stopped(svc, started)
 
 
-def _stopped_event(record: Container) -> ContainerEvent:
-    return ContainerEvent(record.meta.id, record.meta.sandbox_id, STOPPED, record.status.finished_at)
+async def _tell_stopped(svc: Services, record: Container) -> None:
+    """Subscribers and NRI plugins hear of an exit (whether StopContainer or the process ended it)."""
+    svc.events.publish(ContainerEvent(record.meta.id, record.meta.sandbox_id, STOPPED, record.status.finished_at))
+    await nri_steps.container_event(svc, nri_pb2.STOP_CONTAINER, record.meta.id)
 
 
 async def record_exit(svc: Services, container_id: str) -> None:
@@ -141,7 +147,7 @@ async def record_exit(svc: Services, container_id: str) -> None:
     if updated.status.starting:
         return  # start_container publishes STOPPED after STARTED, then deletes the runc state
     # Subscribers (the evented PLEG) hear of the exit before the clean-up below.
-    svc.events.publish(_stopped_event(updated))
+    await _tell_stopped(svc, updated)
     # The runc state of an exited container is of no more use; delete frees its cgroup.
     await launching.delete_quietly(svc.handler(meta.runtime_handler), container_id)
 
@@ -229,9 +235,11 @@ async def remove_container(svc: Services, container_id: str) -> None:
             ) from exc
         # The record goes before the files: a crash in between leaves files no record names,
         # which the start-up sweep removes, never a listed container whose files are gone.
+        final = svc.state.containers.get(container_id)
         svc.state.containers.delete(container_id)
         await release_container_files(svc, meta)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))
+    await nri_steps.container_removed(svc, final)
     log.info("container %s removed", container_id[:13])
 
 

@@ -16,6 +16,8 @@ from crishim.oci.errors import RuntimeCommandError
 from crishim.oci.opts import resources_to_spec
 from crishim.runtime import convert, validate
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument
+from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_READY, SandboxMeta
 from google.protobuf import json_format
@@ -30,9 +32,18 @@ KERNEL_REFUSALS = ("Invalid argument", "Device or resource busy", "Numerical res
 async def update_container_resources(
     svc: Services, container_id: str, linux: api_pb2.LinuxContainerResources | None
 ) -> None:
-    record = svc.state.containers.get(container_id)
+    """NRI plugins are asked first (one may refuse), then the resources applied, then plugins told."""
+    svc.state.containers.get(container_id)
     if linux is None:
         return
+    await nri_steps.update_container(svc, container_id, linux)
+    await apply_container_resources(svc, container_id, linux)
+    await nri_steps.container_event(svc, nri_pb2.POST_UPDATE_CONTAINER, container_id)
+
+
+async def apply_container_resources(svc: Services, container_id: str, linux: api_pb2.LinuxContainerResources) -> None:
+    """The resize itself (also what an NRI plugin's UpdateContainers asks for)."""
+    record = svc.state.containers.get(container_id)
     state = record.status.state
     if state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
         raise FailedPrecondition(f"container {container_id} is {state}: only a live container can be resized")

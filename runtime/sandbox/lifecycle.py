@@ -12,6 +12,7 @@ from crishim.oci import conmon
 from crishim.runtime.container import lifecycle as containers
 from crishim.runtime.errors import NotFound
 from crishim.runtime.mounts import unmount
+from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_NOTREADY
@@ -37,6 +38,8 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         await asyncio.gather(
             *(containers.stop_container(svc, c.meta.id, 0) for c in svc.state.containers.in_sandbox(sandbox_id))
         )
+        # Plugins hear of the stop once its containers have exited, while the pod still stands.
+        await nri_steps.stop_pod_sandbox(svc, sandbox)
         handler = svc.handler(sandbox.runtime_handler)
         await infra.destroy_infra(svc, handler, sandbox_id)
         if sandbox.netns_path and not status.network_torn_down:
@@ -64,6 +67,7 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         # The record goes before the files: a crash in between leaves a bundle no record names,
         # which the start-up sweep removes, never a listed pod whose bundle is gone.
         svc.state.sandboxes.delete(sandbox_id)
+        await nri_steps.remove_pod_sandbox(svc, sandbox)
         bundle = Path(sandbox.bundle)
         await asyncio.to_thread(unmount, bundle / "rootfs")
         await svc.images.arelease(f"sandbox:{sandbox_id}")

@@ -26,6 +26,7 @@ from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import mount_tmpfs, unmount
+from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.oom import clamp_and_log
 from crishim.runtime.sandbox import infra
 from crishim.runtime.services import Handler, Services
@@ -119,7 +120,10 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         started = await infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
         undo.push_async_callback(infra.destroy_infra, svc, pod.handler, sandbox_id)
         meta = sandbox_record(pod, sandbox_id, bundle, address, started, spec_input)
-        svc.state.sandboxes.add(meta, SandboxStatus())
+        # Until the plugins accept it the pod is not stored, so neither listed nor usable.
+        async with svc.nri.creating():
+            await nri_steps.run_pod_sandbox(svc, meta)
+            svc.state.sandboxes.add(meta, SandboxStatus())
         undo.pop_all()
     return meta
 

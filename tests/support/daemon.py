@@ -112,7 +112,9 @@ class Daemon:
             return ""
 
 
-def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None, cni_extra: str = "") -> Path:
+def write_config(
+    base: Path, extra: str = "", *, cni_dir: Path | None = None, cni_extra: str = "", nri_extra: str = ""
+) -> Path:
     cni = cni_dir or (base / "net.d")
     config = base / "crishim.toml"
     config.write_text(
@@ -123,16 +125,23 @@ def write_config(base: Path, extra: str = "", *, cni_dir: Path | None = None, cn
         f'conf_dir = "{cni}"\n'
         f'cache_dir = "{base}/cni-cache"\n' + cni_extra + "[registries]\n"
         f'config_path = "{base}/certs.d"\n'
+        # NRI: the socket and plugin directories of this daemon alone, never the node's.
+        "[nri]\n"
+        f'socket_path = "{base}/nri/nri.sock"\n'
+        f'plugin_path = "{base}/nri/plugins"\n'
+        f'plugin_config_path = "{base}/nri/conf.d"\n' + nri_extra
     )
     return config
 
 
 @contextmanager
-def running_daemon(extra_config: str = "", *, start: bool = True, cni_extra: str = "") -> Iterator[Daemon]:
+def running_daemon(
+    extra_config: str = "", *, start: bool = True, cni_extra: str = "", nri_extra: str = ""
+) -> Iterator[Daemon]:
     """Starts crishim in fresh temp dirs; on exit removes every pod and stops it."""
     base = Path(tempfile.mkdtemp(prefix="cs-", dir="/tmp"))
     base.chmod(0o711)  # user-namespaced pods must traverse to their rootfs
-    config = write_config(base, extra_config, cni_extra=cni_extra)
+    config = write_config(base, extra_config, cni_extra=cni_extra, nri_extra=nri_extra)
     daemon = Daemon(dir=base, config_file=config, socket=base / "crishim.sock", extra_config=extra_config)
     try:
         if start:

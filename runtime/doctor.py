@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crishim.runtime.config import Config
+from crishim.runtime.nri.report import nri_summary
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,4 +182,5 @@ def run_checks(config: Config, fix: bool = False) -> list[Check]:
     checks.append(_idmap(config))
     checks.append(_apparmor())
     checks.append(_criu())
+    checks.append(Check("NRI", *nri_summary(config)))
     return checks

@@ -4,7 +4,9 @@ Events go to the plugins in index order, one event at a time (one lock), so
 every plugin sees them in the order the runtime made them. A plugin's own
 error fails RunPodSandbox and CreateContainer (the CRI call reports it); for
 every other event it is logged. A plugin that hangs up, times out or breaks
-the protocol is closed and dropped; the event goes on without it.
+the protocol is closed and dropped: the event goes on without it, except that
+RunPodSandbox, CreateContainer and UpdateContainer fail saying so (what the
+plugin would have adjusted or refused is unknown), and a retry goes on without it.
 
 A plugin that connects is synchronised with every pod and container before it
 hears any event. Creating a pod or container takes the creation gate from its
@@ -170,6 +172,8 @@ class Nri:
             return await plugin.call(method, request, response_type)
         except PluginGone as exc:
             log.error("NRI: dropped plugin %s: %s", plugin.label, exc)
+            if fatal:  # the call cannot know what the plugin would have said: it fails, clearly
+                raise PluginGone(f"{exc} (the plugin was disconnected; a retry goes on without it)") from exc
             return None
         except PluginError as exc:
             if fatal:

@@ -151,7 +151,7 @@ class Plugin:
             if exc.code in (DEADLINE_EXCEEDED, UNAVAILABLE, INVALID_ARGUMENT) or self._mux.closed:
                 log.error("NRI plugin %s failed %s, closing it: %s", self.label, method, exc.message)
                 await self.close()
-                raise PluginGone(f"plugin {self.label}: {method}: {exc.message}") from exc
+                raise PluginGone(f"NRI plugin {self.label}: {exc.message}") from exc
             raise PluginError(f"NRI plugin {self.label} refused {method}: {exc.message}") from exc
 
     async def close(self) -> None:

@@ -10,6 +10,7 @@ its own event loop in a thread, so the synchronous tests drive it directly.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -52,8 +53,9 @@ class Event:
 
 
 class NriTestPlugin:
-    def __init__(self, socket_path: Path, name: str = "test-plugin", index: str = "00") -> None:
-        self.socket_path, self.name, self.index = socket_path, name, index
+    def __init__(self, socket_path: Path | None, name: str = "test-plugin", index: str = "00", fd: int = -1) -> None:
+        """Connects to socket_path, or (pre-installed, started by the daemon) uses the inherited fd."""
+        self.socket_path, self.name, self.index, self.fd = socket_path, name, index, fd
         self.events: list[Event] = []
         self.synced_pods: list[str] = []
         self.synced_containers: list[str] = []
@@ -101,6 +103,11 @@ class NriTestPlugin:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def crash(self) -> None:
+        """Drops the connection at once, as a plugin that crashes would."""
+        if self._mux is not None:
+            self._run(self._mux.close(), 10)
+
     @property
     def connected(self) -> bool:
         return self._mux is not None and not self._mux.closed
@@ -138,7 +145,10 @@ class NriTestPlugin:
 
     # -- the protocol ------------------------------------------------------------------------
     async def _connect(self) -> None:
-        reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
+        if self.fd >= 0:
+            reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=self.fd))
+        else:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket_path))
         self._mux = Mux(reader, writer)
         server = Server(self._mux.open(PLUGIN_SERVICE_CONN))
         self._client = Client(self._mux.open(RUNTIME_SERVICE_CONN))

@@ -13,7 +13,7 @@ from crishim.runtime.nri import nri_pb2
 from crishim.runtime.nri.adaptation import Nri
 from crishim.runtime.nri.gate import CreationGate
 from crishim.runtime.nri.multiplex import FRAME_HEADER
-from crishim.runtime.nri.plugin import PluginError, sync_chunks
+from crishim.runtime.nri.plugin import PluginError, PluginGone, sync_chunks
 
 from tests.support.nri_plugin import NriTestPlugin
 
@@ -79,13 +79,25 @@ async def test_a_refusal_fails_the_event_and_keeps_the_plugin(nri: Nri) -> None:
         await asyncio.to_thread(plugin.stop)
 
 
-async def test_a_plugin_that_times_out_is_dropped_and_the_event_goes_on(nri: Nri) -> None:
+async def test_a_plugin_that_times_out_fails_the_hook_once_and_is_dropped(nri: Nri) -> None:
     plugin = await connected(nri, "slow")
     plugin.hooks["RunPodSandbox"] = lambda pod: time.sleep(1.0)
     try:
         started = time.monotonic()
-        await nri.run_pod_sandbox(POD)  # not an error: the plugin is gone, not refusing
+        with pytest.raises(PluginGone, match="NRI plugin 00-slow: RunPodSandbox got no answer within 0.5s"):
+            await nri.run_pod_sandbox(POD)
         assert time.monotonic() - started < 1.0
+        assert nri.info()["plugins"] == []
+        await nri.run_pod_sandbox(POD)  # the retry goes on without it
+    finally:
+        await asyncio.to_thread(plugin.stop)
+
+
+async def test_a_plugin_that_times_out_on_an_event_is_dropped_and_the_event_goes_on(nri: Nri) -> None:
+    plugin = await connected(nri, "slow")
+    plugin.hooks["StopContainer"] = lambda pod, container: time.sleep(1.0)
+    try:
+        await nri.container_event(nri_pb2.STOP_CONTAINER, POD, CONTAINER)
         assert nri.info()["plugins"] == []
     finally:
         await asyncio.to_thread(plugin.stop)

@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import fcntl
 import functools
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,7 @@ class ImageStore:
             priority_namespaces=priority_namespaces,
         )
         self._prefetch_task: asyncio.Task[None] | None = None
-        self._recover()
+        self._lock_fd = _open_shared(root / "store.lock", self._recover)
 
     def close(self) -> None:
         """Synchronous shutdown for callers without a loop at hand: cancels pulls, closes the database."""
@@ -108,6 +109,7 @@ class ImageStore:
             self._prefetch_task.cancel()
         self.puller.cancel_all()
         self.meta.close()
+        os.close(self._lock_fd)
 
     async def aclose(self) -> None:
         if self._prefetch_task is not None:
@@ -117,6 +119,7 @@ class ImageStore:
         if self._registry is not None:
             await self._registry.aclose()
         self.meta.close()
+        os.close(self._lock_fd)
 
     @property
     def registry(self) -> RegistryClient:
@@ -128,7 +131,8 @@ class ImageStore:
         return self._registry
 
     def _recover(self) -> None:
-        """After a crash: drop temp files and layer directories the database does not know."""
+        """After a crash: drop temp files and layer directories the database does not know.
+        Only run by the store's only user: see `_open_shared`."""
         self.content.sweep()
         known = {layer.chain_id.split(":", 1)[1] for layer in self.meta.all_layers()}
         for entry in self.layers_dir.iterdir():
@@ -360,3 +364,25 @@ class ImageStore:
         from .archive import import_archive
 
         return await import_archive(self, path)
+
+
+def _open_shared(lock_file: Path, recover: Callable[[], None]) -> int:
+    """Holds a shared flock on `lock_file` while the store is open; returns its descriptor.
+
+    The daemon and `crishim pull` / `crishim images prefetch` may use one store at once.
+    Recovery deletes temp files and unrecorded layer directories, which are another user's
+    work in progress, so it runs only when an exclusive lock shows nobody else has the store.
+    """
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        log.info("image store %s is in use by another process: crash recovery left to it", lock_file.parent)
+    else:
+        try:
+            recover()
+        except BaseException:
+            os.close(fd)
+            raise
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd

@@ -131,8 +131,10 @@ async def update_pod_sandbox_resources(
     if resources is None:
         return False
     validate.resources(resources, "resources")
+    await nri_steps.update_pod_sandbox(svc, meta, resources, overhead)
     if not has_pod_cgroup(svc, meta):
         log.debug("sandbox %s has no pod cgroup of its own: pod resources are the kubelet's", sandbox_id[:13])
+        await nri_steps.post_update_pod_sandbox(svc, meta)
         return False
     limits = pod_cgroup_limits(resources, overhead)
     cgroup = cgroup_for(parent_to_fs(meta.cgroup_parent, svc.cgroup_driver))
@@ -144,4 +146,5 @@ async def update_pod_sandbox_resources(
             f"pod cgroup {meta.cgroup_parent!r} of sandbox {sandbox_id} cannot be resized: {exc}"
         ) from exc
     log.info("sandbox %s: pod cgroup %s resized", sandbox_id[:13], meta.cgroup_parent)
+    await nri_steps.post_update_pod_sandbox(svc, meta)
     return True

@@ -64,8 +64,12 @@ class Nri:
             return
         path = self.config.socket_path
         remove_socket(path, make_parent=True)
-        self._server = await asyncio.start_unix_server(self._accept, path=path)
-        os.chmod(path, 0o600)
+        try:
+            self._server = await asyncio.start_unix_server(self._accept, path=path)
+            os.chmod(path, 0o600)
+        except OSError as exc:  # plugins are add-ons: the node still runs pods without them
+            log.error("NRI: cannot serve plugins on %s: %s; only pre-installed plugins are connected", path, exc)
+            return
         log.info("NRI: serving plugins on %s", path)
 
     async def close(self) -> None:
@@ -138,13 +142,8 @@ class Nri:
     async def create_container(self, pod: nri_pb2.PodSandbox, container: nri_pb2.Container) -> Adjustment:
         """Every plugin's adjustment, merged in index order; PluginError on a refusal or a conflict."""
         request = nri_pb2.CreateContainerRequest(pod=pod, container=container)
-        async with self._lock:
-            replies = []
-            for plugin in self._subscribed(nri_pb2.CREATE_CONTAINER):
-                reply = await self._ask(plugin, "CreateContainer", request, nri_pb2.CreateContainerResponse, fatal=True)
-                if reply is not None:
-                    replies.append((plugin.label, reply))
-        return collect_adjustments(replies)
+        replies = await self._deliver(nri_pb2.CREATE_CONTAINER, "CreateContainer", request, fatal=True)
+        return collect_adjustments([(plugin.label, reply) for plugin, reply in replies])
 
     async def container_event(self, event: int, pod: nri_pb2.PodSandbox, container: nri_pb2.Container) -> None:
         """PostCreate, Start, PostStart, PostUpdate, Stop and Remove: plugins are told, errors logged."""
@@ -157,11 +156,31 @@ class Nri:
         request = nri_pb2.UpdateContainerRequest(pod=pod, container=container, linux_resources=resources)
         await self._deliver(nri_pb2.UPDATE_CONTAINER, "UpdateContainer", request, fatal=True)
 
-    async def _deliver(self, event: int, method: str, request: Any, fatal: bool = False) -> None:
+    async def update_pod_sandbox(
+        self, pod: nri_pb2.PodSandbox, resources: nri_pb2.LinuxResources, overhead: nri_pb2.LinuxResources
+    ) -> None:
+        request = nri_pb2.UpdatePodSandboxRequest(pod=pod, linux_resources=resources, overhead_linux_resources=overhead)
+        await self._deliver(nri_pb2.UPDATE_POD_SANDBOX, "UpdatePodSandbox", request, fatal=True)
+
+    async def post_update_pod_sandbox(self, pod: nri_pb2.PodSandbox) -> None:
+        request = nri_pb2.PostUpdatePodSandboxRequest(pod=pod)
+        await self._deliver(nri_pb2.POST_UPDATE_POD_SANDBOX, "PostUpdatePodSandbox", request)
+
+    async def _deliver(self, event: int, method: str, request: Any, fatal: bool = False) -> list[tuple[Plugin, Any]]:
+        """Asks each subscribed plugin in index order; then applies the updates they asked for, if any."""
         response_type = getattr(nri_pb2, method + "Response")
+        replies = []
         async with self._lock:
             for plugin in self._subscribed(event):
-                await self._ask(plugin, method, request, response_type, fatal)
+                reply = await self._ask(plugin, method, request, response_type, fatal)
+                if reply is not None:
+                    replies.append((plugin, reply))
+        # Outside the lock: an update may itself be told to the plugins.
+        for plugin, reply in replies:
+            updates = list(getattr(reply, "update", ()))
+            if updates and self._on_update is not None:
+                await self._on_update(plugin, nri_pb2.UpdateContainersRequest(update=updates))
+        return replies
 
     def _subscribed(self, event: int) -> list[Plugin]:
         self.plugins = [p for p in self.plugins if not p.closed.is_set()]

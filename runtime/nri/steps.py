@@ -94,6 +94,23 @@ async def update_container(svc: Services, container_id: str, resources: api_pb2.
     await svc.nri.update_container(messages.pod(sandbox), messages.container(record.meta, record.status), wanted)
 
 
+async def update_pod_sandbox(
+    svc: Services,
+    sandbox: SandboxMeta,
+    resources: api_pb2.LinuxContainerResources,
+    overhead: api_pb2.LinuxContainerResources | None,
+) -> None:
+    """Before a pod's cgroup is resized; a plugin's refusal fails UpdatePodSandboxResources."""
+    if svc.nri.plugins:
+        extra = messages.cri_resources(overhead) if overhead is not None else nri_pb2.LinuxResources()
+        await svc.nri.update_pod_sandbox(messages.pod(sandbox), messages.cri_resources(resources), extra)
+
+
+async def post_update_pod_sandbox(svc: Services, sandbox: SandboxMeta) -> None:
+    if svc.nri.plugins:
+        await svc.nri.post_update_pod_sandbox(messages.pod(sandbox))
+
+
 async def plugin_updates(
     svc: Services, plugin: Plugin, request: nri_pb2.UpdateContainersRequest
 ) -> nri_pb2.UpdateContainersResponse:

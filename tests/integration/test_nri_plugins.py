@@ -242,3 +242,37 @@ def test_preinstalled_plugins_start_with_the_daemon_and_get_their_config(tmp_pat
         lines = out.read_text().splitlines()
         assert lines[0] == "config threshold: 3"
         assert "run seen-by-recorder" in lines
+
+
+def memory_limit_file(daemon: Daemon, cid: str) -> Path:
+    if node.pure_v2():
+        return node.container_cgroup(daemon, cid) / "memory.max"
+    return next(iter(Path("/sys/fs/cgroup/memory").rglob(f"{cid}/memory.limit_in_bytes")))
+
+
+def test_updates_reach_plugins_and_plugins_can_update(nri_daemon: Daemon, busybox: str, pod) -> None:
+    sid, config = pod
+    with plugin_for(nri_daemon, "resizer") as plugin:
+        plugin.start()
+        wait_plugins(nri_daemon, ["50-resizer"])
+        resources = pb.LinuxContainerResources(memory_limit_in_bytes=64 << 20)
+        cfg = container_config("resized", busybox, SLEEP, linux=pb.LinuxContainerConfig(resources=resources))
+        cid = create_container(nri_daemon, sid, config, cfg)
+        start(nri_daemon, cid)
+        bigger = pb.LinuxContainerResources(memory_limit_in_bytes=80 << 20)
+        nri_daemon.runtime.UpdateContainerResources(pb.UpdateContainerResourcesRequest(container_id=cid, linux=bigger))
+        events = plugin.wait_for(lambda ev: "PostUpdateContainer" in [e.kind for e in ev if e.container_id == cid])
+        assert [e.kind for e in events if e.container_id == cid][-2:] == ["UpdateContainer", "PostUpdateContainer"]
+        assert int(memory_limit_file(nri_daemon, cid).read_text()) == 80 << 20
+        memory = nri_pb2.LinuxMemory(limit=nri_pb2.OptionalInt64(value=96 << 20))
+        update = nri_pb2.ContainerUpdate(
+            container_id=cid, linux=nri_pb2.LinuxContainerUpdate(resources=nri_pb2.LinuxResources(memory=memory))
+        )
+        missing = nri_pb2.ContainerUpdate(container_id="no-such-container")
+        answer = plugin.update_containers(nri_pb2.UpdateContainersRequest(update=[update, missing]))
+        assert [u.container_id for u in answer.failed] == ["no-such-container"]
+        assert int(memory_limit_file(nri_daemon, cid).read_text()) == 96 << 20
+        pod_update = pb.UpdatePodSandboxResourcesRequest(pod_sandbox_id=sid, resources=bigger)
+        nri_daemon.runtime.UpdatePodSandboxResources(pod_update, timeout=30)
+        events = plugin.wait_for(lambda ev: "PostUpdatePodSandbox" in [e.kind for e in ev if e.pod_id == sid])
+        assert [e.kind for e in events if e.pod_id == sid][-2:] == ["UpdatePodSandbox", "PostUpdatePodSandbox"]

@@ -48,10 +48,16 @@ class Nri:
         self._snapshot: Snapshot = lambda: ([], [])
         self._on_update: UpdateHandler | None = None
         self._connecting: set[asyncio.Task[None]] = set()
+        self._synchronizing = 0
 
     @property
     def enabled(self) -> bool:
         return self.config.enable
+
+    @property
+    def active(self) -> bool:
+        """Whether any plugin is connected or being synchronised: else events need no message at all."""
+        return bool(self.plugins) or self._synchronizing > 0
 
     async def start(self, snapshot: Snapshot, on_update: UpdateHandler | None = None) -> None:
         """Starts the pre-installed plugins, then serves the socket (unless connections are disabled)."""
@@ -104,11 +110,15 @@ class Nri:
         """Registration, Configure and Synchronize; a plugin failing any of them is dropped."""
         try:
             await plugin.start("crishim", self.runtime_version)
-            async with self.gate.synchronizing(), self._lock:
-                pods, containers = self._snapshot()
-                updates = await plugin.synchronize(pods, containers)
-                self.plugins.append(plugin)
-                self.plugins.sort(key=lambda p: (p.index, p.name))
+            self._synchronizing += 1
+            try:
+                async with self.gate.synchronizing(), self._lock:
+                    pods, containers = self._snapshot()
+                    updates = await plugin.synchronize(pods, containers)
+                    self.plugins.append(plugin)
+                    self.plugins.sort(key=lambda p: (p.index, p.name))
+            finally:
+                self._synchronizing -= 1
         except PluginError as exc:
             log.error("NRI plugin %s not connected: %s", plugin.label, exc)
             await plugin.close()

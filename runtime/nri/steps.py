@@ -31,15 +31,18 @@ def snapshot(svc: Services) -> tuple[list[nri_pb2.PodSandbox], list[nri_pb2.Cont
 
 async def run_pod_sandbox(svc: Services, sandbox: SandboxMeta) -> None:
     """Before the pod's record is stored: a plugin's refusal fails RunPodSandbox."""
-    await svc.nri.run_pod_sandbox(messages.pod(sandbox))
+    if svc.nri.active:
+        await svc.nri.run_pod_sandbox(messages.pod(sandbox))
 
 
 async def stop_pod_sandbox(svc: Services, sandbox: SandboxMeta) -> None:
-    await svc.nri.stop_pod_sandbox(messages.pod(sandbox))
+    if svc.nri.active:
+        await svc.nri.stop_pod_sandbox(messages.pod(sandbox))
 
 
 async def remove_pod_sandbox(svc: Services, sandbox: SandboxMeta) -> None:
-    await svc.nri.remove_pod_sandbox(messages.pod(sandbox))
+    if svc.nri.active:
+        await svc.nri.remove_pod_sandbox(messages.pod(sandbox))
 
 
 async def create_container(
@@ -51,6 +54,8 @@ async def create_container(
     created_at: int,
 ) -> Adjustment:
     """Asks the plugins, then writes their merged adjustment into `spec`; a refusal or conflict raises."""
+    if not svc.nri.active:
+        return Adjustment()
     container = messages.container_from_spec(container_id, sandbox.id, config, spec, created_at)
     adjustment = await svc.nri.create_container(messages.pod(sandbox), container)
     if not adjustment.empty:
@@ -61,7 +66,7 @@ async def create_container(
 
 async def container_event(svc: Services, event: int, container_id: str) -> None:
     """Tells the plugins of a change to a stored container (skipped once it is gone)."""
-    if not svc.nri.plugins:
+    if not svc.nri.active:
         return
     try:
         record = svc.state.containers.get(container_id)
@@ -72,7 +77,7 @@ async def container_event(svc: Services, event: int, container_id: str) -> None:
 
 async def container_removed(svc: Services, record: Container) -> None:
     """RemoveContainer, told from the record as it was just before its deletion."""
-    if svc.nri.plugins:
+    if svc.nri.active:
         await _tell(svc, nri_pb2.REMOVE_CONTAINER, record)
 
 
@@ -86,7 +91,7 @@ async def _tell(svc: Services, event: int, record: Container) -> None:
 
 async def update_container(svc: Services, container_id: str, resources: api_pb2.LinuxContainerResources) -> None:
     """Before new resources are applied; a plugin's refusal fails UpdateContainerResources."""
-    if not svc.nri.plugins:
+    if not svc.nri.active:
         return
     record = svc.state.containers.get(container_id)
     sandbox = svc.state.sandboxes.get(record.meta.sandbox_id).meta
@@ -101,13 +106,13 @@ async def update_pod_sandbox(
     overhead: api_pb2.LinuxContainerResources | None,
 ) -> None:
     """Before a pod's cgroup is resized; a plugin's refusal fails UpdatePodSandboxResources."""
-    if svc.nri.plugins:
+    if svc.nri.active:
         extra = messages.cri_resources(overhead) if overhead is not None else nri_pb2.LinuxResources()
         await svc.nri.update_pod_sandbox(messages.pod(sandbox), messages.cri_resources(resources), extra)
 
 
 async def post_update_pod_sandbox(svc: Services, sandbox: SandboxMeta) -> None:
-    if svc.nri.plugins:
+    if svc.nri.active:
         await svc.nri.post_update_pod_sandbox(messages.pod(sandbox))
 
 

@@ -139,7 +139,8 @@ class Mux:
             return
         self._closed = True
         self._fail(MuxClosed("connection closed"))
-        self._writer.close()
+        # Aborted, not flushed: a peer that stopped reading must not keep the close waiting.
+        self._writer.transport.abort()
         with contextlib.suppress(ConnectionError, OSError):
             await self._writer.wait_closed()
 

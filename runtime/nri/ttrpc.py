@@ -165,8 +165,9 @@ class Client:
         waiter: asyncio.Future[ttrpc_pb2.Response] = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = waiter
         try:
-            await write_frame(self._stream, Frame(stream_id, TYPE_REQUEST, 0, envelope.SerializeToString()))
+            # The write counts too: a peer that stops reading must not hold the caller forever.
             async with asyncio.timeout(within):
+                await write_frame(self._stream, Frame(stream_id, TYPE_REQUEST, 0, envelope.SerializeToString()))
                 response = await waiter
         except TimeoutError:
             raise TtrpcError(DEADLINE_EXCEEDED, f"{method} got no answer within {within:g}s") from None

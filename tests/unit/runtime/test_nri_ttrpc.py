@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 from crishim.runtime.nri import nri_pb2, ttrpc_pb2
@@ -162,3 +163,16 @@ async def test_an_oversized_header_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="more than"):
         await read_frame(right)
     await left.close()
+
+
+async def test_a_peer_that_stops_reading_cannot_hold_a_call() -> None:
+    client_side, server_side = await stream_pair()
+    client = Client(client_side)
+    receiving = asyncio.create_task(client.run())
+    big = nri_pb2.RegisterPluginRequest(plugin_name="x" * (2 << 20))  # more than the socket buffers hold
+    started = time.monotonic()
+    with pytest.raises(TtrpcError) as late:
+        await client.call(SERVICE, "RegisterPlugin", big, nri_pb2.Empty, 0.2)
+    assert late.value.code == DEADLINE_EXCEEDED
+    assert time.monotonic() - started < 2
+    receiving.cancel()

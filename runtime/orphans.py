@@ -9,17 +9,12 @@ everything the daemon lists exists and everything that exists is listed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
-from crishim.oci import conmon
+from crishim.oci import conmon, processes
 from crishim.oci.mounttable import mount_points
-from crishim.oci.runtime import reap
 from crishim.runtime.container import launch as launching
 from crishim.runtime.mounts import unmount
 from crishim.runtime.services import Services
@@ -35,57 +30,18 @@ def _unmount_under(directory: Path) -> None:
         unmount(Path(target))
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid` and every process below it, parents first (a runc create and its runc init)."""
-    found, queue = [], [pid]
-    while queue:
-        current = queue.pop(0)
-        found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                queue += [int(child) for child in (task / "children").read_text().split()]
-            except (OSError, ValueError):
-                continue
-    return found
-
-
 async def _stop_unrecorded_conmons(svc: Services, known: set[str]) -> int:
     """Kills conmons no record names, with whatever runtime command they still run.
 
     Killed before the runtime listing below, so a `runc create` cannot finish after the
     sweep has looked and leave a container nobody collects.
     """
-    unrecorded = {cid: pid for cid, pid in conmon.conmons_for(svc.config.exits_dir).items() if cid not in known}
-    for cid, pid in unrecorded.items():
-        tree = await asyncio.to_thread(_descendants, pid)
-        for member in tree:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signal.SIGKILL)
-        await asyncio.to_thread(_wait_gone, tree)
-        log.warning("killed conmon %d of container %s, which no record names (a crash mid-create)", pid, cid[:13])
+    unrecorded = {cid: pids for cid, pids in conmon.conmons_for(svc.config.exits_dir).items() if cid not in known}
+    for cid, pids in unrecorded.items():
+        for pid in pids:
+            await asyncio.to_thread(processes.kill_tree, pid)
+        log.warning("killed conmon %s of container %s, which no record names (a crash mid-create)", pids, cid[:13])
     return len(unrecorded)
-
-
-def _wait_gone(pids: list[int], seconds: float = 5.0) -> None:
-    """Blocking: until every pid is gone, reaping those that are our children.
-
-    As the subreaper the daemon may have inherited the killed tree (collect it, or it stays
-    as zombies); after a restart the tree is PID 1's, and a zombie of PID 1's counts as gone.
-    """
-    deadline = time.monotonic() + seconds
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        left = {pid for pid in left if reap(pid) is None and _alive(pid)}
-        if left:
-            time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 async def collect_orphans(svc: Services) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from crishim.cgroups.errors import CgroupError
 from crishim.cgroups.paths import to_fs
 from crishim.cgroups.stats import cgroup_for
-from crishim.oci import conmon
+from crishim.oci import conmon, processes
 from crishim.oci import errors as oci_errors
 from crishim.oci.runtime import reap
 from crishim.runtime.services import Handler, Services
@@ -117,6 +117,19 @@ async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, st
     if conmon_pid:
         with contextlib.suppress(Exception):
             reap(conmon_pid)
+    await _end_lingering_conmons(svc, object_id)
+
+
+async def _end_lingering_conmons(svc: Services, object_id: str) -> None:
+    """A conmon still running once the runtime state is gone serves nothing: end it.
+
+    It should have exited with its container; one that did not (a crash at an unlucky
+    moment, a conmon the pidfile does not name) would otherwise outlive every removal.
+    """
+    lingering = (await asyncio.to_thread(conmon.conmons_for, svc.config.exits_dir)).get(object_id, [])
+    for pid in lingering:
+        tree = await asyncio.to_thread(processes.kill_tree, pid)
+        log.warning("conmon %d of %s outlived its container (with %s); killed it", pid, object_id[:13], tree[1:])
 
 
 def _conmon_pid(svc: Services, object_id: str) -> int | None:

@@ -146,7 +146,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
         if str(daemon.dir) in line and pin_dir not in line
     ]
     conmons = subprocess.run(["pgrep", "-f", f"conmon.*{daemon.dir}"], capture_output=True, text=True).stdout.split()
-    conmons = [f"{pid}: {_cmdline(pid)}" for pid in conmons]
+    conmons = [f"{pid}: {_cmdline(pid)} children: {_children(pid)}" for pid in conmons]
     runc = []
     for handler in ("runc", "crun"):
         root = daemon.dir / "run" / handler
@@ -163,12 +163,27 @@ def _object_id(cgroup: str) -> str:
     return Path(cgroup).name.removeprefix("crishim-").removesuffix(".scope")
 
 
+def _log_lines_about(daemon: Daemon, conmons: list[str]) -> list[str]:
+    """The daemon's log lines that name the objects of leftover conmons (`-c <id>`)."""
+    ids = {words[words.index("-c") + 1][:13] for words in (c.split() for c in conmons) if "-c" in words}
+    log = (daemon.dir / "daemon.log").read_text(errors="replace").splitlines()
+    return [line for line in log if any(i in line for i in ids)][-40:]
+
+
 def _cmdline(pid: str) -> str:
     """What a leftover process runs, so a failure says which object it belonged to."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return "(gone)"
+
+
+def _children(pid: str) -> list[str]:
+    try:
+        kids = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children")).split()
+    except OSError:
+        return []
+    return [f"{kid}: {_cmdline(kid)}" for kid in kids]
 
 
 # The calls of a pod's lifecycle, in order; each round of the crash test kills the daemon
@@ -294,7 +309,7 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
             for pod in daemon.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=10).items:
                 remove_pod(daemon, pod.id)
             found = leftovers(daemon)
-            assert found["conmon"] == [], found
+            assert found["conmon"] == [], (found, _log_lines_about(daemon, found["conmon"]))
             assert found["runtime"] == [], found
             assert found["netns"] == [], found
             assert [m for m in found["mounts"] if "/root/" in m] == [], found["mounts"]

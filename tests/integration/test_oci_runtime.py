@@ -28,7 +28,8 @@ from tests.integration.oci_rootfs import make_rootfs
 
 pytestmark = pytest.mark.root
 
-CGROUP_PARENT = "crishim-oci-test"
+# Per test process: two suites on one node must not remove each other's cgroups.
+CGROUP_PARENT = f"crishim-oci-test-{os.getpid()}"
 CONTROLLERS = (
     "cpu",
     "cpuacct",

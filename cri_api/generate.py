@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,13 +36,19 @@ def generate_into(out_dir: Path) -> None:
     grpc_stub.write_text(text)
 
 
-def main() -> int:
+def regenerate(package_dir: Path, generated: tuple[str, ...], generate: Callable[[Path], None]) -> int:
+    """Generates into a temporary directory, then replaces the committed modules: a protoc
+    failure leaves the committed ones untouched. Shared with runtime/nri/generate.py."""
     with tempfile.TemporaryDirectory() as tmp:
-        generate_into(Path(tmp))
-        for name in GENERATED:
-            (HERE / name).write_text((Path(tmp) / name).read_text())
-    print("regenerated", ", ".join(GENERATED))
+        generate(Path(tmp))
+        for name in generated:
+            (package_dir / name).write_text((Path(tmp) / name).read_text())
+    print("regenerated", ", ".join(generated))
     return 0
+
+
+def main() -> int:
+    return regenerate(HERE, GENERATED, generate_into)
 
 
 if __name__ == "__main__":

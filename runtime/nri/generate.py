@@ -8,8 +8,9 @@ No gRPC stubs: NRI speaks ttrpc, served by runtime/nri/ttrpc.py.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
+
+from crishim.cri_api.generate import regenerate
 
 HERE = Path(__file__).resolve().parent
 PROTOS = ("nri.proto", "ttrpc.proto")
@@ -26,12 +27,7 @@ def generate_into(out_dir: Path) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        generate_into(Path(tmp))
-        for name in GENERATED:
-            (HERE / name).write_text((Path(tmp) / name).read_text())
-    print("regenerated", ", ".join(GENERATED))
-    return 0
+    return regenerate(HERE, GENERATED, generate_into)
 
 
 if __name__ == "__main__":

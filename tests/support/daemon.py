@@ -16,6 +16,8 @@ from pathlib import Path
 
 import grpc
 from crishim.cri_api import api_pb2, api_pb2_grpc
+from crishim.oci import conmon, processes
+from crishim.oci.mounttable import mount_points, unmount
 from crishim.runtime.network.netns import release_dir
 
 MAX_MESSAGE = 16 * 1024 * 1024
@@ -154,16 +156,46 @@ def running_daemon(
         finally:
             daemon.stop()
             daemon.close_channel()
+            end_conmons_under(base)
             release_dir(str(base / "run" / "netns"))
             if os.environ.get("CRISHIM_KEEP_TEST_DIRS") != "1":
                 shutil.rmtree(base, ignore_errors=True)
 
 
 def remove_all_pods(daemon: Daemon) -> None:
+    """Removes every pod through CRI; a pod whose removal fails (a slow node) is tried again,
+    and one failure never leaves the other pods behind."""
     stub = daemon.runtime
-    try:
-        for pod in stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items:
-            stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-            stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
-    except grpc.RpcError:
-        pass
+    for _attempt in range(2):
+        try:
+            pods = stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=30).items
+        except grpc.RpcError:
+            return
+        if not pods:
+            return
+        for pod in pods:
+            try:
+                stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+                stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=60)
+            except grpc.RpcError:
+                continue  # tried again below, after the others
+
+
+def end_conmons_under(base: Path) -> None:
+    """Last resort after a test that left its daemon unable to clean up (killed, hung):
+    conmons of this daemon's directory, and their containers, must not outlive the test
+    and show up as another test's leak."""
+    exits = base / "run" / "exits"
+    for cid, pids in conmon.conmons_for(exits).items():
+        print(f"test teardown: conmon {pids} of {cid[:13]} outlived its daemon; killing it", file=sys.stderr)
+        for pid in pids:
+            processes.kill_tree(pid)
+    for handler in ("runc", "crun"):
+        state = base / "run" / handler
+        if state.is_dir() and shutil.which(handler):
+            listed = subprocess.run([handler, "--root", str(state), "list", "-q"], capture_output=True, text=True)
+            for cid in listed.stdout.split():
+                subprocess.run([handler, "--root", str(state), "delete", "--force", cid], capture_output=True)
+    prefix = f"{base / 'root'}/"
+    for target in sorted((m for m in mount_points() if m.startswith(prefix)), key=len, reverse=True):
+        unmount(target)

@@ -49,12 +49,16 @@ def test_pull_by_tag_then_remove(daemon: Daemon) -> None:
 
 def test_pull_with_expired_deadline_fails_deadline_exceeded(daemon: Daemon) -> None:
     """[k8s.io] Image Manager public image should timeout if requested [Conformance] [Serial]"""
-    # The deadline passes in the client before any answer: the refusal is gRPC's own.
-    cri.assert_refused(
-        lambda: daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001),
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        "Deadline Exceeded",
+    # Usually the deadline passes in the client before any answer, and the refusal is gRPC's
+    # own; on a busy node the daemon may see the deadline end the pull first and answer it.
+    error = cri.refusal(
+        lambda: daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=WITH_TAG)), timeout=0.001)
     )
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert error.details() in {
+        "Deadline Exceeded",
+        "PullImage: the call's deadline passed before it finished; give it a longer timeout",
+    }
 
 
 def test_pull_without_tag_gets_latest(daemon: Daemon) -> None:

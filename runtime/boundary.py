@@ -112,6 +112,17 @@ def _notify(method: str, code: grpc.StatusCode, started: float) -> None:
             log.exception("call observer failed")
 
 
+def _default_message(method: str, exc: BaseException) -> str:
+    """A message for a known error raised without one, such as a bare TimeoutError.
+
+    asyncio.timeout() raises TimeoutError with no text when the caller's own deadline ends
+    the call on the daemon's side; the class name alone would tell an operator nothing.
+    """
+    if isinstance(exc, TimeoutError):
+        return f"{method}: the call's deadline passed before it finished; give it a longer timeout"
+    return f"{method}: {type(exc).__name__}"
+
+
 async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseException) -> grpc.StatusCode:
     code = status_for(exc)
     if code is None:
@@ -122,7 +133,7 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: BaseExcept
     else:
         level = logging.INFO if code == grpc.StatusCode.NOT_FOUND else logging.WARNING
         log.log(level, "%s -> %s: %s", method, code.name, exc)
-        message = str(exc) or type(exc).__name__
+        message = str(exc) or _default_message(method, exc)
     # Status details travel in HTTP/2 trailers; keep them well under their limits.
     await context.abort(code, message[:8000])
     return code  # unreachable: abort raises

@@ -105,6 +105,11 @@ class _Servicer:
     async def Status(self, request: Any, context: Any) -> Any:
         raise images_errors.NotFound("image busybox is not in the store")
 
+    @boundary.cri_rpc
+    async def PullImage(self, request: Any, context: Any) -> Any:
+        async with asyncio.timeout(0):
+            await asyncio.sleep(1)
+
 
 def _call(method: str) -> _Context:
     context = _Context()
@@ -127,3 +132,9 @@ def test_domain_error_keeps_its_message() -> None:
     context = _call("Status")
     assert context.code == grpc.StatusCode.NOT_FOUND
     assert context.details == "image busybox is not in the store"
+
+
+def test_a_deadline_that_ends_the_call_in_the_daemon_says_so() -> None:
+    context = _call("PullImage")
+    assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert context.details == "PullImage: the call's deadline passed before it finished; give it a longer timeout"

@@ -218,6 +218,17 @@ class ContainerRpcs:
         return api_pb2.ReopenContainerLogResponse()
 
     @cri_rpc
+    async def CheckpointContainer(
+        self, request: api_pb2.CheckpointContainerRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CheckpointContainerResponse:
+        # Imported here: the archive writer (tarfile) is not needed to start serving.
+        from crishim.runtime.checkpoint.flow import checkpoint_container
+
+        cid = container_id(self.svc, request.container_id)
+        await checkpoint_container(self.svc, cid, request.location, request.timeout)
+        return api_pb2.CheckpointContainerResponse()
+
+    @cri_rpc
     async def UpdateContainerResources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.UpdateContainerResourcesResponse:

@@ -111,7 +111,6 @@ def test_stale_socket_file_is_replaced() -> None:
 @pytest.mark.parametrize(
     ("method", "request_type"),
     [
-        ("CheckpointContainer", pb.CheckpointContainerRequest),
         ("CheckpointPod", pb.CheckpointPodRequest),
         ("RestorePod", pb.RestorePodRequest),
     ],

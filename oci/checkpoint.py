@@ -1,0 +1,101 @@
+"""`runc checkpoint`: CRIU images of a running container, under a time limit.
+
+runc drives CRIU itself (`criu swrk`, a child of runc). A checkpoint that
+overruns its time must end CRIU too, not only runc: a CRIU left behind keeps
+the container's processes seized. So runc runs in a session of its own and,
+on a timeout or a cancellation, runc and everything below it are killed and
+collected before the error is raised.
+
+runc declares the pod's network namespace to CRIU as external by itself: the
+container's config names it by path (the pinned pod netns), and runc passes
+`--external net[inode]:...` for a namespace given by path, as it also does for
+the bind mounts of the spec (external mounts). Nothing here needs to name them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DeadlineExceeded, RuntimeCommandError, Unavailable
+from .processes import descendants, wait_gone
+from .runtime import OciRuntime
+
+# CRIU writes its log into the work directory under this name (runc's choice).
+DUMP_LOG = "dump.log"
+_LOG_TAIL_LINES = 5
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPaths:
+    """Where CRIU writes: its images, and its log and statistics (`stats-dump`)."""
+
+    images: Path
+    work: Path
+
+
+def checkpoint_args(cid: str, paths: CheckpointPaths, *, leave_running: bool = True) -> list[str]:
+    """The `runc checkpoint` arguments after the global ones.
+
+    --file-locks: a process holding a lock would otherwise fail the dump.
+    --manage-cgroups-mode soft: the cgroup tree is the kubelet's; CRIU records it and restores
+    only what is missing, which is runc's default, named so the archive does not depend on it.
+    """
+    args = ["checkpoint", "--image-path", str(paths.images), "--work-path", str(paths.work)]
+    if leave_running:
+        args.append("--leave-running")
+    return [*args, "--file-locks", "--manage-cgroups-mode", "soft", cid]
+
+
+def dump_log_errors(work: Path) -> str:
+    """The last error lines of CRIU's log, where its reason for a failed dump is written."""
+    try:
+        lines = (work / DUMP_LOG).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.strip() for line in lines if "Error" in line or "error" in line]
+    return "; ".join(errors[-_LOG_TAIL_LINES:])
+
+
+async def checkpoint(runtime: OciRuntime, cid: str, paths: CheckpointPaths, *, time_limit: float) -> None:
+    """Runs `runc checkpoint --leave-running`; runc and CRIU are gone when this returns or raises."""
+    if runtime.kind != "runc":
+        raise Unavailable(f"runtime handler {runtime.name!r} ({runtime.kind}) cannot checkpoint through runc")
+    proc = await asyncio.create_subprocess_exec(
+        *runtime.base_args(), *checkpoint_args(cid, paths),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(time_limit):
+            _, err = await proc.communicate()
+    except BaseException as exc:
+        await _end(proc)
+        if isinstance(exc, TimeoutError):
+            raise DeadlineExceeded(f"{runtime.name} checkpoint of {cid} did not finish within {time_limit:g}s; "
+                                   "CRIU was stopped and the container left running") from None  # fmt: skip
+        raise
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip()
+        detail = dump_log_errors(paths.work)
+        message = f"{runtime.name} checkpoint of {cid} failed: {text or f'exit status {proc.returncode}'}"
+        raise RuntimeCommandError(message + (f" (CRIU: {detail})" if detail else ""),
+                                  returncode=proc.returncode or 1, stderr=text)  # fmt: skip
+
+
+async def _end(proc: asyncio.subprocess.Process) -> None:
+    """Kills runc and what it started (CRIU), and collects them all."""
+    below = [pid for pid in await asyncio.to_thread(descendants, proc.pid) if pid != proc.pid]
+    for pid in [proc.pid, *below]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # The whole session too: a CRIU that already left runc's tree is still in runc's session.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    await asyncio.shield(proc.wait())
+    # As the subreaper the daemon inherits CRIU once runc is gone: collect it here.
+    await asyncio.to_thread(wait_gone, below)

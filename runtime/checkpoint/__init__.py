@@ -1,0 +1,7 @@
+"""Checkpoint of containers (KEP-2008): CRIU's availability, the archive, the CheckpointContainer flow.
+
+`availability.py` decides whether this node and a handler can checkpoint at all,
+`location.py` checks where the archive goes, `archive.py` owns the archive's
+layout (the one CRI-O and Podman write, which checkpointctl reads), and
+`flow.py` is CheckpointContainer itself. Running CRIU is `oci/checkpoint.py`.
+"""

@@ -1,0 +1,242 @@
+"""The checkpoint archive: one uncompressed tar in the layout CRI-O and Podman write.
+
+checkpointctl and the other runtimes read these members, so their names and
+formats are an interface, kept in this one module:
+
+    checkpoint/       CRIU's images (and runc's descriptors.json)
+    config.dump       JSON: id, name, image, runtime handler, times (checkpointctl's ContainerConfig)
+    spec.dump         the container's OCI runtime spec (config.json)
+    rootfs-diff.tar   the writable layer's files: the overlay upper dir, whiteouts left out
+    deleted.files     JSON list of absolute paths the writable layer deleted from the image
+    container.log     the container's CRI log up to the checkpoint
+    stats-dump        CRIU's statistics of the dump (a CRIU image)
+    dump.log          CRIU's log of the dump
+
+The archive is written to a hidden temporary file in the target directory,
+synced, then renamed onto `location`: a reader (or a crash) never sees half an
+archive under the final name, and a failed or abandoned write removes its file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import stat
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+CHECKPOINT_DIRECTORY = "checkpoint"
+CONFIG_DUMP = "config.dump"
+SPEC_DUMP = "spec.dump"
+ROOTFS_DIFF = "rootfs-diff.tar"
+DELETED_FILES = "deleted.files"
+CONTAINER_LOG = "container.log"
+STATS_DUMP = "stats-dump"
+DUMP_LOG = "dump.log"
+
+# The overlay marks a directory whose lower contents it hides with this xattr (value "y").
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# CRI annotations checkpointctl shows (container, pod, namespace) for an engine it does not know.
+CRI_CONTAINER_NAME = "io.kubernetes.cri.container-name"
+CRI_SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+CRI_SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
+CRI_SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
+
+
+class Abandoned(Exception):
+    """The caller gave up (timeout, cancelled call) while a thread was still writing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of the archive: literal bytes, or a file or directory tree on disk."""
+
+    name: str
+    data: bytes | None = None
+    path: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """What config.dump records of the container (plain values; no record types here)."""
+
+    id: str
+    name: str
+    image: str
+    image_id: str
+    image_ref: str
+    runtime_handler: str
+    created_at_ns: int
+
+
+def go_time(ns: int) -> str:
+    """A time as Go's encoding/json writes time.Time (RFC 3339, nanoseconds, UTC), which the readers parse."""
+    if ns <= 0:
+        return "0001-01-01T00:00:00Z"
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    base = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}.{nanos:09d}".rstrip("0").rstrip(".") + "Z"
+
+
+def config_dump(info: ContainerInfo, checkpointed_at_ns: int) -> bytes:
+    config = {
+        "id": info.id,
+        "name": info.name,
+        "rootfsImage": info.image,
+        "rootfsImageRef": info.image_id,
+        "rootfsImageName": info.image_ref or info.image,
+        "runtime": info.runtime_handler,
+        "createdTime": go_time(info.created_at_ns),
+        "checkpointedTime": go_time(checkpointed_at_ns),
+        "restoredTime": go_time(0),
+        "restored": False,
+    }
+    return json.dumps(config, indent=2).encode()
+
+
+def spec_dump(spec: dict[str, Any], cri_annotations: dict[str, str]) -> bytes:
+    """The runtime spec, with the CRI names added to its annotations where they are missing."""
+    dumped = dict(spec)
+    dumped["annotations"] = {**cri_annotations, **spec.get("annotations", {})}
+    return json.dumps(dumped, indent=2).encode()
+
+
+def deleted_files(paths: list[str]) -> bytes:
+    """deleted.files: a JSON list of absolute paths, as the readers unmarshal it."""
+    return json.dumps(paths).encode()
+
+
+# -- the writable layer -------------------------------------------------------------------------
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _lower_names(lowers: Iterable[Path], rel: str) -> dict[str, bool]:
+    """Names in the image's layers at `rel`, each with whether it is a directory in any of them."""
+    names: dict[str, bool] = {}
+    for layer in lowers:
+        with contextlib.suppress(OSError), os.scandir(layer / rel) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if not _is_whiteout(st):
+                    names[entry.name] = names.get(entry.name, False) or stat.S_ISDIR(st.st_mode)
+    return names
+
+
+def _hidden_by_opaque(upper: Path, lowers: list[Path], rel: str) -> Iterator[str]:
+    """What an opaque directory hides of the image: lower names the upper lacks, at any depth."""
+    for name, is_dir in sorted(_lower_names(lowers, rel).items()):
+        child = f"{rel}/{name}" if rel else name
+        try:
+            st = os.lstat(upper / child)
+        except FileNotFoundError:
+            yield "/" + child
+            continue
+        if is_dir and stat.S_ISDIR(st.st_mode):
+            yield from _hidden_by_opaque(upper, lowers, child)
+
+
+def _skipped(rel: str, skip: frozenset[str]) -> bool:
+    return any(rel == s or rel.startswith(s + "/") for s in skip)
+
+
+def write_rootfs_diff(
+    upper: Path, out: Path, lowers: list[Path], skip: frozenset[str], abort: threading.Event
+) -> list[str]:
+    """Blocking: rootfs-diff.tar of the upper dir at `out`; returns deleted.files' paths.
+
+    Whiteouts become deleted paths instead of members; an opaque directory is a member and
+    what it hides of the image is deleted. `skip` (relative paths) are the spec's mount
+    points: runc made them for its mounts, and the restore mounts them again, as CRI-O skips them.
+    """
+    deleted: list[str] = []
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(upper):
+            if abort.is_set():
+                raise Abandoned("the rootfs diff was abandoned")
+            base = Path(dirpath)
+            rel_dir = base.relative_to(upper).as_posix()
+            rel_dir = "" if rel_dir == "." else rel_dir
+            kept = []
+            for name in sorted(dirnames) + sorted(filenames):
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                if _skipped(rel, skip):
+                    continue
+                full = base / name
+                st = os.lstat(full)
+                if _is_whiteout(st):
+                    deleted.append("/" + rel)
+                    continue
+                if stat.S_ISSOCK(st.st_mode):
+                    continue  # a socket has no content; the process that bound it recreates it
+                tar.add(full, arcname=rel, recursive=False, filter=_numeric_owner)
+                if stat.S_ISDIR(st.st_mode):
+                    kept.append(name)
+                    if _is_opaque(full):
+                        deleted.extend(_hidden_by_opaque(upper, lowers, rel))
+            dirnames[:] = [d for d in dirnames if d in kept]
+    return deleted
+
+
+def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    # The node's user names mean nothing inside the container: numeric IDs only.
+    info.uname = info.gname = ""
+    return info
+
+
+# -- the archive --------------------------------------------------------------------------------
+
+
+def write_archive(location: Path, members: list[Member], abort: threading.Event) -> None:
+    """Blocking: the archive at `location`, complete or not at all."""
+    fd, partial = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".partial")
+    renamed = False
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for member in members:
+                    if abort.is_set():
+                        raise Abandoned(f"writing {location} was abandoned")
+                    _add(tar, member)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if abort.is_set():
+            raise Abandoned(f"writing {location} was abandoned")
+        os.replace(partial, location)
+        renamed = True
+        dir_fd = os.open(location.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if not renamed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
+
+
+def _add(tar: tarfile.TarFile, member: Member) -> None:
+    if member.data is not None:
+        info = tarfile.TarInfo(member.name)
+        info.size, info.mode = len(member.data), 0o600
+        info.mtime = int(datetime.now(UTC).timestamp())
+        tar.addfile(info, io.BytesIO(member.data))
+    elif member.path is not None:
+        tar.add(member.path, arcname=member.name, recursive=True, filter=_numeric_owner)

@@ -1,0 +1,167 @@
+"""CheckpointContainer (KEP-2008): a running container's CRIU images and writable layer, in one archive.
+
+    location checked -> RUNNING? -> handler can? -> CRIU can? -> pause
+      -> runc checkpoint --leave-running -> rootfs diff -> resume -> archive -> rename onto location
+
+The container is paused (cgroup freezer) from before CRIU until the writable
+layer is read, as CRI-O does, so the process images and the files agree; CRIU
+finds the cgroup frozen and leaves it so. Whatever happens after the pause,
+the container is resumed, and CRIU's staging directory (in the container's own
+directory, beside its bundle) is removed. `timeout` bounds the whole call: an
+overrunning CRIU is killed and collected (oci/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from crishim.oci import checkpoint as oci_checkpoint
+from crishim.oci.errors import OciError
+from crishim.runtime.bundle import read_runtime_spec
+from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
+from crishim.runtime.checkpoint.location import checked_location
+from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition
+from crishim.runtime.ids import now_ns
+from crishim.runtime.services import Handler, Services
+from crishim.runtime.state.records import CONTAINER_RUNNING, Container
+
+log = logging.getLogger("crishim.checkpoint")
+
+# api.proto: a timeout of zero means the runtime's default.
+DEFAULT_TIMEOUT_SECONDS = 300
+STAGE_PREFIX = ".checkpoint-"
+
+
+async def checkpoint_container(svc: Services, container_id: str, location: str, timeout_seconds: int) -> None:
+    target = checked_location(location)
+    seconds = timeout_seconds if timeout_seconds > 0 else DEFAULT_TIMEOUT_SECONDS
+    async with svc.locks.hold(container_id):
+        record = svc.state.containers.get(container_id)
+        if record.status.state != CONTAINER_RUNNING:
+            raise FailedPrecondition(
+                f"container {container_id} is {record.status.state}, not RUNNING: only a running container "
+                "can be checkpointed"
+            )
+        handler = svc.handler(record.meta.runtime_handler)
+        can = await handler_availability(handler.runtime)
+        if not can.available:
+            raise FailedPrecondition(f"runtime handler {handler.name!r} cannot checkpoint: {can.reason}")
+        criu = await criu_availability()
+        if not criu.available:
+            raise FailedPrecondition(f"checkpoint is unavailable on this node: {criu.reason}")
+        try:
+            async with asyncio.timeout(seconds):
+                await _checkpoint(svc, handler, record, target, seconds)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"checkpoint of container {container_id} did not finish within {seconds}s; "
+                "CRIU was stopped, the container left running and no archive written"
+            ) from None
+    log.info("checkpointed container %s to %s", container_id, target)
+
+
+async def _checkpoint(svc: Services, handler: Handler, record: Container, target: Path, seconds: float) -> None:
+    meta = record.meta
+    bundle = Path(meta.bundle)
+    spec = read_runtime_spec(bundle)
+    if spec is None:
+        raise FailedPrecondition(f"container {meta.id} has no runtime spec in {bundle}: it is being removed")
+    stage = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGE_PREFIX, dir=bundle))
+    abort = threading.Event()  # tells a writer thread that its caller has gone
+    try:
+        paths = oci_checkpoint.CheckpointPaths(images=stage / archive.CHECKPOINT_DIRECTORY, work=stage)
+        paths.images.mkdir(mode=0o700)
+        checkpointed_at = now_ns()
+        deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort)
+        members = _members(svc, record, spec, stage, deleted, checkpointed_at)
+        await asyncio.to_thread(archive.write_archive, target, members, abort)
+    finally:
+        abort.set()
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))
+
+
+async def _dump_paused(
+    svc: Services,
+    handler: Handler,
+    record: Container,
+    spec: dict[str, object],
+    paths: oci_checkpoint.CheckpointPaths,
+    seconds: float,
+    abort: threading.Event,
+) -> list[str]:
+    """CRIU's images and the rootfs diff, taken while the container is frozen; deleted.files' paths."""
+    meta, runtime = record.meta, handler.runtime
+    await runtime.pause(meta.id)
+    try:
+        await oci_checkpoint.checkpoint(runtime, meta.id, paths, time_limit=seconds)
+        return await asyncio.to_thread(
+            archive.write_rootfs_diff,
+            Path(meta.bundle) / "upper",
+            paths.work / archive.ROOTFS_DIFF,
+            _image_layers(svc, meta.image_id),
+            _mount_points(spec),
+            abort,
+        )
+    finally:
+        # Shielded: a call cancelled mid-dump must still not leave the container frozen.
+        try:
+            await asyncio.shield(runtime.resume(meta.id))
+        except OciError as exc:  # it exited meanwhile: nothing to resume
+            log.warning("resuming container %s after its checkpoint: %s", meta.id, exc)
+
+
+def _image_layers(svc: Services, image_id: str) -> list[Path]:
+    try:
+        layers: list[Path] = svc.images.layer_paths(image_id)
+    except Exception as exc:  # noqa: BLE001 - only the opaque directories' deletions depend on it
+        log.warning("image %s layers unknown for the rootfs diff: %s", image_id, exc)
+        return []
+    return layers
+
+
+def _mount_points(spec: dict[str, object]) -> frozenset[str]:
+    mounts = spec.get("mounts", [])
+    if not isinstance(mounts, list):
+        return frozenset()
+    points = (str(m.get("destination", "")).strip("/") for m in mounts if isinstance(m, dict))
+    return frozenset(p for p in points if p)
+
+
+def _members(
+    svc: Services, record: Container, spec: dict[str, object], stage: Path, deleted: list[str], at: int
+) -> list[archive.Member]:
+    meta = record.meta
+    sandbox = svc.state.sandboxes.get(meta.sandbox_id).meta
+    info = archive.ContainerInfo(
+        id=meta.id,
+        name=meta.name,
+        image=meta.image,
+        image_id=meta.image_id,
+        image_ref=meta.image_ref,
+        runtime_handler=meta.runtime_handler or svc.default_handler,
+        created_at_ns=meta.created_at,
+    )
+    cri_names = {
+        archive.CRI_CONTAINER_NAME: meta.name,
+        archive.CRI_SANDBOX_NAME: sandbox.name,
+        archive.CRI_SANDBOX_NAMESPACE: sandbox.namespace,
+        archive.CRI_SANDBOX_ID: sandbox.id,
+    }
+    members = [
+        archive.Member(archive.CHECKPOINT_DIRECTORY, path=stage / archive.CHECKPOINT_DIRECTORY),
+        archive.Member(archive.CONFIG_DUMP, data=archive.config_dump(info, at)),
+        archive.Member(archive.SPEC_DUMP, data=archive.spec_dump(spec, cri_names)),
+        archive.Member(archive.ROOTFS_DIFF, path=stage / archive.ROOTFS_DIFF),
+        archive.Member(archive.DELETED_FILES, data=archive.deleted_files(deleted)),
+    ]
+    log_path = Path(meta.log_path) if meta.log_path else Path(meta.bundle) / "container.log"
+    optional = [(archive.CONTAINER_LOG, log_path), (archive.STATS_DUMP, stage / archive.STATS_DUMP),
+                (archive.DUMP_LOG, stage / archive.DUMP_LOG)]  # fmt: skip
+    members += [archive.Member(name, path=path) for name, path in optional if path.is_file()]
+    return members

@@ -1,0 +1,130 @@
+"""The checkpoint archive's layout: the writable layer's diff, the metadata, the all-or-nothing write."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+from crishim.runtime.checkpoint import archive
+
+
+def _whiteout(path: Path) -> None:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+    except PermissionError:
+        pytest.skip("making an overlay whiteout (a 0/0 character device) needs CAP_MKNOD")
+
+
+def _opaque(path: Path) -> None:
+    try:
+        os.setxattr(path, archive.OPAQUE_XATTR, b"y")
+    except OSError as exc:
+        pytest.skip(f"trusted.* xattrs need CAP_SYS_ADMIN and a filesystem that keeps them: {exc}")
+
+
+def test_rootfs_diff_keeps_changes_and_turns_whiteouts_into_deleted_paths(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    (upper / "data").mkdir(parents=True)
+    (upper / "data" / "count").write_text("41\n")
+    (upper / "etc").mkdir()
+    _whiteout(upper / "etc" / "motd")
+    (upper / "etc" / "hosts").write_text("")  # runc's mount point for the pod's hosts file
+    out = tmp_path / "diff.tar"
+    deleted = archive.write_rootfs_diff(upper, out, [lower], frozenset({"etc/hosts"}), threading.Event())
+    assert deleted == ["/etc/motd"]
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["data", "data/count", "etc"]
+        member = tar.extractfile("data/count")
+        assert member is not None
+        assert member.read() == b"41\n"
+        assert tar.getmember("data/count").uname == ""
+
+
+def test_opaque_directory_deletes_what_it_hides_of_the_image(tmp_path: Path) -> None:
+    upper, lower = tmp_path / "upper", tmp_path / "lower"
+    (lower / "app" / "cache").mkdir(parents=True)
+    (lower / "app" / "old.conf").write_text("x")
+    (lower / "app" / "cache" / "blob").write_text("x")
+    (lower / "app" / "keep").write_text("x")
+    (upper / "app" / "cache").mkdir(parents=True)
+    (upper / "app" / "keep").write_text("new")
+    _opaque(upper / "app")
+    out = tmp_path / "diff.tar"
+    deleted = archive.write_rootfs_diff(upper, out, [lower], frozenset(), threading.Event())
+    assert sorted(deleted) == ["/app/cache/blob", "/app/old.conf"]
+    with tarfile.open(out) as tar:
+        assert sorted(tar.getnames()) == ["app", "app/cache", "app/keep"]
+
+
+def test_archive_is_renamed_into_place_with_every_member(tmp_path: Path) -> None:
+    images = tmp_path / "stage" / "checkpoint"
+    images.mkdir(parents=True)
+    (images / "pages-1.img").write_bytes(b"\0" * 4096)
+    location = tmp_path / "out" / "checkpoint.tar"
+    location.parent.mkdir()
+    members = [
+        archive.Member(archive.CHECKPOINT_DIRECTORY, path=images),
+        archive.Member(archive.DELETED_FILES, data=archive.deleted_files(["/etc/motd"])),
+    ]
+    archive.write_archive(location, members, threading.Event())
+    assert os.listdir(location.parent) == ["checkpoint.tar"]
+    assert stat.S_IMODE(location.stat().st_mode) == 0o600  # it holds every memory page
+    with tarfile.open(location) as tar:
+        assert sorted(tar.getnames()) == ["checkpoint", "checkpoint/pages-1.img", "deleted.files"]
+        deleted = tar.extractfile("deleted.files")
+        assert deleted is not None
+        assert json.loads(deleted.read()) == ["/etc/motd"]
+
+
+def test_abandoned_archive_leaves_no_file(tmp_path: Path) -> None:
+    abort = threading.Event()
+    abort.set()
+    location = tmp_path / "checkpoint.tar"
+    with pytest.raises(archive.Abandoned):
+        archive.write_archive(location, [archive.Member("config.dump", data=b"{}")], abort)
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_member_leaves_no_partial_archive(tmp_path: Path) -> None:
+    location = tmp_path / "checkpoint.tar"
+    with pytest.raises(FileNotFoundError):
+        archive.write_archive(location, [archive.Member("stats-dump", path=tmp_path / "absent")], threading.Event())
+    assert os.listdir(tmp_path) == []
+
+
+def test_config_dump_has_the_fields_checkpointctl_reads() -> None:
+    info = archive.ContainerInfo(
+        id="c" * 64,
+        name="counter",
+        image="busybox:latest",
+        image_id="sha256:" + "a" * 64,
+        image_ref="localhost/busybox@sha256:" + "b" * 64,
+        runtime_handler="runc",
+        created_at_ns=1_700_000_000_123_456_789,
+    )
+    config = json.loads(archive.config_dump(info, 1_700_000_100_000_000_000))
+    assert config["id"] == "c" * 64
+    assert config["name"] == "counter"
+    assert config["rootfsImageName"].startswith("localhost/busybox@")
+    assert config["runtime"] == "runc"
+    assert config["createdTime"] == "2023-11-14T22:13:20.123456789Z"
+    assert config["checkpointedTime"] == "2023-11-14T22:15:00Z"
+    assert config["restoredTime"] == "0001-01-01T00:00:00Z"
+    assert config["restored"] is False
+
+
+def test_spec_dump_adds_cri_names_without_replacing_the_specs_own() -> None:
+    spec = {"ociVersion": "1.0.2", "annotations": {"io.kubernetes.cri.container-name": "mine"}}
+    dumped = json.loads(
+        archive.spec_dump(spec, {archive.CRI_CONTAINER_NAME: "counter", archive.CRI_SANDBOX_NAME: "pod"})
+    )
+    assert dumped["annotations"] == {
+        "io.kubernetes.cri.container-name": "mine",
+        "io.kubernetes.cri.sandbox-name": "pod",
+    }
+    assert spec["annotations"] == {"io.kubernetes.cri.container-name": "mine"}  # the record's spec is not changed

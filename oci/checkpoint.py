@@ -17,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DeadlineExceeded, RuntimeCommandError, Unavailable
+from .errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from .processes import descendants, wait_gone
 from .runtime import OciRuntime
 
 # CRIU writes its log into the work directory under this name (runc's choice).
 DUMP_LOG = "dump.log"
 _LOG_TAIL_LINES = 5
+# runc names CRIU's log file in its error; the file goes with the staging directory, so its words are quoted instead.
+_LOG_FILE_NOTE = re.compile(r"\\nlog file: \S+?(?=\"|$)|\nlog file: \S+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +83,14 @@ async def checkpoint(runtime: OciRuntime, cid: str, paths: CheckpointPaths, *, t
                                    "CRIU was stopped and the container left running") from None  # fmt: skip
         raise
     if proc.returncode != 0:
-        text = err.decode(errors="replace").strip()
+        text = _LOG_FILE_NOTE.sub("", err.decode(errors="replace").strip())
         detail = dump_log_errors(paths.work)
-        message = f"{runtime.name} checkpoint of {cid} failed: {text or f'exit status {proc.returncode}'}"
-        raise RuntimeCommandError(message + (f" (CRIU: {detail})" if detail else ""),
-                                  returncode=proc.returncode or 1, stderr=text)  # fmt: skip
+        # CRIU refusing this container (a resource it cannot dump, this kernel) is the container's
+        # or the node's state, not a fault of the daemon: the caller can act on CRIU's reason.
+        raise FailedPrecondition(
+            f"{runtime.name} checkpoint of {cid} failed: {text or f'exit status {proc.returncode}'}"
+            + (f" (CRIU: {detail})" if detail else "")
+        )
 
 
 async def _end(proc: asyncio.subprocess.Process) -> None:

@@ -93,21 +93,6 @@ def _exited(pid: int) -> bool:
     return stat.rpartition(") ")[2].startswith("Z")
 
 
-def _crishim_cgroups() -> list[str]:
-    """The cgroups below crishim's default parents, in every hierarchy (v1 controllers, v2).
-
-    The parents are `/crishim` (cgroupfs) and `crishim.slice` (systemd), which the test
-    pods use; a test compares the list before and after, since other daemons share them.
-    """
-    found = []
-    for root in _cgroup_mounts():
-        for parent in ("crishim", "crishim.slice"):
-            top = root / parent
-            if top.is_dir():
-                found += [str(p) for p in top.iterdir() if p.is_dir()]
-    return found
-
-
 def _cgroup_mounts() -> list[Path]:
     mounts = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
@@ -130,14 +115,12 @@ def _crishim_scopes() -> list[str]:
     return [line.split()[0] for line in listed.splitlines() if line.strip()]
 
 
-def _owned_by_another_daemon(object_id: str, daemon: Daemon) -> bool:
-    """Test daemons share the `crishim` cgroup parent; a cgroup whose bundle lives in another
-    daemon's directory is that daemon's (its bundle goes only after the runtime removed it)."""
-    bundles = Path("/tmp").glob(f"cs-*/root/*/{object_id}")  # tests/support/daemon.py makes them
-    return any(daemon.dir not in bundle.parents for bundle in bundles)
-
-
 def leftovers(daemon: Daemon) -> dict[str, list[str]]:
+    """Mounts, conmons, runtime containers and netns pins of this daemon's directory.
+
+    Cgroups are not here: other daemons share crishim's default parent, so a test counts
+    the cgroups below a PodParent of its own.
+    """
     # The pin directory itself is a shared self-bind by design (as iproute2 makes /run/netns).
     pin_dir = f" {daemon.dir}/run/netns "
     mounts = [
@@ -154,13 +137,7 @@ def leftovers(daemon: Daemon) -> dict[str, list[str]]:
             out = subprocess.run([handler, "--root", str(root), "list", "-q"], capture_output=True, text=True).stdout
             runc += out.split()
     netns = [p.name for p in (daemon.dir / "run" / "netns").glob("*")]
-    cgroups = [p for p in _crishim_cgroups() if not _owned_by_another_daemon(_object_id(p), daemon)]
-    return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns, "cgroups": cgroups}
-
-
-def _object_id(cgroup: str) -> str:
-    """The container or sandbox ID a cgroup is named after (`<id>`, or the scope `crishim-<id>.scope`)."""
-    return Path(cgroup).name.removeprefix("crishim-").removesuffix(".scope")
+    return {"mounts": mounts, "conmon": conmons, "runtime": runc, "netns": netns}
 
 
 def _log_lines_about(daemon: Daemon, conmons: list[str]) -> list[str]:
@@ -266,13 +243,14 @@ def cpu_hogs(count: int) -> Iterator[None]:
 
 
 class PodParent:
-    """A cgroup parent of the crash test's own, so every cgroup or scope below it is one
-    this daemon made: the test's check cannot mistake another daemon's for a leak."""
+    """A cgroup parent of one test's own, so every cgroup or scope below it is one this
+    daemon made: the test's check cannot mistake another daemon's for a leak (test daemons,
+    benchmarks and other suites on the node share crishim's default parent)."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, test: str) -> None:
         answer = daemon.runtime.RuntimeConfig(pb.RuntimeConfigRequest(), timeout=10)
         self.systemd = answer.linux.cgroup_driver == pb.SYSTEMD
-        self.name = f"crishimcrash{os.getpid()}.slice" if self.systemd else f"/crishim-crash-{os.getpid()}"
+        self.name = f"crishim{test}{os.getpid()}.slice" if self.systemd else f"/crishim-{test}-{os.getpid()}"
 
     def dirs(self) -> list[Path]:
         """The parent in every hierarchy where it exists (systemd expands a top-level slice to itself)."""
@@ -302,7 +280,7 @@ def _slice_of(unit: str) -> str:
 def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_images) -> None:
     rng = random.Random(20261203)
     with running_daemon() as daemon, cpu_hogs(CPU_HOGS):
-        parent = PodParent(daemon)
+        parent = PodParent(daemon, "crash")
         try:
             _crash_rounds(daemon, test_images.ref("busybox:latest"), parent.name, rng)
             # Cleaning up through CRI leaves nothing behind.
@@ -370,16 +348,19 @@ def test_twenty_pods_with_two_containers_leave_nothing_behind(test_images) -> No
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
         daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
-        cgroups_before = set(leftovers(daemon)["cgroups"])
-        pods = []
-        for i in range(20):
-            sid, pod = run_pod(daemon, f"leak{i}")
-            start_container(daemon, sid, pod, container_config("a", image, ["sleep", "1000"]))
-            done = start_container(daemon, sid, pod, container_config("b", image, ["true"]))
-            wait_exited(daemon, done)
-            pods.append(sid)
-        for sid in pods:
-            remove_pod(daemon, sid)
-        found = leftovers(daemon)
-        found["cgroups"] = sorted(set(found["cgroups"]) - cgroups_before)
-        assert found == {"mounts": [], "conmon": [], "runtime": [], "netns": [], "cgroups": []}, found
+        parent = PodParent(daemon, "leak")
+        linux = pb.LinuxPodSandboxConfig(cgroup_parent=parent.name)
+        try:
+            pods = []
+            for i in range(20):
+                sid, pod = run_pod(daemon, f"leak{i}", linux=linux)
+                start_container(daemon, sid, pod, container_config("a", image, ["sleep", "1000"]))
+                done = start_container(daemon, sid, pod, container_config("b", image, ["true"]))
+                wait_exited(daemon, done)
+                pods.append(sid)
+            for sid in pods:
+                remove_pod(daemon, sid)
+            found = leftovers(daemon) | {"cgroups": parent.children() + parent.scopes()}
+            assert found == {"mounts": [], "conmon": [], "runtime": [], "netns": [], "cgroups": []}, found
+        finally:
+            parent.remove()

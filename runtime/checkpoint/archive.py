@@ -15,6 +15,8 @@ formats are an interface, kept in this one module:
 The archive is written to a hidden temporary file in the target directory,
 synced, then renamed onto `location`: a reader (or a crash) never sees half an
 archive under the final name, and a failed or abandoned write removes its file.
+`unpack_archive` reads one back for a restore: checked member by member, and a
+corrupt or truncated archive refused with nothing left unpacked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -240,3 +243,86 @@ def _add(tar: tarfile.TarFile, member: Member) -> None:
         tar.addfile(info, io.BytesIO(member.data))
     elif member.path is not None:
         tar.add(member.path, arcname=member.name, recursive=True, filter=_numeric_owner)
+
+
+# -- reading an archive back (the restore's first step) ----------------------------------------
+
+REQUIRED_MEMBERS = (CHECKPOINT_DIRECTORY, CONFIG_DUMP, SPEC_DUMP)
+
+
+class CorruptArchive(ValueError):
+    """The file is not a checkpoint archive this module can restore from; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unpacked:
+    """A checked archive unpacked into `root`: its metadata parsed, its members in place."""
+
+    root: Path
+    config: dict[str, Any]
+    spec: dict[str, Any]
+    deleted: list[str]
+
+
+def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpacked:
+    """Blocking: checks and unpacks the archive into the empty directory `dest`.
+
+    Every member goes through tarfile's `data` filter (no absolute paths, no '..', no
+    links or devices leading out of `dest`). A truncated or corrupt archive, a missing
+    member or metadata that does not parse raises CorruptArchive, and `dest` is left
+    empty again: a refused restore leaves nothing behind.
+    """
+    try:
+        with tarfile.open(location, "r:*") as tar:
+            for member in tar:
+                if abort.is_set():
+                    raise Abandoned(f"unpacking {location} was abandoned")
+                tar.extract(member, dest, filter="data")
+        missing = [name for name in REQUIRED_MEMBERS if not (dest / name).exists()]
+        if missing:
+            raise CorruptArchive(f"it lacks {', '.join(missing)} (truncated, or not a container checkpoint)")
+        config = _json_member(dest, CONFIG_DUMP, dict)
+        spec = _json_member(dest, SPEC_DUMP, dict)
+        deleted = _json_member(dest, DELETED_FILES, list) if (dest / DELETED_FILES).exists() else []
+        if not all(isinstance(p, str) and p.startswith("/") for p in deleted):
+            raise CorruptArchive(f"{DELETED_FILES} must list absolute paths")
+        if (dest / ROOTFS_DIFF).exists():
+            _check_rootfs_diff(dest / ROOTFS_DIFF)
+        return Unpacked(dest, config, spec, deleted)
+    except BaseException as exc:
+        _empty(dest)
+        if isinstance(exc, tarfile.TarError | EOFError):
+            raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
+        raise
+
+
+def _json_member(root: Path, name: str, kind: type) -> Any:
+    try:
+        value = json.loads((root / name).read_bytes())
+    except ValueError as exc:
+        raise CorruptArchive(f"{name} is not JSON: {exc}") from exc
+    if not isinstance(value, kind):
+        raise CorruptArchive(f"{name} is not a JSON {'object' if kind is dict else 'list'}")
+    return value
+
+
+def _check_rootfs_diff(path: Path) -> None:
+    """Reads the nested tar to its end: a cut one fails here, not half-way into a container's layer."""
+    with tarfile.open(path, "r:") as diff:
+        for member in diff:
+            if member.name.startswith("/") or ".." in Path(member.name).parts:
+                raise CorruptArchive(f"{ROOTFS_DIFF} member {member.name!r} leaves the container's root")
+            if member.isfile():
+                data = diff.extractfile(member)
+                if data is not None:
+                    while data.read(1 << 20):
+                        pass
+
+
+def _empty(directory: Path) -> None:
+    for entry in list(directory.iterdir()) if directory.is_dir() else []:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()

@@ -14,6 +14,7 @@ overrunning CRIU is killed and collected (oci/checkpoint.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import shutil
 import tempfile
@@ -26,7 +27,7 @@ from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
 from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
 from crishim.runtime.checkpoint.location import checked_location
-from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition
+from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import CONTAINER_RUNNING, Container
@@ -81,6 +82,10 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort)
         members = _members(svc, record, spec, stage, deleted, checkpointed_at)
         await asyncio.to_thread(archive.write_archive, target, members, abort)
+    except OSError as exc:
+        # The node's disk (full, read-only, removed under us): say which file, not only errno.
+        error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Internal
+        raise error(f"checkpoint of container {meta.id} to {target}: {exc}") from exc
     finally:
         abort.set()
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))

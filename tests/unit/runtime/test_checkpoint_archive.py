@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -128,3 +129,93 @@ def test_spec_dump_adds_cri_names_without_replacing_the_specs_own() -> None:
         "io.kubernetes.cri.sandbox-name": "pod",
     }
     assert spec["annotations"] == {"io.kubernetes.cri.container-name": "mine"}  # the record's spec is not changed
+
+
+# -- reading an archive back ---------------------------------------------------------------------
+
+
+def _written(tmp_path: Path, *, diff: bytes | None = None, config: bytes = b'{"id": "c1"}') -> Path:
+    stage = tmp_path / "stage"
+    (stage / "checkpoint").mkdir(parents=True)
+    (stage / "checkpoint" / "inventory.img").write_bytes(b"\x01" * 64)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "count").write_text("7\n")
+    archive.write_rootfs_diff(upper, stage / archive.ROOTFS_DIFF, [], frozenset(), threading.Event())
+    if diff is not None:
+        (stage / archive.ROOTFS_DIFF).write_bytes(diff)
+    location = tmp_path / "c.tar"
+    members = [
+        archive.Member(archive.CHECKPOINT_DIRECTORY, path=stage / "checkpoint"),
+        archive.Member(archive.CONFIG_DUMP, data=config),
+        archive.Member(archive.SPEC_DUMP, data=b'{"ociVersion": "1.0.2"}'),
+        archive.Member(archive.ROOTFS_DIFF, path=stage / archive.ROOTFS_DIFF),
+        archive.Member(archive.DELETED_FILES, data=archive.deleted_files(["/etc/group"])),
+    ]
+    archive.write_archive(location, members, threading.Event())
+    return location
+
+
+def test_written_archive_unpacks_with_its_metadata(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    unpacked = archive.unpack_archive(_written(tmp_path), dest, threading.Event())
+    assert unpacked.config == {"id": "c1"}
+    assert unpacked.spec == {"ociVersion": "1.0.2"}
+    assert unpacked.deleted == ["/etc/group"]
+    assert (dest / "checkpoint" / "inventory.img").read_bytes() == b"\x01" * 64
+
+
+def test_truncated_archive_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    location = _written(tmp_path)
+    data = location.read_bytes()
+    location.write_bytes(data[: len(data) // 2 + 100])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive):
+        archive.unpack_archive(location, dest, threading.Event())
+    assert list(dest.iterdir()) == []
+
+
+def test_garbage_is_refused(tmp_path: Path) -> None:
+    location = tmp_path / "c.tar"
+    location.write_bytes(b"not an archive" * 100)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive, match="not a readable tar archive"):
+        archive.unpack_archive(location, dest, threading.Event())
+
+
+def test_member_leaving_the_destination_is_refused(tmp_path: Path) -> None:
+    location = tmp_path / "c.tar"
+    with tarfile.open(location, "w") as tar:
+        info = tarfile.TarInfo("../escaped")
+        info.size = 1
+        tar.addfile(info, io.BytesIO(b"x"))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive):
+        archive.unpack_archive(location, dest, threading.Event())
+    assert not (tmp_path / "escaped").exists()
+    assert list(dest.iterdir()) == []
+
+
+def test_unparsable_metadata_is_refused(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive, match="config.dump is not JSON"):
+        archive.unpack_archive(_written(tmp_path, config=b"{cut"), dest, threading.Event())
+    assert list(dest.iterdir()) == []
+
+
+def test_cut_rootfs_diff_is_refused(tmp_path: Path) -> None:
+    upper = tmp_path / "u"
+    upper.mkdir()
+    (upper / "big").write_bytes(os.urandom(64 * 1024))
+    whole = tmp_path / "whole.tar"
+    archive.write_rootfs_diff(upper, whole, [], frozenset(), threading.Event())
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive):
+        archive.unpack_archive(_written(tmp_path, diff=whole.read_bytes()[:20000]), dest, threading.Event())
+    assert list(dest.iterdir()) == []

@@ -10,13 +10,11 @@ import grpc
 from crishim.cri_api import api_pb2
 from crishim.runtime.boundary import cri_rpc
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.container import exec as execs
-from crishim.runtime.container import lifecycle, logs, resources
-from crishim.runtime.container.create import create_container
+from crishim.runtime.container import lifecycle, logs
 from crishim.runtime.errors import InvalidArgument
 from crishim.runtime.rpc.filters import oldest_first, selects_container
 from crishim.runtime.rpc.requests import Filtered, container_id, request_filter, sandbox_id
-from crishim.runtime.rpc.summaries import ListItems
+from crishim.runtime.rpc.summaries import ListItems, Remembered
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
@@ -54,6 +52,11 @@ def _image_spec(meta: ContainerMeta) -> api_pb2.ImageSpec:
 
 
 def container_status(svc: Services, record: Container) -> api_pb2.ContainerStatus:
+    """The record's status message, built once per record (shared: copy it, never change it)."""
+    return _statuses(record)
+
+
+def _build_status(record: Container) -> api_pb2.ContainerStatus:
     meta, now = record.meta, record.status
     status = api_pb2.ContainerStatus(
         id=meta.id,
@@ -109,6 +112,8 @@ def _summary(record: Container) -> api_pb2.Container:
 
 
 _items = ListItems(_summary)
+# The kubelet asks for the status of every container it lists; a record only changes by being replaced.
+_statuses = Remembered(_build_status)
 
 
 def _matches(record: Container, f: api_pb2.ContainerFilter | None) -> bool:
@@ -130,6 +135,9 @@ class ContainerRpcs:
             raise InvalidArgument("pod_sandbox_id is empty")
         if not request.HasField("config"):
             raise InvalidArgument("config is required")
+        # The spec builder and its options are imported by the first create, not by an idle daemon.
+        from crishim.runtime.container.create import create_container
+
         sid = sandbox_id(self.svc, request.pod_sandbox_id)
         cid = await create_container(self.svc, sid, request.config, request.sandbox_config)
         return api_pb2.CreateContainerResponse(container_id=cid)
@@ -205,6 +213,8 @@ class ContainerRpcs:
     ) -> api_pb2.ExecSyncResponse:
         if not request.cmd:
             raise InvalidArgument("cmd is empty: name the command to run")
+        from crishim.runtime.container import exec as execs
+
         result = await execs.exec_sync(
             self.svc, container_id(self.svc, request.container_id), list(request.cmd), request.timeout
         )
@@ -232,6 +242,8 @@ class ContainerRpcs:
     async def UpdateContainerResources(
         self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.UpdateContainerResourcesResponse:
+        from crishim.runtime.container import resources
+
         linux = request.linux if request.HasField("linux") else None
         await resources.update_container_resources(self.svc, container_id(self.svc, request.container_id), linux)
         return api_pb2.UpdateContainerResourcesResponse()

@@ -16,7 +16,6 @@ from crishim.runtime.rpc.filters import oldest_first, selects
 from crishim.runtime.rpc.requests import Filtered, request_filter, sandbox_id
 from crishim.runtime.rpc.summaries import ListItems
 from crishim.runtime.sandbox import lifecycle
-from crishim.runtime.sandbox.run import run_pod_sandbox
 from crishim.runtime.state.records import SANDBOX_READY, Sandbox, SandboxMeta, SandboxStatus
 
 if TYPE_CHECKING:
@@ -86,6 +85,8 @@ class SandboxRpcs:
     ) -> api_pb2.RunPodSandboxResponse:
         if not request.HasField("config"):
             raise InvalidArgument("config is required")
+        from crishim.runtime.sandbox.run import run_pod_sandbox  # validation, spec building: not for an idle daemon
+
         sid = await run_pod_sandbox(self.svc, request.config, request.runtime_handler)
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=sid)
 

@@ -6,12 +6,8 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import grpc
-from crishim.cgroups import cadvisor
-from crishim.cgroups.records import CgroupStats, PsiData, PsiStats
 from crishim.cri_api import api_pb2
-from crishim.runtime import stats as collect
 from crishim.runtime.boundary import cri_rpc
-from crishim.runtime.container.resources import update_pod_sandbox_resources
 from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.containers import container_metadata
 from crishim.runtime.rpc.filters import chunks, selects, selects_container
@@ -19,7 +15,10 @@ from crishim.runtime.rpc.requests import Filtered, container_id, request_filter,
 from crishim.runtime.rpc.sandboxes import sandbox_metadata
 from crishim.runtime.state.records import SANDBOX_READY, Container, Sandbox
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the collectors (cgroup files, cAdvisor's set) are imported by the calls that read them
+    from crishim.cgroups import cadvisor
+    from crishim.cgroups.records import CgroupStats, PsiData, PsiStats
+    from crishim.runtime import stats as collect
     from crishim.runtime.services import Services
 
 
@@ -157,12 +156,16 @@ class StatsRpcs:
     svc: Services
 
     async def _container_stats(self, request: Filtered[api_pb2.ContainerStatsFilter]) -> list[api_pb2.ContainerStats]:
+        from crishim.runtime import stats as collect
+
         f = request_filter(request)
         records = [r for r in self.svc.state.containers.all() if _container_filter(r, f)]
         samples = [await collect.container_sample(self.svc, r) for r in records]
         return [container_stats(self.svc, s) for s in samples]
 
     async def _pod_stats(self, request: Filtered[api_pb2.PodSandboxStatsFilter]) -> list[api_pb2.PodSandboxStats]:
+        from crishim.runtime import stats as collect
+
         f = request_filter(request)
         records = [r for r in self.svc.state.sandboxes.all() if _pod_filter(r, f)]
         return [pod_stats(self.svc, await collect.pod_sample(self.svc, r.meta)) for r in records]
@@ -171,6 +174,8 @@ class StatsRpcs:
     async def ContainerStats(
         self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ContainerStatsResponse:
+        from crishim.runtime import stats as collect
+
         record = self.svc.state.containers.get(container_id(self.svc, request.container_id))
         sample = await collect.container_sample(self.svc, record)
         return api_pb2.ContainerStatsResponse(stats=container_stats(self.svc, sample))
@@ -192,6 +197,8 @@ class StatsRpcs:
     async def PodSandboxStats(
         self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.PodSandboxStatsResponse:
+        from crishim.runtime import stats as collect
+
         meta = self.svc.state.sandboxes.get(sandbox_id(self.svc, request.pod_sandbox_id)).meta
         return api_pb2.PodSandboxStatsResponse(stats=pod_stats(self.svc, await collect.pod_sample(self.svc, meta)))
 
@@ -212,6 +219,8 @@ class StatsRpcs:
     async def ListMetricDescriptors(
         self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.ListMetricDescriptorsResponse:
+        from crishim.cgroups import cadvisor
+
         return api_pb2.ListMetricDescriptorsResponse(
             descriptors=[
                 api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=list(d.label_keys))
@@ -220,6 +229,8 @@ class StatsRpcs:
         )
 
     async def _pod_metrics(self) -> list[api_pb2.PodSandboxMetrics]:
+        from crishim.runtime import stats as collect
+
         out = []
         for record in self.svc.state.sandboxes.all():
             if record.status.state != SANDBOX_READY:
@@ -256,6 +267,8 @@ class StatsRpcs:
     ) -> api_pb2.UpdatePodSandboxResourcesResponse:
         # KEP-2837: the kubelet has already resized the pod cgroup it owns; crishim writes the
         # same limits into a pod cgroup of the pod's own (see update_pod_sandbox_resources).
+        from crishim.runtime.container.resources import update_pod_sandbox_resources
+
         await update_pod_sandbox_resources(
             self.svc,
             sandbox_id(self.svc, request.pod_sandbox_id),

@@ -9,6 +9,9 @@ record stay right for as long as that Record lives: they are cached weakly,
 keyed by the record, and forgotten with it. For the same reason a list of
 the very same Record objects as the last one asked gets the last answer
 again: the kubelet's relist of a node where nothing changed costs a filter.
+`Remembered` does the same for one status message (ContainerStatus, and the
+container statuses PodSandboxStatus carries), which the relist asks for each
+container it saw.
 """
 
 from __future__ import annotations
@@ -33,6 +36,24 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+class Remembered(Generic[R, T]):
+    """build(record), built once per record object and forgotten with it.
+
+    The message is shared by every caller: it is copied into an answer (a field
+    assignment or CopyFrom), never changed.
+    """
+
+    def __init__(self, build: Callable[[R], T]) -> None:
+        self._build = build
+        self._built: weakref.WeakKeyDictionary[R, T] = weakref.WeakKeyDictionary()
+
+    def __call__(self, record: R) -> T:
+        message = self._built.get(record)
+        if message is None:
+            message = self._built[record] = self._build(record)
+        return message
 
 
 class ListItems(Generic[R]):

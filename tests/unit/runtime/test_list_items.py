@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 
 from crishim.cri_api import api_pb2 as pb
-from crishim.runtime.rpc.summaries import ListItems
-from crishim.runtime.state.records import Record, SandboxMeta, SandboxStatus
+from crishim.runtime.rpc.summaries import ListItems, Remembered
+from crishim.runtime.state.records import SANDBOX_NOTREADY, Record, SandboxMeta, SandboxStatus
 
 
 def record(i: int, label_bytes: int) -> Record[SandboxMeta, SandboxStatus]:
@@ -61,3 +61,23 @@ def test_an_item_is_forgotten_with_its_record() -> None:
     del r
     gc.collect()
     assert len(items._wire) == 0
+
+
+def test_remembered_status_is_built_once_per_record_and_follows_a_replaced_record() -> None:
+    built: list[str] = []
+
+    def build(r: Record[SandboxMeta, SandboxStatus]) -> pb.PodSandbox:
+        built.append(r.meta.id)
+        return summary(r)
+
+    status = Remembered(build)
+    first = record(0, 10)
+    assert status(first) == summary(first)
+    assert status(first) is status(first)
+    # A status change replaces the record: the same ID, a new record, a new message.
+    replaced = Record(first.meta, SandboxStatus(state=SANDBOX_NOTREADY))
+    assert status(replaced) is not status(first)
+    assert built == ["s0", "s0"]
+    del first, replaced
+    gc.collect()
+    assert len(status._built) == 0  # forgotten with their records

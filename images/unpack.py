@@ -192,21 +192,32 @@ class _Extractor:
     def _write_file(self, tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            source = tf.extractfile(member)
-            assert source is not None
-            remaining = member.size
-            while remaining > 0:
-                data = source.read(min(READ_SIZE, remaining))
-                if not data:
+            stream = tf.fileobj
+            if isinstance(stream, DecompressedStream) and not member.issparse():
+                # The common case: the contents go from the inflated buffer to the file directly.
+                stream.seek(member.offset_data)
+                if stream.copy_to(fd, member.size) != member.size:
                     raise DataLoss(f"{self.where}: tar ends inside {member.name!r} (truncated layer)")
-                remaining -= len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+            else:
+                self._copy_member(tf, member, fd)
         finally:
             os.close(fd)
         self.size += member.size
         self.inodes += 1
+
+    def _copy_member(self, tf: tarfile.TarFile, member: tarfile.TarInfo, fd: int) -> None:
+        """Through tarfile's reader: sparse members, whose holes it fills in."""
+        source = tf.extractfile(member)
+        assert source is not None
+        remaining = member.size
+        while remaining > 0:
+            data = source.read(min(READ_SIZE, remaining))
+            if not data:
+                raise DataLoss(f"{self.where}: tar ends inside {member.name!r} (truncated layer)")
+            remaining -= len(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
 
     def finish(self) -> None:
         """Directory times last: creating their children changed them."""
@@ -246,7 +257,10 @@ def unpack_layer(
     stream = DecompressedStream(compressed, where)
     extractor = _Extractor(dest, where)
     try:
-        with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_SIZE) as tf:  # type: ignore[call-overload]
+        # "r:" rather than the stream mode "r|": tarfile then reads headers from `stream` itself
+        # (which seeks forward only, as the reader asks), so regular files can be copied out of
+        # the inflated buffer without tarfile's buffering and its copies.
+        with tarfile.open(fileobj=stream, mode="r:") as tf:  # type: ignore[call-overload]
             for member in tf:
                 extractor.add(tf, member)
     except tarfile.ReadError as exc:

@@ -28,6 +28,9 @@ from .runtime import OciRuntime
 
 # CRIU writes its log into the work directory under this name (runc's choice).
 DUMP_LOG = "dump.log"
+# The work directory also records runc's pid, the ID of the session runc and CRIU run in: a
+# daemon restarted after kill -9 ends a checkpoint it no longer waits for (end_session).
+SESSION_FILE = "checkpoint.session"
 _LOG_TAIL_LINES = 5
 # runc names CRIU's log file in its error; the file goes with the staging directory, so its words are quoted instead.
 _LOG_FILE_NOTE = re.compile(r"\\nlog file: \S+?(?=\"|$)|\nlog file: \S+")
@@ -74,6 +77,7 @@ async def checkpoint(runtime: OciRuntime, cid: str, paths: CheckpointPaths, *, t
         start_new_session=True,
     )  # fmt: skip
     try:
+        await asyncio.to_thread((paths.work / SESSION_FILE).write_text, f"{proc.pid}\n")
         async with asyncio.timeout(time_limit):
             _, err = await proc.communicate()
     except BaseException as exc:
@@ -105,3 +109,54 @@ async def _end(proc: asyncio.subprocess.Process) -> None:
     await asyncio.shield(proc.wait())
     # As the subreaper the daemon inherits CRIU once runc is gone: collect it here.
     await asyncio.to_thread(wait_gone, below)
+
+
+def end_session(work: Path) -> list[int]:
+    """Blocking: kills and collects a checkpoint's runc and CRIU left by a daemon that died.
+
+    Only a session that is plainly this checkpoint's is ended: its leader (runc) still runs
+    with this work directory on its command line, or, runc gone, only CRIU is left in it.
+    Returns the pids ended.
+    """
+    try:
+        sid = int((work / SESSION_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    members = [pid for pid, session in _sessions() if session == sid]
+    if not members:
+        return []
+    if sid in members:
+        if str(work) not in _cmdline(sid):
+            return []
+    elif any(_comm(pid) != "criu" for pid in members):
+        return []
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(members)
+    return members
+
+
+def _sessions() -> list[tuple[int, int]]:
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rpartition(")")[2].split()
+            found.append((int(stat_file.parent.name), int(fields[3])))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""

@@ -50,9 +50,11 @@ def _mark_not_ready(svc: Services, sandbox_id: str) -> None:
 
 
 async def reconcile(svc: Services) -> None:
+    from crishim.runtime.checkpoint.stage import collect_interrupted
     from crishim.runtime.orphans import collect_orphans
 
     await collect_orphans(svc)
+    await collect_interrupted(svc)  # before any watch: a container a checkpoint left paused is resumed
     running = exited = 0
     for sandbox in svc.state.sandboxes.all():
         if sandbox.status.state != SANDBOX_READY:

@@ -207,9 +207,18 @@ def _numeric_owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
 # -- the archive --------------------------------------------------------------------------------
 
 
-def write_archive(location: Path, members: list[Member], abort: threading.Event) -> None:
-    """Blocking: the archive at `location`, complete or not at all."""
-    fd, partial = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".partial")
+def partial_path(location: Path, tag: str) -> Path:
+    """The hidden file an archive is written to before its rename: beside it, on its filesystem."""
+    return location.parent / f".{location.name}.{tag}.partial"
+
+
+def write_archive(location: Path, members: list[Member], abort: threading.Event, partial: Path | None = None) -> None:
+    """Blocking: the archive at `location`, complete or not at all (written first to `partial`)."""
+    if partial is None:
+        fd, name = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".partial")
+        partial = Path(name)
+    else:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     renamed = False
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -27,6 +27,7 @@ from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
 from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
 from crishim.runtime.checkpoint.location import checked_location
+from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Handler, Services
@@ -36,7 +37,6 @@ log = logging.getLogger("crishim.checkpoint")
 
 # api.proto: a timeout of zero means the runtime's default.
 DEFAULT_TIMEOUT_SECONDS = 300
-STAGE_PREFIX = ".checkpoint-"
 
 
 async def checkpoint_container(svc: Services, container_id: str, location: str, timeout_seconds: int) -> None:
@@ -81,7 +81,9 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         checkpointed_at = now_ns()
         deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort)
         members = _members(svc, record, spec, stage, deleted, checkpointed_at)
-        await asyncio.to_thread(archive.write_archive, target, members, abort)
+        partial = archive.partial_path(target, stage.name)
+        await asyncio.to_thread(record_partial, stage, partial)  # for a restart after kill -9 to remove it
+        await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
     except OSError as exc:
         # The node's disk (full, read-only, removed under us): say which file, not only errno.
         error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Internal

@@ -15,12 +15,14 @@ import re
 import shutil
 import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci.processes import alive
 
 from tests.support.cri import (
     container_config,
@@ -31,6 +33,7 @@ from tests.support.cri import (
     pull_test_image,
     refusal,
     remove_pod,
+    rpc_code,
     run_pod,
     start_container,
 )
@@ -320,6 +323,7 @@ def test_overrunning_dump_is_killed_at_the_timeout_and_the_container_resumed(
     daemon, shim = daemon_past_the_check
     image = pull_test_image(daemon, test_images)
     sid, config = run_pod(daemon, "checkpoint-hangs", handler="runc")
+    (shim / "hung.pid").unlink(missing_ok=True)
     (shim / "hang").touch()
     try:
         cid = start_container(daemon, sid, config, container_config("counter", image, ["sh", "-c", COUNTER]))
@@ -331,6 +335,38 @@ def test_overrunning_dump_is_killed_at_the_timeout_and_the_container_resumed(
         assert not Path(f"/proc/{hung}").exists()  # killed and collected, not left a zombie
         assert list(tmp_path.iterdir()) == []
         assert not list(_bundle(daemon, cid).glob(".checkpoint-*"))
+        assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
+        before = _count(daemon, cid)
+        eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the counter to go on")
+    finally:
+        (shim / "hang").unlink()
+        remove_pod(daemon, sid)
+
+
+def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
+    daemon_past_the_check: tuple[Daemon, Path], test_images: TestImages, tmp_path: Path
+) -> None:
+    daemon, shim = daemon_past_the_check
+    image = pull_test_image(daemon, test_images)
+    sid, config = run_pod(daemon, "checkpoint-kill9", handler="runc")
+    (shim / "hung.pid").unlink(missing_ok=True)
+    (shim / "hang").touch()
+    try:
+        cid = start_container(daemon, sid, config, container_config("counter", image, ["sh", "-c", COUNTER]))
+        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
+        bundle = _bundle(daemon, cid)
+        call = threading.Thread(target=rpc_code, args=(lambda: _checkpoint(daemon, cid, str(tmp_path / "c.tar")),))
+        call.start()
+        eventually(lambda: (shim / "hung.pid").exists(), bool, what="the dump to start (and hang)")
+        hung = int((shim / "hung.pid").read_text())
+        assert list(bundle.glob(".checkpoint-*"))  # mid-checkpoint: staged, the container paused
+        daemon.kill9()
+        call.join(30)
+        daemon.start()
+        # The restarted daemon ended the orphaned runc and CRIU, removed the stage, resumed the container.
+        eventually(lambda: alive(hung), lambda up: not up, what="the orphaned dump to be ended")
+        assert not list(bundle.glob(".checkpoint-*"))
+        assert list(tmp_path.iterdir()) == []
         assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
         before = _count(daemon, cid)
         eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the counter to go on")

@@ -1,0 +1,74 @@
+"""CRIU's staging directory in the container's own directory, and what a crash leaves of it.
+
+A checkpoint stages CRIU's images and work files in `<container dir>/.checkpoint-*`,
+and names there the hidden file its archive is being written to. A daemon killed
+mid-checkpoint leaves that directory, possibly runc and CRIU still running (they
+have a session of their own), a half-written archive, and the container paused.
+At start-up `collect_interrupted` ends all of it and resumes the container, so a
+kill -9 never leaves a frozen container, a stray CRIU or a partial archive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from pathlib import Path
+
+from crishim.oci.checkpoint import end_session
+from crishim.runtime.services import Services
+
+log = logging.getLogger("crishim.checkpoint")
+
+STAGE_PREFIX = ".checkpoint-"
+# Inside a stage: the path of the archive's partial file, once its writing has begun.
+PARTIAL_FILE = "archive.partial"
+PARTIAL_SUFFIX = ".partial"
+
+
+def record_partial(stage: Path, partial: Path) -> None:
+    (stage / PARTIAL_FILE).write_text(str(partial))
+
+
+def stages_of(bundle: Path) -> list[Path]:
+    return sorted(bundle.glob(STAGE_PREFIX + "*"))
+
+
+def clean_stage(stage: Path) -> list[int]:
+    """Blocking: ends the stage's runc and CRIU, removes its partial archive and itself; the pids ended."""
+    ended = end_session(stage)
+    with contextlib.suppress(OSError, ValueError):
+        partial = Path((stage / PARTIAL_FILE).read_text().strip())
+        if partial.is_absolute() and partial.name.endswith(PARTIAL_SUFFIX):
+            partial.unlink(missing_ok=True)
+    shutil.rmtree(stage, ignore_errors=True)
+    return ended
+
+
+async def collect_interrupted(svc: Services) -> None:
+    """Start-up: checkpoints a previous daemon left unfinished are ended and their containers resumed."""
+    containers = list(svc.state.containers.all())
+    found = await asyncio.to_thread(lambda: {c.meta.id: stages_of(Path(c.meta.bundle)) for c in containers})
+    for record in containers:
+        stages = found.get(record.meta.id)
+        if not stages:
+            continue
+        for stage in stages:
+            ended = await asyncio.to_thread(clean_stage, stage)
+            log.warning("container %s: ended a checkpoint interrupted by a restart (processes %s)",
+                        record.meta.id[:13], ended)  # fmt: skip
+        await _resume_if_paused(svc, record.meta.id, record.meta.runtime_handler)
+
+
+async def _resume_if_paused(svc: Services, container_id: str, handler_name: str) -> None:
+    # Only a checkpoint pauses a container here, so a paused one with a stage was paused by it.
+    handler = svc.handlers.get(handler_name or svc.default_handler)
+    if handler is None:
+        return
+    try:
+        if (await handler.runtime.state(container_id)).get("status") == "paused":
+            await handler.runtime.resume(container_id)
+            log.warning("container %s: resumed, paused by the interrupted checkpoint", container_id[:13])
+    except Exception as exc:  # noqa: BLE001 - gone meanwhile: the exit is recorded by reconcile
+        log.warning("container %s: cannot resume after an interrupted checkpoint: %s", container_id[:13], exc)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .content import BlobWriter, ContentStore
 from .errors import DataLoss, ImageError, NotFound, Unavailable
 from .layerstream import ChunkFeed, file_source
-from .manifest import BLOB_CHUNK, Descriptor
+from .manifest import Descriptor
 from .metadata import LayerRow, Metadata
 from .scheduler import DownloadClaim, DownloadScheduler, PullTicket
 from .tasks import SharedTask, complete_despite_cancel, in_thread, shared_in
@@ -264,7 +264,7 @@ class LayerFetcher:
         downloaded = 0
         try:
             async with registry.open_blob(job.session, job.desc.digest) as response:
-                async for chunk in response.aiter_raw(BLOB_CHUNK):
+                async for chunk in response.aiter_raw():  # as received: no re-chunking copy
                     if thread.done():
                         break
                     await feed.put(chunk)

@@ -10,17 +10,17 @@ Gzip is inflated by ISA-L (`isal`), two to three times zlib's speed, and like
 zlib it lets go of the GIL while it works, so layers inflate on every core.
 The tar reader takes headers through `read`; file contents leave through
 `copy_to`, straight from the inflated buffer to the file, without a copy in
-Python. Buffers are bounded: the download queue holds at most `FEED_DEPTH`
-chunks per layer and one inflate step yields at most `MAX_DECOMPRESS_STEP`.
+Python. Buffers are bounded: the download queue holds at most `FEED_LIMIT`
+bytes per layer and one inflate step yields at most `MAX_DECOMPRESS_STEP`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import queue
 import threading
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,8 @@ from .errors import DataLoss, UnpackAborted
 
 READ_SIZE = 1 << 20
 MAX_DECOMPRESS_STEP = 1 << 20
-FEED_DEPTH = 4  # downloaded chunks waiting per layer: with 1 MiB chunks, 4 MiB a layer
+FEED_LIMIT = 4 << 20  # downloaded bytes handed to a layer's unpack thread and not yet consumed
+FEED_RELEASE_STEP = 1 << 20
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
 ZSTD_INPUT_STEP = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
@@ -45,21 +46,30 @@ _ABORT = object()
 class ChunkFeed:
     """Hands downloaded chunks from the event loop to the unpack thread, with back-pressure.
 
-    The loop side awaits a credit before each `put`, so at most `depth`
-    chunks wait in memory; the thread gives credits back as it consumes.
+    Chunks go as the connection delivers them (no re-chunking copy). The loop side
+    waits in `put` while `limit` bytes are handed over and not yet consumed; the
+    thread reports what it consumed once per `release_step` bytes, so the loop is
+    woken about once a MiB rather than once a chunk.
     """
 
-    def __init__(self, depth: int = FEED_DEPTH) -> None:
+    def __init__(self, limit: int = FEED_LIMIT, release_step: int = FEED_RELEASE_STEP) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._depth = depth
-        self._credits = asyncio.Semaphore(depth)
+        self._limit = limit
+        self._step = min(release_step, limit // 2)  # below the limit: the thread always reports back
+        self._in_flight = 0  # loop side: bytes put and not yet reported consumed
+        self._room = asyncio.Event()
+        self._room.set()
+        self._consumed = 0  # thread side: bytes consumed and not yet reported
         self._consumer_gone = False
 
     async def put(self, chunk: bytes) -> None:
+        while self._in_flight >= self._limit and not self._consumer_gone:
+            self._room.clear()
+            await self._room.wait()
         if self._consumer_gone:
             return
-        await self._credits.acquire()
+        self._in_flight += len(chunk)
         self._queue.put(chunk)
 
     def consumer_done(self) -> None:
@@ -71,8 +81,12 @@ class ChunkFeed:
 
     def _open_gates(self) -> None:
         self._consumer_gone = True
-        for _ in range(self._depth + 1):
-            self._credits.release()
+        self._room.set()
+
+    def _consumed_back(self, n: int) -> None:
+        self._in_flight -= n
+        if self._in_flight < self._limit:
+            self._room.set()
 
     def finish(self) -> None:
         self._queue.put(_EOF)
@@ -80,11 +94,15 @@ class ChunkFeed:
     def abort(self) -> None:
         self._queue.put(_ABORT)
 
-    def _release(self) -> None:
+    def _release(self, n: int) -> None:
+        self._consumed += n
+        if self._consumed < self._step:
+            return
+        n, self._consumed = self._consumed, 0
         try:
-            self._loop.call_soon_threadsafe(self._credits.release)
+            self._loop.call_soon_threadsafe(self._consumed_back, n)
         except RuntimeError:
-            pass  # the loop is gone: nobody waits for credits any more
+            pass  # the loop is gone: nobody waits for room any more
 
     def __call__(self) -> bytes | None:
         item = self._queue.get()
@@ -93,8 +111,8 @@ class ChunkFeed:
         if item is _EOF:
             self._queue.put(_EOF)
             return None
-        self._release()
         assert isinstance(item, bytes)
+        self._release(len(item))
         return item
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from crishim.runtime.streaming.errors import StreamingError
 from crishim.runtime.streaming.spdy import SpdyConnection, SpdyStream
 from crishim.runtime.streaming.streams import (
+    STREAM_CREATION_TIMEOUT,
     ByteReader,
     ByteWriter,
     SessionStreams,
@@ -55,8 +56,6 @@ STREAM_STDERR = "stderr"
 STREAM_RESIZE = "resize"
 
 CH_STDIN, CH_STDOUT, CH_STDERR, CH_ERROR, CH_RESIZE = range(5)
-
-STREAM_CREATION_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,10 @@ HTTP/1.1 is parsed by h11; after the upgrade the same socket carries SPDY frames
 (ours) or WebSocket frames (wsproto). Routes: /exec/{token}, /attach/{token},
 /portforward/{token}; a token works once and for `token_ttl` seconds, and any
 other request gets 404, as with the kubelet's streaming server.
+
+Only the listener is loaded at start-up: h11, wsproto and the SPDY and
+sub-protocol code are imported by the first connection, so an idle daemon
+(most nodes never exec into a container) does not hold them.
 """
 
 from __future__ import annotations
@@ -12,13 +16,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
-import h11
-from crishim.runtime.streaming import portforward, remotecommand
 from crishim.runtime.streaming.errors import InvalidArgument
-from crishim.runtime.streaming.spdy import SpdyConnection
-from crishim.runtime.streaming.streams import StreamBackend
+from crishim.runtime.streaming.streams import STREAM_CREATION_TIMEOUT, StreamBackend
 from crishim.runtime.streaming.tokens import (
     DEFAULT_TTL,
     AttachRequest,
@@ -27,8 +29,9 @@ from crishim.runtime.streaming.tokens import (
     StreamRequest,
     TokenCache,
 )
-from crishim.runtime.streaming.tunnel import WebSocketTunnel
-from crishim.runtime.streaming.websocket import ChannelConnection, handshake
+
+if TYPE_CHECKING:
+    import h11
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class StreamingServer:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         token_ttl: float = DEFAULT_TTL,
-        stream_creation_timeout: float = remotecommand.STREAM_CREATION_TIMEOUT,
+        stream_creation_timeout: float = STREAM_CREATION_TIMEOUT,
     ) -> None:
         if backend is None:
             raise InvalidArgument("StreamingServer needs a backend that runs exec, attach and port-forward")
@@ -148,6 +151,8 @@ class StreamingServer:
 
     # Connection handling.
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11  # the first connection loads the HTTP parser (see the module's docstring)
+
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -164,6 +169,9 @@ class StreamingServer:
                 await writer.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+        from crishim.runtime.streaming import portforward
+
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         raw = bytearray()
         request: h11.Request | None = None
@@ -223,6 +231,10 @@ class StreamingServer:
         writer: asyncio.StreamWriter,
         request: StreamRequest,
     ) -> None:
+        import h11
+        from crishim.runtime.streaming import portforward, remotecommand
+        from crishim.runtime.streaming.spdy import SpdyConnection
+
         is_pf = isinstance(request, PortForwardRequest)
         supported = (portforward.SPDY_PORTFORWARD,) if is_pf else remotecommand.SPDY_PROTOCOLS
         if offered:
@@ -257,6 +269,11 @@ class StreamingServer:
         writer: asyncio.StreamWriter,
         request: StreamRequest,
     ) -> None:
+        from crishim.runtime.streaming import portforward, remotecommand
+        from crishim.runtime.streaming.spdy import SpdyConnection
+        from crishim.runtime.streaming.tunnel import WebSocketTunnel
+        from crishim.runtime.streaming.websocket import ChannelConnection, handshake
+
         is_pf = isinstance(request, PortForwardRequest)
         supported: tuple[str, ...] = portforward.WEBSOCKET_PROTOCOLS if is_pf else remotecommand.WEBSOCKET_PROTOCOLS
         if is_pf:
@@ -301,6 +318,8 @@ async def _respond(
     message: str,
     extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
+    import h11
+
     body = (message + "\n").encode()
     headers = [
         ("Content-Type", "text/plain; charset=utf-8"),

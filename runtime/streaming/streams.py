@@ -14,6 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+# How long a client has to open the streams it announced (the kubelet's streamCreationTimeout).
+# Here rather than in remotecommand.py so that the server's listener does not load the protocols.
+STREAM_CREATION_TIMEOUT = 30.0
+
 
 @runtime_checkable
 class ByteReader(Protocol):

@@ -15,7 +15,6 @@ from crishim.runtime.ids import now_ns
 from crishim.runtime.rpc.filters import oldest_first, selects
 from crishim.runtime.rpc.requests import Filtered, request_filter, sandbox_id
 from crishim.runtime.rpc.summaries import ListItems
-from crishim.runtime.sandbox import lifecycle
 from crishim.runtime.state.records import SANDBOX_READY, Sandbox, SandboxMeta, SandboxStatus
 
 if TYPE_CHECKING:
@@ -94,6 +93,8 @@ class SandboxRpcs:
     async def StopPodSandbox(
         self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.StopPodSandboxResponse:
+        from crishim.runtime.sandbox import lifecycle  # with the infra spec builder: not for an idle daemon
+
         await lifecycle.stop_pod_sandbox(self.svc, sandbox_id(self.svc, request.pod_sandbox_id, missing_ok=True))
         return api_pb2.StopPodSandboxResponse()
 
@@ -101,6 +102,8 @@ class SandboxRpcs:
     async def RemovePodSandbox(
         self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext
     ) -> api_pb2.RemovePodSandboxResponse:
+        from crishim.runtime.sandbox import lifecycle
+
         await lifecycle.remove_pod_sandbox(self.svc, sandbox_id(self.svc, request.pod_sandbox_id, missing_ok=True))
         return api_pb2.RemovePodSandboxResponse()
 

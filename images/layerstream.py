@@ -23,7 +23,7 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zstandard
 from isal import isal_zlib
@@ -38,6 +38,9 @@ GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 3
 ZSTD_INPUT_STEP = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+# isal's stubs declare `error` as an exception instance; it is the class zlib.error would be.
+_INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
 
 _EOF = object()
 _ABORT = object()
@@ -248,7 +251,7 @@ class DecompressedStream:
                 self._tail = self._z.unused_data + self._tail
                 self._z = self._new_decoder()
             return out
-        except (isal_zlib.error, zstandard.ZstdError) as exc:
+        except (_INFLATE_ERROR, zstandard.ZstdError) as exc:
             raise DataLoss(f"{self._where}: corrupt {self.kind} data: {exc}") from exc
 
     def _view(self, n: int) -> memoryview:

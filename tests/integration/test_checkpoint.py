@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -30,12 +29,15 @@ from tests.support.cri import (
     create_container,
     eventually,
     exec_checked,
+    exec_output,
     pull_test_image,
     refusal,
+    remove_container,
     remove_pod,
     rpc_code,
     run_pod,
     start_container,
+    stop,
 )
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.images import TestImages
@@ -247,129 +249,138 @@ def _read(tar: tarfile.TarFile, name: str) -> bytes:
     return member.read()
 
 
-# -- a dump that CRIU fails, where `criu check` fails too ----------------------------------------
+# -- a dump that overruns, or a daemon killed mid-dump, where CRIU works ----------------------------
+
+# Holds 512 MiB of anonymous memory (a string doubled up to 2^29 bytes, really written, so resident),
+# then counts in /count as COUNTER does: its dump is long enough for the call to overrun and for the
+# daemon to be killed while CRIU is writing its images.
+HOLDER_BYTES = 1 << 29
+HOLDER = (
+    'awk \'BEGIN { s = "a"; while (length(s) < ' + str(HOLDER_BYTES) + ") s = s s; "
+    'for (n = 1; ; n++) { print n > "/count"; close("/count"); system("sleep 0.1") } }\''
+)
+HOLDER_READY = 300.0  # seconds: building the string is slow under software emulation
 
 
-@pytest.fixture(scope="module")
-def daemon_past_the_check(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Path]]:
-    """A daemon whose `criu check` is answered by a shim, so a checkpoint reaches the real CRIU dump.
-
-    Only where the check fails: the dump then fails too (same kernel, same reason), which is
-    how the failure path is exercised on a node where CRIU cannot work.
-    """
-    if criu_check()[0]:
-        pytest.skip("criu check passes here: a dump succeeds, and the tests above cover it")
-    shim = tmp_path_factory.mktemp("criu-shim")
-    real = shutil.which("criu")
-    if real is None:
-        pytest.skip("criu is not installed")
-    # With a `hang` file beside it, the dump never ends: the stand-in for a CRIU that overruns.
-    (shim / "criu").write_text(
-        "#!/bin/sh\n"
-        '[ "$1" = check ] && exit 0\n'
-        f"[ -e {shim}/hang ] && echo $$ > {shim}/hung.pid && exec sleep 600\n"
-        f'exec {real} "$@"\n'
-    )
-    (shim / "criu").chmod(0o755)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PATH", f"{shim}:{os.environ['PATH']}")
-        with running_daemon() as daemon:
-            patch.undo()
-            yield daemon, shim
+def _start_holder(daemon: Daemon, sid: str, config: pb.PodSandboxConfig, image: str) -> str:
+    """A running holder whose memory is resident (its working set is at least the string)."""
+    cid = start_container(daemon, sid, config, container_config("holder", image, ["sh", "-c", HOLDER]))
+    eventually(
+        lambda: exec_output(daemon, cid, ["cat", "/count"])[0], lambda code: code == 0,
+        timeout=HOLDER_READY, interval=0.5, what="the holder to fill its memory and count",
+    )  # fmt: skip
+    request = pb.ContainerStatsRequest(container_id=cid)
+    working_set = daemon.runtime.ContainerStats(request, timeout=30).stats.memory.working_set_bytes.value
+    assert working_set >= HOLDER_BYTES, working_set
+    return cid
 
 
-def test_failed_dump_leaves_the_container_running_and_nothing_behind(
-    daemon_past_the_check: tuple[Daemon, Path], test_images: TestImages, tmp_path: Path
-) -> None:
-    daemon, _ = daemon_past_the_check
-    image = pull_test_image(daemon, test_images)
-    sid, config = run_pod(daemon, "checkpoint-fails", handler="runc")
-    try:
-        cid = start_container(daemon, sid, config, container_config("counter", image, ["sh", "-c", COUNTER]))
-        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
-        error = refusal(lambda: _checkpoint(daemon, cid, str(tmp_path / "c.tar")))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-        assert "checkpoint of " + cid in error.details()
-        assert "log file:" not in error.details()  # the staging directory is gone: CRIU's words are quoted
-        assert "CRIU: " in error.details()  # its own reason, from dump.log
-        assert list(tmp_path.iterdir()) == []
-        assert not list(_bundle(daemon, cid).glob(".checkpoint-*"))
-        # Resumed (not left frozen) and still counting.
-        assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
-        before = _count(daemon, cid)
-        eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the counter to go on")
-        assert daemon.proc is not None
-        assert _criu_children(daemon.proc.pid) == []  # killed or ended, and collected
-    finally:
-        remove_pod(daemon, sid)
+def _remove(daemon: Daemon, cid: str) -> None:
+    stop(daemon, cid, timeout=0)
+    remove_container(daemon, cid)
 
 
-def _criu_children(parent: int) -> list[int]:
-    """CRIU processes (zombies included) below `parent`: as the subreaper, the daemon inherits a stray one."""
-    found = []
+def _processes() -> dict[int, tuple[str, int]]:
+    """pid: (command name, parent pid), of every process now."""
+    found = {}
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            comm, _, rest = stat_file.read_text().partition(") ")
-        except OSError:
+            head, _, rest = stat_file.read_text().rpartition(")")
+            found[int(stat_file.parent.name)] = (head.partition("(")[2], int(rest.split()[1]))
+        except (OSError, ValueError, IndexError):
             continue
-        if comm.endswith("(criu") and int(rest.split()[1]) == parent:
-            found.append(int(stat_file.parent.name))
     return found
 
 
+def _criu_below(daemon_pid: int) -> list[int]:
+    """CRIU processes (zombies included) the daemon started: through its runc, or inherited as the subreaper."""
+    procs = _processes()
+    found = []
+    for pid, (comm, parent) in procs.items():
+        if comm != "criu":
+            continue
+        grandparent = procs.get(parent, ("", 0))[1]
+        if parent == daemon_pid or (procs.get(parent, ("", 0))[0] == "runc" and grandparent == daemon_pid):
+            found.append(pid)
+    return found
+
+
+def _watch_criu(daemon_pid: int, done: threading.Event, seen: set[int]) -> None:
+    """Polls /proc often until `done`, adding every CRIU below the daemon to `seen`."""
+    while not done.is_set():
+        seen.update(_criu_below(daemon_pid))
+        done.wait(0.005)
+
+
 def test_overrunning_dump_is_killed_at_the_timeout_and_the_container_resumed(
-    daemon_past_the_check: tuple[Daemon, Path], test_images: TestImages, tmp_path: Path
+    live_daemon: Daemon, busybox: str, pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
 ) -> None:
-    daemon, shim = daemon_past_the_check
-    image = pull_test_image(daemon, test_images)
-    sid, config = run_pod(daemon, "checkpoint-hangs", handler="runc")
-    (shim / "hung.pid").unlink(missing_ok=True)
-    (shim / "hang").touch()
+    needs_criu()
+    sid, config = pod
+    cid = _start_holder(live_daemon, sid, config, busybox)
+    assert live_daemon.proc is not None
+    daemon_pid = live_daemon.proc.pid
+    done, seen = threading.Event(), set[int]()
+    watcher = threading.Thread(target=_watch_criu, args=(daemon_pid, done, seen))
+    watcher.start()
     try:
-        cid = start_container(daemon, sid, config, container_config("counter", image, ["sh", "-c", COUNTER]))
-        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
-        error = refusal(lambda: _checkpoint(daemon, cid, str(tmp_path / "c.tar"), timeout=2))
+        error = refusal(lambda: _checkpoint(live_daemon, cid, str(tmp_path / "c.tar"), timeout=1))
+        done.set()
+        watcher.join()
         assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error.details()
-        assert "within 2s" in error.details()
-        hung = int((shim / "hung.pid").read_text())
-        assert not Path(f"/proc/{hung}").exists()  # killed and collected, not left a zombie
+        assert "within 1s" in error.details()
+        # CRIU killed and collected (not left a zombie), no archive, no staging left.
+        assert _criu_below(daemon_pid) == []
+        assert [pid for pid in seen if alive(pid)] == []
         assert list(tmp_path.iterdir()) == []
-        assert not list(_bundle(daemon, cid).glob(".checkpoint-*"))
-        assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
-        before = _count(daemon, cid)
-        eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the counter to go on")
+        assert not list(_bundle(live_daemon, cid).glob(".checkpoint-*"))
+        # Resumed (not left frozen) and still counting, its memory still held.
+        assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
+        before = _count(live_daemon, cid)
+        eventually(lambda: _count(live_daemon, cid), lambda n: n > before, what="the holder to go on counting")
     finally:
-        (shim / "hang").unlink()
-        remove_pod(daemon, sid)
+        done.set()
+        watcher.join()
+        _remove(live_daemon, cid)
+
+
+@pytest.fixture
+def own_daemon(test_images: TestImages) -> Iterator[tuple[Daemon, str]]:
+    """A daemon of the test's own, since the test kills it; with the test image pulled."""
+    with running_daemon() as daemon:
+        yield daemon, pull_test_image(daemon, test_images)
 
 
 def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
-    daemon_past_the_check: tuple[Daemon, Path], test_images: TestImages, tmp_path: Path
+    own_daemon: tuple[Daemon, str], tmp_path: Path
 ) -> None:
-    daemon, shim = daemon_past_the_check
-    image = pull_test_image(daemon, test_images)
+    needs_criu()
+    daemon, image = own_daemon
     sid, config = run_pod(daemon, "checkpoint-kill9", handler="runc")
-    (shim / "hung.pid").unlink(missing_ok=True)
-    (shim / "hang").touch()
     try:
-        cid = start_container(daemon, sid, config, container_config("counter", image, ["sh", "-c", COUNTER]))
-        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
+        cid = _start_holder(daemon, sid, config, image)
         bundle = _bundle(daemon, cid)
+        assert daemon.proc is not None
+        daemon_pid = daemon.proc.pid
         call = threading.Thread(target=rpc_code, args=(lambda: _checkpoint(daemon, cid, str(tmp_path / "c.tar")),))
         call.start()
-        eventually(lambda: (shim / "hung.pid").exists(), bool, what="the dump to start (and hang)")
-        hung = int((shim / "hung.pid").read_text())
-        assert list(bundle.glob(".checkpoint-*"))  # mid-checkpoint: staged, the container paused
+        # A real CRIU dumping, below the daemon's runc: the daemon dies now, mid-dump.
+        criu = eventually(
+            lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start dumping"
+        )
         daemon.kill9()
         call.join(30)
+        assert list(bundle.glob(".checkpoint-*"))  # staged by the checkpoint the kill interrupted
         daemon.start()
         # The restarted daemon ended the orphaned runc and CRIU, removed the stage, resumed the container.
-        eventually(lambda: alive(hung), lambda up: not up, what="the orphaned dump to be ended")
+        eventually(
+            lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
+            what="the orphaned CRIU to be ended",
+        )  # fmt: skip
         assert not list(bundle.glob(".checkpoint-*"))
         assert list(tmp_path.iterdir()) == []
         assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
         before = _count(daemon, cid)
-        eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the counter to go on")
+        eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the holder to go on counting")
     finally:
-        (shim / "hang").unlink()
         remove_pod(daemon, sid)

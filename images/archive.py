@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
 from .layerstream import READ_SIZE
-from .manifest import INDEX_TYPES
+from .manifest import INDEX_TYPES, parse_image_manifest, select_from_index
 from .metadata import LayerRow
 from .records import ImageRecord
 from .reference import parse_reference
@@ -187,20 +187,17 @@ def _import_sync(store: ImageStore, path: Path) -> list[ImageRecord]:
 def _import_oci(store: ImageStore, src: _Source) -> list[ImageRecord]:
     index = json.loads(src.read("index.json"))
     out: list[ImageRecord] = []
-    from .registry import RegistryClient  # only an import of archives needs the client's parsers
-
-    picker = RegistryClient(None, platform=store.registry.platform)
     for entry in index.get("manifests", []):
         annotations = dict(entry.get("annotations") or {})
         desc: dict[str, Any] = entry
         raw = src.read(src.blob_name(desc["digest"]))
         data = json.loads(raw)
         if desc.get("mediaType") in INDEX_TYPES or "manifests" in data:
-            chosen = picker.select_from_index(data, f"index {desc['digest']}")
+            chosen = select_from_index(data, f"index {desc['digest']}", store.platform)
             raw = src.read(src.blob_name(chosen.digest))
             data = json.loads(raw)
         digest = "sha256:" + hashlib.sha256(raw).hexdigest()
-        config, layers = RegistryClient.parse_image_manifest(data, f"manifest {digest}")
+        config, layers = parse_image_manifest(data, f"manifest {digest}")
         config_raw = src.read(src.blob_name(config.digest))
         if "sha256:" + hashlib.sha256(config_raw).hexdigest() != config.digest:
             raise InvalidArgument(f"config blob {config.digest} in the archive does not match its digest")

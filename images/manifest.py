@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, NotFound
+from .platforms import Platform, pick_manifest
 from .reference import validate_digest
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -127,3 +128,40 @@ def parse_image_config(raw: bytes, manifest: Manifest, where: str) -> tuple[dict
             f"{where}: the manifest lists {len(manifest.layers)} layers but the config {len(diff_ids)} diff IDs"
         )
     return config, diff_ids, True
+
+
+def select_from_index(data: dict[str, Any], where: str, platform: Platform) -> Descriptor:
+    """The manifest of an image index for `platform`; NotFound lists what the index offers."""
+    entries = data.get("manifests")
+    if not isinstance(entries, list):
+        raise InvalidArgument(f"{where}: the index has no manifests list")
+    chosen = pick_manifest([e for e in entries if isinstance(e, dict)], platform)
+    if chosen is None:
+        offered = sorted(
+            {
+                "/".join(
+                    str(p)
+                    for p in (
+                        e.get("platform", {}).get("os"),
+                        e.get("platform", {}).get("architecture"),
+                        e.get("platform", {}).get("variant"),
+                    )
+                    if p
+                )
+                for e in entries
+                if isinstance(e, dict) and isinstance(e.get("platform"), dict)
+            }
+        )
+        raise NotFound(
+            f"{where} has no image for this machine's platform {platform}; it offers: {', '.join(offered) or 'nothing'}"
+        )
+    return Descriptor.from_json(chosen, where)
+
+
+def parse_image_manifest(data: dict[str, Any], where: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
+    """An image manifest's config and layer descriptors, each checked."""
+    config = Descriptor.from_json(data.get("config"), where)
+    layers_json = data.get("layers")
+    if not isinstance(layers_json, list):
+        raise InvalidArgument(f"{where}: the manifest has no layers list")
+    return config, tuple(Descriptor.from_json(layer, where) for layer in layers_json)

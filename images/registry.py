@@ -48,8 +48,10 @@ from .manifest import (  # noqa: F401 - re-exported: the client's vocabulary
     Descriptor,
     Manifest,
     json_object,
+    parse_image_manifest,
+    select_from_index,
 )
-from .platforms import Platform, host_platform, pick_manifest
+from .platforms import Platform, host_platform
 from .reference import Reference
 from .retry import RetryPolicy
 
@@ -295,41 +297,6 @@ class RegistryClient:
                 raise InvalidArgument(f"{where}: unsupported manifest media type {media_type!r}")
         return media_type, data
 
-    def select_from_index(self, data: dict[str, Any], where: str) -> Descriptor:
-        entries = data.get("manifests")
-        if not isinstance(entries, list):
-            raise InvalidArgument(f"{where}: the index has no manifests list")
-        chosen = pick_manifest([e for e in entries if isinstance(e, dict)], self.platform)
-        if chosen is None:
-            offered = sorted(
-                {
-                    "/".join(
-                        str(p)
-                        for p in (
-                            e.get("platform", {}).get("os"),
-                            e.get("platform", {}).get("architecture"),
-                            e.get("platform", {}).get("variant"),
-                        )
-                        if p
-                    )
-                    for e in entries
-                    if isinstance(e, dict) and isinstance(e.get("platform"), dict)
-                }
-            )
-            raise NotFound(
-                f"{where} has no image for this machine's platform {self.platform}; it offers: "
-                f"{', '.join(offered) or 'nothing'}"
-            )
-        return Descriptor.from_json(chosen, where)
-
-    @staticmethod
-    def parse_image_manifest(data: dict[str, Any], where: str) -> tuple[Descriptor, tuple[Descriptor, ...]]:
-        config = Descriptor.from_json(data.get("config"), where)
-        layers_json = data.get("layers")
-        if not isinstance(layers_json, list):
-            raise InvalidArgument(f"{where}: the manifest has no layers list")
-        return config, tuple(Descriptor.from_json(layer, where) for layer in layers_json)
-
     async def resolve(self, ref: Reference, credentials: Credentials | None = None) -> tuple[Manifest, _Session]:
         """Finds the image manifest for this platform, trying mirrors in order and then the upstream."""
         hosts = load_hosts(ref.domain, self.config_dir)
@@ -356,12 +323,12 @@ class RegistryClient:
         media_type, data = self._media_type(raw, content_type, where)
         digest = top_digest
         if media_type in INDEX_TYPES:
-            chosen = self.select_from_index(data, where)
+            chosen = select_from_index(data, where, self.platform)
             raw, digest, content_type = await self._get_manifest(session, ref, chosen.digest)
             media_type, data = self._media_type(raw, content_type, where)
             if media_type in INDEX_TYPES:
                 raise InvalidArgument(f"{where}: an index inside an index is not supported")
-        config, layers = self.parse_image_manifest(data, where)
+        config, layers = parse_image_manifest(data, where)
         return Manifest(
             digest=digest, top_digest=top_digest, media_type=media_type, raw=raw, config=config, layers=layers
         )

@@ -50,6 +50,7 @@ from .errors import (
 from .layers import StoreAccess
 from .manifest import Credentials
 from .metadata import SHARED_SET, Garbage, ImageRow, Metadata
+from .platforms import Platform, host_platform
 from .policy import PolicySet
 from .pull import Puller
 from .records import ImageRecord, ProgressFn
@@ -129,6 +130,15 @@ class ImageStore:
 
             self._registry = RegistryClient(self._registries_config_dir)
         return self._registry
+
+    @property
+    def platform(self) -> Platform:
+        """The platform an image index is read for: the registry client's once it exists,
+        this machine's before, so an archive import (the pause image at a first start)
+        does not load the HTTP client."""
+        if self._registry is not None:
+            return self._registry.platform
+        return host_platform()
 
     def _recover(self) -> None:
         """After a crash: drop temp files and layer directories the database does not know.

@@ -4,6 +4,8 @@
 the package, so it runs once per daemon (the first CheckpointContainer) and is
 kept. A failing check is the node's state, not the request's: the RPC answers
 FAILED_PRECONDITION with CRIU's own words, so the operator sees what to fix.
+The same answers, per handler, are in Status' verbose info (`checkpoint_support`),
+so an operator sees before any request whether a node can checkpoint, and why not.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from crishim.oci.runtime import OciRuntime
 
 CHECK_TIME_LIMIT = 30.0
+# Status answers within this even while a first `criu check` runs (it goes on in the background).
+STATUS_WAIT = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +32,7 @@ class Availability:
 _criu: dict[str, Availability] = {}
 _handlers: dict[str, Availability] = {}
 _pending: dict[str, asyncio.Task[Availability]] = {}
+_background: set[asyncio.Task[Availability]] = set()
 
 
 async def criu_availability(criu: str = "criu") -> Availability:
@@ -100,3 +105,36 @@ async def _probe_handler(runtime: OciRuntime) -> Availability:
         # Built with CRIU, yet oci/checkpoint.py drives runc's command line only.
         return Availability(False, f"{runtime.kind} checkpoint is not supported by crishim yet; use runc")
     return Availability(False, f"{runtime.path} is built without CRIU (no '+CRIU' in its --version)")
+
+
+async def checkpoint_support(runtime: OciRuntime, wait: float = STATUS_WAIT) -> Availability | None:
+    """Whether CheckpointContainer can work on this handler: its runtime first, then `criu check`.
+
+    For Status, which must answer promptly: a first check slower than `wait` (CRIU's
+    check takes seconds on a slow node) goes on in the background, and until it is
+    done the answer is None, unknown; the next Status has it.
+    """
+    known = _known_support(runtime)
+    if known is not None:
+        return known
+    task = asyncio.get_running_loop().create_task(_support(runtime))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), wait)
+    except TimeoutError:
+        return None
+
+
+def _known_support(runtime: OciRuntime) -> Availability | None:
+    handler = _handlers.get(runtime.path)
+    if handler is None or not handler.available:
+        return handler
+    return _criu.get("criu")
+
+
+async def _support(runtime: OciRuntime) -> Availability:
+    can = await handler_availability(runtime)
+    if not can.available:
+        return can
+    return await criu_availability()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from crishim.cri_api import api_pb2
@@ -57,10 +58,29 @@ class InfoRpcs:
         )
         if request.verbose:
             info = self.svc.verbose_info()
+            await self._add_checkpoint_support(info["handlers"])
             info["config"] = config_to_dict(self.svc.config)
             for key, value in info.items():
                 response.info[key] = json.dumps(value)
         return response
+
+    async def _add_checkpoint_support(self, handlers: dict[str, dict[str, Any]]) -> None:
+        """Per handler, whether CheckpointContainer can work and why not.
+
+        api.proto's RuntimeHandlerFeatures has no field for it, so it goes in the verbose
+        info beside the handler's other details: {"available": true|false|null, "reason": ...},
+        null while a first `criu check` is still running.
+        """
+        # Imported here: only a verbose Status needs it, not the daemon's start-up.
+        from crishim.runtime.checkpoint.availability import checkpoint_support
+
+        names = [name for name in handlers if name in self.svc.handlers]
+        answers = await asyncio.gather(*(checkpoint_support(self.svc.handlers[name].runtime) for name in names))
+        for name, answer in zip(names, answers, strict=True):
+            if answer is None:
+                handlers[name]["checkpoint"] = {"available": None, "reason": "criu check has not finished yet"}
+            else:
+                handlers[name]["checkpoint"] = {"available": answer.available, "reason": answer.reason}
 
     @cri_rpc
     async def RuntimeConfig(

@@ -17,6 +17,7 @@ import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -180,6 +181,30 @@ def test_failing_criu_check_is_failed_precondition_with_criu_reason(
     assert list(tmp_path.iterdir()) == []
     assert container_status(live_daemon, counter).state == pb.CONTAINER_RUNNING
     assert not list(_bundle(live_daemon, counter).glob(".checkpoint-*"))
+
+
+def test_verbose_status_says_per_handler_whether_checkpoint_works_and_why_not(live_daemon: Daemon) -> None:
+    def checkpoint_entries() -> dict[str, dict[str, Any]]:
+        info = live_daemon.runtime.Status(pb.StatusRequest(verbose=True), timeout=30).info
+        return {name: handler["checkpoint"] for name, handler in json.loads(info["handlers"]).items()}
+
+    # null until a first `criu check` finishes (Status does not wait for a slow one).
+    entries = eventually(
+        checkpoint_entries, lambda found: found["runc"]["available"] is not None, what="criu check to finish"
+    )
+    runc, crun = entries["runc"], entries["crun"]
+    ok, _ = criu_check()
+    if ok:
+        assert runc == {"available": True, "reason": ""}
+    else:
+        assert runc["available"] is False
+        assert "criu check failed: Error (criu/" in runc["reason"], runc  # CRIU's own words
+    assert crun["available"] is False
+    crun_version = subprocess.run(["crun", "--version"], capture_output=True, text=True, check=True).stdout
+    if "+CRIU" in crun_version.split():
+        assert crun["reason"] == "crun checkpoint is not supported by crishim yet; use runc", crun
+    else:
+        assert "is built without CRIU" in crun["reason"], crun
 
 
 # -- the checkpoint, where CRIU works ------------------------------------------------------------

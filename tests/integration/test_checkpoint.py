@@ -318,16 +318,19 @@ def _processes() -> dict[int, tuple[str, int]]:
 
 
 def _criu_below(daemon_pid: int) -> list[int]:
-    """CRIU processes (zombies included) the daemon started: through its runc, or inherited as the subreaper."""
+    """CRIU processes (zombies included) below the daemon: under its runc, or inherited as the subreaper."""
     procs = _processes()
-    found = []
-    for pid, (comm, parent) in procs.items():
-        if comm != "criu":
-            continue
-        grandparent = procs.get(parent, ("", 0))[1]
-        if parent == daemon_pid or (procs.get(parent, ("", 0))[0] == "runc" and grandparent == daemon_pid):
-            found.append(pid)
-    return found
+
+    def below(pid: int) -> bool:
+        for _ in range(64):  # a parent chain, not a cycle: bounded all the same
+            pid = procs.get(pid, ("", 0))[1]
+            if pid == daemon_pid:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    return [pid for pid, (comm, _) in procs.items() if comm == "criu" and below(pid)]
 
 
 def _watch_criu(daemon_pid: int, done: threading.Event, seen: set[int]) -> None:

@@ -277,12 +277,12 @@ def _read(tar: tarfile.TarFile, name: str) -> bytes:
 # -- a dump that overruns, or a daemon killed mid-dump, where CRIU works ----------------------------
 
 # Holds 512 MiB of anonymous memory (a string doubled up to 2^29 bytes, really written, so resident),
-# then counts in /count as COUNTER does: its dump is long enough for the call to overrun and for the
-# daemon to be killed while CRIU is writing its images.
+# then counts in /count (renamed into place: never read empty): its dump is long enough for the call
+# to overrun and for the daemon to be killed while CRIU is writing its images.
 HOLDER_BYTES = 1 << 29
 HOLDER = (
     'awk \'BEGIN { s = "a"; while (length(s) < ' + str(HOLDER_BYTES) + ") s = s s; "
-    'for (n = 1; ; n++) { print n > "/count"; close("/count"); system("sleep 0.1") } }\''
+    'for (n = 1; ; n++) system("echo " n " > /count.new && mv /count.new /count && sleep 0.1") }\''
 )
 HOLDER_READY = 300.0  # seconds: building the string is slow under software emulation
 
@@ -295,8 +295,10 @@ def _start_holder(daemon: Daemon, sid: str, config: pb.PodSandboxConfig, image: 
         timeout=HOLDER_READY, interval=0.5, what="the holder to fill its memory and count",
     )  # fmt: skip
     request = pb.ContainerStatsRequest(container_id=cid)
-    working_set = daemon.runtime.ContainerStats(request, timeout=30).stats.memory.working_set_bytes.value
-    assert working_set >= HOLDER_BYTES, working_set
+    eventually(
+        lambda: daemon.runtime.ContainerStats(request, timeout=30).stats.memory.working_set_bytes.value,
+        lambda working_set: working_set >= HOLDER_BYTES, what="the holder's working set to hold its string",
+    )  # fmt: skip
     return cid
 
 

@@ -93,6 +93,14 @@ def _count(daemon: Daemon, cid: str) -> int:
     return int(exec_checked(daemon, cid, ["cat", "/count"]).strip() or 0)
 
 
+def _wait_counting(daemon: Daemon, cid: str, timeout: float = 30.0) -> None:
+    """Until /count exists (a container with work before its count: reading it earlier fails)."""
+    eventually(
+        lambda: exec_output(daemon, cid, ["cat", "/count"])[0], lambda code: code == 0,
+        timeout=timeout, interval=0.2, what="the container to count",
+    )  # fmt: skip
+
+
 def _bundle(daemon: Daemon, cid: str) -> Path:
     request = pb.ContainerStatusRequest(container_id=cid, verbose=True)
     info = json.loads(daemon.runtime.ContainerStatus(request, timeout=30).info["info"])
@@ -268,6 +276,39 @@ def test_checkpoint_replaces_an_existing_archive_whole(live_daemon: Daemon, coun
     assert container_status(live_daemon, counter).state == pb.CONTAINER_RUNNING
 
 
+# Holds a deleted 2 MiB file open. CRIU keeps a deleted open file in its images only up to its
+# ghost limit, 1 MiB unless raised (runc does not raise it), so it refuses this container's dump.
+GHOST_HOLDER = (
+    "head -c 2097152 /dev/zero > /ghost; exec 3< /ghost; rm /ghost; i=0; "
+    "while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; sleep 0.1; done"
+)
+
+
+def test_dump_criu_refuses_leaves_the_container_running_and_nothing_behind(
+    live_daemon: Daemon, busybox: str, pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    needs_criu()
+    sid, config = pod
+    cid = start_container(live_daemon, sid, config, container_config("ghost", busybox, ["sh", "-c", GHOST_HOLDER]))
+    try:
+        _wait_counting(live_daemon, cid)
+        error = refusal(lambda: _checkpoint(live_daemon, cid, str(tmp_path / "c.tar")))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert f"checkpoint of {cid} failed" in error.details()
+        assert "log file:" not in error.details()  # the staging directory is gone: CRIU's words are quoted
+        assert "CRIU: " in error.details()  # its own reason, from dump.log
+        assert list(tmp_path.iterdir()) == []
+        assert not list(_bundle(live_daemon, cid).glob(".checkpoint-*"))
+        assert live_daemon.proc is not None
+        assert _criu_below(live_daemon.proc.pid) == []  # ended and collected
+        # Resumed (not left frozen) and still counting.
+        assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
+        before = _count(live_daemon, cid)
+        eventually(lambda: _count(live_daemon, cid), lambda n: n > before, what="the ghost holder to go on")
+    finally:
+        _remove(live_daemon, cid)
+
+
 def _read(tar: tarfile.TarFile, name: str) -> bytes:
     member = tar.extractfile(name)
     assert member is not None, name
@@ -290,10 +331,7 @@ HOLDER_READY = 300.0  # seconds: building the string is slow under software emul
 def _start_holder(daemon: Daemon, sid: str, config: pb.PodSandboxConfig, image: str) -> str:
     """A running holder whose memory is resident (its working set is at least the string)."""
     cid = start_container(daemon, sid, config, container_config("holder", image, ["sh", "-c", HOLDER]))
-    eventually(
-        lambda: exec_output(daemon, cid, ["cat", "/count"])[0], lambda code: code == 0,
-        timeout=HOLDER_READY, interval=0.5, what="the holder to fill its memory and count",
-    )  # fmt: skip
+    _wait_counting(daemon, cid, timeout=HOLDER_READY)
     request = pb.ContainerStatsRequest(container_id=cid)
     eventually(
         lambda: daemon.runtime.ContainerStats(request, timeout=30).stats.memory.working_set_bytes.value,

@@ -2,7 +2,9 @@
 
 Installed only into an empty CNI config dir, so a single node runs pods out of
 the box while a cluster network's own conflist always wins. The loopback
-plugin is left out on purpose: netns.create brings `lo` up itself.
+plugin is left out on purpose: netns.create brings `lo` up itself, and the
+bridge's per-pod `ipMasq` too: the daemon keeps one masquerade chain for the
+whole range instead (masquerade.py).
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ def render_default_conflist(
                 "type": "bridge",
                 "bridge": bridge,
                 "isGateway": True,
-                "ipMasq": True,
+                # Masquerading is one node-wide chain (masquerade.py), not a chain per pod.
+                "ipMasq": False,
                 "hairpinMode": True,
                 "ipam": {"type": "host-local", "ranges": ranges, "routes": routes},
             },

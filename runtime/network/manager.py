@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from crishim.runtime.network import cnicache, netns
+from crishim.runtime.network import cnicache, masquerade, netns
 from crishim.runtime.network.cni import (
     Bandwidth,
     CniRunner,
@@ -36,6 +36,7 @@ from crishim.runtime.network.cniconf import (
 from crishim.runtime.network.cniresult import NetworkSetup
 from crishim.runtime.network.defaultconf import (
     DEFAULT_BRIDGE,
+    DEFAULT_FILENAME,
     DEFAULT_NETWORK,
     DEFAULT_POD_CIDR,
     install_default_conflist,
@@ -106,6 +107,7 @@ class PodNetwork:
         self._outcome = LoadOutcome(config=None, skipped=())
         self._signature: tuple[tuple[str, int, int, int], ...] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._masqueraded: str | None = None  # the ranges the masquerade chain was made for
 
     # -- configuration -------------------------------------------------
 
@@ -140,11 +142,42 @@ class PodNetwork:
         self._signature = sig
         self._outcome = outcome
         new = outcome.config
+        await self._ensure_masquerade()
         if (old and old.source, old and old.name) != (new and new.source, new and new.name):
             log.info(
                 "CNI network config now %s",
                 f"{new.name} from {new.source}" if new else f"absent in {self.conf_dir}",
             )
+
+    def _is_own_default(self, config: NetworkConfigList | None) -> bool:
+        """The loaded network is the built-in default this daemon installed (not a user's file)."""
+        return (
+            self._install_default
+            and config is not None
+            and os.path.basename(config.source) == DEFAULT_FILENAME
+            and config.name == self._default_network
+            and bool(config.plugins)
+            and config.plugins[0].get("type") == "bridge"
+            and config.plugins[0].get("bridge") == self._default_bridge
+            and config.plugins[0].get("ipMasq") is not True
+        )
+
+    async def _ensure_masquerade(self) -> None:
+        """The default network's node-wide masquerade chain, made again when its ranges change."""
+        config = self._outcome.config
+        if config is None or not self._is_own_default(config):
+            return
+        ranges = config.plugins[0].get("ipam", {}).get("ranges", [])
+        cidrs = sorted(str(r["subnet"]) for rs in ranges for r in rs if isinstance(r, dict) and "subnet" in r)
+        key = ",".join(cidrs)
+        if not cidrs or key == self._masqueraded:
+            return
+        try:
+            await asyncio.to_thread(masquerade.ensure, self._default_bridge, cidrs)
+        except NetworkError as exc:  # pods still start; their traffic just cannot leave the node
+            log.warning("cannot set up masquerading for %s: %s", key, exc)
+            return
+        self._masqueraded = key
 
     async def _watch(self) -> None:
         while True:

@@ -291,6 +291,24 @@ def test_removal_leaves_no_pin_veth_reservation_or_portmap_rule(live_daemon: Dae
     assert not cache_entry(live_daemon, DEFAULT_NETWORK, pod.sid).exists()
 
 
+def test_default_network_masquerades_with_one_node_wide_chain(live_daemon: Daemon, busybox: str) -> None:
+    """The pod range leaving the node is masqueraded by the daemon's chain; ADD makes no per-pod chain."""
+    from crishim.runtime.network.defaultconf import DEFAULT_BRIDGE, DEFAULT_POD_CIDR
+    from crishim.runtime.network.masquerade import chain_name
+
+    chain = chain_name(DEFAULT_BRIDGE)
+    nat = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+    rules = [line for line in nat.splitlines() if line.startswith(("-A " + chain, "-A POSTROUTING"))]
+    assert f"-A {chain} -s {DEFAULT_POD_CIDR} -d {DEFAULT_POD_CIDR} -j RETURN" in rules, rules
+    assert f"-A {chain} -s {DEFAULT_POD_CIDR} ! -d 224.0.0.0/4 -j MASQUERADE" in rules, rules
+    assert any(line.startswith("-A POSTROUTING") and line.endswith(f"-j {chain}") for line in rules), rules
+
+    sid, _ = start_sleeper(live_daemon, busybox, "masq")
+    # The bridge plugin's ipMasq would have named the pod in a CNI-* chain comment.
+    assert iptables_mentions(sid) == []
+    remove_pod(live_daemon, sid)
+
+
 def test_stop_then_stop_again_is_idempotent_and_frees_the_ip(live_daemon: Daemon) -> None:
     sid, _ = run_pod(live_daemon, "stop-twice")
     ip = pod_status(live_daemon, sid).status.network.ip

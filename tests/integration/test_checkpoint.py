@@ -431,6 +431,7 @@ def _overrun(daemon: Daemon, cid: str, tmp_path: Path, seconds: int) -> set[int]
 @pytest.fixture
 def own_daemon(test_images: TestImages) -> Iterator[tuple[Daemon, str]]:
     """A daemon of the test's own, since the test kills it; with the test image pulled."""
+    needs_criu()
     with running_daemon() as daemon:
         yield daemon, pull_test_image(daemon, test_images)
 

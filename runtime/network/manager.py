@@ -257,6 +257,36 @@ class PodNetwork:
     ) -> tuple[str, NetworkSetup]:
         """Create and pin the pod's namespace and run CNI ADD; undo both on any failure."""
         config = await self._require_config()
+        async with AsyncExitStack() as undo:
+            path = await netns.create(sandbox_id, self.netns_dir)
+            undo.push_async_callback(netns.remove, path)
+            result = await self.attach(
+                sandbox_id, path, pod_name, pod_namespace, pod_uid, port_mappings, dns, bandwidth, config=config
+            )
+            undo.pop_all()
+        return path, result
+
+    async def create_netns(self, sandbox_id: str) -> str:
+        """The pod's pinned namespace alone (ready: a config is there), so the infra container
+        can be started in it while `attach` wires it up."""
+        await self._require_config()
+        return await netns.create(sandbox_id, self.netns_dir)
+
+    async def attach(
+        self,
+        sandbox_id: str,
+        path: str,
+        pod_name: str,
+        pod_namespace: str,
+        pod_uid: str,
+        port_mappings: Sequence[PortMapping] = (),
+        dns: DnsSettings | None = None,
+        bandwidth: Bandwidth | None = None,
+        *,
+        config: NetworkConfigList | None = None,
+    ) -> NetworkSetup:
+        """CNI ADD into the namespace at `path`; a failed ADD is undone with DEL."""
+        config = config or await self._require_config()
         pod = PodRef(sandbox_id, pod_name, pod_namespace, pod_uid)
         options = RuntimeOptions(
             port_mappings=tuple(port_mappings),
@@ -266,12 +296,10 @@ class PodNetwork:
         )
         runtime_config = options.capability_args()
         async with AsyncExitStack() as undo:
-            path = await netns.create(sandbox_id, self.netns_dir)
-            undo.push_async_callback(netns.remove, path)
             undo.push_async_callback(self._del_quietly, config, pod, path)
             result = await self.runner.add(config, pod, path, runtime_config)
             undo.pop_all()
-        return path, result
+        return result
 
     async def _del_quietly(self, config: NetworkConfigList, pod: PodRef, path: str) -> None:
         try:

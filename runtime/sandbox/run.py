@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import socket
+from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,15 +111,21 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         # No hostname asked: the node's, as containerd and CRI-O do (a pod name may exceed 64 bytes).
         hostname = pod.config.hostname or socket.gethostname()
         files = await infra.write_pod_files(svc, bundle, pod.config, hostname, pod.host_network)
-        address = PodAddress() if pod.host_network else await pod_network(svc, undo, sandbox_id, pod.config)
-        if address.ip:
-            infra.write_hosts(files.hosts, hostname, address.ip)
+        netns_path = None if pod.host_network else await pod_netns(svc, undo, sandbox_id)
         rootfs = await infra_rootfs(svc, undo, image, sandbox_id, bundle)
-        spec_input = sandbox_spec_input(svc, pod, sandbox_id, rootfs, image, hostname, address, shm_path)
+        spec_input = sandbox_spec_input(svc, pod, sandbox_id, rootfs, image, hostname, PodAddress(netns_path), shm_path)
         spec = infra.build_spec(spec_input)
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
-        started = await infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
+        # The pause process needs the namespace only, not its interfaces: CNI ADD runs
+        # beside conmon's `runc create` and `runc start`, the two longest steps here.
         undo.push_async_callback(infra.destroy_infra, svc, pod.handler, sandbox_id)
+        infra_start = infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
+        if netns_path is None:
+            address, started = PodAddress(), await infra_start
+        else:
+            address, started = await _beside(pod_network(svc, undo, sandbox_id, netns_path, pod.config), infra_start)
+        if address.ip:
+            infra.write_hosts(files.hosts, hostname, address.ip)
         meta = sandbox_record(pod, sandbox_id, bundle, address, started, spec_input)
         # Until the plugins accept it the pod is not stored, so neither listed nor usable.
         async with svc.nri.creating():
@@ -136,13 +143,21 @@ def pod_shm(undo: AsyncExitStack, bundle: Path) -> str:
     return str(shm)
 
 
+async def pod_netns(svc: Services, undo: AsyncExitStack, sandbox_id: str) -> str:
+    """The pod's pinned netns, unpinned by the undo."""
+    netns_path = await svc.network.create_netns(sandbox_id)
+    undo.push_async_callback(svc.network.remove_netns, netns_path)
+    return netns_path
+
+
 async def pod_network(
-    svc: Services, undo: AsyncExitStack, sandbox_id: str, config: api_pb2.PodSandboxConfig
+    svc: Services, undo: AsyncExitStack, sandbox_id: str, netns_path: str, config: api_pb2.PodSandboxConfig
 ) -> PodAddress:
-    """A pinned netns configured by CNI ADD; undone by CNI DEL and the netns' removal."""
+    """CNI ADD into the pinned netns (a failed ADD undoes itself); undone by CNI DEL."""
     md = config.metadata
-    netns_path, setup = await svc.network.setup(
+    setup = await svc.network.attach(
         sandbox_id,
+        netns_path,
         pod_name=md.name,
         pod_namespace=md.namespace,
         pod_uid=md.uid,
@@ -150,9 +165,22 @@ async def pod_network(
         dns=infra.dns_capability(config),
         bandwidth=infra.bandwidth_capability(config),
     )
-    undo.push_async_callback(svc.network.remove_netns, netns_path)
     undo.push_async_callback(svc.network.teardown, sandbox_id, netns_path, md.name, md.namespace, md.uid)
     return PodAddress(netns_path, setup.ip, tuple(setup.additional_ips))
+
+
+async def _beside(
+    network: Awaitable[PodAddress], infra_start: Awaitable[ConmonResult]
+) -> tuple[PodAddress, ConmonResult]:
+    """Both steps to their end, even when one fails, so the undo that follows never races one
+    still running; the first failure is then raised."""
+    address, started = await asyncio.gather(network, infra_start, return_exceptions=True)
+    for outcome in (address, started):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(address, PodAddress)
+    assert isinstance(started, ConmonResult)
+    return address, started
 
 
 async def infra_rootfs(svc: Services, undo: AsyncExitStack, image: ImageRecord, sandbox_id: str, bundle: Path) -> Path:

@@ -41,9 +41,16 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         # Plugins hear of the stop once its containers have exited, while the pod still stands.
         await nri_steps.stop_pod_sandbox(svc, sandbox)
         handler = svc.handler(sandbox.runtime_handler)
-        await infra.destroy_infra(svc, handler, sandbox_id)
+        steps = [infra.destroy_infra(svc, handler, sandbox_id)]
         if sandbox.netns_path and not status.network_torn_down:
-            await svc.network.teardown(sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid)
+            # The pinned netns outlives the pause process, so CNI DEL need not wait for its end.
+            steps.append(
+                svc.network.teardown(sandbox_id, sandbox.netns_path, sandbox.name, sandbox.namespace, sandbox.uid)
+            )
+        # Both to their end before a failure is raised: a retried stop then finds neither running.
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         if sandbox.shm_path:
             await asyncio.to_thread(unmount, Path(sandbox.shm_path))
         svc.state.sandboxes.update_status(

@@ -3,7 +3,7 @@
 Layers are keyed by chain ID and shared across pulls: a second pull needing a
 layer another is fetching joins that download. The scheduler (scheduler.py) bounds
 parallel downloads node-wide and shares the slots fairly between pulls. The
-download streams into the unpack thread (`ChunkFeed`), so the blob
+download is read in the unpack thread (`BodySource`), so the blob
 is verified and the layer extracted while the bytes arrive; nothing takes its
 final name (blob or layer directory) until both digests matched. A connection
 that breaks mid-layer restarts the layer, as the registry's retry policy allows.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .content import BlobWriter, ContentStore
 from .errors import DataLoss, ImageError, NotFound, Unavailable
-from .layerstream import ChunkFeed, file_source
+from .layerstream import BodySource, StreamBroken, file_source
 from .manifest import Descriptor
 from .metadata import LayerRow, Metadata
 from .scheduler import DownloadClaim, DownloadScheduler, PullTicket
@@ -75,12 +75,6 @@ class _Pending:
         if self.writer is not None:
             self.writer.abort()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
-
-
-def _transport_errors() -> type[Exception]:
-    import httpx
-
-    return httpx.TransportError
 
 
 class _Transient(Exception):
@@ -222,59 +216,44 @@ class LayerFetcher:
     async def _download_once(
         self, registry: RegistryClient, job: LayerJob, progress: LayerProgress
     ) -> LayerRow | _Pending:
-        """Streams the blob into an unpack thread; a broken connection is _Transient."""
-        tmpdir = self.new_tmpdir()
-        writer = self.content.writer(job.desc.digest, job.desc.size)
-        feed = ChunkFeed()
+        """Reads the blob in the unpack thread, which hashes and extracts it as it arrives;
+        a broken connection is _Transient."""
+        downloaded = 0
 
-        def work() -> LayerRow | _Pending:
+        def on_bytes(n: int) -> None:  # on the loop, once a MiB or so
+            nonlocal downloaded
+            downloaded += n
+            self.bytes_downloaded_total += n
+            progress.received(n)
+            progress.report(job.desc, downloaded, done=False)
+
+        async with registry.open_blob_body(job.session, job.desc.digest) as response:
+            tmpdir = self.new_tmpdir()
+            writer = self.content.writer(job.desc.digest, job.desc.size)
+            source = BodySource(response, on_bytes)
+
+            def work() -> LayerRow | _Pending:
+                try:
+                    result = self._unpack(job, tmpdir, source, writer)
+                except StreamBroken as exc:
+                    raise _Transient(f"connection broke after {source.received} bytes: {exc}") from exc
+                if job.desc.size >= 0 and result.compressed_size != job.desc.size:
+                    raise DataLoss(f"{job.where}: {result.compressed_size} bytes, the manifest says {job.desc.size}")
+                if result.deferred_links:
+                    return _Pending(tmpdir, result, writer)
+                return self.install_layer(tmpdir, job.chain, result, writer)
+
+            thread = asyncio.ensure_future(asyncio.to_thread(work))
             try:
-                result = self._unpack(job, tmpdir, feed, writer)
-            finally:
-                feed.consumer_done()
-            if job.desc.size >= 0 and result.compressed_size != job.desc.size:
-                raise DataLoss(f"{job.where}: {result.compressed_size} bytes, the manifest says {job.desc.size}")
-            if result.deferred_links:
-                return _Pending(tmpdir, result, writer)
-            return self.install_layer(tmpdir, job.chain, result, writer)
-
-        thread = asyncio.ensure_future(asyncio.to_thread(work))
-        try:
-            downloaded = await self._feed(registry, job, feed, thread, progress)
-            feed.finish()
-            row = await asyncio.shield(thread)  # a cancel must not orphan the thread: see below
+                row = await asyncio.shield(thread)  # a cancel must not orphan the thread: see below
+            except BaseException:
+                source.interrupt()
+                # A sibling layer's failure cancels this one, often while it is already
+                # undoing its own failure: the undo must still run to its end.
+                await complete_despite_cancel(_undo_download(thread, writer, tmpdir))
+                raise
             progress.report(job.desc, downloaded, done=True)
             return row
-        except BaseException:
-            feed.abort()
-            # A sibling layer's failure cancels this one, often while it is already
-            # undoing its own failure: the undo must still run to its end.
-            await complete_despite_cancel(_undo_download(thread, writer, tmpdir))
-            raise
-
-    async def _feed(
-        self,
-        registry: RegistryClient,
-        job: LayerJob,
-        feed: ChunkFeed,
-        thread: asyncio.Future[Any],
-        progress: LayerProgress,
-    ) -> int:
-        """Hands the blob's bytes to the unpack thread as they arrive; returns how many there were."""
-        downloaded = 0
-        try:
-            async with registry.open_blob(job.session, job.desc.digest) as response:
-                async for chunk in response.aiter_raw():  # as received: no re-chunking copy
-                    if thread.done():
-                        break
-                    await feed.put(chunk)
-                    downloaded += len(chunk)
-                    self.bytes_downloaded_total += len(chunk)
-                    progress.received(len(chunk))
-                    progress.report(job.desc, downloaded, done=False)
-        except _transport_errors() as exc:
-            raise _Transient(f"connection broke after {downloaded} bytes: {exc!r}") from exc
-        return downloaded
 
     def install_layer(self, tmpdir: Path, chain: str, result: UnpackResult, writer: BlobWriter | None) -> LayerRow:
         """Runs in a thread: commits the blob, flushes and renames the layer into place, records it."""

@@ -1,7 +1,7 @@
 """A layer's byte stream on its way to the extractor, in the unpack thread.
 
-Chunks come from the download as it arrives (`ChunkFeed`, with back-pressure on
-the event loop) or from a file (`file_source`); `CompressedStream` hands each to
+Chunks come from the download, read in the unpack thread itself (`BodySource`),
+or from a file (`file_source`); `CompressedStream` hands each to
 the blob writer (which hashes it), and `DecompressedStream` inflates gzip or zstd
 (or passes a plain tar), hashing the result for the diff ID, as the tar reader
 asks for more.
@@ -10,8 +10,8 @@ Gzip is inflated by ISA-L (`isal`), two to three times zlib's speed, and like
 zlib it lets go of the GIL while it works, so layers inflate on every core.
 The tar reader takes headers through `read`; file contents leave through
 `copy_to`, straight from the inflated buffer to the file, without a copy in
-Python. Buffers are bounded: the download queue holds at most `FEED_LIMIT`
-bytes per layer and one inflate step yields at most `MAX_DECOMPRESS_STEP`.
+Python. Buffers are bounded: the thread holds one received chunk at a time and one
+inflate step yields at most `MAX_DECOMPRESS_STEP`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import queue
+import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +32,6 @@ from .errors import DataLoss, UnpackAborted
 
 READ_SIZE = 1 << 20
 MAX_DECOMPRESS_STEP = 1 << 20
-FEED_LIMIT = 4 << 20  # downloaded bytes handed to a layer's unpack thread and not yet consumed
-FEED_RELEASE_STEP = 1 << 20
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
 ZSTD_INPUT_STEP = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
@@ -41,82 +39,6 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 # isal's stubs declare `error` as an exception instance; it is the class zlib.error would be.
 _INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
-
-_EOF = object()
-_ABORT = object()
-
-
-class ChunkFeed:
-    """Hands downloaded chunks from the event loop to the unpack thread, with back-pressure.
-
-    Chunks go as the connection delivers them (no re-chunking copy). The loop side
-    waits in `put` while `limit` bytes are handed over and not yet consumed; the
-    thread reports what it consumed once per `release_step` bytes, so the loop is
-    woken about once a MiB rather than once a chunk.
-    """
-
-    def __init__(self, limit: int = FEED_LIMIT, release_step: int = FEED_RELEASE_STEP) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._limit = limit
-        self._step = min(release_step, limit // 2)  # below the limit: the thread always reports back
-        self._in_flight = 0  # loop side: bytes put and not yet reported consumed
-        self._room = asyncio.Event()
-        self._room.set()
-        self._consumed = 0  # thread side: bytes consumed and not yet reported
-        self._consumer_gone = False
-
-    async def put(self, chunk: bytes) -> None:
-        while self._in_flight >= self._limit and not self._consumer_gone:
-            self._room.clear()
-            await self._room.wait()
-        if self._consumer_gone:
-            return
-        self._in_flight += len(chunk)
-        self._queue.put(chunk)
-
-    def consumer_done(self) -> None:
-        """Called by the thread when it stops reading, so a waiting `put` never hangs."""
-        try:
-            self._loop.call_soon_threadsafe(self._open_gates)
-        except RuntimeError:
-            pass
-
-    def _open_gates(self) -> None:
-        self._consumer_gone = True
-        self._room.set()
-
-    def _consumed_back(self, n: int) -> None:
-        self._in_flight -= n
-        if self._in_flight < self._limit:
-            self._room.set()
-
-    def finish(self) -> None:
-        self._queue.put(_EOF)
-
-    def abort(self) -> None:
-        self._queue.put(_ABORT)
-
-    def _release(self, n: int) -> None:
-        self._consumed += n
-        if self._consumed < self._step:
-            return
-        n, self._consumed = self._consumed, 0
-        try:
-            self._loop.call_soon_threadsafe(self._consumed_back, n)
-        except RuntimeError:
-            pass  # the loop is gone: nobody waits for room any more
-
-    def __call__(self) -> bytes | None:
-        item = self._queue.get()
-        if item is _ABORT:
-            raise UnpackAborted("pull cancelled")
-        if item is _EOF:
-            self._queue.put(_EOF)
-            return None
-        assert isinstance(item, bytes)
-        self._release(len(item))
-        return item
 
 
 def file_source(path: Path, stop: threading.Event | None = None) -> Callable[[], bytes | None]:
@@ -138,6 +60,78 @@ def file_source(path: Path, stop: threading.Event | None = None) -> Callable[[],
         return data
 
     return read
+
+
+PROGRESS_STEP = 1 << 20  # downloaded bytes between two progress reports to the event loop
+
+
+class StreamBroken(Exception):
+    """The connection broke while the body was read (the layer is retried from its start)."""
+
+
+class BodySource:
+    """A ChunkSource reading a response body of a blocking HTTP client, in the unpack thread.
+
+    The socket reads let go of the GIL, as do the hashing and inflating that follow in the
+    same thread, so layers download and unpack on every core while the event loop is only
+    told of progress, once per `PROGRESS_STEP` bytes (`on_bytes`, called on the loop).
+    `interrupt`, from the loop, ends the read at once: the next read (or the one waiting)
+    raises UnpackAborted, so a cancelled pull never waits on a stalled connection.
+    """
+
+    def __init__(self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP) -> None:
+        self._response = response
+        self._chunks = response.iter_raw()
+        self._loop = asyncio.get_running_loop()
+        self._on_bytes = on_bytes
+        self._step = step
+        self._unreported = 0
+        self._stop = threading.Event()
+        self.received = 0  # bytes read so far
+
+    def interrupt(self) -> None:
+        """Asks the reading thread to stop; a read blocked on the socket returns now."""
+        self._stop.set()
+        stream = self._response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if sock is not None:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the raw socket, under any TLS
+            except OSError:
+                pass
+
+    def _report(self) -> None:
+        n, self._unreported = self._unreported, 0
+        try:
+            self._loop.call_soon_threadsafe(self._on_bytes, n)
+        except RuntimeError:
+            pass  # the loop is gone: nobody follows the progress any more
+
+    def __call__(self) -> bytes | None:
+        import httpx  # here, not at the top: archive imports leave httpx unloaded
+
+        if self._stop.is_set():
+            raise UnpackAborted("pull cancelled")
+        try:
+            chunk = next(self._chunks, None)
+            while chunk is not None and not chunk:
+                chunk = next(self._chunks, None)
+        except httpx.TransportError as exc:
+            if self._stop.is_set():
+                raise UnpackAborted("pull cancelled") from exc
+            raise StreamBroken(repr(exc)) from exc
+        if self._stop.is_set():
+            raise UnpackAborted("pull cancelled")
+        if chunk is None:
+            if self._unreported:
+                self._report()
+            return None
+        assert isinstance(chunk, bytes)
+        self.received += len(chunk)
+        self._unreported += len(chunk)
+        if self._unreported >= self._step:
+            self._report()
+        return chunk
 
 
 class CompressedStream:

@@ -9,6 +9,7 @@ PermissionDenied naming the registry; 404 becomes NotFound.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -111,43 +112,67 @@ class RegistryClient:
         self.platform = platform or host_platform()
         self._timeout = httpx.Timeout(read_timeout, connect=connect_timeout)
         self._clients: dict[RegistryHost, httpx.AsyncClient] = {}
+        # Layer bodies are read in the unpack threads, through blocking clients (see open_blob_body).
+        self._blob_clients: dict[RegistryHost, httpx.Client] = {}
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             await client.aclose()
+        blob_clients, self._blob_clients = list(self._blob_clients.values()), {}
+        for blob_client in blob_clients:
+            blob_client.close()
+
+    @staticmethod
+    def _verify(host: RegistryHost) -> ssl.SSLContext | bool:
+        """The TLS settings of a host (hosts.toml): its CAs and client certificates, or no check."""
+        if host.scheme != "https":
+            return True
+        if host.skip_verify:
+            return False
+        ctx = ssl.create_default_context()
+        for ca in host.ca_files:
+            ctx.load_verify_locations(cafile=str(ca))
+        for cert, key in host.client_certs:
+            ctx.load_cert_chain(str(cert), str(key) if key else None)
+        return ctx
+
+    def _client_options(self, host: RegistryHost) -> dict[str, Any]:
+        return {
+            "verify": self._verify(host),
+            "timeout": self._timeout,
+            "follow_redirects": True,  # blob storage elsewhere: httpx drops Authorization across origins
+            "limits": httpx.Limits(max_connections=32, max_keepalive_connections=16),
+            "headers": {"User-Agent": "crishim"},
+        }
 
     def _client(self, host: RegistryHost) -> httpx.AsyncClient:
         client = self._clients.get(host)
         if client is None:
-            verify: ssl.SSLContext | bool = True
-            if host.scheme == "https":
-                if host.skip_verify:
-                    verify = False
-                else:
-                    ctx = ssl.create_default_context()
-                    for ca in host.ca_files:
-                        ctx.load_verify_locations(cafile=str(ca))
-                    for cert, key in host.client_certs:
-                        ctx.load_cert_chain(str(cert), str(key) if key else None)
-                    verify = ctx
-            client = httpx.AsyncClient(
-                verify=verify,
-                timeout=self._timeout,
-                follow_redirects=True,
-                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-                headers={"User-Agent": "crishim"},
-            )
-            self._clients[host] = client
+            client = self._clients[host] = httpx.AsyncClient(**self._client_options(host))
+        return client
+
+    def _blob_client(self, host: RegistryHost) -> httpx.Client:
+        client = self._blob_clients.get(host)
+        if client is None:
+            client = self._blob_clients[host] = httpx.Client(**self._client_options(host))
         return client
 
     # ---- requests with retries and auth -------------------------------------------------
 
     async def _send(
-        self, session: _Session, method: str, url: str, headers: dict[str, str], what: str
+        self,
+        session: _Session,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        what: str,
+        *,
+        blocking: bool = False,
     ) -> httpx.Response:
         """Sends with retries on transient failures and one auth round; returns a streaming response
-        with a 2xx status (the caller closes it)."""
+        with a 2xx status (the caller closes it). A `blocking` request goes through the host's
+        blocking client, in a thread: its body is then read from a thread too (open_blob_body)."""
         attempt = 0
         auth_tried = False
         registry = session.host.display
@@ -156,9 +181,14 @@ class RegistryClient:
             req_headers.update(headers)
             if session.authorization:
                 req_headers["Authorization"] = session.authorization
-            request = session.client.build_request(method, url, headers=req_headers)
             try:
-                response = await session.client.send(request, stream=True)
+                if blocking:
+                    blob_client = self._blob_client(session.host)
+                    request = blob_client.build_request(method, url, headers=req_headers)
+                    response = await _send_blocking(blob_client, request)
+                else:
+                    request = session.client.build_request(method, url, headers=req_headers)
+                    response = await session.client.send(request, stream=True)
             except httpx.TransportError as exc:
                 if _is_name_resolution_failure(exc):
                     raise Unavailable(
@@ -174,8 +204,7 @@ class RegistryClient:
             status = response.status_code
             if 200 <= status < 300:
                 return response
-            body = (await response.aread())[:512]
-            await response.aclose()
+            body = (await _error_body(response))[:512]
             if status == 401 and not auth_tried:
                 auth_tried = True
                 challenge = response.headers.get("www-authenticate", "")
@@ -363,6 +392,19 @@ class RegistryClient:
         finally:
             await response.aclose()
 
+    @contextlib.asynccontextmanager
+    async def open_blob_body(self, session: _Session, digest: str) -> AsyncIterator[httpx.Response]:
+        """open_blob whose response belongs to a blocking client: its body is to be read in a
+        thread (`iter_raw`), where the socket reads, the hashing and the inflating of a layer
+        all let go of the GIL, and the event loop is not woken per chunk. Auth, retries and
+        redirects are open_blob's; the response is closed on exit."""
+        url = f"{session.host.api_root}/{session.repository}/blobs/{digest}"
+        response = await self._send(session, "GET", url, {}, f"blob {digest} of {session.repository}", blocking=True)
+        try:
+            yield response
+        finally:
+            response.close()
+
     async def fetch_blob(self, session: _Session, digest: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A small blob (an image config) read whole and verified."""
         failures = 0
@@ -379,6 +421,39 @@ class RegistryClient:
         if actual != digest:
             raise DataLoss(f"blob from {session.host.display} has digest {actual}, expected {digest}")
         return data
+
+
+async def _send_blocking(client: httpx.Client, request: httpx.Request) -> httpx.Response:
+    """Sends through a blocking client in a thread; on cancellation the thread is not waited
+    for (it holds no files), and a response that still arrives is closed."""
+    future = asyncio.ensure_future(asyncio.to_thread(client.send, request, stream=True))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_close_late)
+        raise
+
+
+def _close_late(future: asyncio.Future[httpx.Response]) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+async def _error_body(response: httpx.Response) -> bytes:
+    """The body of a refused request, for the message; the response is closed."""
+    if isinstance(response.stream, httpx.AsyncByteStream):
+        try:
+            return await response.aread()
+        finally:
+            await response.aclose()
+
+    def read() -> bytes:
+        try:
+            return response.read()
+        finally:
+            response.close()
+
+    return await asyncio.to_thread(read)
 
 
 async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:

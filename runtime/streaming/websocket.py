@@ -13,6 +13,8 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 from crishim.runtime.streaming.streams import Pipe
 from crishim.runtime.streaming.transport import close_transport
@@ -46,6 +48,49 @@ MAX_MESSAGE = 16 * 1024 * 1024
 
 def is_base64(protocol: str) -> bool:
     return "base64" in protocol
+
+
+class MessageTooBig(Exception):
+    """A message grew past the limit before its last frame arrived."""
+
+
+class Fragments:
+    """Joins the frames of one message: wsproto hands each frame on as it arrives.
+
+    `limit` (characters or bytes) bounds what a peer can make us hold.
+    """
+
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = limit
+        self._parts: list[bytes | str] = []
+        self._size = 0
+
+    def add(self, event: Message[Any]) -> bytes | str | None:
+        """The whole message once `event` is its last frame, else None; MessageTooBig past the limit."""
+        self._parts.append(event.data)
+        self._size += len(event.data)
+        if self._limit is not None and self._size > self._limit:
+            raise MessageTooBig(f"message passed {self._limit} after {self._size}")
+        if not event.message_finished:
+            return None
+        whole: bytes | str = (
+            "".join(p for p in self._parts if isinstance(p, str))
+            if isinstance(event, TextMessage)
+            else b"".join(p for p in self._parts if isinstance(p, bytes))
+        )
+        self._parts, self._size = [], 0
+        return whole
+
+
+async def received_events(reader: asyncio.StreamReader, ws: WSConnection) -> AsyncIterator[Event]:
+    """wsproto's events for what the peer sends, until it closes its side of the socket."""
+    while True:
+        data = await reader.read(65536)
+        if not data:
+            return
+        ws.receive_data(data)
+        for event in ws.events():
+            yield event
 
 
 def choose_subprotocol(offered: list[str], supported: tuple[str, ...]) -> str | None:
@@ -178,35 +223,23 @@ class ChannelConnection:
             self._teardown()
 
     async def _read_loop(self) -> None:
-        partial: list[bytes | str] = []
-        size = 0
+        fragments = Fragments(MAX_MESSAGE)
         try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    return
-                self._ws.receive_data(data)
-                for event in self._ws.events():
-                    if isinstance(event, Message):
-                        partial.append(event.data)
-                        size += len(event.data)
-                        if size > MAX_MESSAGE:
-                            await self._send_event(CloseConnection(code=1009, reason="message too big"))
-                            return
-                        if event.message_finished:
-                            whole: bytes | str = (
-                                "".join(p for p in partial if isinstance(p, str))
-                                if isinstance(event, TextMessage)
-                                else b"".join(p for p in partial if isinstance(p, bytes))
-                            )
-                            partial, size = [], 0
-                            self._dispatch(whole)
-                    elif isinstance(event, Ping):
-                        await self._send_event(event.response())
-                    elif isinstance(event, CloseConnection):
-                        with contextlib.suppress(LocalProtocolError):
-                            await self._send_event(event.response())
+            async for event in received_events(self._reader, self._ws):
+                if isinstance(event, Message):
+                    try:
+                        whole = fragments.add(event)
+                    except MessageTooBig:
+                        await self._send_event(CloseConnection(code=1009, reason="message too big"))
                         return
+                    if whole is not None:
+                        self._dispatch(whole)
+                elif isinstance(event, Ping):
+                    await self._send_event(event.response())
+                elif isinstance(event, CloseConnection):
+                    with contextlib.suppress(LocalProtocolError):
+                        await self._send_event(event.response())
+                    return
         except (ConnectionError, OSError, RemoteProtocolError) as exc:
             log.debug("websocket read loop ended: %s", exc)
         finally:

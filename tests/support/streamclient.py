@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import h11
 from crishim.runtime.streaming.spdy import SpdyConnection, SpdyStream
 from crishim.runtime.streaming.streams import TerminalSize
+from crishim.runtime.streaming.websocket import Fragments, received_events
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -232,7 +233,7 @@ class WebSocketClient:
         self._ws = ws
         self.protocol = protocol
         self._base64 = "base64" in protocol
-        self._pending: list[bytes | str] = []
+        self._fragments = Fragments()
         self._messages: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue()
         self._task = asyncio.create_task(self._loop())
         self.close_code: int | None = None
@@ -246,22 +247,18 @@ class WebSocketClient:
         body = b""
         status = 0
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise HTTPStatusError(status, body)
-                ws.receive_data(data)
-                for event in ws.events():
-                    if isinstance(event, AcceptConnection):
-                        return cls(reader, writer, ws, event.subprotocol or "")
-                    if isinstance(event, RejectConnection):
-                        status = event.status_code
-                        if not event.has_body:
-                            raise HTTPStatusError(status, body)
-                    elif isinstance(event, RejectData):
-                        body += event.data
-                        if event.body_finished:
-                            raise HTTPStatusError(status, body)
+            async for event in received_events(reader, ws):
+                if isinstance(event, AcceptConnection):
+                    return cls(reader, writer, ws, event.subprotocol or "")
+                if isinstance(event, RejectConnection):
+                    status = event.status_code
+                    if not event.has_body:
+                        break
+                elif isinstance(event, RejectData):
+                    body += event.data
+                    if event.body_finished:
+                        break
+            raise HTTPStatusError(status, body)
         except BaseException:
             writer.close()
             with contextlib.suppress(ConnectionError, OSError):
@@ -297,35 +294,28 @@ class WebSocketClient:
 
     async def _loop(self) -> None:
         try:
-            while True:
-                data = await self._reader.read(65536)
-                if not data:
-                    return
-                self._ws.receive_data(data)
-                for event in self._ws.events():
-                    if isinstance(event, Message):
-                        self._pending.append(event.data)
-                        if event.message_finished:
-                            self._deliver(event)
-                    elif isinstance(event, Ping):
+            async for event in received_events(self._reader, self._ws):
+                if isinstance(event, Message):
+                    whole = self._fragments.add(event)
+                    if whole is not None:
+                        self._deliver(whole)
+                elif isinstance(event, Ping):
+                    self._writer.write(self._ws.send(event.response()))
+                elif isinstance(event, CloseConnection):
+                    self.close_code = event.code
+                    with contextlib.suppress(Exception):
                         self._writer.write(self._ws.send(event.response()))
-                    elif isinstance(event, CloseConnection):
-                        self.close_code = event.code
-                        with contextlib.suppress(Exception):
-                            self._writer.write(self._ws.send(event.response()))
-                        return
+                    return
         except (ConnectionError, OSError):
             return
         finally:
             self._messages.put_nowait(None)
 
-    def _deliver(self, event: Message[Any]) -> None:
-        if isinstance(event, TextMessage):
-            text = "".join(p for p in self._pending if isinstance(p, str))
-            raw = bytes([ord(text[0]) - ord("0")]) + base64.b64decode(text[1:]) if text else b""
+    def _deliver(self, message: bytes | str) -> None:
+        if isinstance(message, str):
+            raw = bytes([ord(message[0]) - ord("0")]) + base64.b64decode(message[1:]) if message else b""
         else:
-            raw = b"".join(p for p in self._pending if isinstance(p, bytes))
-        self._pending = []
+            raw = message
         if raw:
             self._messages.put_nowait((raw[0], raw[1:]))
 

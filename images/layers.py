@@ -187,7 +187,12 @@ class LayerFetcher:
                 await registry.retry.pause(failures)
 
     def _unpack(
-        self, job: LayerJob, tmpdir: Path, source: Callable[[], bytes | None], blob: BlobWriter | None
+        self,
+        job: LayerJob,
+        tmpdir: Path,
+        source: Callable[[], bytes | None],
+        blob: BlobWriter | None,
+        stopped: Callable[[], bool],
     ) -> UnpackResult:
         return unpack_layer(
             source,
@@ -196,6 +201,7 @@ class LayerFetcher:
             blob=blob,
             expected_digest=job.desc.digest,
             expected_diff_id=job.diff_id if job.verify_diff_id else None,
+            stopped=stopped,
         )
 
     async def _unpack_stored(self, job: LayerJob, progress: LayerProgress) -> LayerRow | _Pending:
@@ -204,7 +210,7 @@ class LayerFetcher:
         stop = threading.Event()
         source = file_source(self.content.path(job.desc.digest), stop)
         try:
-            result = await in_thread(functools.partial(self._unpack, job, tmpdir, source, None), stop)
+            result = await in_thread(functools.partial(self._unpack, job, tmpdir, source, None, stop.is_set), stop)
             progress.report(job.desc, job.desc.size, done=True, cached=True)
             if result.deferred_links:
                 return _Pending(tmpdir, result, None)
@@ -234,7 +240,7 @@ class LayerFetcher:
 
             def work() -> LayerRow | _Pending:
                 try:
-                    result = self._unpack(job, tmpdir, source, writer)
+                    result = self._unpack(job, tmpdir, source, writer, source.stopped)
                 except StreamBroken as exc:
                     raise _Transient(f"connection broke after {source.received} bytes: {exc}") from exc
                 if job.desc.size >= 0 and result.compressed_size != job.desc.size:

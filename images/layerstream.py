@@ -23,7 +23,7 @@ import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import IO, Any, cast
 
 import zstandard
 from isal import isal_zlib
@@ -33,7 +33,6 @@ from .errors import DataLoss, UnpackAborted
 READ_SIZE = 1 << 20
 MAX_DECOMPRESS_STEP = 1 << 20
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
-ZSTD_INPUT_STEP = 256 << 10
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -100,6 +99,9 @@ class BodySource:
             except OSError:
                 pass
 
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
     def _report(self) -> None:
         n, self._unreported = self._unreported, 0
         try:
@@ -134,12 +136,27 @@ class BodySource:
         return chunk
 
 
-class CompressedStream:
-    """Pulls chunks, passing each to `sink` (hash + blob file) before handing it on."""
+def never_stopped() -> bool:
+    return False
 
-    def __init__(self, source: Callable[[], bytes | None], sink: Callable[[bytes], None]) -> None:
+
+class CompressedStream:
+    """Pulls chunks, passing each to `sink` (hash + blob file) before handing it on.
+
+    `stopped` is asked before every inflate step, not only before each read: a few MB of
+    a highly compressed layer inflate to GBs without another read, and a cancelled pull
+    must not go on unpacking them in its thread.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], bytes | None],
+        sink: Callable[[bytes], None],
+        stopped: Callable[[], bool] = never_stopped,
+    ) -> None:
         self._source = source
         self._sink = sink
+        self.stopped = stopped
         self._pending = b""
         self.eof = False
         self.total = 0
@@ -170,6 +187,20 @@ class CompressedStream:
         return self._next()
 
 
+class _ChunkReader:
+    """The compressed chunks as a file for zstandard's stream reader (which only calls `read`)."""
+
+    def __init__(self, compressed: CompressedStream) -> None:
+        self._in = compressed
+        self._rest = b""
+
+    def read(self, n: int) -> bytes:
+        if not self._rest:
+            self._rest = self._in.chunk() or b""
+        data, self._rest = self._rest[:n], self._rest[n:]
+        return data
+
+
 class DecompressedStream:
     """A readable stream of the uncompressed tar, hashing it for the diff ID as it goes."""
 
@@ -190,63 +221,66 @@ class DecompressedStream:
         if self.kind == "gzip":
             return isal_zlib.decompressobj(GZIP_WBITS)
         if self.kind == "zstd":
-            return zstandard.ZstdDecompressor().decompressobj()
+            # A reader, not decompressobj: its read(n) bounds the output of one step, where a
+            # few KB of zstd input can decompress to GBs in one decompressobj call.
+            return zstandard.ZstdDecompressor().stream_reader(
+                cast("IO[bytes]", _ChunkReader(self._in)), read_size=READ_SIZE, read_across_frames=True, closefd=False
+            )
         return None
 
     def _fill(self) -> bool:
         """Produces more uncompressed bytes into self._buf; False at the end of the stream."""
         while True:
-            if self._z is None:
-                data = self._in.chunk()
-                if data is None:
-                    return False
-                out = data
-            else:
-                if self._tail:
-                    data, self._tail = self._tail, b""
-                else:
-                    got = self._in.chunk()
-                    if got is None:
-                        if self.kind == "gzip" and not self._z.eof and not self._empty_member:
-                            raise DataLoss(f"{self._where}: truncated gzip stream")
-                        if self.kind == "zstd" and not self._z.eof and not self._empty_member:
-                            raise DataLoss(f"{self._where}: truncated zstd stream")
-                        return False
-                    data = got
-                out = self._decode(data)
+            if self._in.stopped():
+                raise UnpackAborted("pull cancelled")
+            out = self._inflate_step()
+            if out is None:
+                return False
             if out:
                 self.diff_hash.update(out)
                 self.size += len(out)
                 self._buf = memoryview(out)
                 return True
 
+    def _inflate_step(self) -> bytes | None:
+        """At most MAX_DECOMPRESS_STEP more bytes of the tar (maybe none yet); None at its end."""
+        if self._z is None:
+            return self._in.chunk()
+        if self.kind == "zstd":
+            try:
+                out: bytes = self._z.read(MAX_DECOMPRESS_STEP)
+            except zstandard.ZstdError as exc:
+                raise DataLoss(f"{self._where}: corrupt zstd data: {exc}") from exc
+            return out or None
+        if self._tail:
+            data, self._tail = self._tail, b""
+        else:
+            got = self._in.chunk()
+            if got is None:
+                if not self._z.eof and not self._empty_member:
+                    raise DataLoss(f"{self._where}: truncated gzip stream")
+                return None
+            data = got
+        return self._inflate_gzip(data)
+
     _empty_member = False
 
-    def _decode(self, data: bytes) -> bytes:
+    def _inflate_gzip(self, data: bytes) -> bytes:
         try:
-            if self.kind == "gzip":
-                if self._z.eof:
-                    rest = self._z.unused_data + data
-                    if not rest.strip(b"\0"):
-                        return b""  # zero padding after the last member
-                    self._z = self._new_decoder()
-                    data = rest
-                out: bytes = self._z.decompress(data, MAX_DECOMPRESS_STEP)
-                self._tail = self._z.unconsumed_tail
-                if self._z.eof and self._z.unused_data:
-                    self._tail = self._z.unused_data + self._tail
-                    self._z = self._new_decoder()
-                return out
             if self._z.eof:
+                rest = self._z.unused_data + data
+                if not rest.strip(b"\0"):
+                    return b""  # zero padding after the last member
                 self._z = self._new_decoder()
-            step, self._tail = data[:ZSTD_INPUT_STEP], data[ZSTD_INPUT_STEP:]
-            out = self._z.decompress(step)
+                data = rest
+            out: bytes = self._z.decompress(data, MAX_DECOMPRESS_STEP)
+            self._tail = self._z.unconsumed_tail
             if self._z.eof and self._z.unused_data:
                 self._tail = self._z.unused_data + self._tail
                 self._z = self._new_decoder()
             return out
-        except (_INFLATE_ERROR, zstandard.ZstdError) as exc:
-            raise DataLoss(f"{self._where}: corrupt {self.kind} data: {exc}") from exc
+        except _INFLATE_ERROR as exc:
+            raise DataLoss(f"{self._where}: corrupt gzip data: {exc}") from exc
 
     def _view(self, n: int) -> memoryview:
         """Up to `n` next bytes as a view into the inflated buffer (empty at the end); no copy."""

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .content import BlobWriter
 from .errors import DataLoss, InvalidArgument, LayerEscape
-from .layerstream import READ_SIZE, CompressedStream, DecompressedStream
+from .layerstream import READ_SIZE, CompressedStream, DecompressedStream, never_stopped
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -245,15 +245,18 @@ def unpack_layer(
     blob: BlobWriter | None = None,
     expected_digest: str | None = None,
     expected_diff_id: str | None = None,
+    stopped: Callable[[], bool] = never_stopped,
 ) -> UnpackResult:
     """Extracts the stream from `source` into the existing, empty directory `dest`.
+
+    `stopped` returning True ends the unpack with UnpackAborted at the next inflate step.
 
     `blob`, when given, receives (and hashes) every compressed chunk. Raises DataLoss on a
     digest or diff ID mismatch, LayerEscape on an escaping entry. The caller
     owns `dest` and removes it on failure.
     """
     blob_hash = hashlib.sha256()
-    compressed = CompressedStream(source, blob.write if blob is not None else blob_hash.update)
+    compressed = CompressedStream(source, blob.write if blob is not None else blob_hash.update, stopped)
     stream = DecompressedStream(compressed, where)
     extractor = _Extractor(dest, where)
     try:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from crishim.images.errors import DataLoss, InvalidArgument, LayerEscape
+from crishim.images.errors import DataLoss, InvalidArgument, LayerEscape, UnpackAborted
 from crishim.images.unpack import chain_ids, unpack_layer
 
 
@@ -222,3 +222,61 @@ def test_gnu_sparse_members_are_written_with_their_holes(tmp_path: Path) -> None
     unpack_layer(feed(gzip.compress(raw)), dest, where="test", expected_diff_id=digest(raw))
     data = (dest / "sparse").read_bytes()
     assert data == b"head" + b"\0" * ((1 << 20) - 4) + b"tail"
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_a_stop_ends_the_unpack_even_when_the_compressed_stream_is_already_read(
+    tmp_path: Path, compression: str
+) -> None:
+    """64 MiB of zeros compress to a few chunks, all read before most of it is inflated: the
+    stop must still end the unpack between inflate steps, not after the last file."""
+
+    def zeros(tf: tarfile.TarFile) -> None:
+        for i in range(64):
+            add_file(tf, f"f{i:02d}", bytes(1 << 20))
+
+    raw = make_tar(zeros)
+    blob = gzip.compress(raw) if compression == "gzip" else zstandard.ZstdCompressor().compress(raw)
+    chunks = feed(blob, chunk=1 << 20)
+    asked = 0
+
+    def stopped() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 4  # a few inflate steps in, long after every chunk was read
+
+    with pytest.raises(UnpackAborted):
+        unpack_layer(chunks, tmp_path, where="test", stopped=stopped)
+    assert chunks() is None, "the whole compressed stream was read before the stop"
+    written = sum(1 for _ in tmp_path.iterdir())
+    assert 0 < written < 16, f"{written} of 64 files were unpacked after the stop"
+
+
+def test_truncated_zstd_is_data_loss(tmp_path: Path) -> None:
+    blob = zstandard.ZstdCompressor().compress(make_tar(sample))
+    with pytest.raises(DataLoss):
+        unpack_layer(feed(blob[: len(blob) // 2]), tmp_path, where="test")
+
+
+def test_zstd_frames_inflate_in_bounded_steps(tmp_path: Path) -> None:
+    """A 64 MiB file of zeros is a few KB of zstd: one step must still yield at most 1 MiB."""
+
+    def zeros(tf: tarfile.TarFile) -> None:
+        add_file(tf, "zeros", bytes(64 << 20))
+        add_file(tf, "tail", b"after the second frame")
+
+    raw = make_tar(zeros)
+    half = len(raw) // 2
+    blob = zstandard.ZstdCompressor().compress(raw[:half]) + zstandard.ZstdCompressor().compress(raw[half:])
+    steps = 0
+
+    def stopped() -> bool:  # asked once before each inflate step
+        nonlocal steps
+        steps += 1
+        return False
+
+    result = unpack_layer(feed(blob), tmp_path, where="test", expected_diff_id=digest(raw), stopped=stopped)
+    assert result.diff_id == digest(raw)
+    assert (tmp_path / "zeros").stat().st_size == 64 << 20
+    assert (tmp_path / "tail").read_bytes() == b"after the second frame"
+    assert steps >= 64, f"64 MiB came out of {steps} inflate steps: more than 1 MiB a step"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -20,11 +21,8 @@ from dataclasses import dataclass
 
 from crishim.runtime.network import cnicache, masquerade, netns
 from crishim.runtime.network.cni import (
-    Bandwidth,
     CniRunner,
-    DnsSettings,
     PodRef,
-    PortMapping,
     RuntimeOptions,
 )
 from crishim.runtime.network.cniconf import (
@@ -47,6 +45,7 @@ from crishim.runtime.network.errors import FailedPrecondition, NetworkError
 log = logging.getLogger("crishim.network")
 
 NOT_READY_REASON = "NetworkPluginNotReady"
+NO_OPTIONS = RuntimeOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,24 +244,13 @@ class PodNetwork:
 
     # -- pods ----------------------------------------------------------
 
-    async def setup(
-        self,
-        sandbox_id: str,
-        pod_name: str,
-        pod_namespace: str,
-        pod_uid: str,
-        port_mappings: Sequence[PortMapping] = (),
-        dns: DnsSettings | None = None,
-        bandwidth: Bandwidth | None = None,
-    ) -> tuple[str, NetworkSetup]:
+    async def setup(self, pod: PodRef, options: RuntimeOptions = NO_OPTIONS) -> tuple[str, NetworkSetup]:
         """Create and pin the pod's namespace and run CNI ADD; undo both on any failure."""
         config = await self._require_config()
         async with AsyncExitStack() as undo:
-            path = await netns.create(sandbox_id, self.netns_dir)
+            path = await netns.create(pod.sandbox_id, self.netns_dir)
             undo.push_async_callback(netns.remove, path)
-            result = await self.attach(
-                sandbox_id, path, pod_name, pod_namespace, pod_uid, port_mappings, dns, bandwidth, config=config
-            )
+            result = await self.attach(path, pod, options, config=config)
             undo.pop_all()
         return path, result
 
@@ -273,28 +261,15 @@ class PodNetwork:
         return await netns.create(sandbox_id, self.netns_dir)
 
     async def attach(
-        self,
-        sandbox_id: str,
-        path: str,
-        pod_name: str,
-        pod_namespace: str,
-        pod_uid: str,
-        port_mappings: Sequence[PortMapping] = (),
-        dns: DnsSettings | None = None,
-        bandwidth: Bandwidth | None = None,
-        *,
-        config: NetworkConfigList | None = None,
+        self, path: str, pod: PodRef, options: RuntimeOptions = NO_OPTIONS, *, config: NetworkConfigList | None = None
     ) -> NetworkSetup:
-        """CNI ADD into the namespace at `path`; a failed ADD is undone with DEL."""
+        """CNI ADD into the namespace at `path`; a failed ADD is undone with DEL.
+
+        The pod CIDR offered as ipRanges is the node's, set here whatever `options` holds.
+        """
         config = config or await self._require_config()
-        pod = PodRef(sandbox_id, pod_name, pod_namespace, pod_uid)
-        options = RuntimeOptions(
-            port_mappings=tuple(port_mappings),
-            bandwidth=bandwidth,
-            dns=dns,
-            ip_ranges=tuple(parse_pod_cidrs(self._pod_cidr)) if self._cidr_from_kubelet else (),
-        )
-        runtime_config = options.capability_args()
+        ip_ranges = tuple(parse_pod_cidrs(self._pod_cidr)) if self._cidr_from_kubelet else ()
+        runtime_config = dataclasses.replace(options, ip_ranges=ip_ranges).capability_args()
         async with AsyncExitStack() as undo:
             undo.push_async_callback(self._del_quietly, config, pod, path)
             result = await self.runner.add(config, pod, path, runtime_config)

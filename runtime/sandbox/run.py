@@ -27,6 +27,7 @@ from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime.ids import new_id, now_ns
 from crishim.runtime.mounts import mount_tmpfs, unmount
+from crishim.runtime.network.cni import PodRef, RuntimeOptions
 from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.oom import clamp_and_log
 from crishim.runtime.sandbox import infra
@@ -156,14 +157,13 @@ async def pod_network(
     """CNI ADD into the pinned netns (a failed ADD undoes itself); undone by CNI DEL."""
     md = config.metadata
     setup = await svc.network.attach(
-        sandbox_id,
         netns_path,
-        pod_name=md.name,
-        pod_namespace=md.namespace,
-        pod_uid=md.uid,
-        port_mappings=infra.port_mappings(config),
-        dns=infra.dns_capability(config),
-        bandwidth=infra.bandwidth_capability(config),
+        PodRef(sandbox_id, md.name, md.namespace, md.uid),
+        RuntimeOptions(
+            port_mappings=tuple(infra.port_mappings(config)),
+            dns=infra.dns_capability(config),
+            bandwidth=infra.bandwidth_capability(config),
+        ),
     )
     undo.push_async_callback(svc.network.teardown, sandbox_id, netns_path, md.name, md.namespace, md.uid)
     return PodAddress(netns_path, setup.ip, tuple(setup.additional_ips))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from crishim.runtime.network import netns
-from crishim.runtime.network.cni import PortMapping
+from crishim.runtime.network.cni import PodRef, PortMapping, RuntimeOptions
 from crishim.runtime.network.defaultconf import install_default_conflist
 from crishim.runtime.network.errors import DeadlineExceeded, FailedPrecondition, PluginError
 from crishim.runtime.network.manager import PodNetwork
@@ -135,7 +135,8 @@ def _drop_nat_rules(sandbox_id: str) -> None:
 
 async def _setup(pn: PodNetwork, e: NetEnv, ports: list[PortMapping] | None = None) -> tuple[str, str, str]:
     sid = e.sandbox_id()
-    path, result = await pn.setup(sid, f"pod-{sid[:6]}", "default", str(uuid.uuid4()), ports or [])
+    pod = PodRef(sid, f"pod-{sid[:6]}", "default", str(uuid.uuid4()))
+    path, result = await pn.setup(pod, RuntimeOptions(port_mappings=tuple(ports or ())))
     e.pods.append((sid, path))
     return sid, path, result.ip
 
@@ -313,7 +314,7 @@ async def test_failing_plugin_fails_setup_with_its_message_and_leaves_nothing(en
     await pn.start()
     try:
         with pytest.raises(PluginError) as info:
-            await pn.setup(env.sandbox_id(), "p", "default", "u")
+            await pn.setup(PodRef(env.sandbox_id(), "p", "default", "u"))
         assert info.value.plugin == "refuser"
         assert info.value.msg == "refusing this pod"
         assert "quota used up" in str(info.value)
@@ -330,7 +331,7 @@ async def test_hanging_plugin_times_out_and_leaves_nothing(env: NetEnv) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded, match="sleeper"):
-            await pn.setup(env.sandbox_id(), "p", "default", "u")
+            await pn.setup(PodRef(env.sandbox_id(), "p", "default", "u"))
         assert time.monotonic() - started < 10
         assert _leftovers(env) == []
     finally:
@@ -376,7 +377,7 @@ async def test_conflist_dropped_into_watched_dir_makes_network_ready(env: NetEnv
         assert (ready, reason) == (False, "NetworkPluginNotReady")
         assert env.conf_dir in message
         with pytest.raises(FailedPrecondition):
-            await pn.setup(env.sandbox_id(), "p", "default", "u")
+            await pn.setup(PodRef(env.sandbox_id(), "p", "default", "u"))
         install_default_conflist(env.conf_dir, env.subnet, network=env.network, bridge=env.bridge)
         for _ in range(50):
             if pn.status()[0]:

@@ -32,6 +32,7 @@ import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.runtime.network import netns
+from crishim.runtime.network.cni import PodRef
 from crishim.runtime.network.errors import PluginError
 from crishim.runtime.network.manager import PodNetwork
 
@@ -608,7 +609,7 @@ async def test_orphan_collection_frees_what_a_failed_cleanup_left(tmp_path: Path
     try:
         net.set_mode("fail-both")
         with pytest.raises(PluginError, match="fake-plugin refuses"):
-            await network.setup(failed, "orphan", "test", "uid-orphan")
+            await network.setup(PodRef(failed, "orphan", "test", "uid-orphan"))
         assert len(reservations_of(net.network, failed)) == 1
         assert not (netns_dir / failed).exists()
         await netns.create(bare, str(netns_dir))  # a crash right after pinning: no cache entry

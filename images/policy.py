@@ -8,8 +8,10 @@ wins alone: its requirements are not merged with broader ones. Every requirement
 chosen scope must hold.
 
 Supported requirements: `insecureAcceptAnything`, `reject`, and `sigstoreSigned` with
-`keyPath`, `keyPaths` or `keyData` (cosign key pairs). Keyless `fulcio` roots are refused
-when the file is loaded, naming the file, rather than silently accepting or rejecting.
+`keyPath`, `keyPaths` or `keyData` (cosign key pairs), or with `fulcio` (`caPath`/`caData`,
+`oidcIssuer`, `subjectEmail`) and `rekorPublicKeyPath`/`rekorPublicKeyData` for keyless
+signatures, checked offline against those roots (fulcio.py). A Rekor key given beside
+a key pair makes a valid Rekor SET required for that key's signatures too.
 
 Per-namespace policies (as CRI-O does) live in `<policy dir>/<namespace>.json` and replace
 the node's policy for pulls made for pods of that namespace. Files are re-read when they
@@ -24,10 +26,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import FailedPrecondition, InvalidArgument
 from .reference import DEFAULT_TAG, Reference, parse_reference
+
+if TYPE_CHECKING:
+    from .fulcio import FulcioRoots
 
 
 class PolicyInvalid(FailedPrecondition):
@@ -112,12 +117,16 @@ def _parse_signed(text: str) -> tuple[Reference, bool]:
 
 @dataclass(frozen=True, slots=True)
 class Requirement:
-    """One requirement: `insecureAcceptAnything`, `reject`, or `sigstoreSigned` with its keys."""
+    """One requirement: `insecureAcceptAnything`, `reject`, or `sigstoreSigned` with its keys
+    or its Fulcio roots."""
 
     type: Literal["insecureAcceptAnything", "reject", "sigstoreSigned"]
     keys: tuple[bytes, ...] = ()  # PEM public keys (sigstoreSigned)
     key_names: tuple[str, ...] = ()  # where each key came from, for messages
     identity: SignedIdentity = field(default_factory=SignedIdentity)
+    fulcio: FulcioRoots | None = None  # keyless: the trusted CA and the signer's identity
+    rekor_key: bytes = b""  # PEM; required with fulcio, optional with keys
+    rekor_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,19 +223,89 @@ def _requirement(item: Any, where: str, base: Path) -> Requirement:
         raise PolicyInvalid(
             f"{where}: unknown requirement type {kind!r} (known: insecureAcceptAnything, reject, sigstoreSigned)"
         )
-    if "fulcio" in item or "rekorPublicKeyPath" in item or "rekorPublicKeyData" in item:
-        raise PolicyInvalid(
-            f"{where}: keyless sigstoreSigned (fulcio, rekorPublicKey*) is not supported yet; "
-            "sign with a cosign key pair and give keyPath or keyData"
+    rekor_key, rekor_name = _rekor_key(item, where, base)
+    identity = _identity(item, where)
+    if "fulcio" in item:
+        if any(k in item for k in ("keyPath", "keyPaths", "keyData", "keyDatas")):
+            raise PolicyInvalid(f"{where}: sigstoreSigned takes either keys or fulcio, not both")
+        if not rekor_key:
+            raise PolicyInvalid(
+                f"{where}: keyless sigstoreSigned (fulcio) needs rekorPublicKeyPath or rekorPublicKeyData"
+            )
+        return Requirement(
+            type="sigstoreSigned",
+            identity=identity,
+            fulcio=_fulcio(item["fulcio"], f"{where}.fulcio", base),
+            rekor_key=rekor_key,
+            rekor_name=rekor_name,
         )
     keys, names = _keys(item, where, base)
-    return Requirement(type="sigstoreSigned", keys=keys, key_names=names, identity=_identity(item, where))
+    return Requirement(
+        type="sigstoreSigned", keys=keys, key_names=names, identity=identity, rekor_key=rekor_key, rekor_name=rekor_name
+    )
+
+
+def _pem_from(item: dict[str, Any], path_key: str, data_key: str, where: str, base: Path) -> tuple[bytes, str]:
+    """The PEM named by `path_key` (relative to the policy file) or given base64 in
+    `data_key`, and its name for messages; (b"", "") when neither is set."""
+    if path_key in item and data_key in item:
+        raise PolicyInvalid(f"{where}: give {path_key} or {data_key}, not both")
+    if path_key in item:
+        if not isinstance(item[path_key], str) or not item[path_key]:
+            raise PolicyInvalid(f"{where}: {path_key} must name a file")
+        path = base / item[path_key]
+        try:
+            return path.read_bytes(), str(path)
+        except OSError as exc:
+            raise PolicyInvalid(f"{where}: cannot read {path_key} {path}: {exc.strerror}") from exc
+    if data_key in item:
+        try:
+            return base64.b64decode(item[data_key], validate=True), data_key
+        except (TypeError, ValueError) as exc:
+            raise PolicyInvalid(f"{where}: {data_key} must be base64 of a PEM document") from exc
+    return b"", ""
+
+
+def _rekor_key(item: dict[str, Any], where: str, base: Path) -> tuple[bytes, str]:
+    pem, name = _pem_from(item, "rekorPublicKeyPath", "rekorPublicKeyData", where, base)
+    if pem:
+        from .fulcio import load_rekor_key
+
+        try:
+            load_rekor_key(pem)
+        except ValueError as exc:
+            raise PolicyInvalid(f"{where}: {name}: not a usable Rekor public key: {exc}") from exc
+    return pem, name
+
+
+def _fulcio(value: Any, where: str, base: Path) -> FulcioRoots:
+    from .fulcio import FulcioRoots, load_ca_certificates
+
+    if not isinstance(value, dict):
+        raise PolicyInvalid(f"{where}: must be an object with caPath or caData, oidcIssuer and subjectEmail")
+    unknown = set(value) - {"caPath", "caData", "oidcIssuer", "subjectEmail"}
+    if unknown:
+        raise PolicyInvalid(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+    pem, name = _pem_from(value, "caPath", "caData", where, base)
+    if not pem:
+        raise PolicyInvalid(f"{where}: needs caPath or caData (the Fulcio CA certificates)")
+    try:
+        load_ca_certificates(pem)
+    except ValueError as exc:
+        raise PolicyInvalid(f"{where}: {name}: not usable CA certificates: {exc}") from exc
+    texts = {}
+    for key in ("oidcIssuer", "subjectEmail"):
+        text = value.get(key)
+        if not isinstance(text, str) or not text:
+            raise PolicyInvalid(f"{where}: {key} must be a non-empty string")
+        texts[key] = text
+    return FulcioRoots(ca_pem=pem, ca_name=name, oidc_issuer=texts["oidcIssuer"], subject_email=texts["subjectEmail"])
 
 
 def _keys(item: dict[str, Any], where: str, base: Path) -> tuple[tuple[bytes, ...], tuple[str, ...]]:
     given = [k for k in ("keyPath", "keyPaths", "keyData", "keyDatas") if k in item]
     if len(given) != 1:
-        raise PolicyInvalid(f"{where}: sigstoreSigned needs exactly one of keyPath, keyPaths or keyData")
+        raise PolicyInvalid(f"{where}: sigstoreSigned needs exactly one of keyPath, keyPaths, keyData or fulcio")
     found: list[tuple[bytes, str]] = []
     if given[0] in ("keyPath", "keyPaths"):
         paths = [item["keyPath"]] if given[0] == "keyPath" else item["keyPaths"]

@@ -7,6 +7,9 @@ in the same repository; each of its layers is a simple-signing payload
 artifact whose `subject` is the image: found through `/v2/<name>/referrers/<digest>`, or,
 on registries without that API, the index tagged `sha256-<hex>` (the referrers tag schema).
 
+A keyless signature (fulcio.py) also carries its Fulcio certificate, chain and Rekor bundle
+as annotations of the same layer; they are kept with the signature.
+
 The payload says which manifest digest and which repository it vouches for; both are
 checked only after its signature verifies. The cryptography comes from the `cryptography`
 package: ECDSA (P-256/SHA-256 as `cosign generate-key-pair` makes, P-384, P-521), RSA
@@ -17,7 +20,8 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgument, NotFound
@@ -41,6 +45,8 @@ class CosignSignature:
     payload: bytes
     signature: bytes
     found_in: str  # "sha256-<hex>.sig tag", "referrers API" or "referrers tag"
+    # The layer's annotations: a keyless signature's certificate, chain and Rekor bundle.
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +156,10 @@ async def _from_manifest(registry: RegistryClient, session: _Session, raw: bytes
     for layer in (_json(raw).get("layers") or [])[:MAX_SIGNATURES]:
         if not isinstance(layer, dict) or layer.get("mediaType") != SIMPLE_SIGNING:
             continue
-        encoded = (layer.get("annotations") or {}).get(SIGNATURE_ANNOTATION)
+        annotations = layer.get("annotations")
+        if not isinstance(annotations, dict):
+            continue
+        encoded = annotations.get(SIGNATURE_ANNOTATION)
         digest = layer.get("digest")
         if not isinstance(encoded, str) or not isinstance(digest, str):
             continue
@@ -159,7 +168,8 @@ async def _from_manifest(registry: RegistryClient, session: _Session, raw: bytes
         except ValueError:
             continue
         payload = await registry.fetch_blob(session, digest, MAX_PAYLOAD_BYTES)
-        found.append(CosignSignature(payload=payload, signature=signature, found_in=where))
+        texts = {k: v for k, v in annotations.items() if isinstance(k, str) and isinstance(v, str)}
+        found.append(CosignSignature(payload=payload, signature=signature, found_in=where, annotations=texts))
     return found
 
 

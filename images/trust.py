@@ -2,7 +2,8 @@
 
 The Puller asks `ImageVerifier.check` with the policy chosen for the pull (policy.py) and the
 resolved manifest. Signatures are looked up once per pull (signatures.py) and only when the
-scope requires them. An accepted verdict is cached per (policy file and version, scope,
+scope requires them; a keyless requirement checks each one's Fulcio certificate and Rekor
+SET offline (fulcio.py) before its payload signature. An accepted verdict is cached per (policy file and version, scope,
 repository, manifest digest), so pulling a verified image again costs no registry request;
 a refusal is not cached, so a signature pushed later is found by the next pull.
 """
@@ -102,26 +103,43 @@ class ImageVerifier:
             )
         details = []
         for requirement in signed:
-            problem, found_in = _first_valid(requirement, signatures, ref, manifest.top_digest)
+            problem, detail = _first_valid(requirement, signatures, ref, manifest.top_digest)
             if problem:
                 raise refuse(problem)
-            details.append(f"cosign signature ({found_in}) by {', '.join(requirement.key_names)}")
+            details.append(detail)
         return Verdict("verified", policy.source, scope, "; ".join(details))
+
+
+# Failure kinds, from the signature that got furthest to the one that got least far: the
+# reason reported is the furthest one's. A key-pair signature meets its key first (then the
+# Rekor SET when the policy gives a Rekor key); a keyless one meets the SET first, then
+# its certificate, then the certificate's key.
+_CLAIM_ORDER = ("identity mismatch", "digest mismatch", "invalid signature payload")
+_KEYED_ORDER = (*_CLAIM_ORDER, "bad Rekor SET", "no Rekor bundle", "wrong key")
+_KEYLESS_ORDER = (
+    *_CLAIM_ORDER,
+    "wrong key",
+    "wrong signer identity",
+    "untrusted certificate",
+    "SET time outside",
+    "bad Rekor SET",
+    "no Rekor bundle",
+    "no certificate",
+)
 
 
 def _first_valid(
     requirement: Requirement, signatures: list[CosignSignature], ref: Reference, digest: str
 ) -> tuple[str, str]:
-    """('', where the accepted signature was found), or (the best reason none is accepted, '').
+    """('', what the accepted signature is), or (the best reason none is accepted, '').
 
     A payload is believed only once its signature verifies, so a forged payload can only
-    ever yield "wrong key"."""
+    ever yield "wrong key" (or, keyless, a certificate or Rekor failure)."""
     reasons: list[str] = []
     for sig in signatures:
-        if not any(signature_valid(key, sig.payload, sig.signature) for key in requirement.keys):
-            reasons.append(
-                f"wrong key: the signature ({sig.found_in}) was not made by {', '.join(requirement.key_names)}"
-            )
+        problem, detail = (_keyed if requirement.fulcio is None else _keyless)(requirement, sig)
+        if problem:
+            reasons.append(problem)
             continue
         try:
             claim = parse_payload(sig.payload)
@@ -137,8 +155,55 @@ def _first_valid(
                 f"signedIdentity {requirement.identity.describe()} for {ref}"
             )
             continue
-        return "", sig.found_in
-    # The reason of the signature that got furthest (key, then digest, then identity).
-    order = ("identity mismatch", "digest mismatch", "invalid signature payload", "wrong key")
+        return "", detail
+    order = _KEYED_ORDER if requirement.fulcio is None else _KEYLESS_ORDER
     reasons.sort(key=lambda r: next((i for i, p in enumerate(order) if r.startswith(p)), len(order)))
     return reasons[0], ""
+
+
+def _keyed(requirement: Requirement, sig: CosignSignature) -> tuple[str, str]:
+    """('', the verdict's words) when one of the requirement's keys made `sig` (and, with a
+    Rekor key, Rekor logged it); (the reason, '') otherwise."""
+    key = next((k for k in requirement.keys if signature_valid(k, sig.payload, sig.signature)), None)
+    if key is None:
+        return f"wrong key: the signature ({sig.found_in}) was not made by {', '.join(requirement.key_names)}", ""
+    detail = f"cosign signature ({sig.found_in}) by {requirement.key_names[requirement.keys.index(key)]}"
+    if not requirement.rekor_key:
+        return "", detail
+    from cryptography.hazmat.primitives import serialization
+
+    from .fulcio import BUNDLE_ANNOTATION, KeylessRejected, verify_set
+
+    bundle = sig.annotations.get(BUNDLE_ANNOTATION, "")
+    if not bundle:
+        return f"no Rekor bundle: the signature ({sig.found_in}) carries no {BUNDLE_ANNOTATION} annotation", ""
+    spki = serialization.load_pem_public_key(key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    try:
+        verify_set(requirement.rekor_key, requirement.rekor_name, bundle.encode(), spki, sig.signature, sig.payload)
+    except KeylessRejected as exc:
+        return f"{exc} (signature {sig.found_in})", ""
+    return "", f"{detail}, logged in Rekor"
+
+
+def _keyless(requirement: Requirement, sig: CosignSignature) -> tuple[str, str]:
+    """('', the verdict's words) when `sig` carries a Fulcio certificate and Rekor SET that
+    hold against the requirement's roots and its payload verifies with the certificate's
+    key; (the reason, '') otherwise."""
+    from .fulcio import KeylessRejected, verify_keyless
+
+    roots = requirement.fulcio
+    assert roots is not None
+    try:
+        signer = verify_keyless(
+            roots, requirement.rekor_key, requirement.rekor_name, sig.annotations, sig.signature, sig.payload
+        )
+    except KeylessRejected as exc:
+        return f"{exc} (signature {sig.found_in})", ""
+    if not signature_valid(signer.public_pem, sig.payload, sig.signature):
+        return f"wrong key: the signature ({sig.found_in}) was not made by its certificate's key", ""
+    return "", (
+        f"cosign keyless signature ({sig.found_in}) by {signer.email} (issuer {signer.issuer}), "
+        f"certificate from {roots.ca_name}, logged in Rekor"
+    )

@@ -8,6 +8,7 @@ for the CRI code, the namespace and the start-up refusal, through a live daemon.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from crishim.images.policy import PolicyRejected, PolicySet
 from crishim.images.store import ImageStore
 from crishim.images.trust import Verdict
 
-from tests.support import cosign
+from tests.support import cosign, sigstore
 from tests.support.daemon import Daemon, running_daemon, write_config
 from tests.support.push import Pusher
 from tests.support.registry import RegistryServer
@@ -185,6 +186,132 @@ async def test_namespace_policy_replaces_the_node_policy(store: ImageStore, reg:
     assert (await store.pull(f"{name}:v1", namespace="relaxed")).id == built.config_digest
     reg.sign(name, built.digest, key)
     assert (await store.pull(f"{name}:v1", namespace="secure")).id == built.config_digest
+
+
+# ---- keyless: a Fulcio certificate and a Rekor SET, checked offline --------------------------
+
+
+def keyless_policy(tmp_path: Path, ca: sigstore.FulcioCA, rekor: sigstore.RekorKey, **fulcio: str) -> dict[str, Any]:
+    """A keyless requirement with its roots in files beside the policy (caPath and
+    rekorPublicKeyPath are relative to it); `fulcio` overrides oidcIssuer / subjectEmail."""
+    (tmp_path / "fulcio-root.pem").write_bytes(ca.root_pem)
+    (tmp_path / "rekor.pub").write_bytes(rekor.public_pem)
+    roots = {"caPath": "fulcio-root.pem", "oidcIssuer": sigstore.ISSUER, "subjectEmail": sigstore.EMAIL, **fulcio}
+    return {"type": "sigstoreSigned", "fulcio": roots, "rekorPublicKeyPath": "rekor.pub", "signedIdentity": REPO_MATCH}
+
+
+def sign_keyless(
+    reg: Registry,
+    name: str,
+    digest: str,
+    ca: sigstore.FulcioCA,
+    rekor: sigstore.RekorKey,
+    *,
+    cert: sigstore.Certificate | None = None,
+    integrated: datetime.datetime | None = None,
+) -> None:
+    """What `cosign sign` without a key pushes: the payload signed with a fresh Fulcio
+    certificate's key, the certificate, its chain and the Rekor bundle, as the `.sig` tag."""
+    cert = cert or ca.issue()
+    body = cosign.payload(name, digest)
+    signature = cert.sign(body)
+    when = integrated or datetime.datetime.now(datetime.UTC)
+    annotations = {
+        "dev.sigstore.cosign/certificate": cert.pem.decode(),
+        "dev.sigstore.cosign/chain": ca.chain_pem.decode(),
+        "dev.sigstore.cosign/bundle": rekor.bundle(cert.pem, signature, body, when),
+    }
+    cosign.push_sig_tag(reg.pusher, name.split("/", 1)[1], digest, cert, body, annotations, signature)
+
+
+async def test_keyless_signature_is_verified_offline(store: ImageStore, reg: Registry, tmp_path: Path) -> None:
+    ca, rekor = sigstore.FulcioCA.generate(), sigstore.RekorKey.generate()
+    name, built = reg.image("keyless")
+    sign_keyless(reg, name, built.digest, ca, rekor)
+    write_policy(tmp_path / "policy.json", [{"type": "reject"}], {name: [keyless_policy(tmp_path, ca, rekor)]})
+    verdicts: list[Verdict] = []
+    record = await store.pull(f"{name}:v1", on_verdict=verdicts.append)
+    assert record.id == built.config_digest
+    assert verdicts[0].outcome == "verified"
+    assert verdicts[0].scope == f"docker:{name}"
+    assert f"keyless signature ({built.digest.replace(':', '-')}.sig tag) by {sigstore.EMAIL}" in verdicts[0].detail
+    assert f"certificate from {tmp_path / 'fulcio-root.pem'}" in verdicts[0].detail
+
+
+KEYLESS_CASES = {
+    "wrong CA": "untrusted certificate: it does not chain to the CA of",
+    "wrong email": f"wrong signer identity: the certificate is for {sigstore.EMAIL}, the policy requires ops@",
+    "wrong issuer": "wrong signer identity: the certificate's OIDC issuer is",
+    "bad SET": "bad Rekor SET: the SET is not signed by the Rekor key",
+    "SET time outside the certificate validity": "SET time outside the certificate validity: Rekor integrated",
+    "tampered payload": "bad Rekor SET: the log entry records another payload",
+}
+
+
+@pytest.mark.parametrize("case", list(KEYLESS_CASES))
+async def test_keyless_signature_failures_are_rejected_before_any_layer(
+    store: ImageStore, reg: Registry, tmp_path: Path, case: str
+) -> None:
+    ca, rekor = sigstore.FulcioCA.generate(), sigstore.RekorKey.generate()
+    name, built = reg.image(f"keyless-{case.split()[0].lower()}-{case.split()[1].lower()}")
+    policy_ca, policy_rekor, roots = ca, rekor, {}
+    if case == "wrong CA":  # a certificate from a CA the policy does not trust
+        policy_ca = sigstore.FulcioCA.generate()
+    elif case == "wrong email":
+        roots = {"subjectEmail": "ops@example.test"}
+    elif case == "wrong issuer":
+        roots = {"oidcIssuer": "https://token.actions.example.test"}
+    elif case == "bad SET":  # a SET made by a log the policy does not trust
+        policy_rekor = sigstore.RekorKey.generate()
+    if case.startswith("SET time"):  # logged an hour after the ten-minute certificate expired
+        issued = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=2)
+        sign_keyless(
+            reg,
+            name,
+            built.digest,
+            ca,
+            rekor,
+            cert=ca.issue(not_before=issued),
+            integrated=issued + datetime.timedelta(hours=1),
+        )
+    elif case == "tampered payload":  # a genuine keyless signature of another image moved to this one
+        cert = ca.issue()
+        other = cosign.payload(name, "sha256:" + "0" * 64)
+        signature = cert.sign(other)
+        bundle = rekor.bundle(cert.pem, signature, other, datetime.datetime.now(datetime.UTC))
+        body = cosign.payload(name, built.digest)
+        annotations = {
+            "dev.sigstore.cosign/certificate": cert.pem.decode(),
+            "dev.sigstore.cosign/chain": ca.chain_pem.decode(),
+            "dev.sigstore.cosign/bundle": bundle,
+        }
+        cosign.push_sig_tag(reg.pusher, name.split("/", 1)[1], built.digest, cert, body, annotations, signature)
+    else:
+        sign_keyless(reg, name, built.digest, ca, rekor)
+    write_policy(tmp_path / "policy.json", [keyless_policy(tmp_path, policy_ca, policy_rekor, **roots)])
+    with pytest.raises(PolicyRejected) as caught:
+        await store.pull(f"{name}:v1")
+    message = str(caught.value)
+    assert f"rejected by policy {tmp_path / 'policy.json'} (scope default)" in message
+    assert KEYLESS_CASES[case] in message
+    assert_store_empty(store)
+    assert store.verdict_counts == {"rejected": 1}
+
+
+async def test_keyless_and_key_pair_requirements_each_need_their_own_signature(
+    store: ImageStore, reg: Registry, tmp_path: Path
+) -> None:
+    """Every requirement of the scope must hold: a keyless signature does not satisfy a key
+    pair requirement, and a key pair signature carries no certificate for a keyless one."""
+    ca, rekor, key = sigstore.FulcioCA.generate(), sigstore.RekorKey.generate(), cosign.SigningKey.generate()
+    name, built = reg.image("keyless-and-key")
+    sign_keyless(reg, name, built.digest, ca, rekor)
+    write_policy(tmp_path / "policy.json", [keyless_policy(tmp_path, ca, rekor), signed_by(key, REPO_MATCH)])
+    with pytest.raises(PolicyRejected, match="wrong key"):
+        await store.pull(f"{name}:v1")
+    reg.sign(name, built.digest, key)  # replaces the .sig tag: now the keyless one is missing
+    with pytest.raises(PolicyRejected, match="no certificate"):
+        await store.pull(f"{name}:v1")
 
 
 # ---- through the daemon ---------------------------------------------------------------------

@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +27,12 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+
+
+class Signer(Protocol):
+    """A cosign key pair, or a keyless signing certificate's key."""
+
+    def sign(self, payload: bytes) -> bytes: ...
 
 
 def _digest(data: bytes) -> str:
@@ -64,7 +72,15 @@ def payload(docker_reference: str, manifest_digest: str) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode()
 
 
-def _signature_manifest(pusher: Pusher, repository: str, body: bytes, key: SigningKey, **extra: object) -> bytes:
+def _signature_manifest(
+    pusher: Pusher,
+    repository: str,
+    body: bytes,
+    key: Signer,
+    annotations: Mapping[str, str] | None = None,
+    signature: bytes | None = None,
+    **extra: object,
+) -> bytes:
     pusher.push_blob(repository, _digest(body), body)
     config = extra.pop("config", None)
     if not isinstance(config, bytes):
@@ -81,16 +97,29 @@ def _signature_manifest(pusher: Pusher, repository: str, body: bytes, key: Signi
                 "mediaType": SIMPLE_SIGNING,
                 "digest": _digest(body),
                 "size": len(body),
-                "annotations": {SIGNATURE_ANNOTATION: base64.b64encode(key.sign(body)).decode()},
+                "annotations": {
+                    SIGNATURE_ANNOTATION: base64.b64encode(signature or key.sign(body)).decode(),
+                    **(annotations or {}),
+                },
             }
         ],
     }
     return json.dumps(manifest).encode()
 
 
-def push_sig_tag(pusher: Pusher, repository: str, image_digest: str, key: SigningKey, body: bytes) -> None:
-    """Stores `body` signed by `key` as the signature of `image_digest` under the `.sig` tag."""
-    manifest = _signature_manifest(pusher, repository, body, key)
+def push_sig_tag(
+    pusher: Pusher,
+    repository: str,
+    image_digest: str,
+    key: Signer,
+    body: bytes,
+    annotations: Mapping[str, str] | None = None,
+    signature: bytes | None = None,
+) -> None:
+    """Stores `body` signed by `key` (or the given `signature` of it) as the signature of
+    `image_digest` under the `.sig` tag; `annotations` adds a keyless signature's
+    certificate, chain and Rekor bundle to the layer."""
+    manifest = _signature_manifest(pusher, repository, body, key, annotations, signature)
     pusher.push_manifest(repository, image_digest.replace(":", "-", 1) + ".sig", manifest, OCI_MANIFEST)
 
 

@@ -66,8 +66,12 @@ def test_syntax_error_names_file_and_line() -> None:
         ({"default": [{"type": "sometimes"}]}, "unknown requirement type 'sometimes'"),
         ({"default": [{"type": "signedBy", "keyType": "GPGKeys"}]}, "signedBy"),
         (
-            {"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyPath": "/k"}]},
-            "keyless sigstoreSigned .* not supported yet",
+            {"default": [{"type": "sigstoreSigned", "fulcio": {"caPath": "/ca.pem"}}]},
+            "keyless sigstoreSigned \\(fulcio\\) needs rekorPublicKeyPath",
+        ),
+        (
+            {"default": [{"type": "sigstoreSigned", "fulcio": {}, "rekorPublicKeyData": "bm90IGEga2V5"}]},
+            "not a usable Rekor public key",
         ),
         ({"default": [{"type": "sigstoreSigned"}]}, "exactly one of keyPath"),
         ({"default": [{"type": "sigstoreSigned", "keyPath": "missing.pub"}]}, "cannot read public key"),

@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import zstandard
-
 from .errors import InvalidArgument
 
 Compression = Literal["gzip", "zstd", "none"]
@@ -174,6 +172,8 @@ def compress(data: bytes, compression: Compression) -> bytes:
             gz.write(data)
         return out.getvalue()
     if compression == "zstd":
+        import zstandard  # only here: the daemon builds gzip (pause) layers alone
+
         return zstandard.ZstdCompressor(level=3).compress(data)
     if compression == "none":
         return data

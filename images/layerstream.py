@@ -25,9 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, cast
 
-import zstandard
-from isal import isal_zlib
-
 from .errors import DataLoss, UnpackAborted
 
 READ_SIZE = 1 << 20
@@ -35,9 +32,6 @@ MAX_DECOMPRESS_STEP = 1 << 20
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-
-# isal's stubs declare `error` as an exception instance; it is the class zlib.error would be.
-_INFLATE_ERROR = cast("type[Exception]", isal_zlib.error)
 
 
 def file_source(path: Path, stop: threading.Event | None = None) -> Callable[[], bytes | None]:
@@ -218,6 +212,11 @@ class DecompressedStream:
         self._pos = 0  # bytes of the tar handed out or skipped: tell() for the tar reader
 
     def _new_decoder(self) -> Any:
+        # isal and zstandard load with the first layer, not with the daemon: an idle node
+        # that pulls nothing does not carry them.
+        import zstandard
+        from isal import isal_zlib
+
         if self.kind == "gzip":
             return isal_zlib.decompressobj(GZIP_WBITS)
         if self.kind == "zstd":
@@ -247,6 +246,8 @@ class DecompressedStream:
         if self._z is None:
             return self._in.chunk()
         if self.kind == "zstd":
+            import zstandard
+
             try:
                 out: bytes = self._z.read(MAX_DECOMPRESS_STEP)
             except zstandard.ZstdError as exc:
@@ -266,6 +267,10 @@ class DecompressedStream:
     _empty_member = False
 
     def _inflate_gzip(self, data: bytes) -> bytes:
+        from isal import isal_zlib
+
+        # isal's stubs declare `error` as an exception instance; it is the class zlib.error would be.
+        inflate_error = cast("type[Exception]", isal_zlib.error)
         try:
             if self._z.eof:
                 rest = self._z.unused_data + data
@@ -279,7 +284,7 @@ class DecompressedStream:
                 self._tail = self._z.unused_data + self._tail
                 self._z = self._new_decoder()
             return out
-        except _INFLATE_ERROR as exc:
+        except inflate_error as exc:
             raise DataLoss(f"{self._where}: corrupt gzip data: {exc}") from exc
 
     def _view(self, n: int) -> memoryview:

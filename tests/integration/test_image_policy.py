@@ -314,6 +314,30 @@ async def test_keyless_and_key_pair_requirements_each_need_their_own_signature(
         await store.pull(f"{name}:v1")
 
 
+async def test_rekor_key_beside_a_key_pair_requires_a_logged_signature(
+    store: ImageStore, reg: Registry, tmp_path: Path
+) -> None:
+    """containers/image's `keyPath` + `rekorPublicKeyPath`: the key's signature counts only
+    with a Rekor SET recording it."""
+    key, rekor = cosign.SigningKey.generate(), sigstore.RekorKey.generate()
+    name, built = reg.image("key-and-rekor")
+    reg.sign(name, built.digest, key)
+    requirement = {**signed_by(key, REPO_MATCH), "rekorPublicKeyData": base64.b64encode(rekor.public_pem).decode()}
+    write_policy(tmp_path / "policy.json", [requirement])
+    with pytest.raises(PolicyRejected, match="no Rekor bundle"):
+        await store.pull(f"{name}:v1")
+    assert_store_empty(store)
+    body = cosign.payload(name, built.digest)
+    signature = key.sign(body)
+    bundle = rekor.bundle(key.public_pem, signature, body, datetime.datetime.now(datetime.UTC))
+    annotations = {"dev.sigstore.cosign/bundle": bundle}
+    cosign.push_sig_tag(reg.pusher, name.split("/", 1)[1], built.digest, key, body, annotations, signature)
+    verdicts: list[Verdict] = []
+    assert (await store.pull(f"{name}:v1", on_verdict=verdicts.append)).id == built.config_digest
+    assert verdicts[0].detail.startswith(f"cosign signature ({built.digest.replace(':', '-')}.sig tag) by keyData")
+    assert "logged in Rekor" in verdicts[0].detail
+
+
 # ---- through the daemon ---------------------------------------------------------------------
 
 

@@ -4,8 +4,16 @@ Each adjusted item (an annotation, a mount's destination, an environment
 variable, an rlimit, a device, a resource value, the OOM score, ...) may be
 set by one plugin only; a second plugin touching it is a conflict that fails
 CreateContainer naming both, as NRI specifies. A key prefixed with "-"
-removes the item (annotations, mounts, environment, devices, sysctls).
-Hooks and CDI devices are added, never conflicting.
+removes the item (annotations, mounts, environment, devices, sysctls,
+namespaces, net devices). Hooks, CDI devices and device cgroup rules are
+added, never conflicting.
+
+A blockio class is refused (naming the plugin): a class stands for a set of
+block I/O weights and throttles that the node defines, and this node defines
+none, so honouring the name is impossible and ignoring it would hide that.
+An RDT class needs no such definition: it is the resctrl group, written as the
+OCI spec's linux.intelRdt.closID, the same field LinuxRdt.clos_id sets, so the
+two conflict with each other.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import linux_spec, nri_pb2
 from crishim.runtime.nri.messages import HOOK_FIELDS
 from crishim.runtime.nri.plugin import PluginError
 
@@ -24,6 +32,10 @@ RESOURCE_VALUES = (
     ("memory", "reservation", "memory", "reservation"),
     ("memory", "swap", "memory", "swap"),
     ("memory", "swappiness", "memory", "swappiness"),
+    ("memory", "kernel", "memory", "kernel"),
+    ("memory", "kernel_tcp", "memory", "kernelTCP"),
+    ("memory", "disable_oom_killer", "memory", "disableOOMKiller"),
+    ("memory", "use_hierarchy", "memory", "useHierarchy"),
     ("cpu", "shares", "cpu", "shares"),
     ("cpu", "quota", "cpu", "quota"),
     ("cpu", "period", "cpu", "period"),
@@ -34,6 +46,13 @@ RESOURCE_VALUES = (
 
 class AdjustmentConflict(PluginError):
     """Two plugins adjusted the same item."""
+
+
+class AdjustmentRefused(PluginError):
+    """A plugin asked for something this node cannot provide."""
+
+
+UNSET: Any = object()  # a single-valued item no plugin touched (None means "remove it")
 
 
 @dataclass
@@ -52,13 +71,22 @@ class Adjustment:
     sysctl: dict[str, str | None] = field(default_factory=dict)
     oom_score_adj: int | None = None
     cgroups_path: str = ""
+    io_priority: dict[str, Any] | None = UNSET
+    seccomp: dict[str, Any] | None = UNSET
+    scheduler: dict[str, Any] | None = UNSET
+    memory_policy: dict[str, Any] | None = UNSET
+    namespaces: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    net_devices: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    rdt: dict[str, Any] = field(default_factory=dict)
+    rdt_removed: bool = False
+    device_rules: list[dict[str, Any]] = field(default_factory=list)
     args: list[str] | None = None
     cdi_devices: list[str] = field(default_factory=list)
     owners: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not self.owners and not self.hooks and not self.cdi_devices
+        return not self.owners and not self.hooks and not self.cdi_devices and not self.device_rules
 
     def claim(self, item: str, plugin: str) -> None:
         owner = self.owners.setdefault(item, plugin)
@@ -119,8 +147,45 @@ def _merge_linux(merged: Adjustment, linux: nri_pb2.LinuxContainerAdjustment, pl
     if linux.cgroups_path:
         merged.claim("cgroups path", plugin)
         merged.cgroups_path = linux.cgroups_path
+    if linux.HasField("io_priority"):
+        merged.claim("I/O priority", plugin)
+        merged.io_priority = linux_spec.io_priority(linux.io_priority)
+    if linux.HasField("seccomp_policy"):
+        merged.claim("seccomp policy", plugin)
+        merged.seccomp = linux_spec.seccomp(linux.seccomp_policy)
+    if linux.HasField("scheduler"):
+        merged.claim("scheduler", plugin)
+        merged.scheduler = linux_spec.scheduler(linux.scheduler)
+    if linux.HasField("memory_policy"):
+        merged.claim("memory policy", plugin)
+        merged.memory_policy = linux_spec.memory_policy(linux.memory_policy)
+    for ns in linux.namespaces:
+        _keyed(merged, merged.namespaces, "namespace", ns.type, linux_spec.namespace(ns), plugin)
+    for name, device in linux.net_devices.items():
+        _keyed(merged, merged.net_devices, "net device", name, {"name": device.name}, plugin)
+    if linux.HasField("rdt"):
+        _merge_rdt(merged, linux.rdt, plugin)
     if linux.HasField("resources"):
         _merge_resources(merged, linux.resources, plugin)
+
+
+def _merge_rdt(merged: Adjustment, rdt: nri_pb2.LinuxRdt, plugin: str) -> None:
+    """LinuxRdt: removal claims all of intelRdt; otherwise each field is its own item."""
+    if rdt.remove:
+        for item in ("RDT class", "RDT schemata", "RDT monitoring"):
+            merged.claim(item, plugin)
+        merged.rdt_removed = True
+    if rdt.HasField("clos_id"):
+        _rdt_value(merged, "RDT class", "closID", rdt.clos_id.value, plugin)
+    if rdt.HasField("schemata"):
+        _rdt_value(merged, "RDT schemata", "schemata", list(rdt.schemata.value), plugin)
+    if rdt.HasField("enable_monitoring"):
+        _rdt_value(merged, "RDT monitoring", "enableMonitoring", rdt.enable_monitoring.value, plugin)
+
+
+def _rdt_value(merged: Adjustment, item: str, key: str, value: Any, plugin: str) -> None:
+    merged.claim(item, plugin)
+    merged.rdt[key] = value
 
 
 def _merge_resources(merged: Adjustment, resources: nri_pb2.LinuxResources, plugin: str) -> None:
@@ -142,6 +207,22 @@ def _merge_resources(merged: Adjustment, resources: nri_pb2.LinuxResources, plug
     for key, value in resources.unified.items():
         merged.claim(f"unified {key}", plugin)
         merged.unified[key] = value
+    merged.device_rules.extend(linux_spec.device_rule(rule) for rule in resources.devices)
+    if resources.HasField("rdt_class"):
+        name = resources.rdt_class.value
+        if name:
+            _rdt_value(merged, "RDT class", "closID", name, plugin)
+        else:  # an empty class asks for none
+            merged.claim("RDT class", plugin)
+            merged.rdt.pop("closID", None)
+            merged.rdt_removed = True
+    if resources.HasField("blockio_class"):
+        merged.claim("blockio class", plugin)
+        if resources.blockio_class.value:
+            raise AdjustmentRefused(
+                f"NRI plugin {plugin} sets blockio class {resources.blockio_class.value!r}, "
+                "but this node defines no blockio classes"
+            )
 
 
 def apply_to_spec(spec: dict[str, Any], adj: Adjustment) -> None:
@@ -168,6 +249,33 @@ def apply_to_spec(spec: dict[str, Any], adj: Adjustment) -> None:
         linux["cgroupsPath"] = adj.cgroups_path
     _apply_devices(linux, adj.devices)
     _apply_resources(linux.setdefault("resources", {}), adj)
+    _apply_single(process, "ioPriority", adj.io_priority)
+    _apply_single(process, "scheduler", adj.scheduler)
+    _apply_single(linux, "seccomp", adj.seccomp)
+    _apply_single(linux, "memoryPolicy", adj.memory_policy)
+    if adj.namespaces:
+        kept = [n for n in linux.get("namespaces", []) if n.get("type") not in adj.namespaces]
+        linux["namespaces"] = kept + [n for n in adj.namespaces.values() if n is not None]
+    if adj.net_devices:
+        _apply_map(linux.setdefault("netDevices", {}), adj.net_devices)
+    _apply_rdt(linux, adj)
+
+
+def _apply_single(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is UNSET:
+        return
+    if value is None:
+        target.pop(key, None)
+    else:
+        target[key] = value
+
+
+def _apply_rdt(linux: dict[str, Any], adj: Adjustment) -> None:
+    """A removal clears linux.intelRdt; values set after it (by a later plugin) start it afresh."""
+    if adj.rdt_removed:
+        linux.pop("intelRdt", None)
+    if adj.rdt:
+        linux.setdefault("intelRdt", {}).update(adj.rdt)
 
 
 def _apply_map(target: dict[str, Any], changes: dict[str, Any]) -> None:
@@ -209,3 +317,5 @@ def _apply_resources(resources: dict[str, Any], adj: Adjustment) -> None:
         resources["hugepageLimits"] = kept + [{"pageSize": s, "limit": n} for s, n in adj.hugepages.items()]
     if adj.unified:
         resources.setdefault("unified", {}).update(adj.unified)
+    if adj.device_rules:
+        resources.setdefault("devices", []).extend(adj.device_rules)

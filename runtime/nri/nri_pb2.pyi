@@ -33,6 +33,50 @@ class ContainerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTAINER_PAUSED: _ClassVar[ContainerState]
     CONTAINER_RUNNING: _ClassVar[ContainerState]
     CONTAINER_STOPPED: _ClassVar[ContainerState]
+
+class IOPrioClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IOPRIO_CLASS_NONE: _ClassVar[IOPrioClass]
+    IOPRIO_CLASS_RT: _ClassVar[IOPrioClass]
+    IOPRIO_CLASS_BE: _ClassVar[IOPrioClass]
+    IOPRIO_CLASS_IDLE: _ClassVar[IOPrioClass]
+
+class LinuxSchedulerPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHED_NONE: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_OTHER: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_FIFO: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_RR: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_BATCH: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_ISO: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_IDLE: _ClassVar[LinuxSchedulerPolicy]
+    SCHED_DEADLINE: _ClassVar[LinuxSchedulerPolicy]
+
+class LinuxSchedulerFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHED_FLAG_RESET_ON_FORK: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_RECLAIM: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_DL_OVERRUN: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_KEEP_POLICY: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_KEEP_PARAMS: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_UTIL_CLAMP_MIN: _ClassVar[LinuxSchedulerFlag]
+    SCHED_FLAG_UTIL_CLAMP_MAX: _ClassVar[LinuxSchedulerFlag]
+
+class MpolMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MPOL_DEFAULT: _ClassVar[MpolMode]
+    MPOL_PREFERRED: _ClassVar[MpolMode]
+    MPOL_BIND: _ClassVar[MpolMode]
+    MPOL_INTERLEAVE: _ClassVar[MpolMode]
+    MPOL_LOCAL: _ClassVar[MpolMode]
+    MPOL_PREFERRED_MANY: _ClassVar[MpolMode]
+    MPOL_WEIGHTED_INTERLEAVE: _ClassVar[MpolMode]
+
+class MpolFlag(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MPOL_F_STATIC_NODES: _ClassVar[MpolFlag]
+    MPOL_F_RELATIVE_NODES: _ClassVar[MpolFlag]
+    MPOL_F_NUMA_BALANCING: _ClassVar[MpolFlag]
 UNKNOWN: Event
 RUN_POD_SANDBOX: Event
 STOP_POD_SANDBOX: Event
@@ -54,6 +98,35 @@ CONTAINER_CREATED: ContainerState
 CONTAINER_PAUSED: ContainerState
 CONTAINER_RUNNING: ContainerState
 CONTAINER_STOPPED: ContainerState
+IOPRIO_CLASS_NONE: IOPrioClass
+IOPRIO_CLASS_RT: IOPrioClass
+IOPRIO_CLASS_BE: IOPrioClass
+IOPRIO_CLASS_IDLE: IOPrioClass
+SCHED_NONE: LinuxSchedulerPolicy
+SCHED_OTHER: LinuxSchedulerPolicy
+SCHED_FIFO: LinuxSchedulerPolicy
+SCHED_RR: LinuxSchedulerPolicy
+SCHED_BATCH: LinuxSchedulerPolicy
+SCHED_ISO: LinuxSchedulerPolicy
+SCHED_IDLE: LinuxSchedulerPolicy
+SCHED_DEADLINE: LinuxSchedulerPolicy
+SCHED_FLAG_RESET_ON_FORK: LinuxSchedulerFlag
+SCHED_FLAG_RECLAIM: LinuxSchedulerFlag
+SCHED_FLAG_DL_OVERRUN: LinuxSchedulerFlag
+SCHED_FLAG_KEEP_POLICY: LinuxSchedulerFlag
+SCHED_FLAG_KEEP_PARAMS: LinuxSchedulerFlag
+SCHED_FLAG_UTIL_CLAMP_MIN: LinuxSchedulerFlag
+SCHED_FLAG_UTIL_CLAMP_MAX: LinuxSchedulerFlag
+MPOL_DEFAULT: MpolMode
+MPOL_PREFERRED: MpolMode
+MPOL_BIND: MpolMode
+MPOL_INTERLEAVE: MpolMode
+MPOL_LOCAL: MpolMode
+MPOL_PREFERRED_MANY: MpolMode
+MPOL_WEIGHTED_INTERLEAVE: MpolMode
+MPOL_F_STATIC_NODES: MpolFlag
+MPOL_F_RELATIVE_NODES: MpolFlag
+MPOL_F_NUMA_BALANCING: MpolFlag
 
 class Empty(_message.Message):
     __slots__ = ()
@@ -452,7 +525,7 @@ class Hook(_message.Message):
     def __init__(self, path: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., timeout: _Optional[_Union[OptionalInt, _Mapping]] = ...) -> None: ...
 
 class LinuxContainer(_message.Message):
-    __slots__ = ("namespaces", "devices", "resources", "oom_score_adj", "cgroups_path", "sysctl")
+    __slots__ = ("namespaces", "devices", "resources", "oom_score_adj", "cgroups_path", "io_priority", "seccomp_profile", "seccomp_policy", "sysctl", "net_devices", "scheduler", "rdt")
     class SysctlEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -460,19 +533,54 @@ class LinuxContainer(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NetDevicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: LinuxNetDevice
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[LinuxNetDevice, _Mapping]] = ...) -> None: ...
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
     CGROUPS_PATH_FIELD_NUMBER: _ClassVar[int]
+    IO_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_POLICY_FIELD_NUMBER: _ClassVar[int]
     SYSCTL_FIELD_NUMBER: _ClassVar[int]
+    NET_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    RDT_FIELD_NUMBER: _ClassVar[int]
     namespaces: _containers.RepeatedCompositeFieldContainer[LinuxNamespace]
     devices: _containers.RepeatedCompositeFieldContainer[LinuxDevice]
     resources: LinuxResources
     oom_score_adj: OptionalInt
     cgroups_path: str
+    io_priority: LinuxIOPriority
+    seccomp_profile: SecurityProfile
+    seccomp_policy: LinuxSeccomp
     sysctl: _containers.ScalarMap[str, str]
-    def __init__(self, namespaces: _Optional[_Iterable[_Union[LinuxNamespace, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[LinuxDevice, _Mapping]]] = ..., resources: _Optional[_Union[LinuxResources, _Mapping]] = ..., oom_score_adj: _Optional[_Union[OptionalInt, _Mapping]] = ..., cgroups_path: _Optional[str] = ..., sysctl: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    net_devices: _containers.MessageMap[str, LinuxNetDevice]
+    scheduler: LinuxScheduler
+    rdt: LinuxRdt
+    def __init__(self, namespaces: _Optional[_Iterable[_Union[LinuxNamespace, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[LinuxDevice, _Mapping]]] = ..., resources: _Optional[_Union[LinuxResources, _Mapping]] = ..., oom_score_adj: _Optional[_Union[OptionalInt, _Mapping]] = ..., cgroups_path: _Optional[str] = ..., io_priority: _Optional[_Union[LinuxIOPriority, _Mapping]] = ..., seccomp_profile: _Optional[_Union[SecurityProfile, _Mapping]] = ..., seccomp_policy: _Optional[_Union[LinuxSeccomp, _Mapping]] = ..., sysctl: _Optional[_Mapping[str, str]] = ..., net_devices: _Optional[_Mapping[str, LinuxNetDevice]] = ..., scheduler: _Optional[_Union[LinuxScheduler, _Mapping]] = ..., rdt: _Optional[_Union[LinuxRdt, _Mapping]] = ...) -> None: ...
+
+class SecurityProfile(_message.Message):
+    __slots__ = ("profile_type", "localhost_ref")
+    class ProfileType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        RUNTIME_DEFAULT: _ClassVar[SecurityProfile.ProfileType]
+        UNCONFINED: _ClassVar[SecurityProfile.ProfileType]
+        LOCALHOST: _ClassVar[SecurityProfile.ProfileType]
+    RUNTIME_DEFAULT: SecurityProfile.ProfileType
+    UNCONFINED: SecurityProfile.ProfileType
+    LOCALHOST: SecurityProfile.ProfileType
+    PROFILE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCALHOST_REF_FIELD_NUMBER: _ClassVar[int]
+    profile_type: SecurityProfile.ProfileType
+    localhost_ref: str
+    def __init__(self, profile_type: _Optional[_Union[SecurityProfile.ProfileType, str]] = ..., localhost_ref: _Optional[str] = ...) -> None: ...
 
 class LinuxNamespace(_message.Message):
     __slots__ = ("type", "path")
@@ -647,7 +755,7 @@ class ContainerAdjustment(_message.Message):
     def __init__(self, annotations: _Optional[_Mapping[str, str]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., env: _Optional[_Iterable[_Union[KeyValue, _Mapping]]] = ..., hooks: _Optional[_Union[Hooks, _Mapping]] = ..., linux: _Optional[_Union[LinuxContainerAdjustment, _Mapping]] = ..., rlimits: _Optional[_Iterable[_Union[POSIXRlimit, _Mapping]]] = ..., CDI_devices: _Optional[_Iterable[_Union[CDIDevice, _Mapping]]] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LinuxContainerAdjustment(_message.Message):
-    __slots__ = ("devices", "resources", "cgroups_path", "oom_score_adj", "sysctl")
+    __slots__ = ("devices", "resources", "cgroups_path", "oom_score_adj", "io_priority", "seccomp_policy", "namespaces", "sysctl", "net_devices", "scheduler", "rdt", "memory_policy")
     class SysctlEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -655,17 +763,133 @@ class LinuxContainerAdjustment(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class NetDevicesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: LinuxNetDevice
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[LinuxNetDevice, _Mapping]] = ...) -> None: ...
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     CGROUPS_PATH_FIELD_NUMBER: _ClassVar[int]
     OOM_SCORE_ADJ_FIELD_NUMBER: _ClassVar[int]
+    IO_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_POLICY_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     SYSCTL_FIELD_NUMBER: _ClassVar[int]
+    NET_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    RDT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_POLICY_FIELD_NUMBER: _ClassVar[int]
     devices: _containers.RepeatedCompositeFieldContainer[LinuxDevice]
     resources: LinuxResources
     cgroups_path: str
     oom_score_adj: OptionalInt
+    io_priority: LinuxIOPriority
+    seccomp_policy: LinuxSeccomp
+    namespaces: _containers.RepeatedCompositeFieldContainer[LinuxNamespace]
     sysctl: _containers.ScalarMap[str, str]
-    def __init__(self, devices: _Optional[_Iterable[_Union[LinuxDevice, _Mapping]]] = ..., resources: _Optional[_Union[LinuxResources, _Mapping]] = ..., cgroups_path: _Optional[str] = ..., oom_score_adj: _Optional[_Union[OptionalInt, _Mapping]] = ..., sysctl: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    net_devices: _containers.MessageMap[str, LinuxNetDevice]
+    scheduler: LinuxScheduler
+    rdt: LinuxRdt
+    memory_policy: LinuxMemoryPolicy
+    def __init__(self, devices: _Optional[_Iterable[_Union[LinuxDevice, _Mapping]]] = ..., resources: _Optional[_Union[LinuxResources, _Mapping]] = ..., cgroups_path: _Optional[str] = ..., oom_score_adj: _Optional[_Union[OptionalInt, _Mapping]] = ..., io_priority: _Optional[_Union[LinuxIOPriority, _Mapping]] = ..., seccomp_policy: _Optional[_Union[LinuxSeccomp, _Mapping]] = ..., namespaces: _Optional[_Iterable[_Union[LinuxNamespace, _Mapping]]] = ..., sysctl: _Optional[_Mapping[str, str]] = ..., net_devices: _Optional[_Mapping[str, LinuxNetDevice]] = ..., scheduler: _Optional[_Union[LinuxScheduler, _Mapping]] = ..., rdt: _Optional[_Union[LinuxRdt, _Mapping]] = ..., memory_policy: _Optional[_Union[LinuxMemoryPolicy, _Mapping]] = ...) -> None: ...
+
+class LinuxIOPriority(_message.Message):
+    __slots__ = ("priority",)
+    CLASS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    priority: int
+    def __init__(self, priority: _Optional[int] = ..., **kwargs) -> None: ...
+
+class LinuxNetDevice(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class LinuxScheduler(_message.Message):
+    __slots__ = ("policy", "nice", "priority", "flags", "runtime", "deadline", "period")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    NICE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    policy: LinuxSchedulerPolicy
+    nice: int
+    priority: int
+    flags: _containers.RepeatedScalarFieldContainer[LinuxSchedulerFlag]
+    runtime: int
+    deadline: int
+    period: int
+    def __init__(self, policy: _Optional[_Union[LinuxSchedulerPolicy, str]] = ..., nice: _Optional[int] = ..., priority: _Optional[int] = ..., flags: _Optional[_Iterable[_Union[LinuxSchedulerFlag, str]]] = ..., runtime: _Optional[int] = ..., deadline: _Optional[int] = ..., period: _Optional[int] = ...) -> None: ...
+
+class LinuxSeccomp(_message.Message):
+    __slots__ = ("default_action", "default_errno", "architectures", "flags", "listener_path", "listener_metadata", "syscalls")
+    DEFAULT_ACTION_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ERRNO_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_PATH_FIELD_NUMBER: _ClassVar[int]
+    LISTENER_METADATA_FIELD_NUMBER: _ClassVar[int]
+    SYSCALLS_FIELD_NUMBER: _ClassVar[int]
+    default_action: str
+    default_errno: OptionalUInt32
+    architectures: _containers.RepeatedScalarFieldContainer[str]
+    flags: _containers.RepeatedScalarFieldContainer[str]
+    listener_path: str
+    listener_metadata: str
+    syscalls: _containers.RepeatedCompositeFieldContainer[LinuxSyscall]
+    def __init__(self, default_action: _Optional[str] = ..., default_errno: _Optional[_Union[OptionalUInt32, _Mapping]] = ..., architectures: _Optional[_Iterable[str]] = ..., flags: _Optional[_Iterable[str]] = ..., listener_path: _Optional[str] = ..., listener_metadata: _Optional[str] = ..., syscalls: _Optional[_Iterable[_Union[LinuxSyscall, _Mapping]]] = ...) -> None: ...
+
+class LinuxSyscall(_message.Message):
+    __slots__ = ("names", "action", "errno_ret", "args")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ERRNO_RET_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    action: str
+    errno_ret: OptionalUInt32
+    args: _containers.RepeatedCompositeFieldContainer[LinuxSeccompArg]
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., action: _Optional[str] = ..., errno_ret: _Optional[_Union[OptionalUInt32, _Mapping]] = ..., args: _Optional[_Iterable[_Union[LinuxSeccompArg, _Mapping]]] = ...) -> None: ...
+
+class LinuxSeccompArg(_message.Message):
+    __slots__ = ("index", "value", "value_two", "op")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_TWO_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    value: int
+    value_two: int
+    op: str
+    def __init__(self, index: _Optional[int] = ..., value: _Optional[int] = ..., value_two: _Optional[int] = ..., op: _Optional[str] = ...) -> None: ...
+
+class LinuxMemoryPolicy(_message.Message):
+    __slots__ = ("mode", "nodes", "flags")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    mode: MpolMode
+    nodes: str
+    flags: _containers.RepeatedScalarFieldContainer[MpolFlag]
+    def __init__(self, mode: _Optional[_Union[MpolMode, str]] = ..., nodes: _Optional[str] = ..., flags: _Optional[_Iterable[_Union[MpolFlag, str]]] = ...) -> None: ...
+
+class LinuxRdt(_message.Message):
+    __slots__ = ("clos_id", "schemata", "enable_monitoring", "remove")
+    CLOS_ID_FIELD_NUMBER: _ClassVar[int]
+    SCHEMATA_FIELD_NUMBER: _ClassVar[int]
+    ENABLE_MONITORING_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_FIELD_NUMBER: _ClassVar[int]
+    clos_id: OptionalString
+    schemata: OptionalRepeatedString
+    enable_monitoring: OptionalBool
+    remove: bool
+    def __init__(self, clos_id: _Optional[_Union[OptionalString, _Mapping]] = ..., schemata: _Optional[_Union[OptionalRepeatedString, _Mapping]] = ..., enable_monitoring: _Optional[_Union[OptionalBool, _Mapping]] = ..., remove: _Optional[bool] = ...) -> None: ...
 
 class ContainerUpdate(_message.Message):
     __slots__ = ("container_id", "linux", "ignore_failure")
@@ -704,6 +928,12 @@ class OptionalString(_message.Message):
     VALUE_FIELD_NUMBER: _ClassVar[int]
     value: str
     def __init__(self, value: _Optional[str] = ...) -> None: ...
+
+class OptionalRepeatedString(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, value: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OptionalInt(_message.Message):
     __slots__ = ("value",)

@@ -21,6 +21,7 @@ from tests.support.cri import (
     container_config,
     create_container,
     exec_checked,
+    exec_output,
     list_containers,
     pull_test_image,
     refusal,
@@ -102,6 +103,61 @@ def test_adjustments_are_seen_inside_the_container(nri_daemon: Daemon, busybox: 
         created = next(e for e in plugin.recorded() if e.kind == "PostCreateContainer" and e.container_id == cid)
         assert created.container is not None
         assert "NRI_ADDED=yes" not in created.container.env  # the CRI config's, not the spec's
+
+
+def test_a_device_rule_and_a_seccomp_policy_hold_inside_the_container(nri_daemon: Daemon, busybox: str, pod) -> None:
+    """A plugin opens /dev/fuse (char 10:229) by a device cgroup rule and refuses mkdir by its seccomp policy.
+
+    The rule allows rather than denies: runc and crun re-append their default device rules
+    (/dev/null and the like) after the spec's, so a deny of one of those would not hold,
+    while a device outside the defaults is refused unless a rule allows it.
+    """
+    allow_fuse = nri_pb2.LinuxDeviceCgroup(
+        allow=True, type="c", major=nri_pb2.OptionalInt64(value=10), minor=nri_pb2.OptionalInt64(value=229), access="rw"
+    )
+    eperm = nri_pb2.OptionalUInt32(value=1)
+    policy = nri_pb2.LinuxSeccomp(
+        default_action="SCMP_ACT_ALLOW",
+        syscalls=[nri_pb2.LinuxSyscall(names=["mkdir", "mkdirat"], action="SCMP_ACT_ERRNO", errno_ret=eperm)],
+    )
+    linux = nri_pb2.LinuxContainerAdjustment(
+        resources=nri_pb2.LinuxResources(devices=[allow_fuse]), seccomp_policy=policy
+    )
+    open_fuse = ["sh", "-c", "mknod /dev/fuse c 10 229 && : > /dev/fuse && echo opened"]
+    sid, config = pod
+    with plugin_for(nri_daemon, "devices") as plugin:
+        plugin.start()
+        wait_plugins(nri_daemon, ["50-devices"])
+        plain = create_container(nri_daemon, sid, config, container_config("plain", busybox, SLEEP))
+        start(nri_daemon, plain)
+        plugin.adjustment = nri_pb2.ContainerAdjustment(linux=linux)
+        cid = create_container(nri_daemon, sid, config, container_config("adjusted", busybox, SLEEP))
+        start(nri_daemon, cid)
+        code, out = exec_output(nri_daemon, plain, open_fuse)
+        assert code != 0
+        assert "Operation not permitted" in out
+        exec_checked(nri_daemon, plain, ["mkdir", "/tmp/made"])
+        assert exec_checked(nri_daemon, cid, open_fuse) == "opened\n"
+        code, out = exec_output(nri_daemon, cid, ["mkdir", "/tmp/made"])
+        assert code != 0
+        assert "Operation not permitted" in out
+        assert exec_checked(nri_daemon, cid, ["sh", "-c", "touch /tmp/file && echo ok"]) == "ok\n"
+
+
+def test_a_blockio_class_is_refused_naming_the_plugin(nri_daemon: Daemon, busybox: str, pod) -> None:
+    sid, config = pod
+    klass = nri_pb2.LinuxResources(blockio_class=nri_pb2.OptionalString(value="throttled"))
+    with plugin_for(nri_daemon, "blockio") as plugin:
+        plugin.adjustment = nri_pb2.ContainerAdjustment(linux=nri_pb2.LinuxContainerAdjustment(resources=klass))
+        plugin.start()
+        wait_plugins(nri_daemon, ["50-blockio"])
+        cfg = container_config("blockio", busybox, SLEEP)
+        error = refusal(lambda: create_container(nri_daemon, sid, config, cfg))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "NRI plugin 50-blockio sets blockio class 'throttled'" in (error.details() or "")
+        assert list_containers(nri_daemon, pb.ContainerFilter(pod_sandbox_id=sid)) == []
+        plugin.adjustment = None
+        assert create_container(nri_daemon, sid, config, cfg)  # the same name, once the plugin asks no more
 
 
 def test_a_plugin_that_times_out_fails_create_once_and_is_dropped(nri_daemon: Daemon, busybox: str, pod) -> None:

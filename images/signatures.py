@@ -12,7 +12,8 @@ as annotations of the same layer; they are kept with the signature.
 
 The payload says which manifest digest and which repository it vouches for; both are
 checked only after its signature verifies. The cryptography comes from the `cryptography`
-package: ECDSA (P-256/SHA-256 as `cosign generate-key-pair` makes, P-384, P-521), RSA
+package: ECDSA (P-256/SHA-256 as `cosign generate-key-pair` makes; P-384 and P-521 with
+SHA-256 as cosign signs, or with their matching hash), RSA
 PKCS#1 v1.5 with SHA-256, and Ed25519.
 """
 
@@ -75,16 +76,29 @@ def signature_valid(pem: bytes, payload: bytes, signature: bytes) -> bool:
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
     key = load_public_key(pem)
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        # cosign and containers/image hash with SHA-256 whatever the curve (a P-384 Fulcio
+        # certificate's signature included); some signers match the hash to the curve.
+        digests: list[hashes.HashAlgorithm] = [hashes.SHA256()]
+        if key.curve.key_size > 256:
+            digests.append(hashes.SHA384() if key.curve.key_size == 384 else hashes.SHA512())
+        return any(_ecdsa_valid(key, payload, signature, digest) for digest in digests)
     try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            digest = {256: hashes.SHA256(), 384: hashes.SHA384(), 521: hashes.SHA512()}.get(
-                key.curve.key_size, hashes.SHA256()
-            )
-            key.verify(signature, payload, ec.ECDSA(digest))
-        elif isinstance(key, rsa.RSAPublicKey):
+        if isinstance(key, rsa.RSAPublicKey):
             key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
         else:
             key.verify(signature, payload)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _ecdsa_valid(key: Any, payload: bytes, signature: bytes, digest: Any) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        key.verify(signature, payload, ec.ECDSA(digest))
     except InvalidSignature:
         return False
     return True

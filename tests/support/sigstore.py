@@ -79,6 +79,7 @@ class Certificate:
         return _pem(self.cert)
 
     def sign(self, payload: bytes) -> bytes:
+        """SHA-256 whatever the curve, as cosign signs."""
         return self.key.sign(payload, ec.ECDSA(hashes.SHA256()))
 
 
@@ -113,12 +114,17 @@ class FulcioCA:
         *,
         not_before: datetime.datetime | None = None,
         lifetime: datetime.timedelta = datetime.timedelta(minutes=10),
+        curve: ec.EllipticCurve | None = None,
+        issuer_v2: bool = True,
+        code_signing: bool = True,
     ) -> Certificate:
         """A Fulcio-style leaf: no subject, the e-mail as a critical SAN, code signing, and the
-        OIDC issuer in both the V1 (raw) and V2 (DER UTF8String) extensions."""
-        key = ec.generate_private_key(ec.SECP256R1())
+        OIDC issuer in the V1 (raw) and, unless `issuer_v2` is false as in older Fulcio
+        certificates, the V2 (DER UTF8String) extension."""
+        key = ec.generate_private_key(curve or ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.CODE_SIGNING if code_signing else ExtendedKeyUsageOID.CLIENT_AUTH
         start = not_before or _now() - datetime.timedelta(minutes=1)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([]))
             .issuer_name(self.intermediate.subject)
@@ -127,17 +133,19 @@ class FulcioCA:
             .not_valid_before(start)
             .not_valid_after(start + lifetime)
             .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.intermediate_key.public_key()), critical=False
             )
             .add_extension(x509.UnrecognizedExtension(OIDC_ISSUER_V1, issuer.encode()), critical=False)
-            .add_extension(x509.UnrecognizedExtension(OIDC_ISSUER_V2, _utf8string(issuer)), critical=False)
-            .sign(self.intermediate_key, hashes.SHA384())
         )
-        return Certificate(cert, key)
+        if issuer_v2:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(OIDC_ISSUER_V2, _utf8string(issuer)), critical=False
+            )
+        return Certificate(builder.sign(self.intermediate_key, hashes.SHA384()), key)
 
 
 @dataclass(frozen=True)

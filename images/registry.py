@@ -175,31 +175,12 @@ class RegistryClient:
         blocking client, in a thread: its body is then read from a thread too (open_blob_body)."""
         attempt = 0
         auth_tried = False
-        registry = session.host.display
         while True:
-            req_headers = dict(session.headers)
-            req_headers.update(headers)
-            if session.authorization:
-                req_headers["Authorization"] = session.authorization
             try:
-                if blocking:
-                    blob_client = self._blob_client(session.host)
-                    request = blob_client.build_request(method, url, headers=req_headers)
-                    response = await _send_blocking(blob_client, request)
-                else:
-                    request = session.client.build_request(method, url, headers=req_headers)
-                    response = await session.client.send(request, stream=True)
+                response = await self._transmit(session, method, url, headers, blocking=blocking)
             except httpx.TransportError as exc:
-                if _is_name_resolution_failure(exc):
-                    raise Unavailable(
-                        f"cannot resolve registry host {session.host.netloc}: check the image name "
-                        f"or the node's DNS ({exc})"
-                    ) from exc
                 attempt += 1
-                if not await self.retry.pause(attempt):
-                    raise Unavailable(
-                        f"registry {registry} unreachable while fetching {what} after {attempt} attempts: {exc!r}"
-                    ) from exc
+                await self._pause_unless_unreachable(session, what, attempt, exc)
                 continue
             status = response.status_code
             if 200 <= status < 300:
@@ -210,25 +191,43 @@ class RegistryClient:
                 challenge = response.headers.get("www-authenticate", "")
                 session.authorization = await self._authorize(session, challenge)
                 continue
-            if status in (401, 403):
-                who = "anonymous access" if session.credentials is None else "the given credentials"
-                raise PermissionDenied(
-                    f"registry {registry} refused {who} for {what} (HTTP {status}): "
-                    f"check the pull secret / credentials for {session.host.netloc}"
-                )
-            if status == 404:
-                raise NotFound(f"{what} not found on registry {registry} (HTTP 404)")
             if status in _TRANSIENT_STATUS:
                 attempt += 1
-                if not await self.retry.pause(attempt):
-                    raise Unavailable(
-                        f"registry {registry} kept failing for {what}: HTTP {status} after {attempt} "
-                        f"attempts; try again later"
-                    )
-                continue
-            raise InvalidArgument(
-                f"registry {registry} rejected the request for {what}: HTTP {status} {body.decode(errors='replace')}"
-            )
+                if await self.retry.pause(attempt):
+                    continue
+                raise Unavailable(
+                    f"registry {session.host.display} kept failing for {what}: HTTP {status} after {attempt} "
+                    f"attempts; try again later"
+                )
+            raise _refusal(session, what, status, body)
+
+    async def _transmit(
+        self, session: _Session, method: str, url: str, headers: dict[str, str], *, blocking: bool
+    ) -> httpx.Response:
+        """One request with the session's headers and authorization, answered as a stream."""
+        req_headers = dict(session.headers)
+        req_headers.update(headers)
+        if session.authorization:
+            req_headers["Authorization"] = session.authorization
+        if blocking:
+            blob_client = self._blob_client(session.host)
+            return await _send_blocking(blob_client, blob_client.build_request(method, url, headers=req_headers))
+        request = session.client.build_request(method, url, headers=req_headers)
+        return await session.client.send(request, stream=True)
+
+    async def _pause_unless_unreachable(
+        self, session: _Session, what: str, attempt: int, exc: httpx.TransportError
+    ) -> None:
+        """Waits before the next attempt after a transport failure; raises Unavailable when the
+        host does not resolve (no retry mends that) or the retries are spent."""
+        if _is_name_resolution_failure(exc):
+            raise Unavailable(
+                f"cannot resolve registry host {session.host.netloc}: check the image name or the node's DNS ({exc})"
+            ) from exc
+        if not await self.retry.pause(attempt):
+            raise Unavailable(
+                f"registry {session.host.display} unreachable while fetching {what} after {attempt} attempts: {exc!r}"
+            ) from exc
 
     async def _authorize(self, session: _Session, challenge: str) -> str:
         scheme, params = parse_challenge(challenge)
@@ -421,6 +420,22 @@ class RegistryClient:
         if actual != digest:
             raise DataLoss(f"blob from {session.host.display} has digest {actual}, expected {digest}")
         return data
+
+
+def _refusal(session: _Session, what: str, status: int, body: bytes) -> ImageError:
+    """The error for a final, non-2xx answer: credentials, a missing object, or a refusal."""
+    registry = session.host.display
+    if status in (401, 403):
+        who = "anonymous access" if session.credentials is None else "the given credentials"
+        return PermissionDenied(
+            f"registry {registry} refused {who} for {what} (HTTP {status}): "
+            f"check the pull secret / credentials for {session.host.netloc}"
+        )
+    if status == 404:
+        return NotFound(f"{what} not found on registry {registry} (HTTP 404)")
+    return InvalidArgument(
+        f"registry {registry} rejected the request for {what}: HTTP {status} {body.decode(errors='replace')}"
+    )
 
 
 async def _send_blocking(client: httpx.Client, request: httpx.Request) -> httpx.Response:

@@ -104,8 +104,11 @@ async def test_signed_image_is_verified_by_tag_and_by_digest_and_cached(
     assert "sig tag" in verdicts[0].detail
     await store.pull(f"{name}@{built.digest}", on_verdict=verdicts.append)
     assert [v.outcome for v in verdicts] == ["verified", "verified"]
-    await store.pull(f"{name}:v1")  # the cached verdict
+    await store.pull(f"{name}:v1", on_verdict=verdicts.append)  # the cached verdict
     assert store.verdict_counts == {"verified": 3}
+    assert [v.cached for v in verdicts] == [False, False, True]
+    assert verdicts[0].seconds > 0
+    assert str(verdicts[2]).endswith("; from the cache)")
 
 
 @pytest.mark.parametrize("case", ["unsigned", "wrong key", "digest mismatch", "identity mismatch"])

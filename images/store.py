@@ -212,18 +212,6 @@ class ImageStore:
     def bytes_pulled_total(self) -> int:
         return self.puller.bytes_pulled_total
 
-    @property
-    def pulls_total(self) -> int:
-        return self.puller.pulls_total
-
-    @property
-    def pull_failures_total(self) -> int:
-        return self.puller.pull_failures_total
-
-    @property
-    def pulls_in_flight(self) -> int:
-        return self.puller.pulls_in_flight
-
     # ---- image sets -----------------------------------------------------------------------
 
     def image_set(self, handler: str) -> str:

@@ -183,7 +183,7 @@ async def test_cancelled_pull_leaves_nothing(store: ImageStore) -> None:
     try:
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(store.pull(fake.ref), 0.5)
-        assert store.pulls_in_flight == 0
+        assert store.puller.pulls_in_flight == 0
         assert leftovers(store) == []
     finally:
         await fake.stop()

@@ -54,7 +54,7 @@ async def test_pull_returns_the_config_digest_and_records_names(store: ImageStor
     assert seen
     assert seen[-1].done
     assert store.bytes_pulled_total > 0
-    assert store.pulls_in_flight == 0
+    assert store.puller.pulls_in_flight == 0
     rootfs = store.layer_paths(record.id)
     assert (rootfs[0] / "bin" / "busybox").is_file()
     assert store.config(record.id)["config"]["Cmd"] == ["sh"]
@@ -93,7 +93,7 @@ async def test_concurrent_pulls_share_one_download(store: ImageStore, test_image
     ref = test_images.ref("busybox:latest")
     first, second = await asyncio.gather(store.pull(ref), store.pull(ref))
     assert first == second
-    assert store.pulls_total == 1
+    assert store.puller.pulls_total == 1
 
 
 async def test_same_image_from_two_registries_has_one_id_and_both_names(

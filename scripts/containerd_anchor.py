@@ -154,6 +154,15 @@ disabled_plugins = [
   Root = "{self.runc_root}"
   SystemdCgroup = false
 
+# The same handler names as crishim's, so one benchmark runs on both.
+[{cri}.containerd.runtimes.crun]
+  runtime_type = "io.containerd.runc.v2"
+
+[{cri}.containerd.runtimes.crun.options]
+  BinaryName = "{shutil.which('crun') or 'crun'}"
+  Root = "{self.base / 'crun'}"
+  SystemdCgroup = false
+
 [{cri}.cni]
   bin_dir = "{CNI_BIN}"
   conf_dir = "{self.base / 'net.d'}"
@@ -340,17 +349,19 @@ disabled_plugins = [
 
     def _clean(self) -> list[str]:
         cleaned: list[str] = []
-        if self.runc_root.is_dir():
-            runc = shutil.which("runc") or "runc"
-            for ns_root in [self.runc_root, *self.runc_root.iterdir()]:
+        for runtime, root in (("runc", self.runc_root), ("crun", self.base / "crun")):
+            binary = shutil.which(runtime)
+            if binary is None or not root.is_dir():
+                continue
+            for ns_root in [root, *root.iterdir()]:  # the shim adds the namespace to Root
                 if not ns_root.is_dir():
                     continue
-                out = subprocess.run([runc, "--root", str(ns_root), "list", "-q"], capture_output=True,
+                out = subprocess.run([binary, "--root", str(ns_root), "list", "-q"], capture_output=True,
                                      text=True, check=False).stdout.split()
                 for cid in out:
-                    subprocess.run([runc, "--root", str(ns_root), "delete", "--force", cid],
+                    subprocess.run([binary, "--root", str(ns_root), "delete", "--force", cid],
                                    capture_output=True, check=False)
-                    cleaned.append(f"runc container {cid[:12]}")
+                    cleaned.append(f"{runtime} container {cid[:12]}")
         for pid in self._our_shims():
             try:
                 os.kill(pid, signal.SIGKILL)

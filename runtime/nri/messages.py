@@ -158,6 +158,17 @@ def spec_linux(linux: dict[str, Any], process: dict[str, Any]) -> nri_pb2.LinuxC
     )
     if "oomScoreAdj" in process:
         message.oom_score_adj.value = process["oomScoreAdj"]
+    if "ioPriority" in process:
+        klass = nri_pb2.IOPrioClass.Value(process["ioPriority"]["class"])
+        setattr(message.io_priority, "class", klass)
+        message.io_priority.priority = process["ioPriority"].get("priority", 0)
+    rdt = linux.get("intelRdt", {})
+    if "closID" in rdt:
+        message.rdt.clos_id.value = rdt["closID"]
+    if "schemata" in rdt:
+        message.rdt.schemata.value.extend(rdt["schemata"])
+    if "enableMonitoring" in rdt:
+        message.rdt.enable_monitoring.value = rdt["enableMonitoring"]
     return message
 
 
@@ -165,7 +176,7 @@ def spec_resources(resources: dict[str, Any]) -> nri_pb2.LinuxResources:
     """The OCI spec's linux.resources in NRI's form (values present in the spec only)."""
     message = nri_pb2.LinuxResources(unified=resources.get("unified", {}))
     memory, cpu = resources.get("memory", {}), resources.get("cpu", {})
-    for key, field_name in (("limit", "limit"), ("reservation", "reservation"), ("swap", "swap")):
+    for key, field_name in MEMORY_FIELDS:
         if key in memory:
             getattr(message.memory, field_name).value = memory[key]
     for key, field_name in (("shares", "shares"), ("quota", "quota"), ("period", "period")):
@@ -177,7 +188,27 @@ def spec_resources(resources: dict[str, Any]) -> nri_pb2.LinuxResources:
         message.hugepage_limits.append(nri_pb2.HugepageLimit(page_size=limit["pageSize"], limit=limit["limit"]))
     if "pids" in resources:
         message.pids.limit = resources["pids"].get("limit", 0)
+    for rule in resources.get("devices", []):
+        item = nri_pb2.LinuxDeviceCgroup(allow=rule.get("allow", False), type=rule.get("type", "a"))
+        item.access = rule.get("access", "")
+        for key in ("major", "minor"):
+            if key in rule:
+                getattr(item, key).value = rule[key]
+        message.devices.append(item)
     return message
+
+
+# OCI linux.resources.memory keys and NRI's LinuxMemory fields for them.
+MEMORY_FIELDS = (
+    ("limit", "limit"),
+    ("reservation", "reservation"),
+    ("swap", "swap"),
+    ("kernel", "kernel"),
+    ("kernelTCP", "kernel_tcp"),
+    ("swappiness", "swappiness"),
+    ("disableOOMKiller", "disable_oom_killer"),
+    ("useHierarchy", "use_hierarchy"),
+)
 
 
 def cri_resources(linux: api_pb2.LinuxContainerResources) -> nri_pb2.LinuxResources:

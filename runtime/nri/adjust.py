@@ -18,6 +18,7 @@ two conflict with each other.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,16 @@ RESOURCE_VALUES = (
     ("cpu", "period", "cpu", "period"),
     ("cpu", "realtime_runtime", "cpu", "realtimeRuntime"),
     ("cpu", "realtime_period", "cpu", "realtimePeriod"),
+)
+
+
+# Linux adjustments one plugin owns whole: (NRI field, the item a conflict names,
+# Adjustment attribute, its OCI form).
+LINUX_SINGLES: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("io_priority", "I/O priority", "io_priority", linux_spec.io_priority),
+    ("seccomp_policy", "seccomp policy", "seccomp", linux_spec.seccomp),
+    ("scheduler", "scheduler", "scheduler", linux_spec.scheduler),
+    ("memory_policy", "memory policy", "memory_policy", linux_spec.memory_policy),
 )
 
 
@@ -147,18 +158,10 @@ def _merge_linux(merged: Adjustment, linux: nri_pb2.LinuxContainerAdjustment, pl
     if linux.cgroups_path:
         merged.claim("cgroups path", plugin)
         merged.cgroups_path = linux.cgroups_path
-    if linux.HasField("io_priority"):
-        merged.claim("I/O priority", plugin)
-        merged.io_priority = linux_spec.io_priority(linux.io_priority)
-    if linux.HasField("seccomp_policy"):
-        merged.claim("seccomp policy", plugin)
-        merged.seccomp = linux_spec.seccomp(linux.seccomp_policy)
-    if linux.HasField("scheduler"):
-        merged.claim("scheduler", plugin)
-        merged.scheduler = linux_spec.scheduler(linux.scheduler)
-    if linux.HasField("memory_policy"):
-        merged.claim("memory policy", plugin)
-        merged.memory_policy = linux_spec.memory_policy(linux.memory_policy)
+    for field_name, item, attr, to_oci in LINUX_SINGLES:
+        if linux.HasField(field_name):
+            merged.claim(item, plugin)
+            setattr(merged, attr, to_oci(getattr(linux, field_name)))
     for ns in linux.namespaces:
         _keyed(merged, merged.namespaces, "namespace", ns.type, linux_spec.namespace(ns), plugin)
     for name, device in linux.net_devices.items():

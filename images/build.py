@@ -101,7 +101,8 @@ def symlink(path: str, target: str, *, uid: int = 0, gid: int = 0) -> FileEntry:
 
 
 def hardlink(path: str, target: str) -> FileEntry:
-    """A hardlink to `target`, an earlier entry of the same layer (tar needs it first)."""
+    """A hardlink to `target`, an earlier entry of the same layer (tar needs it first); its
+    header takes the target's mode and owner (layer_tar)."""
     return FileEntry(_rel(path), "hardlink", target=_rel(target), mode=0o644)
 
 
@@ -135,15 +136,22 @@ class LayerBlob:
 
 
 def layer_tar(entries: Iterable[FileEntry]) -> bytes:
-    """The uncompressed tar of a layer, entries in the order given."""
+    """The uncompressed tar of a layer, entries in the order given.
+
+    A hard link's header carries its target's mode and owner, as tar and Go's archive/tar
+    write it: some appliers (containerd's) chmod the shared inode to the link's header mode.
+    """
     buf = io.BytesIO()
+    written: dict[str, FileEntry] = {}
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
+            owner = written.get(entry.target, entry) if entry.kind == "hardlink" else entry
+            written[entry.path] = owner
             info = tarfile.TarInfo(entry.path)
             info.mtime = EPOCH
-            info.uid, info.gid = entry.uid, entry.gid
+            info.uid, info.gid = owner.uid, owner.gid
             info.uname = info.gname = ""
-            info.mode = entry.mode & 0o7777
+            info.mode = owner.mode & 0o7777
             payload: bytes | None = None
             if entry.kind == "file":
                 payload = entry.data if entry.source is None else entry.source.read_bytes()

@@ -13,7 +13,6 @@ against); `find_containerd()` says whether there is one.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -131,7 +130,7 @@ disabled_plugins = [
   level = "info"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "{self.base / 'opt'}"
+  path = "{self.base / "opt"}"
 
 [{cri}]
   sandbox_image = "{self.sandbox_image}"
@@ -159,17 +158,17 @@ disabled_plugins = [
   runtime_type = "io.containerd.runc.v2"
 
 [{cri}.containerd.runtimes.crun.options]
-  BinaryName = "{shutil.which('crun') or 'crun'}"
-  Root = "{self.base / 'crun'}"
+  BinaryName = "{shutil.which("crun") or "crun"}"
+  Root = "{self.base / "crun"}"
   SystemdCgroup = false
 
 [{cri}.cni]
   bin_dir = "{CNI_BIN}"
-  conf_dir = "{self.base / 'net.d'}"
+  conf_dir = "{self.base / "net.d"}"
   max_conf_num = 1
 
 [{cri}.registry]
-  config_path = "{self.base / 'certs.d'}"
+  config_path = "{self.base / "certs.d"}"
 """
         path = self.base / "config.toml"
         path.write_text(config)
@@ -186,7 +185,10 @@ disabled_plugins = [
         self._cgroups_before = _cgroup_dirs()
         with open(self.log_file, "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "--config", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                [self.binary, "--config", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         deadline = time.monotonic() + START_TIMEOUT
@@ -231,7 +233,10 @@ disabled_plugins = [
         """`ctr` against this daemon, in the CRI plugin's namespace."""
         proc = subprocess.run(
             ["ctr", "--address", str(self.socket), "--namespace", NAMESPACE, *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if proc.returncode != 0:
             raise RuntimeError(f"ctr {' '.join(args)} failed: {proc.stderr.strip()}")
@@ -260,8 +265,7 @@ disabled_plugins = [
     def blob_path(self, digest: str) -> Path:
         return self.root / "io.containerd.content.v1.content" / "blobs" / "sha256" / digest.removeprefix("sha256:")
 
-    def remove_image_cold(self, ref: str, digests: list[str], snapshots_left: int = 0,
-                          timeout: float = 30.0) -> str:
+    def remove_image_cold(self, ref: str, digests: list[str], snapshots_left: int = 0, timeout: float = 30.0) -> str:
         """RemoveImage over CRI, then make sure the next pull is cold: no blob of `digests` in
         the content store and no more than `snapshots_left` overlayfs snapshots unpacked.
 
@@ -285,8 +289,10 @@ disabled_plugins = [
             how = "ctr content rm"
         still = [d for d in left if self.blob_path(d).exists()]
         if still or len(self.snapshots()) > snapshots_left:
-            raise RuntimeError(f"after RemoveImage containerd still holds blobs {still} and "
-                               f"{len(self.snapshots())} snapshots (expected {snapshots_left})")
+            raise RuntimeError(
+                f"after RemoveImage containerd still holds blobs {still} and "
+                f"{len(self.snapshots())} snapshots (expected {snapshots_left})"
+            )
         return how
 
     def snapshots(self) -> list[str]:
@@ -356,11 +362,13 @@ disabled_plugins = [
             for ns_root in [root, *root.iterdir()]:  # the shim adds the namespace to Root
                 if not ns_root.is_dir():
                     continue
-                out = subprocess.run([binary, "--root", str(ns_root), "list", "-q"], capture_output=True,
-                                     text=True, check=False).stdout.split()
+                out = subprocess.run(
+                    [binary, "--root", str(ns_root), "list", "-q"], capture_output=True, text=True, check=False
+                ).stdout.split()
                 for cid in out:
-                    subprocess.run([binary, "--root", str(ns_root), "delete", "--force", cid],
-                                   capture_output=True, check=False)
+                    subprocess.run(
+                        [binary, "--root", str(ns_root), "delete", "--force", cid], capture_output=True, check=False
+                    )
                     cleaned.append(f"{runtime} container {cid[:12]}")
         for pid in self._our_shims():
             try:
@@ -402,19 +410,6 @@ disabled_plugins = [
             subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True, check=False)
         shutil.rmtree(self.base, ignore_errors=True)
         return cleaned
-
-
-def hardlinks_with_target_mode(entries: list[b.FileEntry]) -> list[b.FileEntry]:
-    """The entries with each hard link's header mode set to its target's.
-
-    containerd's applier chmods a hard link's inode to the mode in the link's tar header
-    (tar and Go's archive/tar write the target's), while our layer builder writes 0644 there:
-    unchanged, busybox's applets would lose their exec bit under containerd. The content
-    crishim unpacks is the same either way, so both daemons get this one image.
-    """
-    modes = {e.path: e.mode for e in entries if e.kind != "hardlink"}
-    return [dataclasses.replace(e, mode=modes.get(e.target, e.mode)) if e.kind == "hardlink" else e
-            for e in entries]
 
 
 def rss_kb(pid: int, key: str = "VmRSS") -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCRIPTS = sorted(p for p in (REPO / "scripts").iterdir() if p.is_file())
+SCRIPTS = sorted(p for p in (REPO / "scripts").iterdir() if p.is_file() and p.suffix != ".py")
+MODULES = sorted((REPO / "scripts").glob("*.py"))  # imported by the scripts, not run
 
 
 def _is_python(script: Path) -> bool:
@@ -30,3 +31,15 @@ def test_python_script_answers_help(script: Path) -> None:
 def test_shell_script_parses(script: Path) -> None:
     result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.name)
+def test_script_module_imports(module: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {module.stem}"],
+        cwd=module.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -269,3 +269,15 @@ def test_effective_uid_program_prints_its_euid(tmp_path: Path) -> None:
 
     out = subprocess.run([str(prog)], capture_output=True, check=True).stdout
     assert out == f"Effective uid: {os.geteuid()}\n".encode()
+
+
+def test_a_hard_links_header_carries_its_targets_mode_and_owner() -> None:
+    """Some appliers (containerd's) chmod the shared inode to the link's header mode."""
+    raw = b.layer_tar(
+        [b.regular("bin/busybox", b"\x7fELF", mode=0o755, uid=3, gid=4), b.hardlink("bin/sh", "bin/busybox")]
+    )
+    with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+        link = tar.getmember("bin/sh")
+    assert link.islnk()
+    assert link.linkname == "bin/busybox"
+    assert (link.mode, link.uid, link.gid) == (0o755, 3, 4)

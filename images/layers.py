@@ -30,6 +30,7 @@ from .manifest import Descriptor
 from .metadata import LayerRow, Metadata
 from .scheduler import DownloadClaim, DownloadScheduler, PullTicket
 from .tasks import SharedTask, complete_despite_cancel, in_thread, shared_in
+from .trees import delete_tree
 from .unpack import UnpackResult, resolve_deferred_links, syncfs, unpack_layer
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ class LayerFetcher:
                 return _Pending(tmpdir, result, None)
             return await in_thread(functools.partial(self.install_layer, tmpdir, job.chain, result, None))
         except BaseException:
-            await in_thread(functools.partial(shutil.rmtree, tmpdir, True))
+            await in_thread(functools.partial(delete_tree, tmpdir))
             raise
 
     async def _download_once(
@@ -294,6 +295,6 @@ async def _undo_download(thread: asyncio.Future[Any], writer: BlobWriter, tmpdir
 
     def cleanup() -> None:
         writer.abort()
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        delete_tree(tmpdir)
 
     await asyncio.to_thread(cleanup)

@@ -33,7 +33,6 @@ import functools
 import logging
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -57,6 +56,7 @@ from .records import ImageRecord, ProgressFn
 from .reference import looks_like_image_id, parse_reference
 from .scheduler import Priority
 from .tasks import in_thread
+from .trees import delete_tree
 from .trust import VerdictFn
 from .usage import tree_usage
 
@@ -341,13 +341,14 @@ class ImageStore:
     # ---- garbage --------------------------------------------------------------------------
 
     def _remove_tree(self, path: Path) -> None:
-        """Renames first so a crash never leaves a half-deleted layer under its final name."""
+        """Renames first so a crash never leaves a half-deleted layer under its final name;
+        then deletes it out of process (trees.py), in the caller's thread."""
         doomed = Path(tempfile.mkdtemp(prefix="del-", dir=self.content.tmp))
         try:
             os.rename(path, doomed / "tree")
         except FileNotFoundError:
             pass
-        shutil.rmtree(doomed, ignore_errors=True)
+        delete_tree(doomed)
 
     def _collect(self, garbage: Garbage) -> None:
         for layer in garbage.layers:

@@ -228,7 +228,7 @@ async def test_client_disconnect_kills_the_exec_process(server: StreamingServer,
             stat = await asyncio.to_thread(Path(f"/proc/{pid}/stat").read_text)
             if stat.split()[2] == "Z":
                 break
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # reaped before or while /proc was read
             break
         await asyncio.sleep(0.05)
     else:

@@ -96,7 +96,7 @@ def restored_config(config: api_pb2.ContainerConfig, base_image: str, spec: dict
     if not restored.envs:
         for entry in process.get("env") or []:
             key, _, value = str(entry).partition("=")
-            restored.envs.add(key=key, value=value)
+            restored.envs.add(key=key, value=value.encode())
     if not restored.working_dir and process.get("cwd"):
         restored.working_dir = str(process["cwd"])
     return restored

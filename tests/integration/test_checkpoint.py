@@ -674,3 +674,27 @@ def test_failed_restore_is_start_error_and_leaves_nothing_running(
     assert status.reason == "StartError", status
     assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
     remove_container(live_daemon, cid)
+
+
+def test_a_restore_pending_container_survives_a_daemon_restart(own_daemon: tuple[Daemon, str], tmp_path: Path) -> None:
+    needs_criu()
+    daemon, image = own_daemon
+    old_sid, old_cfg = run_pod(daemon, "checkpoint-old", handler="runc")
+    new_sid, new_cfg = run_pod(daemon, "restore-new", handler="runc")
+    try:
+        cid = start_container(daemon, old_sid, old_cfg, container_config("counter", image, ["sh", "-c", COUNTER]))
+        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
+        location = tmp_path / "c.tar"
+        _checkpoint(daemon, cid, str(location))
+        restored = _create_restored(daemon, (new_sid, new_cfg), "counter", location)
+        daemon.kill9()
+        daemon.start()
+        # Still CREATED with its images (not taken for a container that exited in the downtime) ...
+        assert container_status(daemon, restored).state == pb.CONTAINER_CREATED
+        start(daemon, restored)
+        # ... and restored by the new daemon, counting on from the checkpoint.
+        assert container_status(daemon, restored).state == pb.CONTAINER_RUNNING
+        assert _count(daemon, restored) >= _archived_count(location)
+    finally:
+        remove_pod(daemon, new_sid)
+        remove_pod(daemon, old_sid)

@@ -31,7 +31,7 @@ from typing import Any
 
 from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
-from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint import archive, safe_tar
 from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crishim.runtime.services import Handler, Services
@@ -138,8 +138,8 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     if diff.is_file():
         try:
             with tarfile.open(diff, "r:") as tar:
-                # 'tar': no member or link leads out of the rootfs (checked against the mounted tree).
-                tar.extractall(rootfs, filter="tar", numeric_owner=True)
+                for member in tar:  # no member leads out of the rootfs (checked against the mounted tree)
+                    safe_tar.extract(tar, member, rootfs, strict=False)
         except (tarfile.TarError, OSError) as exc:
             raise InvalidArgument(f"{FIELD}: {archive.ROOTFS_DIFF} of {source.archive_path!r} "
                                   f"cannot be applied: {exc}") from None  # fmt: skip

@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
+from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
 from crishim.runtime.container import launch as launching
 from crishim.runtime.errors import FailedPrecondition
@@ -54,6 +55,7 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     except Exception as exc:
         raise await _failed(svc, handler, record, exc) from exc
     containers.update_meta(meta.id, lambda m: dataclasses.replace(m, pid=result.pid, conmon_pid=result.conmon_pid))
+    await _set_hostname(bundle, result.pid)
     svc.monitor.watch(meta.id, result.conmon_pid)
     restored = containers.update_status(
         meta.id,
@@ -69,6 +71,27 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     await asyncio.to_thread(shutil.rmtree, bundle / archive.CHECKPOINT_DIRECTORY, True)
     log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
     return restored
+
+
+async def _set_hostname(bundle: Path, pid: int) -> None:
+    """The new pod's hostname, in the restored process's UTS namespace.
+
+    CRIU writes the checkpointed hostname back (the old pod's) into the UTS namespace
+    it restores into, even the new pod's that runc has it join; the spec names the
+    new pod's, which the pod's other containers see too. A failure is logged: the
+    process runs, under the old name.
+    """
+    spec = await asyncio.to_thread(read_runtime_spec, bundle)
+    hostname = (spec or {}).get("hostname")
+    if not hostname:
+        return  # the host's UTS namespace (host network): not ours to rename
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--uts=/proc/{pid}/ns/uts", "--", "hostname", str(hostname),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log.warning("restored process %d keeps its checkpointed hostname: %s", pid, err.decode(errors="replace"))
 
 
 async def _failed(svc: Services, handler: Handler, record: Container, exc: Exception) -> FailedPrecondition:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -602,6 +603,20 @@ def _archived_count(location: Path) -> int:
         return int(count.read())
 
 
+def _verbose_pid(daemon: Daemon, cid: str) -> int:
+    request = pb.ContainerStatusRequest(container_id=cid, verbose=True)
+    return int(json.loads(daemon.runtime.ContainerStatus(request, timeout=30).info["info"])["pid"])
+
+
+def _pod_pid(daemon: Daemon, sid: str) -> int:
+    request = pb.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)
+    return int(json.loads(daemon.runtime.PodSandboxStatus(request, timeout=30).info["info"])["pid"])
+
+
+def _namespace(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
 def _conmon_pid(bundle: Path) -> int:
     return int((bundle / "conmon.pid").read_text().strip() or 0)
 
@@ -634,6 +649,8 @@ def test_counter_is_restored_in_a_new_pod_and_counts_on(
     # In the new pod: its hostname is the new pod's (the pod's UTS namespace joined, not the old one restored).
     assert exec_checked(live_daemon, cid, ["hostname"]).strip() == "restored-pod"
     assert exec_checked(live_daemon, counter, ["hostname"]).strip() != "restored-pod"
+    # The pod's UTS namespace, joined: the same as its infra process's.
+    assert _namespace(_verbose_pid(live_daemon, cid), "uts") == _namespace(_pod_pid(live_daemon, sid), "uts")
     # Its log continues the checkpointed one at the new pod's log path.
     log = Path(pod_cfg.log_directory) / "counter.log"
     eventually(

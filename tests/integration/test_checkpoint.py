@@ -431,6 +431,16 @@ def _overrun(daemon: Daemon, cid: str, tmp_path: Path, seconds: int) -> set[int]
     return seen
 
 
+def _criu_checked(daemon: Daemon) -> None:
+    """Until the daemon's one `criu check` has finished (Status starts it and reports its answer)."""
+
+    def runc_checkpoint() -> Any:
+        info = daemon.runtime.Status(pb.StatusRequest(verbose=True), timeout=30).info
+        return json.loads(info["handlers"])["runc"]["checkpoint"]["available"]
+
+    eventually(runc_checkpoint, lambda available: available is not None, what="criu check to finish")
+
+
 @pytest.fixture
 def own_daemon(test_images: TestImages) -> Iterator[tuple[Daemon, str]]:
     """A daemon of the test's own, since the test kills it; with the test image pulled."""
@@ -447,6 +457,7 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
     sid, config = run_pod(daemon, "checkpoint-kill9", handler="runc")
     try:
         cid = _start_holder(daemon, sid, config, image)
+        _criu_checked(daemon)  # else the CRIU killed below could be this fresh daemon's `criu check`, not the dump
         bundle = _bundle(daemon, cid)
         assert daemon.proc is not None
         daemon_pid = daemon.proc.pid

@@ -26,8 +26,9 @@ from .errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from .processes import descendants, wait_gone
 from .runtime import OciRuntime
 
-# CRIU writes its log into the work directory under this name (runc's choice).
+# CRIU writes its log into the work directory under these names (runc's choice).
 DUMP_LOG = "dump.log"
+RESTORE_LOG = "restore.log"
 # The work directory also records runc's pid, the ID of the session runc and CRIU run in: a
 # daemon restarted after kill -9 ends a checkpoint it no longer waits for (end_session).
 SESSION_FILE = "checkpoint.session"
@@ -57,10 +58,15 @@ def checkpoint_args(cid: str, paths: CheckpointPaths, *, leave_running: bool = T
     return [*args, "--file-locks", "--manage-cgroups-mode", "soft", cid]
 
 
-def dump_log_errors(work: Path) -> str:
-    """The last error lines of CRIU's log, where its reason for a failed dump is written."""
+def restore_opts() -> tuple[str, ...]:
+    """The `runc restore` options after conmon's own: the same file-lock and cgroup modes as the dump."""
+    return ("--file-locks", "--manage-cgroups-mode", "soft")
+
+
+def dump_log_errors(work: Path, name: str = DUMP_LOG) -> str:
+    """The last error lines of CRIU's log (`name`: dump.log, or restore.log), where its reason is written."""
     try:
-        lines = (work / DUMP_LOG).read_text(errors="replace").splitlines()
+        lines = (work / name).read_text(errors="replace").splitlines()
     except OSError:
         return ""
     errors = [line.strip() for line in lines if "Error" in line or "error" in line]

@@ -67,6 +67,10 @@ class ConmonLaunch:
     leave_stdin_open: bool = False
     log_size_max: int = DEFAULT_LOG_SIZE_MAX
     log_level: str = "info"
+    # CRIU's images to restore from: conmon then runs `<runtime> restore --detach` instead of
+    # `create`, and the container is running when the launch returns.
+    restore_from: Path | None = None
+    restore_opts: tuple[str, ...] = ()  # `runtime restore` options (conmon's --runtime-opt)
 
 
 # ---------------------------------------------------------------- files
@@ -236,6 +240,9 @@ def build_args(conmon_path: str, runtime_command: Sequence[str], launch: ConmonL
         args.append("--leave-stdin-open")
     if launch.tty:
         args.append("-t")
+    if launch.restore_from is not None:
+        # conmon adds --bundle, --pid-file, --detach, --image-path and --work-path (the bundle).
+        args += ["--restore", str(launch.restore_from), *(f"--runtime-opt={opt}" for opt in launch.restore_opts)]
     return args
 
 
@@ -279,7 +286,8 @@ async def launch_container(
     line = await _run_until_synced(args, launch, time_limit)
     pid, message = _parse_sync(line, await asyncio.to_thread(_log_tail, conmon_log_file(launch.bundle)))
     if pid <= 0:
-        raise RuntimeCommandError(f"creating container {launch.cid} failed: {message}", returncode=1, stderr=message)
+        what = "restoring" if launch.restore_from is not None else "creating"
+        raise RuntimeCommandError(f"{what} container {launch.cid} failed: {message}", returncode=1, stderr=message)
     conmon_pid = await asyncio.to_thread(read_conmon_pid, launch.bundle)
     return ConmonResult(pid=pid, conmon_pid=conmon_pid or 0)
 

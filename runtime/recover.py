@@ -66,6 +66,8 @@ async def reconcile(svc: Services) -> None:
     for container in svc.state.containers.all():
         if container.status.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
             continue
+        if container.status.restore_pending:
+            continue  # made from a checkpoint, not yet restored: no process, so nothing to watch or exit
         meta = container.meta
         if conmon.is_conmon_of(meta.conmon_pid, meta.id):
             svc.monitor.watch(meta.id, meta.conmon_pid)

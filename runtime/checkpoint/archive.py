@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from crishim.runtime.checkpoint import safe_tar
+
 CHECKPOINT_DIRECTORY = "checkpoint"
 CONFIG_DUMP = "config.dump"
 SPEC_DUMP = "spec.dump"
@@ -276,17 +278,18 @@ class Unpacked:
 def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpacked:
     """Blocking: checks and unpacks the archive into the empty directory `dest`.
 
-    Every member goes through tarfile's `data` filter (no absolute paths, no '..', no
-    links or devices leading out of `dest`). A truncated or corrupt archive, a missing
-    member or metadata that does not parse raises CorruptArchive, and `dest` is left
-    empty again: a refused restore leaves nothing behind.
+    Every member is checked by safe_tar as tarfile's `data` filter would (no absolute
+    paths, no '..', no links leading out of `dest`, no devices), on any Python 3.11.
+    A truncated or corrupt archive, a missing member or metadata that does not parse
+    raises CorruptArchive, and `dest` is left empty again: a refused restore leaves
+    nothing behind.
     """
     try:
         with tarfile.open(location, "r:*") as tar:
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
-                tar.extract(member, dest, filter="data")
+                safe_tar.extract(tar, member, dest, strict=True)
         missing = [name for name in REQUIRED_MEMBERS if not (dest / name).exists()]
         if missing:
             raise CorruptArchive(f"it lacks {', '.join(missing)} (truncated, or not a container checkpoint)")

@@ -26,6 +26,7 @@ from crishim.oci.opts import Spec
 from crishim.oci.spec import build_container_spec
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime import validate
+from crishim.runtime.checkpoint import restore
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.container.request import ContainerRequest, checked_request, spec_input
@@ -52,9 +53,12 @@ async def create_container(
     container_id = new_id()
     what = f"container {md.name!r} attempt {md.attempt} in sandbox {sandbox_id}"
     with svc.names.reserved(name_key, container_id, what, lambda: _recorded_id(svc, sandbox_id, md)):
-        async with svc.locks.hold("sandbox:" + sandbox_id):
-            sandbox = ready_sandbox(svc, sandbox_id)
-            meta = await _create(svc, checked_request(svc, sandbox, config), container_id)
+        if restore.names_archive(config.image.image):
+            meta = await _create_restored(svc, sandbox_id, config, container_id)
+        else:
+            async with svc.locks.hold("sandbox:" + sandbox_id):
+                sandbox = ready_sandbox(svc, sandbox_id)
+                meta = await _create(svc, checked_request(svc, sandbox, config), container_id)
     svc.events.publish(ContainerEvent(container_id, sandbox_id, CREATED, meta.created_at))
     await nri_steps.container_event(svc, nri_pb2.POST_CREATE_CONTAINER, container_id)
     log.info("container %s (%s) created in sandbox %s", container_id[:13], md.name, sandbox_id[:13])
@@ -76,32 +80,60 @@ def ready_sandbox(svc: Services, sandbox_id: str) -> SandboxMeta:
     return sandbox.meta
 
 
-async def _create(svc: Services, request: ContainerRequest, container_id: str) -> ContainerMeta:
+async def _create_restored(
+    svc: Services, sandbox_id: str, config: api_pb2.ContainerConfig, container_id: str
+) -> ContainerMeta:
+    """A container made from a checkpoint archive (runtime/checkpoint/restore.py), restore pending."""
+    source = await restore.restore_source(svc, config, container_id)
+    try:
+        async with svc.locks.hold("sandbox:" + sandbox_id):
+            sandbox = ready_sandbox(svc, sandbox_id)
+            handler = svc.handler(sandbox.runtime_handler)
+            base = restore.base_image(svc, source, svc.images.image_set(handler.name))
+            await restore.check_can_restore(handler)
+            restored = restore.restored_config(config, base, source.unpacked.spec)
+            return await _create(svc, checked_request(svc, sandbox, restored), container_id, source)
+    finally:
+        await restore.discard(source)
+
+
+async def _create(
+    svc: Services, request: ContainerRequest, container_id: str, source: restore.RestoreSource | None = None
+) -> ContainerMeta:
+    """The container's rootfs, mounts, spec and record; its process waits in `runc create`, or,
+    made from a checkpoint (`source`), there is none until StartContainer restores it."""
     bundle = svc.container_dir(container_id)
     base_input = spec_input(svc, request, container_id, bundle / "rootfs")
+    logs = log_path(request)
+    container_log = Path(logs) if logs else bundle / "container.log"
     async with AsyncExitStack() as undo:
         await prepare_rootfs(svc, undo, request, container_id, bundle)
+        if source is not None:
+            await asyncio.to_thread(restore.apply_to_bundle, source, bundle / "rootfs", bundle, container_log)
         mounts, image_volumes = await build_mounts(svc, undo, request, container_id, base_input.mounts)
         inp = dataclasses.replace(base_input, mounts=mounts)
         # From the NRI hook until the record is stored, a plugin's synchronisation waits.
         async with svc.nri.creating():
             spec = await write_spec(svc, request, inp, bundle)
             inp = dataclasses.replace(inp, cgroups_path=spec.get("linux", {}).get("cgroupsPath", inp.cgroups_path))
-            logs = log_path(request)
-            result = await launching.launch(
-                svc,
-                request.handler,
-                container_id,
-                bundle,
-                log_path=Path(logs) if logs else bundle / "container.log",
-                tty=request.config.tty,
-                stdin=request.config.stdin,
-                stdin_once=request.config.stdin_once,
-                cgroups_path=inp.cgroups_path,
-            )
-            undo.push_async_callback(launching.kill_and_delete, svc, request.handler, container_id)
+            if source is None:
+                result = await launching.launch(
+                    svc,
+                    request.handler,
+                    container_id,
+                    bundle,
+                    log_path=container_log,
+                    tty=request.config.tty,
+                    stdin=request.config.stdin,
+                    stdin_once=request.config.stdin_once,
+                    cgroups_path=inp.cgroups_path,
+                )
+                undo.push_async_callback(launching.kill_and_delete, svc, request.handler, container_id)
+            else:
+                result = ConmonResult(pid=0, conmon_pid=0)  # known once StartContainer restores it
             meta = container_record(request, inp, bundle, spec, result, image_volumes)
-            svc.state.containers.add(meta, initial_status(request.config))
+            status = dataclasses.replace(initial_status(request.config), restore_pending=source is not None)
+            svc.state.containers.add(meta, status)
         undo.pop_all()
     return meta
 

@@ -12,6 +12,7 @@ from crishim.cgroups.paths import to_fs
 from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon, processes
 from crishim.oci import errors as oci_errors
+from crishim.oci.checkpoint import restore_opts
 from crishim.oci.runtime import reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
@@ -30,8 +31,10 @@ async def launch(
     stdin: bool,
     stdin_once: bool,
     cgroups_path: str,
+    restore_from: Path | None = None,
+    time_limit: float = 60.0,
 ) -> conmon.ConmonResult:
-    """conmon runs `runc create`; returns the container's and conmon's PIDs.
+    """conmon runs `runc create` (or `runc restore` from `restore_from`); returns the container's and conmon's PIDs.
 
     Under the systemd driver conmon gets a scope in the slice of the container's
     cgroups path (`slice:prefix:id`).
@@ -46,11 +49,14 @@ async def launch(
         tty=tty,
         leave_stdin_open=stdin and not stdin_once,
         log_size_max=svc.config.log_size_max,
+        restore_from=restore_from,
+        restore_opts=restore_opts() if restore_from is not None else (),
     )
     return await conmon.launch_container(
         handler.runtime,
         launch_request,
         conmon_path=svc.config.conmon,
+        time_limit=time_limit,
         systemd_slice=cgroups_path.split(":", 1)[0] if handler.runtime.systemd_cgroup else None,
     )
 

@@ -13,6 +13,7 @@ from crishim.cri_api import api_pb2
 from crishim.oci import conmon
 from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
+from crishim.runtime.checkpoint.restore_start import restore_container
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
@@ -21,7 +22,7 @@ from crishim.runtime.ids import now_ns
 from crishim.runtime.mounts import unmount
 from crishim.runtime.nri import nri_pb2
 from crishim.runtime.nri import steps as nri_steps
-from crishim.runtime.services import Services
+from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
     CONTAINER_EXITED,
@@ -53,42 +54,10 @@ async def start_container(svc: Services, container_id: str) -> None:
                 "only a created container can be started"
             )
         handler = svc.handler(meta.runtime_handler)
-        svc.monitor.watch(container_id, meta.conmon_pid)
-        # Taken before `runc start`: a process that exits at once must not finish before it started.
-        started_at = now_ns()
-        containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=True))
-        try:
-            await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, container_id)
-            await handler.runtime.start(container_id)
-        except Exception as exc:
-            ended = containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=False))
-            if ended.status.state == CONTAINER_EXITED:
-                await _tell_stopped(svc, ended)  # record_exit left it to us
-            # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
-            message = str(exc)[:4096]
-            await launching.kill_and_delete(svc, handler, container_id)
-            containers.update_status(
-                container_id,
-                lambda s: dataclasses.replace(
-                    s,
-                    state=CONTAINER_EXITED,
-                    started_at=s.started_at or now_ns(),
-                    finished_at=now_ns(),
-                    exit_code=START_FAILED_EXIT_CODE,
-                    reason="StartError",
-                    message=message,
-                ),
-            )
-            raise
-        started = containers.update_status(
-            container_id,
-            lambda s: dataclasses.replace(
-                s,
-                starting=False,
-                state=CONTAINER_RUNNING if s.state == CONTAINER_CREATED else s.state,
-                started_at=started_at,
-            ),
-        )
+        if record.status.restore_pending:  # made from a checkpoint: CRIU brings its process back
+            started = await restore_container(svc, handler, record)
+        else:
+            started = await _start(svc, handler, container_id)
         exited_meanwhile = started.status.state == CONTAINER_EXITED
         if exited_meanwhile:
             # It exited while `runc start` ran; record_exit left the delete to us.
@@ -97,6 +66,49 @@ async def start_container(svc: Services, container_id: str) -> None:
     await nri_steps.container_event(svc, nri_pb2.POST_START_CONTAINER, container_id)
     if exited_meanwhile:  # an exit seen while `runc start` ran comes after STARTED
         await _tell_stopped(svc, started)
+
+
+async def _start(svc: Services, handler: Handler, container_id: str) -> Container:
+    """`runc start` of a created container; its record once started (or exited meanwhile)."""
+    containers = svc.state.containers
+    meta = containers.get(container_id).meta
+    svc.monitor.watch(container_id, meta.conmon_pid)
+    # Taken before `runc start`: a process that exits at once must not finish before it started.
+    started_at = now_ns()
+    containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=True))
+    try:
+        await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, container_id)
+        await handler.runtime.start(container_id)
+    except Exception as exc:
+        ended = containers.update_status(container_id, lambda s: dataclasses.replace(s, starting=False))
+        if ended.status.state == CONTAINER_EXITED:
+            await _tell_stopped(svc, ended)  # record_exit left it to us
+        # The process never ran: record why, as CRI-O and containerd do, and clean up runc.
+        message = str(exc)[:4096]
+        await launching.kill_and_delete(svc, handler, container_id)
+        containers.update_status(
+            container_id,
+            lambda s: dataclasses.replace(
+                s,
+                state=CONTAINER_EXITED,
+                started_at=s.started_at or now_ns(),
+                finished_at=now_ns(),
+                exit_code=START_FAILED_EXIT_CODE,
+                reason="StartError",
+                message=message,
+            ),
+        )
+        raise
+    started = containers.update_status(
+        container_id,
+        lambda s: dataclasses.replace(
+            s,
+            starting=False,
+            state=CONTAINER_RUNNING if s.state == CONTAINER_CREATED else s.state,
+            started_at=started_at,
+        ),
+    )
+    return started
 
 
 async def _tell_stopped(svc: Services, record: Container) -> None:

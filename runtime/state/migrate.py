@@ -5,7 +5,8 @@ each sandbox and container as one JSON document in a `data` column, its CRI
 config hex-encoded. An upgraded daemon with pods running must keep them, so
 their records are moved into the typed tables, field by field; a field the
 document lacks takes its default, a key the records no longer have is
-dropped. A crash midway rolls the whole upgrade back and the next start redoes it.
+dropped. Version 1 lacks container_status.restore_pending, added with its
+default. A crash midway rolls the whole upgrade back and the next start redoes it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def upgrade(db: sqlite3.Connection) -> None:
         )
     db.execute("BEGIN IMMEDIATE")
     try:
+        if version == 1:  # 2 adds one column; every container so far was started, not restored
+            db.execute("ALTER TABLE container_status ADD COLUMN restore_pending INTEGER NOT NULL DEFAULT 0")
         json_layout = _has_json_layout(db)
         if json_layout:
             db.execute("ALTER TABLE sandboxes RENAME TO v0_sandboxes")

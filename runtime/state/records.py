@@ -18,6 +18,9 @@ Container states::
        +--------------- start failed (runc error) -----------------+
     UNKNOWN: the runtime lost track (state dir gone after a reboot).
 
+A container created from a checkpoint is CREATED with `restore_pending` and no
+process: its pid and conmon's are set (`update_meta`) when StartContainer restores it.
+
 While `runc start` runs, ContainerStatus.starting is set: an exit recorded
 meanwhile neither deletes the runc state under the start nor tells
 subscribers STOPPED before StartContainer has told them STARTED.
@@ -108,6 +111,8 @@ class ContainerStatus:
     reason: str = ""
     message: str = ""
     resources: str = ""  # JSON of the LinuxContainerResources last applied (UpdateContainerResources)
+    # Created from a checkpoint archive: StartContainer restores it (`runc restore`) instead of starting it.
+    restore_pending: bool = False
     # Inside `runc start`. Not stored: no start outlives the daemon process that ran it.
     starting: bool = field(default=False, metadata=NOT_STORED)
 

@@ -1,6 +1,6 @@
 """The SQLite layout of the state store: typed columns, one per record field.
 
-Schema version 1 (PRAGMA user_version). Each kind has two tables: the
+Schema version 2 (PRAGMA user_version; 2 added container_status.restore_pending). Each kind has two tables: the
 metadata, inserted once and deleted with the record, and the status, the only
 rows ever updated; the status row is small, so a state change rewrites a few
 columns, not the serialized config. Maps and lists (labels, annotations,
@@ -27,7 +27,7 @@ from crishim.runtime.state.records import (
     SandboxStatus,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS sandboxes (
@@ -95,7 +95,8 @@ SCHEMA: tuple[str, ...] = (
         exit_code INTEGER NOT NULL,
         reason TEXT NOT NULL,
         message TEXT NOT NULL,
-        resources TEXT NOT NULL
+        resources TEXT NOT NULL,
+        restore_pending INTEGER NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE IF NOT EXISTS kv (
         key TEXT PRIMARY KEY,
@@ -163,6 +164,11 @@ class TableSpec(Generic[M, S]):
     def update_status_sql(self) -> str:
         assignments = ", ".join(f"{c} = ?" for c in self.status.columns)
         return f"UPDATE {self.status_table} SET {assignments} WHERE id = ?"
+
+    @property
+    def update_meta_sql(self) -> str:
+        assignments = ", ".join(f"{c} = ?" for c in self.meta.columns if c != "id")
+        return f"UPDATE {self.meta_table} SET {assignments} WHERE id = ?"
 
     @property
     def select_sql(self) -> str:

@@ -6,8 +6,9 @@ SQLite first, in one transaction, and only then to memory, so what the daemon
 answers is never ahead of what survives kill -9. The index is loaded once,
 when the store opens.
 
-Metadata is inserted and deleted, never changed; the status changes only
-through `update_status(id, fn)`.
+Metadata is inserted and deleted, and changed only where a value is first known
+after creation (`update_meta`: a restored container's pids); the status changes
+only through `update_status(id, fn)`.
 """
 
 from __future__ import annotations
@@ -128,6 +129,25 @@ class RecordTable(Generic[M, S]):
             if row != codec.to_row(current.status):
                 with self._db.transaction() as sql:
                     sql.execute(self._spec.update_status_sql, (*row, record_id))
+            self._records[record_id] = record
+        return record
+
+    def update_meta(self, record_id: str, fn: Callable[[M], M]) -> Record[M, S]:
+        """Replaces the metadata with fn(meta); only for what is known after creation.
+
+        A container restored from a checkpoint gets its process (and conmon) only when
+        StartContainer restores it. Its ID and name must not change: they key the tables.
+        """
+        current = self.get(record_id)
+        meta = fn(current.meta)
+        if meta.id != record_id or self._spec.name_key(meta) != self._spec.name_key(current.meta):
+            raise ValueError(f"{self._spec.kind} {record_id}: the ID and name of a record do not change")
+        spec, record = self._spec, Record(meta, current.status)
+        columns = dict(zip(spec.meta.columns, spec.meta.to_row(meta), strict=True))
+        with self._db.lock:
+            with self._db.transaction() as sql:
+                values = [v for c, v in columns.items() if c != "id"]
+                sql.execute(spec.update_meta_sql, (*values, record_id))
             self._records[record_id] = record
         return record
 

@@ -13,7 +13,9 @@ checkpoint answer is checked on every node.
 from __future__ import annotations
 
 import functools
+import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -41,6 +43,7 @@ from tests.support.cri import (
     remove_pod,
     rpc_code,
     run_pod,
+    start,
     start_container,
     stop,
 )
@@ -428,6 +431,16 @@ def _overrun(daemon: Daemon, cid: str, tmp_path: Path, seconds: int) -> set[int]
     return seen
 
 
+def _criu_checked(daemon: Daemon) -> None:
+    """Until the daemon's one `criu check` has finished (Status starts it and reports its answer)."""
+
+    def runc_checkpoint() -> Any:
+        info = daemon.runtime.Status(pb.StatusRequest(verbose=True), timeout=30).info
+        return json.loads(info["handlers"])["runc"]["checkpoint"]["available"]
+
+    eventually(runc_checkpoint, lambda available: available is not None, what="criu check to finish")
+
+
 @pytest.fixture
 def own_daemon(test_images: TestImages) -> Iterator[tuple[Daemon, str]]:
     """A daemon of the test's own, since the test kills it; with the test image pulled."""
@@ -444,6 +457,7 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
     sid, config = run_pod(daemon, "checkpoint-kill9", handler="runc")
     try:
         cid = _start_holder(daemon, sid, config, image)
+        _criu_checked(daemon)  # else the CRIU killed below could be this fresh daemon's `criu check`, not the dump
         bundle = _bundle(daemon, cid)
         assert daemon.proc is not None
         daemon_pid = daemon.proc.pid
@@ -469,3 +483,246 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
         eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the holder to go on counting")
     finally:
         remove_pod(daemon, sid)
+
+
+# -- restore into a new pod: CreateContainer whose image is an archive's path ------------------------
+
+
+def _restore_config(name: str, location: Path | str) -> pb.ContainerConfig:
+    """As the kubelet asks for a restore: the archive's path as the image, nothing else of the process."""
+    return pb.ContainerConfig(
+        metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=str(location)), log_path=f"{name}.log"
+    )
+
+
+def _synthetic_archive(location: Path, base_image: str, *, without: str = "") -> Path:
+    """An archive in the layout, with no real CRIU images: enough for every check before CRIU runs."""
+    members = {
+        "config.dump": json.dumps({"id": "f" * 64, "name": "app", "rootfsImageName": base_image}).encode(),
+        "spec.dump": json.dumps({"process": {"args": ["sleep", "600"], "env": ["A=1"], "cwd": "/"}}).encode(),
+        "deleted.files": b"[]",
+    }
+    with tarfile.open(location, "w") as tar:
+        if without != "checkpoint":
+            directory = tarfile.TarInfo("checkpoint")
+            directory.type, directory.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(directory)
+        for name, data in members.items():
+            if name != without:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return location
+
+
+def _nothing_left(daemon: Daemon, sid: str) -> None:
+    """A refused restore leaves no container record, no directory, no staging of the archive."""
+    listed = daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
+    assert [c.id for c in listed if c.pod_sandbox_id == sid] == []
+    assert not list((daemon.root / "containers").glob(".restore-*"))
+
+
+@pytest.fixture(scope="module")
+def restore_pod(live_daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
+    # A hostname of its own: the restored container must see it, not the checkpointed pod's.
+    sid, config = run_pod(live_daemon, "restored", handler="runc", hostname="restored-pod")
+    yield sid, config
+    remove_pod(live_daemon, sid)
+
+
+def _create_restored(daemon: Daemon, pod: tuple[str, pb.PodSandboxConfig], name: str, location: Path | str) -> str:
+    sid, config = pod
+    return create_container(daemon, sid, config, _restore_config(name, location))
+
+
+def test_restore_from_a_missing_archive_is_not_found(
+    live_daemon: Daemon, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    location = tmp_path / "absent.tar"
+    error = refusal(lambda: _create_restored(live_daemon, restore_pod, "absent", location))
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error.details()
+    assert f"checkpoint archive {str(location)!r} does not exist" in error.details()
+    _nothing_left(live_daemon, restore_pod[0])
+
+
+@pytest.mark.parametrize("kind", ["not a tar", "truncated", "no config.dump", "no checkpoint images"])
+def test_restore_from_a_corrupt_archive_is_invalid_argument(
+    live_daemon: Daemon, busybox: str, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path, kind: str
+) -> None:
+    location = tmp_path / "bad.tar"
+    if kind == "not a tar":
+        location.write_bytes(b"\x00garbage" * 1000)
+    elif kind == "truncated":
+        whole = _synthetic_archive(tmp_path / "whole.tar", busybox).read_bytes()
+        location.write_bytes(whole[: len(whole) // 3])
+    else:
+        _synthetic_archive(location, busybox, without="config.dump" if kind == "no config.dump" else "checkpoint")
+    error = refusal(lambda: _create_restored(live_daemon, restore_pod, "corrupt", location))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "is not a usable checkpoint archive" in error.details()
+    _nothing_left(live_daemon, restore_pod[0])
+
+
+def test_restore_without_its_base_image_is_failed_precondition_naming_it(
+    live_daemon: Daemon, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    absent = "127.0.0.1:1/never-pulled:v1"
+    location = _synthetic_archive(tmp_path / "c.tar", absent)
+    error = refusal(lambda: _create_restored(live_daemon, restore_pod, "nobase", location))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert f"the base image {absent!r}" in error.details()
+    assert "is not in the image store" in error.details()
+    _nothing_left(live_daemon, restore_pod[0])
+
+
+def test_restore_on_a_handler_without_criu_is_refused_naming_it(
+    live_daemon: Daemon, busybox: str, tmp_path: Path
+) -> None:
+    location = _synthetic_archive(tmp_path / "c.tar", busybox)
+    sid, config = run_pod(live_daemon, "restore-crun", handler="crun")
+    try:
+        error = refusal(lambda: _create_restored(live_daemon, (sid, config), "app", location))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert "runtime handler 'crun' cannot restore a checkpoint" in error.details()
+        _nothing_left(live_daemon, sid)
+    finally:
+        remove_pod(live_daemon, sid)
+
+
+def test_restore_where_criu_check_fails_is_failed_precondition_with_criu_reason(
+    live_daemon: Daemon, busybox: str, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    ok, _ = criu_check()
+    if ok:
+        pytest.skip("criu check passes here: the refusal for a failing CRIU cannot happen")
+    location = _synthetic_archive(tmp_path / "c.tar", busybox)
+    error = refusal(lambda: _create_restored(live_daemon, restore_pod, "nocriu", location))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert "restore from a checkpoint is unavailable on this node: " in error.details()
+    assert "criu check failed: Error (criu/" in error.details()
+    _nothing_left(live_daemon, restore_pod[0])
+
+
+# -- the restore itself, where CRIU works -------------------------------------------------------------
+
+
+def _archived_count(location: Path) -> int:
+    """The counter's value at the checkpoint, from the archive's writable layer."""
+    with tarfile.open(location) as tar, tarfile.open(fileobj=tar.extractfile("rootfs-diff.tar")) as diff:
+        count = diff.extractfile("count")
+        assert count is not None
+        return int(count.read())
+
+
+def _verbose_pid(daemon: Daemon, cid: str) -> int:
+    request = pb.ContainerStatusRequest(container_id=cid, verbose=True)
+    return int(json.loads(daemon.runtime.ContainerStatus(request, timeout=30).info["info"])["pid"])
+
+
+def _pod_pid(daemon: Daemon, sid: str) -> int:
+    request = pb.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)
+    return int(json.loads(daemon.runtime.PodSandboxStatus(request, timeout=30).info["info"])["pid"])
+
+
+def _namespace(pid: int, kind: str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+
+def _conmon_pid(bundle: Path) -> int:
+    return int((bundle / "conmon.pid").read_text().strip() or 0)
+
+
+def test_counter_is_restored_in_a_new_pod_and_counts_on(
+    live_daemon: Daemon, counter: str, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    needs_criu()
+    location = tmp_path / "counter.tar"
+    _checkpoint(live_daemon, counter, str(location))
+    at_checkpoint = _archived_count(location)
+    sid, pod_cfg = restore_pod
+
+    cid = _create_restored(live_daemon, restore_pod, "counter", location)
+    assert cid != counter
+    assert container_status(live_daemon, cid).state == pb.CONTAINER_CREATED
+    bundle = _bundle(live_daemon, cid)
+    assert (bundle / "checkpoint" / "inventory.img").is_file()  # CRIU's images wait in its directory
+
+    start(live_daemon, cid)
+    status = container_status(live_daemon, cid)
+    assert status.state == pb.CONTAINER_RUNNING, status
+    # The shell's counter lives in its memory: restored, it goes on from the checkpoint, not from 1.
+    first = _count(live_daemon, cid)
+    assert first >= at_checkpoint, (first, at_checkpoint)
+    eventually(lambda: _count(live_daemon, cid), lambda n: n > first, what="the restored counter to count on")
+    # The writable layer: the file written before the checkpoint is there, the deleted one stays deleted.
+    assert exec_checked(live_daemon, cid, ["cat", "/kept.txt"]) == "before\n"
+    assert exec_output(live_daemon, cid, ["test", "-e", "/etc/group"])[0] != 0
+    # In the new pod: its hostname is the new pod's (the pod's UTS namespace joined, not the old one restored).
+    assert exec_checked(live_daemon, cid, ["hostname"]).strip() == "restored-pod"
+    assert exec_checked(live_daemon, counter, ["hostname"]).strip() != "restored-pod"
+    # The pod's UTS namespace, joined: the same as its infra process's.
+    assert _namespace(_verbose_pid(live_daemon, cid), "uts") == _namespace(_pod_pid(live_daemon, sid), "uts")
+    # Its log continues the checkpointed one at the new pod's log path.
+    log = Path(pod_cfg.log_directory) / "counter.log"
+    eventually(
+        lambda: log.read_text(), lambda text: "count 1\n" in text and f"count {first + 1}\n" in text,
+        what="the restored container's log to continue the checkpointed one",
+    )  # fmt: skip
+    assert not (bundle / "checkpoint").exists()  # the images are in the process now
+
+    conmon_pid = _conmon_pid(bundle)
+    assert conmon_pid > 0
+    assert alive(conmon_pid)
+    stop(live_daemon, cid, timeout=0)
+    assert container_status(live_daemon, cid).state == pb.CONTAINER_EXITED
+    remove_container(live_daemon, cid)
+    eventually(lambda: alive(conmon_pid), lambda up: not up, what="the restored container's conmon to exit")
+    assert not bundle.exists()
+    assert container_status(live_daemon, counter).state == pb.CONTAINER_RUNNING  # the original runs on
+
+
+def test_failed_restore_is_start_error_and_leaves_nothing_running(
+    live_daemon: Daemon, counter: str, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path
+) -> None:
+    needs_criu()
+    whole = tmp_path / "whole.tar"
+    _checkpoint(live_daemon, counter, str(whole))
+    # The same archive without the memory pages: CRIU cannot bring the process back.
+    location = tmp_path / "no-pages.tar"
+    with tarfile.open(whole) as src, tarfile.open(location, "w") as dst:
+        for member in src:
+            if not Path(member.name).name.startswith("pages-"):
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    cid = _create_restored(live_daemon, restore_pod, "broken", location)
+    error = refusal(lambda: start(live_daemon, cid))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert f"restore of container {cid} failed" in error.details()
+    status = container_status(live_daemon, cid)
+    assert status.state == pb.CONTAINER_EXITED, status
+    assert status.reason == "StartError", status
+    assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
+    remove_container(live_daemon, cid)
+
+
+def test_a_restore_pending_container_survives_a_daemon_restart(own_daemon: tuple[Daemon, str], tmp_path: Path) -> None:
+    needs_criu()
+    daemon, image = own_daemon
+    old_sid, old_cfg = run_pod(daemon, "checkpoint-old", handler="runc")
+    new_sid, new_cfg = run_pod(daemon, "restore-new", handler="runc")
+    try:
+        cid = start_container(daemon, old_sid, old_cfg, container_config("counter", image, ["sh", "-c", COUNTER]))
+        eventually(lambda: _count(daemon, cid), lambda n: n >= 3, what="the counter to count")
+        location = tmp_path / "c.tar"
+        _checkpoint(daemon, cid, str(location))
+        restored = _create_restored(daemon, (new_sid, new_cfg), "counter", location)
+        daemon.kill9()
+        daemon.start()
+        # Still CREATED with its images (not taken for a container that exited in the downtime) ...
+        assert container_status(daemon, restored).state == pb.CONTAINER_CREATED
+        start(daemon, restored)
+        # ... and restored by the new daemon, counting on from the checkpoint.
+        assert container_status(daemon, restored).state == pb.CONTAINER_RUNNING
+        assert _count(daemon, restored) >= _archived_count(location)
+    finally:
+        remove_pod(daemon, new_sid)
+        remove_pod(daemon, old_sid)

@@ -23,6 +23,7 @@ from crishim.runtime.state.records import (
     SandboxStatus,
 )
 from crishim.runtime.state.schema import SCHEMA_VERSION
+from crishim.runtime.state.schema import container_name_key as schema_name_key
 from crishim.runtime.state.store import StateStore
 from crishim.runtime.state.table import RecordTable
 
@@ -119,7 +120,8 @@ def test_a_status_changes_only_through_update_status(tmp_path: Path) -> None:
     mutators = {n for n in vars(RecordTable) if not n.startswith("_")} - {
         "get", "find_by_name", "all", "in_sandbox", "ids_matching", "count_states"
     }  # fmt: skip
-    assert mutators == {"add", "update_status", "delete"}  # metadata is only ever added or deleted
+    # Metadata is added or deleted, and changed only by update_meta (a restored container's pids).
+    assert mutators == {"add", "update_status", "update_meta", "delete"}
 
     running = store.containers.update_status("c1", lambda s: dataclasses.replace(s, state=CONTAINER_RUNNING))
     assert running is store.containers.get("c1")
@@ -277,3 +279,42 @@ def test_records_compare_by_identity() -> None:
     meta = sandbox("s1", "pod")
     assert Record(meta, SandboxStatus()) != Record(meta, SandboxStatus())
     assert len({Record(meta, SandboxStatus()), Record(meta, SandboxStatus())}) == 2  # hashable: cache keys
+
+
+def test_pids_known_after_create_are_stored_and_the_id_and_name_stay(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.sandboxes.add(sandbox("s1", "pod"), SandboxStatus())
+    store.containers.add(container("c1", "s1", "ctr"), ContainerStatus(restore_pending=True))
+    updated = store.containers.update_meta("c1", lambda m: dataclasses.replace(m, pid=41, conmon_pid=40))
+    assert updated is store.containers.get("c1")
+    assert (updated.meta.pid, updated.meta.conmon_pid, updated.status.restore_pending) == (41, 40, True)
+    with pytest.raises(ValueError, match="do not change"):
+        store.containers.update_meta("c1", lambda m: dataclasses.replace(m, name="other"))
+    with pytest.raises(ValueError, match="do not change"):
+        store.containers.update_meta("c1", lambda m: dataclasses.replace(m, id="c2"))
+    store.close()
+    reopened = StateStore(tmp_path / "state.db")
+    record = reopened.containers.get("c1")
+    assert (record.meta.pid, record.meta.conmon_pid, record.meta.name) == (41, 40, "ctr")
+    assert record.status.restore_pending is True
+    assert reopened.containers.find_by_name(schema_name_key("s1", "ctr", 0)) is record
+    reopened.close()
+
+
+def test_a_version_1_database_gains_restore_pending(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.sandboxes.add(sandbox("s1", "pod"), SandboxStatus())
+    store.containers.add(container("c1", "s1", "ctr"), ContainerStatus(state=CONTAINER_RUNNING))
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("ALTER TABLE container_status DROP COLUMN restore_pending")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    upgraded = StateStore(tmp_path / "state.db")
+    record = upgraded.containers.get("c1")
+    assert (record.status.state, record.status.restore_pending) == (CONTAINER_RUNNING, False)
+    upgraded.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()

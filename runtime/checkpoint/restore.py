@@ -1,0 +1,168 @@
+"""Restore into a new pod, its first half: CreateContainer whose image is a checkpoint archive.
+
+    absolute path? -> archive there? (NOT_FOUND) -> unpack and check (INVALID_ARGUMENT)
+      -> base image in the store? (FAILED_PRECONDITION) -> handler can? -> CRIU can?
+      -> [create.py: the base image's overlay, rootfs-diff.tar applied, deleted.files removed,
+          CRIU's images into the bundle, the spec built for the NEW pod; no process]
+
+As CRI-O does, `config.image.image` naming a file (an absolute path: no image
+reference starts with '/') means a checkpoint archive. The container is made
+for the pod the request names, with a new ID: its spec comes from this
+request, so its namespaces, cgroup and mounts are the new pod's; only what the
+request leaves out (command, environment, working directory) is taken from the
+archive's spec.dump. It is CREATED with `restore_pending` and no process;
+StartContainer restores it (restore_start.py). Each check comes before the
+container's directory exists, and the staging directory the archive is
+unpacked into goes whatever happens, so a refusal leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tarfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crishim.cri_api import api_pb2
+from crishim.images import errors as image_errors
+from crishim.runtime.checkpoint import archive, safe_tar
+from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
+from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crishim.runtime.services import Handler, Services
+
+log = logging.getLogger("crishim.checkpoint")
+
+FIELD = "config.image.image"
+STAGE_PREFIX = ".restore-"
+# config.dump's names of the base image, most exact first: its ID, then the names it was pulled by.
+BASE_IMAGE_KEYS = ("rootfsImageRef", "rootfsImageName", "rootfsImage")
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """A checked archive, unpacked into a staging directory."""
+
+    archive_path: str
+    unpacked: archive.Unpacked
+
+
+def names_archive(image: str) -> bool:
+    return image.startswith("/")
+
+
+async def restore_source(svc: Services, config: api_pb2.ContainerConfig, container_id: str) -> RestoreSource:
+    """The archive `config.image.image` names, unpacked and checked; `discard` it when done."""
+    path = Path(config.image.image)
+    if not await asyncio.to_thread(path.is_file):
+        raise NotFound(f"{FIELD}: checkpoint archive {str(path)!r} does not exist (or is not a file)")
+    stage = svc.container_dir(container_id).parent / f"{STAGE_PREFIX}{container_id}"
+    await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
+    abort = threading.Event()  # a cancelled call stops the unpacking thread
+    try:
+        unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
+    except BaseException as exc:
+        abort.set()
+        await asyncio.to_thread(shutil.rmtree, stage, True)
+        if isinstance(exc, archive.CorruptArchive):
+            raise InvalidArgument(f"{FIELD}: {str(path)!r} is not a usable checkpoint archive: {exc}") from None
+        raise
+    return RestoreSource(str(path), unpacked)
+
+
+async def discard(source: RestoreSource) -> None:
+    """Removes the staging directory (the CRIU images have moved into the bundle, or are not needed)."""
+    await asyncio.to_thread(shutil.rmtree, source.unpacked.root, True)
+
+
+def restored_config(config: api_pb2.ContainerConfig, base_image: str, spec: dict[str, Any]) -> api_pb2.ContainerConfig:
+    """The request with the base image; command, env and working directory from the dumped spec if unset.
+
+    CRIU restores the process itself; these matter to what the container reports and to
+    the processes exec starts in it, which should see the environment it was checkpointed with.
+    """
+    restored = api_pb2.ContainerConfig()
+    restored.CopyFrom(config)
+    restored.image.image = base_image
+    process = spec.get("process") or {}
+    args = [str(a) for a in process.get("args") or []]
+    if not restored.command and not restored.args and args:
+        restored.command.extend(args)
+    if not restored.envs:
+        for entry in process.get("env") or []:
+            key, _, value = str(entry).partition("=")
+            restored.envs.add(key=key, value=value.encode())
+    if not restored.working_dir and process.get("cwd"):
+        restored.working_dir = str(process["cwd"])
+    return restored
+
+
+def base_image(svc: Services, source: RestoreSource, image_set: str) -> str:
+    """The base image, as config.dump names it, which must be in the store: the archive holds
+    only the changes to it. Returns the name it was found by."""
+    config = source.unpacked.config
+    names = [name for name in (config.get(key) for key in BASE_IMAGE_KEYS) if isinstance(name, str) and name]
+    if not names:
+        raise InvalidArgument(f"{FIELD}: the checkpoint's {archive.CONFIG_DUMP} names no base image")
+    for name in names:
+        with contextlib.suppress(image_errors.ImageError, ValueError):
+            svc.images.resolve(name, image_set)
+            return name
+    name = config.get("rootfsImageName") or names[0]
+    raise FailedPrecondition(
+        f"the base image {name!r} of checkpoint {source.archive_path!r} is not in the image store: "
+        f"pull it first (crictl pull {name})"
+    )
+
+
+async def check_can_restore(handler: Handler) -> None:
+    """The pod's handler must restore through CRIU, and CRIU must work on this kernel."""
+    can = await handler_availability(handler.runtime)
+    if not can.available:
+        raise FailedPrecondition(f"runtime handler {handler.name!r} cannot restore a checkpoint: {can.reason}")
+    criu = await criu_availability()
+    if not criu.available:
+        raise FailedPrecondition(f"restore from a checkpoint is unavailable on this node: {criu.reason}")
+
+
+def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path: Path) -> None:
+    """Blocking: the writable layer's changes onto the mounted rootfs, CRIU's images into the bundle,
+    and the checkpointed log at the new log path, so the restored process's log continues it."""
+    root = source.unpacked.root
+    diff = root / archive.ROOTFS_DIFF
+    if diff.is_file():
+        try:
+            with tarfile.open(diff, "r:") as tar:
+                for member in tar:  # no member leads out of the rootfs (checked against the mounted tree)
+                    safe_tar.extract(tar, member, rootfs, strict=False)
+        except (tarfile.TarError, OSError) as exc:
+            raise InvalidArgument(f"{FIELD}: {archive.ROOTFS_DIFF} of {source.archive_path!r} "
+                                  f"cannot be applied: {exc}") from None  # fmt: skip
+    for path in source.unpacked.deleted:
+        _remove_inside(rootfs, path)
+    os.rename(root / archive.CHECKPOINT_DIRECTORY, bundle / archive.CHECKPOINT_DIRECTORY)
+    old_log = root / archive.CONTAINER_LOG
+    if old_log.is_file() and not log_path.exists():
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(old_log, log_path)
+
+
+def _remove_inside(rootfs: Path, path: str) -> None:
+    """Removes `path` of the container, never following a symlink out of its rootfs."""
+    target = rootfs / path.lstrip("/")
+    real_root = os.path.realpath(rootfs)
+    parent = os.path.realpath(target.parent)
+    if os.path.commonpath([real_root, parent]) != real_root:
+        log.warning("deleted file %s of the checkpoint leads out of the rootfs; left alone", path)
+        return
+    target = Path(parent) / target.name
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()

@@ -1,0 +1,117 @@
+"""Restore into a new pod, its second half: StartContainer of a container made from a checkpoint.
+
+    conmon --restore <bundle>/checkpoint  ->  runc restore --detach (CRIU)  ->  pids recorded  ->  RUNNING
+
+conmon's restore mode runs `runc restore` in place of `runc create`, so conmon
+holds the restored process's stdio and writes its log (at the new pod's log
+path, which create carried the checkpointed log into, so the log continues) as
+for any container. The process exists only once CRIU has restored it, so its
+pid and conmon's are recorded here (`update_meta`), not at create. A restore
+that fails leaves no conmon, runc state or CRIU behind: the container is
+EXITED with CRIU's reason, as a failed `runc start` leaves one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
+from crishim.runtime.bundle import read_runtime_spec
+from crishim.runtime.checkpoint import archive
+from crishim.runtime.container import launch as launching
+from crishim.runtime.errors import FailedPrecondition
+from crishim.runtime.ids import now_ns
+from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import steps as nri_steps
+from crishim.runtime.services import Handler, Services
+from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_EXITED, CONTAINER_RUNNING, Container
+
+log = logging.getLogger("crishim.checkpoint")
+
+# CRIU reads every page back in: a container of gigabytes takes a while on a slow disk.
+RESTORE_TIME_LIMIT = 300.0
+RESTORE_FAILED_EXIT_CODE = 128
+
+
+async def restore_container(svc: Services, handler: Handler, record: Container) -> Container:
+    """Restores the container from the CRIU images in its bundle; returns its record, RUNNING."""
+    meta = record.meta
+    bundle = Path(meta.bundle)
+    containers = svc.state.containers
+    started_at = now_ns()
+    containers.update_status(meta.id, lambda s: dataclasses.replace(s, starting=True))
+    try:
+        await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, meta.id)
+        result = await launching.launch(
+            svc, handler, meta.id, bundle,
+            log_path=Path(meta.log_path) if meta.log_path else bundle / "container.log",
+            tty=meta.tty, stdin=meta.stdin, stdin_once=meta.stdin_once, cgroups_path=meta.cgroups_path,
+            restore_from=bundle / archive.CHECKPOINT_DIRECTORY, time_limit=RESTORE_TIME_LIMIT,
+        )  # fmt: skip
+    except Exception as exc:
+        raise await _failed(svc, handler, record, exc) from exc
+    containers.update_meta(meta.id, lambda m: dataclasses.replace(m, pid=result.pid, conmon_pid=result.conmon_pid))
+    await _set_hostname(bundle, result.pid)
+    svc.monitor.watch(meta.id, result.conmon_pid)
+    restored = containers.update_status(
+        meta.id,
+        lambda s: dataclasses.replace(
+            s,
+            starting=False,
+            restore_pending=False,
+            state=CONTAINER_RUNNING if s.state == CONTAINER_CREATED else s.state,
+            started_at=started_at,
+        ),
+    )
+    # The images are in the process now; a container of gigabytes should not keep them twice.
+    await asyncio.to_thread(shutil.rmtree, bundle / archive.CHECKPOINT_DIRECTORY, True)
+    log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
+    return restored
+
+
+async def _set_hostname(bundle: Path, pid: int) -> None:
+    """The new pod's hostname, in the restored process's UTS namespace.
+
+    CRIU writes the checkpointed hostname back (the old pod's) into the UTS namespace
+    it restores into, even the new pod's that runc has it join; the spec names the
+    new pod's, which the pod's other containers see too. A failure is logged: the
+    process runs, under the old name.
+    """
+    spec = await asyncio.to_thread(read_runtime_spec, bundle)
+    hostname = (spec or {}).get("hostname")
+    if not hostname:
+        return  # the host's UTS namespace (host network): not ours to rename
+    proc = await asyncio.create_subprocess_exec(
+        "nsenter", f"--uts=/proc/{pid}/ns/uts", "--", "hostname", str(hostname),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        log.warning("restored process %d keeps its checkpointed hostname: %s", pid, err.decode(errors="replace"))
+
+
+async def _failed(svc: Services, handler: Handler, record: Container, exc: Exception) -> FailedPrecondition:
+    """Cleans up what the restore started and records why it failed; returns the error to raise."""
+    meta = record.meta
+    criu = await asyncio.to_thread(dump_log_errors, Path(meta.bundle), RESTORE_LOG)
+    message = f"restore of container {meta.id} failed: {exc}" + (f" (CRIU: {criu})" if criu else "")
+    await launching.kill_and_delete(svc, handler, meta.id)
+    svc.state.containers.update_status(
+        meta.id,
+        lambda s: dataclasses.replace(
+            s,
+            starting=False,
+            restore_pending=False,
+            state=CONTAINER_EXITED,
+            started_at=s.started_at or now_ns(),
+            finished_at=now_ns(),
+            exit_code=RESTORE_FAILED_EXIT_CODE,
+            reason="StartError",
+            message=message[:4096],
+        ),
+    )
+    return FailedPrecondition(message)

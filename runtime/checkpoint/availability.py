@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass
 
 from crishim.oci.runtime import OciRuntime
+from crishim.runtime.errors import FailedPrecondition
 
 CHECK_TIME_LIMIT = 30.0
 # Status answers within this even while a first `criu check` runs (it goes on in the background).
@@ -138,3 +139,15 @@ async def _support(runtime: OciRuntime) -> Availability:
     if not can.available:
         return can
     return await criu_availability()
+
+
+async def require_criu(runtime: OciRuntime, handler_name: str, doing: str, feature: str) -> None:
+    """FailedPrecondition unless the handler's runtime and this node's CRIU can do it: the
+    handler's reason first (crun here has no CRIU), then `criu check`'s. `doing` completes
+    "runtime handler X cannot ...", `feature` "... is unavailable on this node"."""
+    can = await handler_availability(runtime)
+    if not can.available:
+        raise FailedPrecondition(f"runtime handler {handler_name!r} cannot {doing}: {can.reason}")
+    criu = await criu_availability()
+    if not criu.available:
+        raise FailedPrecondition(f"{feature} is unavailable on this node: {criu.reason}")

@@ -25,7 +25,7 @@ from crishim.oci import checkpoint as oci_checkpoint
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
-from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
+from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
@@ -50,12 +50,7 @@ async def checkpoint_container(svc: Services, container_id: str, location: str, 
                 "can be checkpointed"
             )
         handler = svc.handler(record.meta.runtime_handler)
-        can = await handler_availability(handler.runtime)
-        if not can.available:
-            raise FailedPrecondition(f"runtime handler {handler.name!r} cannot checkpoint: {can.reason}")
-        criu = await criu_availability()
-        if not criu.available:
-            raise FailedPrecondition(f"checkpoint is unavailable on this node: {criu.reason}")
+        await require_criu(handler.runtime, handler.name, "checkpoint", "checkpoint")
         try:
             async with asyncio.timeout(seconds):
                 await _checkpoint(svc, handler, record, target, seconds)

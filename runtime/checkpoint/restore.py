@@ -32,7 +32,7 @@ from typing import Any
 from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
 from crishim.runtime.checkpoint import archive, safe_tar
-from crishim.runtime.checkpoint.availability import criu_availability, handler_availability
+from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crishim.runtime.services import Handler, Services
 
@@ -122,12 +122,7 @@ def base_image(svc: Services, source: RestoreSource, image_set: str) -> str:
 
 async def check_can_restore(handler: Handler) -> None:
     """The pod's handler must restore through CRIU, and CRIU must work on this kernel."""
-    can = await handler_availability(handler.runtime)
-    if not can.available:
-        raise FailedPrecondition(f"runtime handler {handler.name!r} cannot restore a checkpoint: {can.reason}")
-    criu = await criu_availability()
-    if not criu.available:
-        raise FailedPrecondition(f"restore from a checkpoint is unavailable on this node: {criu.reason}")
+    await require_criu(handler.runtime, handler.name, "restore a checkpoint", "restore from a checkpoint")
 
 
 def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path: Path) -> None:

@@ -67,7 +67,11 @@ async def reconcile(svc: Services) -> None:
         if container.status.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
             continue
         if container.status.restore_pending:
-            continue  # made from a checkpoint, not yet restored: no process, so nothing to watch or exit
+            # Made from a checkpoint and not restored: no process to watch, unless a restore was under way.
+            from crishim.runtime.checkpoint.restore_start import undo_interrupted
+
+            exited += await undo_interrupted(svc, container)
+            continue
         meta = container.meta
         if conmon.is_conmon_of(meta.conmon_pid, meta.id):
             svc.monitor.watch(meta.id, meta.conmon_pid)

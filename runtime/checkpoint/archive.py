@@ -1,4 +1,4 @@
-"""The checkpoint archive: one uncompressed tar in the layout CRI-O and Podman write.
+"""The checkpoint archive: one tar in the layout CRI-O and Podman write (read back compressed too).
 
 checkpointctl and the other runtimes read these members, so their names and
 formats are an interface, kept in this one module:
@@ -91,8 +91,9 @@ def go_time(ns: int) -> str:
     return f"{base}.{nanos:09d}".rstrip("0").rstrip(".") + "Z"
 
 
-def config_dump(info: ContainerInfo, checkpointed_at_ns: int) -> bytes:
-    config = {
+def config_dump(info: ContainerInfo, checkpointed_at_ns: int, provenance: dict[str, Any] | None = None) -> bytes:
+    """checkpointctl's ContainerConfig, plus where it was taken (provenance.py) under a key readers ignore."""
+    config: dict[str, Any] = {
         "id": info.id,
         "name": info.name,
         "rootfsImage": info.image,
@@ -104,6 +105,8 @@ def config_dump(info: ContainerInfo, checkpointed_at_ns: int) -> bytes:
         "restoredTime": go_time(0),
         "restored": False,
     }
+    if provenance:
+        config["crishim"] = provenance
     return json.dumps(config, indent=2).encode()
 
 
@@ -285,7 +288,7 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
     nothing behind.
     """
     try:
-        with tarfile.open(location, "r:*") as tar:
+        with _open_tar(location) as tar:
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
@@ -306,6 +309,32 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
         if isinstance(exc, tarfile.TarError | EOFError):
             raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
         raise
+
+
+# zstd's frame magic: tarfile opens gzip, bzip2 and xz by itself, not zstd.
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@contextlib.contextmanager
+def _open_tar(location: Path) -> Iterator[tarfile.TarFile]:
+    """The archive as a tar, plain or compressed as the engines export it (gzip, bzip2, xz, zstd)."""
+    with open(location, "rb") as raw:
+        if raw.read(4) != _ZSTD_MAGIC:
+            raw.seek(0)
+            with tarfile.open(fileobj=raw, mode="r:*") as tar:
+                yield tar
+            return
+        raw.seek(0)
+        import zstandard  # only for a zstd archive, never at start-up
+
+        try:
+            with (
+                zstandard.ZstdDecompressor().stream_reader(raw) as stream,
+                tarfile.open(fileobj=stream, mode="r|") as tar,
+            ):
+                yield tar
+        except zstandard.ZstdError as exc:
+            raise CorruptArchive(f"its zstd stream is corrupt: {exc}") from exc
 
 
 def _json_member(root: Path, name: str, kind: type) -> Any:

@@ -20,11 +20,12 @@ import shutil
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 from crishim.oci import checkpoint as oci_checkpoint
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint import archive, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
@@ -75,7 +76,8 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         paths.images.mkdir(mode=0o700)
         checkpointed_at = now_ns()
         deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort)
-        members = _members(svc, record, spec, stage, deleted, checkpointed_at)
+        origin = (await provenance.this_node()).as_dict()
+        members = _members(svc, record, spec, stage, deleted, checkpointed_at, origin)
         partial = archive.partial_path(target, stage.name)
         await asyncio.to_thread(record_partial, stage, partial)  # for a restart after kill -9 to remove it
         await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
@@ -136,7 +138,13 @@ def _mount_points(spec: dict[str, object]) -> frozenset[str]:
 
 
 def _members(
-    svc: Services, record: Container, spec: dict[str, object], stage: Path, deleted: list[str], at: int
+    svc: Services,
+    record: Container,
+    spec: dict[str, object],
+    stage: Path,
+    deleted: list[str],
+    at: int,
+    origin: dict[str, Any],
 ) -> list[archive.Member]:
     meta = record.meta
     sandbox = svc.state.sandboxes.get(meta.sandbox_id).meta
@@ -157,7 +165,7 @@ def _members(
     }
     members = [
         archive.Member(archive.CHECKPOINT_DIRECTORY, path=stage / archive.CHECKPOINT_DIRECTORY),
-        archive.Member(archive.CONFIG_DUMP, data=archive.config_dump(info, at)),
+        archive.Member(archive.CONFIG_DUMP, data=archive.config_dump(info, at, origin)),
         archive.Member(archive.SPEC_DUMP, data=archive.spec_dump(spec, cri_names)),
         archive.Member(archive.ROOTFS_DIFF, path=stage / archive.ROOTFS_DIFF),
         archive.Member(archive.DELETED_FILES, data=archive.deleted_files(deleted)),

@@ -1,6 +1,7 @@
 """Restore into a new pod, its first half: CreateContainer whose image is a checkpoint archive.
 
     absolute path? -> archive there? (NOT_FOUND) -> unpack and check (INVALID_ARGUMENT)
+      -> taken on this architecture, by a CRIU no newer? (provenance.py: FAILED_PRECONDITION)
       -> base image in the store? (FAILED_PRECONDITION) -> handler can? -> CRIU can?
       -> [create.py: the base image's overlay, rootfs-diff.tar applied, deleted.files removed,
           CRIU's images into the bundle, the spec built for the NEW pod; no process]
@@ -31,7 +32,7 @@ from typing import Any
 
 from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
-from crishim.runtime.checkpoint import archive, safe_tar
+from crishim.runtime.checkpoint import archive, provenance, safe_tar
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from crishim.runtime.services import Handler, Services
@@ -104,20 +105,37 @@ def restored_config(config: api_pb2.ContainerConfig, base_image: str, spec: dict
 
 def base_image(svc: Services, source: RestoreSource, image_set: str) -> str:
     """The base image, as config.dump names it, which must be in the store: the archive holds
-    only the changes to it. Returns the name it was found by."""
+    only the changes to it. Found by its ID first; returned by the name it was pulled by when
+    that name still means the same image, so the restored container reports a name, not an ID."""
     config = source.unpacked.config
     names = [name for name in (config.get(key) for key in BASE_IMAGE_KEYS) if isinstance(name, str) and name]
     if not names:
         raise InvalidArgument(f"{FIELD}: the checkpoint's {archive.CONFIG_DUMP} names no base image")
     for name in names:
         with contextlib.suppress(image_errors.ImageError, ValueError):
-            svc.images.resolve(name, image_set)
-            return name
+            found = svc.images.resolve(name, image_set)
+            return _same_image_name(svc, config, found.id, image_set) or name
     name = config.get("rootfsImageName") or names[0]
     raise FailedPrecondition(
         f"the base image {name!r} of checkpoint {source.archive_path!r} is not in the image store: "
         f"pull it first (crictl pull {name})"
     )
+
+
+def _same_image_name(svc: Services, config: dict[str, Any], image_id: str, image_set: str) -> str | None:
+    for key in ("rootfsImage", "rootfsImageName"):  # as the user named it, then as pulled
+        name = config.get(key)
+        if isinstance(name, str) and name and not name.startswith("sha256:"):
+            with contextlib.suppress(image_errors.ImageError, ValueError):
+                if svc.images.resolve(name, image_set).id == image_id:
+                    return name
+    return None
+
+
+async def check_provenance(source: RestoreSource) -> None:
+    """Refuses an archive from another architecture or a newer CRIU or format (provenance.py)."""
+    node = await provenance.this_node()
+    provenance.check_restorable(source.unpacked.config, node, source.archive_path)
 
 
 async def check_can_restore(handler: Handler) -> None:

@@ -8,7 +8,9 @@ path, which create carried the checkpointed log into, so the log continues) as
 for any container. The process exists only once CRIU has restored it, so its
 pid and conmon's are recorded here (`update_meta`), not at create. A restore
 that fails leaves no conmon, runc state or CRIU behind: the container is
-EXITED with CRIU's reason, as a failed `runc start` leaves one.
+EXITED with CRIU's reason, as a failed `runc start` leaves one. So is a restore
+the daemon was killed in (`undo_interrupted`, at start-up): its pids were never
+recorded, so its conmon is ended rather than adopted half-known.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from crishim.oci import conmon, processes
 from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
@@ -71,6 +74,26 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     await asyncio.to_thread(shutil.rmtree, bundle / archive.CHECKPOINT_DIRECTORY, True)
     log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
     return restored
+
+
+async def undo_interrupted(svc: Services, record: Container) -> bool:
+    """At start-up, for a container still `restore_pending`: if a StartContainer had begun its
+    restore (a conmon of it lives, or left its exit file) when the daemon died, ends what it
+    started and records the container EXITED with StartError. Returns whether it had begun."""
+    meta = record.meta
+    exits_dir = svc.config.exits_dir
+    live = (await asyncio.to_thread(conmon.conmons_for, exits_dir)).get(meta.id, [])
+    began = bool(live) or meta.conmon_pid > 0 or conmon.exit_file_path(exits_dir, meta.id).exists()
+    if not began:
+        return False  # never started: it waits, CREATED, for StartContainer
+    for pid in live:  # conmon, the `runc restore` below it, CRIU and the tasks it was bringing back
+        await asyncio.to_thread(processes.kill_tree, pid)
+    interrupted = RuntimeError(
+        "the daemon was killed while CRIU restored it; create the container again from its checkpoint"
+    )
+    error = await _failed(svc, svc.handler(meta.runtime_handler), record, interrupted)
+    log.warning("%s (conmon %s ended)", error, live or meta.conmon_pid)
+    return True
 
 
 async def _set_hostname(bundle: Path, pid: int) -> None:

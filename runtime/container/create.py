@@ -86,6 +86,7 @@ async def _create_restored(
     """A container made from a checkpoint archive (runtime/checkpoint/restore.py), restore pending."""
     source = await restore.restore_source(svc, config, container_id)
     try:
+        await restore.check_provenance(source)
         async with svc.locks.hold("sandbox:" + sandbox_id):
             sandbox = ready_sandbox(svc, sandbox_id)
             handler = svc.handler(sandbox.runtime_handler)

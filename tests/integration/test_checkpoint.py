@@ -498,10 +498,15 @@ def _restore_config(name: str, location: Path | str) -> pb.ContainerConfig:
     )
 
 
-def _synthetic_archive(location: Path, base_image: str, *, without: str = "") -> Path:
+def _synthetic_archive(
+    location: Path, base_image: str, *, without: str = "", origin: dict[str, object] | None = None
+) -> Path:
     """An archive in the layout, with no real CRIU images: enough for every check before CRIU runs."""
+    config: dict[str, object] = {"id": "f" * 64, "name": "app", "rootfsImageName": base_image}
+    if origin is not None:
+        config["crishim"] = origin
     members = {
-        "config.dump": json.dumps({"id": "f" * 64, "name": "app", "rootfsImageName": base_image}).encode(),
+        "config.dump": json.dumps(config).encode(),
         "spec.dump": json.dumps({"process": {"args": ["sleep", "600"], "env": ["A=1"], "cwd": "/"}}).encode(),
         "deleted.files": b"[]",
     }
@@ -563,6 +568,29 @@ def test_restore_from_a_corrupt_archive_is_invalid_argument(
     error = refusal(lambda: _create_restored(live_daemon, restore_pod, "corrupt", location))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert "is not a usable checkpoint archive" in error.details()
+    _nothing_left(live_daemon, restore_pod[0])
+
+
+@pytest.mark.parametrize(
+    ("origin", "said"),
+    [
+        ({"format": 1, "architecture": "s390x", "criuVersion": "3.17.1"}, "was taken on an s390x node"),
+        ({"format": 1, "architecture": "", "criuVersion": "99.0"}, "dumped by CRIU 99.0, newer than this node's"),
+        ({"format": 7, "architecture": "", "version": "9.9.9"}, "is in checkpoint format 7, written by crishim 9.9.9"),
+    ],
+    ids=["another architecture", "a newer criu", "a newer format"],
+)
+def test_restore_of_an_archive_this_node_cannot_run_is_refused_saying_why(
+    live_daemon: Daemon, busybox: str, restore_pod: tuple[str, pb.PodSandboxConfig], tmp_path: Path,
+    origin: dict[str, object], said: str,
+) -> None:  # fmt: skip
+    if origin.get("criuVersion") == "99.0" and shutil.which("criu") is None:
+        pytest.skip("without criu the node's CRIU version is unknown, so a newer one is not refused")
+    location = _synthetic_archive(tmp_path / "c.tar", busybox, origin=origin)
+    error = refusal(lambda: _create_restored(live_daemon, restore_pod, "elsewhere", location))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    assert f"checkpoint {str(location)!r} " in error.details()
+    assert said in error.details()
     _nothing_left(live_daemon, restore_pod[0])
 
 
@@ -653,6 +681,17 @@ def test_counter_is_restored_in_a_new_pod_and_counts_on(
     start(live_daemon, cid)
     status = container_status(live_daemon, cid)
     assert status.state == pb.CONTAINER_RUNNING, status
+    # It reports the image it was checkpointed from by that image's name, not by an ID.
+    assert status.image.image == container_status(live_daemon, counter).image.image, status.image
+    assert status.image_ref == container_status(live_daemon, counter).image_ref
+    # The archive says where it was taken, so another node can tell whether it can restore it.
+    with tarfile.open(location) as tar:
+        dumped = tar.extractfile("config.dump")
+        assert dumped is not None
+        origin = json.loads(dumped.read())["crishim"]
+    assert origin["architecture"] in {"amd64", "arm64"}
+    assert origin["format"] == 1
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", origin["criuVersion"]), origin
     # The shell's counter lives in its memory: restored, it goes on from the checkpoint, not from 1.
     first = _count(live_daemon, cid)
     assert first >= at_checkpoint, (first, at_checkpoint)
@@ -726,6 +765,48 @@ def test_a_restore_pending_container_survives_a_daemon_restart(own_daemon: tuple
         # ... and restored by the new daemon, counting on from the checkpoint.
         assert container_status(daemon, restored).state == pb.CONTAINER_RUNNING
         assert _count(daemon, restored) >= _archived_count(location)
+    finally:
+        remove_pod(daemon, new_sid)
+        remove_pod(daemon, old_sid)
+
+
+def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
+    own_daemon: tuple[Daemon, str], tmp_path: Path
+) -> None:
+    needs_criu()
+    daemon, image = own_daemon
+    old_sid, old_cfg = run_pod(daemon, "checkpoint-holder", handler="runc")
+    new_sid, new_cfg = run_pod(daemon, "restore-kill9", handler="runc")
+    try:
+        holder = _start_holder(daemon, old_sid, old_cfg, image)
+        location = tmp_path / "holder.tar"
+        _checkpoint(daemon, holder, str(location))
+        _remove(daemon, holder)
+        cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
+        assert daemon.proc is not None
+        daemon_pid = daemon.proc.pid
+        call = threading.Thread(target=rpc_code, args=(lambda: start(daemon, cid),))
+        call.start()
+        # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies now.
+        criu = eventually(
+            lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
+        )  # fmt: skip
+        daemon.kill9()
+        call.join(30)
+        daemon.start()
+        # The restarted daemon ended conmon, runc and CRIU, and says why the container did not start.
+        eventually(
+            lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
+            what="the interrupted restore's CRIU to be ended",
+        )  # fmt: skip
+        status = container_status(daemon, cid)
+        assert status.state == pb.CONTAINER_EXITED, status
+        assert status.reason == "StartError", status
+        assert "the daemon was killed while CRIU restored it" in status.message, status.message
+        assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
+        bundle = _bundle(daemon, cid)
+        remove_container(daemon, cid)
+        assert not bundle.exists()
     finally:
         remove_pod(daemon, new_sid)
         remove_pod(daemon, old_sid)

@@ -219,3 +219,52 @@ def test_cut_rootfs_diff_is_refused(tmp_path: Path) -> None:
     with pytest.raises(archive.CorruptArchive):
         archive.unpack_archive(_written(tmp_path, diff=whole.read_bytes()[:20000]), dest, threading.Event())
     assert list(dest.iterdir()) == []
+
+
+def _compressed(plain: Path, kind: str) -> Path:
+    data = plain.read_bytes()
+    if kind == "gzip":
+        import gzip
+
+        packed = gzip.compress(data)
+    elif kind == "xz":
+        import lzma
+
+        packed = lzma.compress(data)
+    else:
+        import zstandard
+
+        packed = zstandard.ZstdCompressor().compress(data)
+    location = plain.with_suffix(f".tar.{kind}")
+    location.write_bytes(packed)
+    return location
+
+
+@pytest.mark.parametrize("kind", ["gzip", "xz", "zstd"])
+def test_compressed_archive_unpacks_as_the_plain_one(tmp_path: Path, kind: str) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    unpacked = archive.unpack_archive(_compressed(_written(tmp_path), kind), dest, threading.Event())
+    assert unpacked.config == {"id": "c1"}
+    assert unpacked.deleted == ["/etc/group"]
+    assert (dest / "checkpoint" / "inventory.img").read_bytes() == b"\x01" * 64
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_truncated_compressed_archive_is_refused_and_leaves_nothing(tmp_path: Path, kind: str) -> None:
+    location = _compressed(_written(tmp_path), kind)
+    data = location.read_bytes()
+    location.write_bytes(data[: len(data) // 2])
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive):
+        archive.unpack_archive(location, dest, threading.Event())
+    assert list(dest.iterdir()) == []
+
+
+def test_config_dump_records_where_it_was_taken_under_its_own_key() -> None:
+    info = archive.ContainerInfo("c" * 64, "counter", "busybox", "sha256:" + "a" * 64, "", "runc", 1)
+    origin = {"format": 1, "architecture": "amd64", "criuVersion": "3.17.1", "version": "0.1.0"}
+    config = json.loads(archive.config_dump(info, 2, origin))
+    assert config["crishim"] == origin
+    assert config["rootfsImageName"] == "busybox"  # checkpointctl's fields unchanged beside it

@@ -62,3 +62,23 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def naming(argument: str) -> list[int]:
+    """Blocking: every live process with `argument` as one whole word of its command line.
+
+    A container ID is 64 hex digits: only the conmon, runc or crun working on that container
+    carry it, so this finds, for instance, a `runc restore` whose conmon has exited.
+    """
+    wanted = argument.encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in words and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

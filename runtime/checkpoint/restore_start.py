@@ -23,6 +23,7 @@ from pathlib import Path
 
 from crishim.oci import conmon, processes
 from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
+from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
 from crishim.runtime.container import launch as launching
@@ -78,21 +79,43 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
 
 async def undo_interrupted(svc: Services, record: Container) -> bool:
     """At start-up, for a container still `restore_pending`: if a StartContainer had begun its
-    restore (a conmon of it lives, or left its exit file) when the daemon died, ends what it
-    started and records the container EXITED with StartError. Returns whether it had begun."""
+    restore when the daemon died, ends what it started and records the container EXITED with
+    StartError. Returns whether it had begun.
+
+    Begun means any trace of it: a conmon or runc of the container alive, conmon's exit
+    file, CRIU's restore log in the bundle, or runc's state of it (conmon may have given up
+    when the daemon's end of its sync pipe closed, leaving `runc restore` and CRIU, or the
+    restored process, to run on alone)."""
     meta = record.meta
+    handler = svc.handler(meta.runtime_handler)
     exits_dir = svc.config.exits_dir
     live = (await asyncio.to_thread(conmon.conmons_for, exits_dir)).get(meta.id, [])
-    began = bool(live) or meta.conmon_pid > 0 or conmon.exit_file_path(exits_dir, meta.id).exists()
-    if not began:
+    # conmon's, and a `runc restore` that outlived its conmon, with CRIU and its tasks below it.
+    live += [pid for pid in await asyncio.to_thread(processes.naming, meta.id) if pid not in live]
+    traces = [
+        bool(live),
+        meta.conmon_pid > 0,
+        conmon.exit_file_path(exits_dir, meta.id).exists(),
+        (Path(meta.bundle) / RESTORE_LOG).exists(),
+        await _runtime_knows(handler, meta.id),
+    ]
+    if not any(traces):
         return False  # never started: it waits, CREATED, for StartContainer
-    for pid in live:  # conmon, the `runc restore` below it, CRIU and the tasks it was bringing back
+    for pid in live:  # conmon, `runc restore`, CRIU and the tasks it was bringing back
         await asyncio.to_thread(processes.kill_tree, pid)
     interrupted = RuntimeError(
         "the daemon was killed while CRIU restored it; create the container again from its checkpoint"
     )
-    error = await _failed(svc, svc.handler(meta.runtime_handler), record, interrupted)
+    error = await _failed(svc, handler, record, interrupted)
     log.warning("%s (conmon %s ended)", error, live or meta.conmon_pid)
+    return True
+
+
+async def _runtime_knows(handler: Handler, container_id: str) -> bool:
+    try:
+        await handler.runtime.state(container_id)
+    except OciError:
+        return False
     return True
 
 

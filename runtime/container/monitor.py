@@ -33,6 +33,11 @@ class ExitMonitor:
             return
         loop = asyncio.get_running_loop()
         self._waiters.setdefault(object_id, asyncio.Event())
+        if conmon_pid <= 0:
+            # No conmon ever ran (a container made from a checkpoint and never restored):
+            # nothing to wait for, and pidfd_open(0) would be EINVAL.
+            self._fire(object_id)
+            return
         try:
             fd = os.pidfd_open(conmon_pid)
         except ProcessLookupError:

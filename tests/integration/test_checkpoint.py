@@ -46,6 +46,7 @@ from tests.support.cri import (
     start,
     start_container,
     stop,
+    stop_pod,
 )
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.images import TestImages
@@ -604,6 +605,26 @@ def test_restore_without_its_base_image_is_failed_precondition_naming_it(
     assert f"the base image {absent!r}" in error.details()
     assert "is not in the image store" in error.details()
     _nothing_left(live_daemon, restore_pod[0])
+
+
+def test_a_pod_holding_a_restored_container_never_started_stops_and_is_removed(
+    live_daemon: Daemon, busybox: str, tmp_path: Path
+) -> None:
+    needs_criu()
+    sid, config = run_pod(live_daemon, "restore-never-started", handler="runc")
+    try:
+        location = _synthetic_archive(tmp_path / "c.tar", busybox)
+        cid = _create_restored(live_daemon, (sid, config), "waiting", location)
+        assert container_status(live_daemon, cid).state == pb.CONTAINER_CREATED
+        bundle = _bundle(live_daemon, cid)
+        # No conmon ever ran for it: stopping the pod records it exited, and removal takes it whole.
+        stop_pod(live_daemon, sid)
+        assert container_status(live_daemon, cid).state == pb.CONTAINER_EXITED
+    finally:
+        remove_pod(live_daemon, sid)
+    listed = live_daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
+    assert [c.id for c in listed if c.pod_sandbox_id == sid] == []
+    assert not bundle.exists()
 
 
 def test_restore_on_a_handler_without_criu_is_refused_naming_it(

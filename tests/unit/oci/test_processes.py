@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from crishim.oci import processes
@@ -39,3 +40,17 @@ def test_a_zombie_counts_as_not_alive() -> None:
     assert not processes.alive(child.pid)
     child.wait()
     assert not processes.alive(child.pid)
+
+
+def test_naming_finds_the_processes_that_carry_an_argument_whole() -> None:
+    word = uuid.uuid4().hex * 2  # as long as a container ID, and this test's alone
+    carrier = subprocess.Popen(["sh", "-c", "sleep 300", "sh", word])
+    prefix = subprocess.Popen(["sh", "-c", "sleep 300", "sh", word[:40]])
+    try:
+        assert processes.naming(word) == [carrier.pid]
+        processes.kill_tree(carrier.pid)
+        assert processes.naming(word) == []
+    finally:
+        for proc in (carrier, prefix):
+            proc.kill()
+            proc.wait()

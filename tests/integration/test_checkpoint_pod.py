@@ -41,7 +41,7 @@ from tests.support.cri import (
     start_container,
     stop_pod,
 )
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 
 pytestmark = pytest.mark.root
 
@@ -177,6 +177,24 @@ def test_unknown_option_is_invalid_argument_naming_it(
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
     assert "options 'compress' are not known" in error.details()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_what_a_killed_pod_checkpoint_left_is_removed_at_start_up(tmp_path: Path) -> None:
+    """A daemon killed mid-CheckpointPod leaves its stage in the pod's directory and a partial
+    pod archive beside output_path (both made here as it makes them); the next start removes them."""
+    with running_daemon() as daemon:
+        sid, _ = run_pod(daemon, "ckpod-killed")
+        stage = daemon.root / "sandboxes" / sid / ".checkpoint-interrupted"
+        stage.mkdir()
+        (stage / "aaaa.tar").write_bytes(b"a container's archive")
+        partial = tmp_path / ".pod.tar.checkpoint-interrupted.partial"
+        partial.write_bytes(b"half a pod archive")
+        (stage / "archive.partial").write_text(str(partial))
+        daemon.kill9()
+        daemon.start()
+        assert not stage.exists()
+        assert not partial.exists()
+        assert pod_status(daemon, sid).status.state == pb.SANDBOX_READY  # the pod itself is left alone
 
 
 # -- RestorePod's refusals, on every node ---------------------------------------------------------

@@ -43,6 +43,16 @@ DEFAULT_TIMEOUT_SECONDS = 300
 async def checkpoint_container(svc: Services, container_id: str, location: str, timeout_seconds: int) -> None:
     target = checked_location(location)
     seconds = timeout_seconds if timeout_seconds > 0 else DEFAULT_TIMEOUT_SECONDS
+    await checkpoint_to(svc, container_id, target, seconds)
+    log.info("checkpointed container %s to %s", container_id, target)
+
+
+async def checkpoint_to(svc: Services, container_id: str, target: Path, seconds: int) -> None:
+    """One container's archive at `target` (a checked path), within `seconds`, or no archive at all.
+
+    CheckpointContainer writes it where the caller named; CheckpointPod (pod.py) into its
+    staging directory, one archive per container of the pod.
+    """
     async with svc.locks.hold(container_id):
         record = svc.state.containers.get(container_id)
         if record.status.state != CONTAINER_RUNNING:
@@ -60,7 +70,6 @@ async def checkpoint_container(svc: Services, container_id: str, location: str, 
                 f"checkpoint of container {container_id} did not finish within {seconds}s; "
                 "CRIU was stopped, the container left running and no archive written"
             ) from None
-    log.info("checkpointed container %s to %s", container_id, target)
 
 
 async def _checkpoint(svc: Services, handler: Handler, record: Container, target: Path, seconds: float) -> None:

@@ -6,6 +6,8 @@ mid-checkpoint leaves that directory, possibly runc and CRIU still running (they
 have a session of their own), a half-written archive, and the container paused.
 At start-up `collect_interrupted` ends all of it and resumes the container, so a
 kill -9 never leaves a frozen container, a stray CRIU or a partial archive.
+CheckpointPod stages in the pod's directory the same way (its containers'
+archives, and the name of its partial pod archive), removed at start-up too.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ async def collect_interrupted(svc: Services) -> None:
             log.warning("container %s: ended a checkpoint interrupted by a restart (processes %s)",
                         record.meta.id[:13], ended)  # fmt: skip
         await _resume_if_paused(svc, record.meta.id, record.meta.runtime_handler)
+    # CheckpointPod's stages, in the pod's directory: its containers' archives, its partial pod archive.
+    sandboxes = list(svc.state.sandboxes.all())
+    pod_stages = await asyncio.to_thread(lambda: [s for p in sandboxes for s in stages_of(Path(p.meta.bundle))])
+    for stage in pod_stages:
+        await asyncio.to_thread(clean_stage, stage)
+        log.warning("pod sandbox %s: removed a pod checkpoint interrupted by a restart", stage.parent.name[:13])
 
 
 async def _resume_if_paused(svc: Services, container_id: str, handler_name: str) -> None:

@@ -153,3 +153,27 @@ class SandboxRpcs:
         sandboxes = self._list_sandboxes(request)
         for answer in _items.batches(api_pb2.StreamPodSandboxesResponse, "pod_sandboxes", sandboxes):
             yield answer
+
+    @cri_rpc
+    async def CheckpointPod(
+        self, request: api_pb2.CheckpointPodRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.CheckpointPodResponse:
+        from crishim.runtime.checkpoint.pod import checkpoint_pod  # tarfile, CRIU: not for an idle daemon
+
+        sid = sandbox_id(self.svc, request.pod_sandbox_id)
+        await checkpoint_pod(self.svc, sid, request.output_path, list(request.container_ids), request.options)
+        return api_pb2.CheckpointPodResponse()
+
+    @cri_rpc
+    async def RestorePod(
+        self, request: api_pb2.RestorePodRequest, context: grpc.aio.ServicerContext
+    ) -> api_pb2.RestorePodResponse:
+        from crishim.runtime.checkpoint.pod_restore import restore_pod
+
+        restored = await restore_pod(self.svc, request)
+        return api_pb2.RestorePodResponse(
+            pod_sandbox_id=restored.sandbox_id,
+            restored_containers=[
+                api_pb2.RestoredContainer(name=name, container_id=cid) for name, cid in restored.containers
+            ],
+        )

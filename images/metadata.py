@@ -158,7 +158,8 @@ def manifest_annotations(manifest: str) -> dict[str, str]:
 
     Read from the manifest kept with the image rather than a column of their own, so
     images stored before annotations were shown have theirs too; most manifests have
-    none, and those are not parsed at all."""
+    none, and those are not parsed at all. An image is its config: a second manifest
+    of the same config (another registry's, say) adds names, and the first's annotations stay."""
     if '"annotations"' not in manifest:
         return {}
     try:

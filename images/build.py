@@ -398,7 +398,7 @@ def build_index(images: Sequence[BuiltImage], *, docker: bool = False) -> BuiltI
 # --------------------------------------------------------------------------- layout
 
 
-def _ref_annotations(ref: str) -> dict[str, str]:
+def ref_annotations(ref: str) -> dict[str, str]:
     """index.json names: the tag in the OCI annotation, the full name in containerd's."""
     last = ref.rsplit("/", 1)[-1]
     tag = last.split(":", 1)[1] if ":" in last else ref
@@ -416,7 +416,7 @@ def layout_files(refs: Mapping[str, Built]) -> dict[str, bytes]:
         for digest, data in built.blobs().items():
             files["blobs/sha256/" + digest.removeprefix("sha256:")] = data
         desc = built.descriptor()
-        desc["annotations"] = _ref_annotations(ref)
+        desc["annotations"] = ref_annotations(ref)
         if isinstance(built, BuiltImage):
             desc["platform"] = built.platform.as_dict()
         manifests.append(desc)

@@ -134,6 +134,7 @@ class ImageRow:
     layers: tuple[str, ...]
     lease_holders: tuple[str, ...] = field(default=())
     image_set: str = SHARED_SET
+    annotations: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> ImageRecord:
         """The public record of this row."""
@@ -148,7 +149,26 @@ class ImageRow:
             manifest_digest=self.manifest_digest,
             created=self.created,
             image_set=self.image_set,
+            annotations=self.annotations,
         )
+
+
+def manifest_annotations(manifest: str) -> dict[str, str]:
+    """The string annotations of a stored image manifest; {} for one without (or a docker save entry).
+
+    Read from the manifest kept with the image rather than a column of their own, so
+    images stored before annotations were shown have theirs too; most manifests have
+    none, and those are not parsed at all. An image is its config: a second manifest
+    of the same config (another registry's, say) adds names, and the first's annotations stay."""
+    if '"annotations"' not in manifest:
+        return {}
+    try:
+        found = json.loads(manifest).get("annotations")
+    except (ValueError, AttributeError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +277,7 @@ class Metadata:
             layers=tuple(r["chain_id"] for r in layers),
             lease_holders=tuple(h["holder"] for h in holders),
             image_set=image_set,
+            annotations=manifest_annotations(row["manifest"]),
         )
 
     def image(

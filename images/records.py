@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -21,6 +21,8 @@ class ImageRecord:
     manifest_digest: str
     created: float
     image_set: str = ""  # '' = shared by every runtime handler; else the handler it was pulled for
+    # The image manifest's annotations: what marks a checkpoint packed as an image (checkpoint_image.py).
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def user(self) -> str:

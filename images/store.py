@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VOLUME_HOLDER_PREFIX = "image-volume:"  # + the mount point; see volumes.py
+# + the container ID: a checkpoint image whose layer a restore is reading (runtime/checkpoint/restore.py).
+CHECKPOINT_READ_PREFIX = "checkpoint-read:"
 _HEX_PREFIX = re.compile(r"^(?:sha256:)?([0-9a-f]{3,64})$")
 
 
@@ -153,6 +155,8 @@ class ImageStore:
             if not self.layer_dir(layer.chain_id).is_dir():
                 log.warning("layer %s is recorded but missing on disk; pull its images again", layer.chain_id)
         self.sweep_volume_leases()
+        for holder in self.meta.lease_holders(CHECKPOINT_READ_PREFIX):  # a read a crash cut short
+            self.release(holder)
 
     def sweep_volume_leases(self) -> None:
         """Drops image-volume leases whose mount is gone (a crash between unmount and release,
@@ -239,6 +243,17 @@ class ImageStore:
     def layer_paths(self, image_id: str) -> list[Path]:
         """The unpacked layer directories of an image, lowest first (overlay wants them reversed)."""
         return [self.layer_dir(c) for c in self._row(image_id).layers]
+
+    def layer_blobs(self, image_id: str) -> list[Path]:
+        """The compressed blobs of an image's layers as pulled, lowest first (a checkpoint image's
+        one layer is the checkpoint archive itself); NotFound if one is gone from the store."""
+        paths = []
+        for chain in self._row(image_id).layers:
+            layer = self.meta.layer(chain)
+            if layer is None or not self.content.has(layer.blob_digest):
+                raise NotFound(f"a layer blob of image {image_id} is missing from the store: pull the image again")
+            paths.append(self.content.path(layer.blob_digest))
+        return paths
 
     def config(self, image_id: str) -> dict[str, Any]:
         """The OCI image config JSON (Env, Entrypoint, Cmd, User, WorkingDir... under "config")."""

@@ -113,7 +113,7 @@ def pull(ctx: click.Context, image: str, username: str | None, password: str | N
 @global_options
 @click.pass_context
 def images(ctx: click.Context) -> None:
-    """List the images in the store (subcommands: import, prefetch)."""
+    """List the images in the store (subcommands: import, prefetch, checkpoint-image)."""
     if ctx.invoked_subcommand is not None:
         return
     config = load(ctx)
@@ -147,6 +147,30 @@ def import_images(ctx: click.Context, archive: Path) -> None:
             click.echo(f"imported {', '.join(record.repo_tags) or record.id}")
 
     _run_with_store(config, work, f"import of {archive} failed")
+
+
+@images.command("checkpoint-image")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("ref")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=Path),
+    help="The OCI image layout directory to write (new, or empty).",
+)  # fmt: skip
+def checkpoint_image(archive: Path, ref: str, output: Path) -> None:
+    """Pack checkpoint ARCHIVE as image REF, an OCI image layout, as Podman and CRI-O pack one.
+
+    One layer holds the archive; the manifest's checkpoint annotations (CRI-O's and containerd's)
+    name the container. Load it with `crishim images import DIR`, or push it with any registry
+    client (`skopeo copy oci:DIR docker://REF`); CreateContainer naming it restores the container.
+    """
+    from crishim.images.checkpoint_image import build_checkpoint_image
+    from crishim.images.errors import ImageError
+
+    try:
+        built = build_checkpoint_image(archive, ref, output)
+    except ImageError as exc:
+        raise click.ClickException(f"checkpoint image of {archive} failed: {exc}") from exc
+    click.echo(f"wrote {built.name} ({built.manifest_digest}, image {built.image_id}) to {output}")
 
 
 @images.command("prefetch")

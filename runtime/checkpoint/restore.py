@@ -1,13 +1,18 @@
 """Restore into a new pod, its first half: CreateContainer whose image is a checkpoint archive.
 
-    absolute path? -> archive there? (NOT_FOUND) -> unpack and check (INVALID_ARGUMENT)
+    absolute path? -> archive there? (NOT_FOUND)     | a stored checkpoint image? -> its layer's blob
+      -> unpack and check (INVALID_ARGUMENT)
       -> taken on this architecture, by a CRIU no newer? (provenance.py: FAILED_PRECONDITION)
       -> base image in the store? (FAILED_PRECONDITION) -> handler can? -> CRIU can?
       -> [create.py: the base image's overlay, rootfs-diff.tar applied, deleted.files removed,
           CRIU's images into the bundle, the spec built for the NEW pod; no process]
 
 As CRI-O does, `config.image.image` naming a file (an absolute path: no image
-reference starts with '/') means a checkpoint archive. The container is made
+reference starts with '/') means a checkpoint archive. So does an image reference
+naming a stored image whose manifest carries CRI-O's or containerd's checkpoint
+annotation (images/checkpoint_image.py): its one layer is the archive, read from
+the blob store as pulled, under a lease so a RemoveImage meanwhile cannot delete
+it. The container is made
 for the pod the request names, with a new ID: its spec comes from this
 request, so its namespaces, cgroup and mounts are the new pod's; only what the
 request leaves out (command, environment, working directory) is taken from the
@@ -32,9 +37,11 @@ from typing import Any
 
 from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
+from crishim.images.checkpoint_image import checkpoint_name
+from crishim.images.store import CHECKPOINT_READ_PREFIX
 from crishim.runtime.checkpoint import archive, provenance, safe_tar
 from crishim.runtime.checkpoint.availability import require_criu
-from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeError_
 from crishim.runtime.services import Handler, Services
 
 log = logging.getLogger("crishim.checkpoint")
@@ -49,31 +56,70 @@ BASE_IMAGE_KEYS = ("rootfsImageRef", "rootfsImageName", "rootfsImage")
 class RestoreSource:
     """A checked archive, unpacked into a staging directory."""
 
-    archive_path: str
+    archive_path: str  # the archive's path, or the checkpoint image's reference: what messages name
     unpacked: archive.Unpacked
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointImage:
+    """A stored image whose manifest marks it a checkpoint: its layer's blob is the archive."""
+
+    ref: str
+    image_id: str
+    image_set: str
+    blob: Path
 
 
 def names_archive(image: str) -> bool:
     return image.startswith("/")
 
 
-async def restore_source(svc: Services, config: api_pb2.ContainerConfig, container_id: str) -> RestoreSource:
-    """The archive `config.image.image` names, unpacked and checked; `discard` it when done."""
-    path = Path(config.image.image)
-    if not await asyncio.to_thread(path.is_file):
-        raise NotFound(f"{FIELD}: checkpoint archive {str(path)!r} does not exist (or is not a file)")
+def checkpoint_image(svc: Services, sandbox_id: str, image: str) -> CheckpointImage | None:
+    """The checkpoint image `image` names in the pod's image set; None for any other image, or
+    when the pod or image is not found (the ordinary create path then says so)."""
+    try:
+        handler = svc.handler(svc.state.sandboxes.get(sandbox_id).meta.runtime_handler)
+        image_set = svc.images.image_set(handler.name)
+        record = svc.images.resolve(image, image_set)
+    except (RuntimeError_, image_errors.ImageError, ValueError):
+        return None
+    if checkpoint_name(record.annotations) is None:
+        return None
+    blobs = svc.images.layer_blobs(record.id)
+    if len(blobs) != 1:
+        raise InvalidArgument(
+            f"{FIELD}: checkpoint image {image!r} has {len(blobs)} layers; a checkpoint image has one, "
+            "the archive (build it with `crishim images checkpoint-image`)"
+        )
+    return CheckpointImage(image, record.id, image_set, blobs[0])
+
+
+async def restore_source(
+    svc: Services, config: api_pb2.ContainerConfig, container_id: str, image: CheckpointImage | None = None
+) -> RestoreSource:
+    """The archive `config.image.image` names, or `image`'s layer, unpacked and checked; `discard` it when done."""
+    if image is None:
+        path, name = Path(config.image.image), config.image.image
+        if not await asyncio.to_thread(path.is_file):
+            raise NotFound(f"{FIELD}: checkpoint archive {str(path)!r} does not exist (or is not a file)")
+    else:
+        path, name = image.blob, image.ref
+        svc.images.acquire(image.image_id, CHECKPOINT_READ_PREFIX + container_id, image.image_set)
     stage = svc.container_dir(container_id).parent / f"{STAGE_PREFIX}{container_id}"
-    await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
     abort = threading.Event()  # a cancelled call stops the unpacking thread
     try:
+        await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
         unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
     except BaseException as exc:
         abort.set()
         await asyncio.to_thread(shutil.rmtree, stage, True)
         if isinstance(exc, archive.CorruptArchive):
-            raise InvalidArgument(f"{FIELD}: {str(path)!r} is not a usable checkpoint archive: {exc}") from None
+            raise InvalidArgument(f"{FIELD}: {name!r} is not a usable checkpoint archive: {exc}") from None
         raise
-    return RestoreSource(str(path), unpacked)
+    finally:
+        if image is not None:  # unpacked (or refused): the blob is no longer read
+            await svc.images.arelease(CHECKPOINT_READ_PREFIX + container_id)
+    return RestoreSource(name, unpacked)
 
 
 async def discard(source: RestoreSource) -> None:

@@ -55,6 +55,8 @@ async def create_container(
     with svc.names.reserved(name_key, container_id, what, lambda: _recorded_id(svc, sandbox_id, md)):
         if restore.names_archive(config.image.image):
             meta = await _create_restored(svc, sandbox_id, config, container_id)
+        elif (image := restore.checkpoint_image(svc, sandbox_id, config.image.image)) is not None:
+            meta = await _create_restored(svc, sandbox_id, config, container_id, image)
         else:
             async with svc.locks.hold("sandbox:" + sandbox_id):
                 sandbox = ready_sandbox(svc, sandbox_id)
@@ -81,10 +83,14 @@ def ready_sandbox(svc: Services, sandbox_id: str) -> SandboxMeta:
 
 
 async def _create_restored(
-    svc: Services, sandbox_id: str, config: api_pb2.ContainerConfig, container_id: str
+    svc: Services,
+    sandbox_id: str,
+    config: api_pb2.ContainerConfig,
+    container_id: str,
+    image: restore.CheckpointImage | None = None,
 ) -> ContainerMeta:
-    """A container made from a checkpoint archive (runtime/checkpoint/restore.py), restore pending."""
-    source = await restore.restore_source(svc, config, container_id)
+    """A container made from a checkpoint archive or image (runtime/checkpoint/restore.py), restore pending."""
+    source = await restore.restore_source(svc, config, container_id, image)
     try:
         await restore.check_provenance(source)
         async with svc.locks.hold("sandbox:" + sandbox_id):

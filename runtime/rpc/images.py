@@ -47,7 +47,8 @@ def image_to_proto(record: ImageRecord) -> api_pb2.Image:
         repo_digests=list(record.repo_digests),
         size=record.size,
         username=record.username,
-        spec=api_pb2.ImageSpec(image=record.id, runtime_handler=record.image_set),
+        # The manifest's annotations: a client tells a checkpoint image by one (checkpoint_image.py).
+        spec=api_pb2.ImageSpec(image=record.id, runtime_handler=record.image_set, annotations=record.annotations),
         pinned=record.pinned,
     )
     if record.uid is not None:
@@ -115,6 +116,7 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
                     "manifestDigest": record.manifest_digest,
                     "pinned": record.pinned,
                     "imageSet": record.image_set,
+                    "annotations": record.annotations,
                 }
             )
         return response

@@ -151,6 +151,7 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     if diff.is_file():
         try:
             with tarfile.open(diff, "r:") as tar:
+                archive.with_copy_buffer(tar)
                 for member in tar:  # no member leads out of the rootfs (checked against the mounted tree)
                     safe_tar.extract(tar, member, rootfs, strict=False)
         except (tarfile.TarError, OSError) as exc:

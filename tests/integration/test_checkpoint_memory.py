@@ -5,9 +5,9 @@ variable of its first process and, asked, writes the md5 its own memory gives. I
 checkpointed left running, then restored from the archive in another pod: the restored
 process must hold the same bytes (the md5 computed from the sequence, not only the same as
 before), resident (its VmRSS at least the bytes held), and
-the original must hold them still. The memory should be the restored container's alone (its own
-cgroup, its stats, surviving the original's stop): that fails with the node VM's runc and CRIU,
-and is marked so. Needs a CRIU that passes `criu check` (the node VM).
+the original must hold them still. The memory is the restored container's alone: it is in its own
+cgroup (not the original's, where CRIU would put it back), its stats count it, and it outlives
+the original's stop. Needs a CRIU that passes `criu check` (the node VM).
 Under the VM's software emulation every step is slow: the timeouts are generous on purpose.
 """
 
@@ -144,12 +144,6 @@ def test_memory_of_101_mib_is_the_same_after_a_restore_in_a_new_pod(
     _assert_holds_the_bytes(live_daemon, cid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runc 1.1.5 with CRIU 3.17.1 on cgroup v2 restores the tasks into the cgroup they were dumped "
-    "from (the original's scope, which a checkpoint left running keeps), not the new container's: its own "
-    "scope is left empty and removed, ContainerStats answers NOT_FOUND, and stopping the original kills it",
-)
 def test_the_restored_memory_is_accounted_to_the_restored_container_alone(
     live_daemon: Daemon, holders: tuple[str, str]
 ) -> None:

@@ -47,6 +47,15 @@ from crishim.runtime.services import Handler, Services
 log = logging.getLogger("crishim.checkpoint")
 
 FIELD = "config.image.image"
+# runc hands CRIU the configuration file this spec annotation names; its settings override runc's own.
+CRIU_CONFIG_ANNOTATION = "org.criu.config"
+CRIU_CONFIG_FILE = "criu-restore.conf"
+# runc moves CRIU into the new container's cgroup before the restore, so restored tasks are born
+# there, but CRIU (soft mode, the only one runc 1.1 offers) then moves them into the cgroup they
+# were dumped from: the original container's, which a checkpoint left running keeps. The new
+# container's scope is left empty and removed, its stats are gone, and stopping the original
+# kills it. Ignoring cgroups leaves the tasks where runc put them.
+CRIU_RESTORE_SETTINGS = "manage-cgroups=ignore\n"
 STAGE_PREFIX = ".restore-"
 # config.dump's names of the base image, most exact first: its ID, then the names it was pulled by.
 BASE_IMAGE_KEYS = ("rootfsImageRef", "rootfsImageName", "rootfsImage")
@@ -189,6 +198,11 @@ async def check_can_restore(handler: Handler) -> None:
     await require_criu(handler.runtime, handler.name, "restore a checkpoint", "restore from a checkpoint")
 
 
+def criu_annotations(bundle: Path) -> dict[str, str]:
+    """The spec annotation pointing runc's CRIU at the restore's settings (written by apply_to_bundle)."""
+    return {CRIU_CONFIG_ANNOTATION: str(bundle / CRIU_CONFIG_FILE)}
+
+
 def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path: Path) -> None:
     """Blocking: the writable layer's changes onto the mounted rootfs, CRIU's images into the bundle,
     and the checkpointed log at the new log path, so the restored process's log continues it."""
@@ -197,6 +211,7 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     if diff.is_file():
         try:
             with tarfile.open(diff, "r:") as tar:
+                archive.with_copy_buffer(tar)
                 for member in tar:  # no member leads out of the rootfs (checked against the mounted tree)
                     safe_tar.extract(tar, member, rootfs, strict=False)
         except (tarfile.TarError, OSError) as exc:
@@ -205,6 +220,7 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     for path in source.unpacked.deleted:
         _remove_inside(rootfs, path)
     os.rename(root / archive.CHECKPOINT_DIRECTORY, bundle / archive.CHECKPOINT_DIRECTORY)
+    (bundle / CRIU_CONFIG_FILE).write_text(CRIU_RESTORE_SETTINGS)
     old_log = root / archive.CONTAINER_LOG
     if old_log.is_file() and not log_path.exists():
         log_path.parent.mkdir(parents=True, exist_ok=True)

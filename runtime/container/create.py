@@ -111,6 +111,9 @@ async def _create(
     made from a checkpoint (`source`), there is none until StartContainer restores it."""
     bundle = svc.container_dir(container_id)
     base_input = spec_input(svc, request, container_id, bundle / "rootfs")
+    if source is not None:
+        annotations = {**base_input.annotations, **restore.criu_annotations(bundle)}
+        base_input = dataclasses.replace(base_input, annotations=annotations)
     logs = log_path(request)
     container_log = Path(logs) if logs else bundle / "container.log"
     async with AsyncExitStack() as undo:

@@ -12,7 +12,13 @@ from crishim.cri_api import api_pb2 as pb
 from crishim.oci.checkpoint import restore_opts
 from crishim.oci.conmon import ConmonLaunch, build_args
 from crishim.runtime.checkpoint import archive, safe_tar
-from crishim.runtime.checkpoint.restore import RestoreSource, apply_to_bundle, names_archive, restored_config
+from crishim.runtime.checkpoint.restore import (
+    RestoreSource,
+    apply_to_bundle,
+    criu_annotations,
+    names_archive,
+    restored_config,
+)
 from crishim.runtime.errors import InvalidArgument
 
 SPEC = {"process": {"args": ["sh", "-c", "count"], "env": ["PATH=/bin", "A=b=c"], "cwd": "/work"}}
@@ -95,6 +101,10 @@ def test_the_archive_is_applied_to_the_rootfs_and_its_images_and_log_moved(tmp_p
     assert (tmp_path / "host" / "precious").read_text() == "keep"  # a deletion never leaves the rootfs
     assert (bundle / archive.CHECKPOINT_DIRECTORY / "inventory.img").read_bytes() == b"img"
     assert log.read_text().endswith("count 1\n")  # the log continues the checkpointed one
+    # CRIU is told to leave the restored tasks in the cgroup runc puts it in: the new container's.
+    criu_config = Path(criu_annotations(bundle)["org.criu.config"])
+    assert criu_config.parent == bundle
+    assert criu_config.read_text().split() == ["manage-cgroups=ignore"]
 
 
 def test_a_diff_writing_through_a_link_out_of_the_rootfs_is_refused(tmp_path: Path) -> None:

@@ -316,7 +316,7 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
             _check_rootfs_diff(dest / ROOTFS_DIFF)
         return Unpacked(dest, config, spec, deleted)
     except BaseException as exc:
-        _empty(dest)
+        empty_directory(dest)
         if isinstance(exc, tarfile.TarError | EOFError):
             raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
         raise
@@ -373,7 +373,8 @@ def _check_rootfs_diff(path: Path) -> None:
                         pass
 
 
-def _empty(directory: Path) -> None:
+def empty_directory(directory: Path) -> None:
+    """Blocking: removes what `directory` holds (a refused unpack's files), keeping it."""
     for entry in list(directory.iterdir()) if directory.is_dir() else []:
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

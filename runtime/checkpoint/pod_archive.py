@@ -22,9 +22,7 @@ empty.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import tarfile
 import threading
 from dataclasses import dataclass, field
@@ -152,7 +150,7 @@ def unpack_pod_archive(location: Path, dest: Path, abort: threading.Event) -> Un
             _check_container_archive(dest / container.member, container)
         return UnpackedPod(dest, dump)
     except BaseException as exc:
-        _empty(dest)
+        archive.empty_directory(dest)
         if isinstance(exc, tarfile.TarError | EOFError):
             raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
         raise
@@ -179,12 +177,3 @@ def _check_container_archive(path: Path, container: ArchivedContainer) -> None:
     missing = [name for name in archive.REQUIRED_MEMBERS if name not in tops]
     if missing:
         raise CorruptArchive(f"{container.member} (container {container.name!r}) lacks {', '.join(missing)}")
-
-
-def _empty(directory: Path) -> None:
-    for entry in list(directory.iterdir()) if directory.is_dir() else []:
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                entry.unlink()

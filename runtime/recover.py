@@ -7,8 +7,10 @@ Nothing the kubelet saw before may change, except those exits.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+from pathlib import Path
 
 from crishim.oci import conmon
 from crishim.runtime.container import lifecycle
@@ -50,9 +52,11 @@ def _mark_not_ready(svc: Services, sandbox_id: str) -> None:
 
 
 async def reconcile(svc: Services) -> None:
-    from crishim.runtime.checkpoint.stage import collect_interrupted
+    from crishim.runtime.checkpoint.stage import collect_interrupted, interrupted_pod_restores
     from crishim.runtime.orphans import collect_orphans
 
+    # Read before the sweep below removes the stages that name them.
+    unanswered_pods = await asyncio.to_thread(interrupted_pod_restores, Path(svc.config.root) / "containers")
     await collect_orphans(svc)
     await collect_interrupted(svc)  # before any watch: a container a checkpoint left paused is resumed
     running = exited = 0
@@ -79,4 +83,18 @@ async def reconcile(svc: Services) -> None:
         else:
             await lifecycle.record_exit(svc, meta.id)
             exited += 1
+    for sandbox_id in unanswered_pods:
+        await _remove_unanswered_restore(svc, sandbox_id)
     log.info("recovered state: %d live containers watched, %d exits recorded from the downtime", running, exited)
+
+
+async def _remove_unanswered_restore(svc: Services, sandbox_id: str) -> None:
+    """A pod a RestorePod call made before the daemon died: the caller never got its ID, so it goes."""
+    from crishim.runtime.sandbox.lifecycle import remove_pod_sandbox
+
+    try:
+        await remove_pod_sandbox(svc, sandbox_id)
+    except Exception:  # noqa: BLE001 - one pod that will not go must not stop the start-up
+        log.exception("removing pod %s, left by a RestorePod the daemon was killed in", sandbox_id[:13])
+        return
+    log.warning("removed pod %s: the daemon was killed while RestorePod made it", sandbox_id[:13])

@@ -29,7 +29,10 @@ Every check on the archive comes before the pod exists. After, a failure
 (a base image not pulled, CRIU failing to restore) removes all that was made
 (the containers, the sandbox, its netns) and answers with that failure's code.
 The unpacked archive is staged beside the containers' directories and removed
-whatever happens (after a kill -9, by the start-up sweep, orphans.py).
+whatever happens (after a kill -9, by the start-up sweep, orphans.py). Once the
+pod exists the stage names it, so a daemon killed mid-restore removes at start-up
+the pod the call never answered with (stage.interrupted_pod_restores, recover.py),
+as a killed RunPodSandbox leaves no pod.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pathlib import Path
 
 from crishim.cri_api import api_pb2
 from crishim.runtime.checkpoint import archive, pod_archive, provenance
+from crishim.runtime.checkpoint.stage import RESTORE_POD_PREFIX, record_restored_pod
 from crishim.runtime.container import lifecycle
 from crishim.runtime.container.create import create_container
 from crishim.runtime.errors import InvalidArgument, NotFound
@@ -56,7 +60,6 @@ from google.protobuf import json_format
 log = logging.getLogger("crishim.checkpoint")
 
 FIELD = "checkpoint_path"
-STAGE_PREFIX = ".restore-pod-"
 POD_UID_LABEL = "io.kubernetes.pod.uid"
 
 
@@ -72,7 +75,7 @@ async def restore_pod(svc: Services, request: api_pb2.RestorePodRequest) -> Rest
         raise InvalidArgument(f"options {keys} are not known: RestorePod takes none")
     path = await _archive_path(request.checkpoint_path)
     overrides = _overrides(request.container_configs)
-    stage = svc.container_dir(f"{STAGE_PREFIX}{new_id()}")
+    stage = svc.container_dir(f"{RESTORE_POD_PREFIX}{new_id()}")
     await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
     abort = threading.Event()  # a cancelled call stops the unpacking thread
     try:
@@ -91,7 +94,8 @@ async def restore_pod(svc: Services, request: api_pb2.RestorePodRequest) -> Rest
             (c, overrides.get(c.name) or _archived_container_config(c, pod_config.metadata.uid))
             for c in dump.containers
         ]
-        return await _restore(svc, unpacked, pod_config, request.runtime_handler or dump.runtime_handler, configs)
+        handler = request.runtime_handler or dump.runtime_handler
+        return await _restore(svc, stage, unpacked, pod_config, handler, configs)
     finally:
         abort.set()
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))
@@ -166,6 +170,7 @@ def _archived_container_config(container: pod_archive.ArchivedContainer, pod_uid
 
 async def _restore(
     svc: Services,
+    stage: Path,
     unpacked: pod_archive.UnpackedPod,
     pod_config: api_pb2.PodSandboxConfig,
     handler: str,
@@ -175,6 +180,7 @@ async def _restore(
     sandbox_id = await run_pod_sandbox(svc, pod_config, handler)
     restored: list[tuple[str, str]] = []
     try:
+        await asyncio.to_thread(record_restored_pod, stage, sandbox_id)
         for container, given in configs:
             config = api_pb2.ContainerConfig()
             config.CopyFrom(given)

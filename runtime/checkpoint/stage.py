@@ -8,6 +8,9 @@ At start-up `collect_interrupted` ends all of it and resumes the container, so a
 kill -9 never leaves a frozen container, a stray CRIU or a partial archive.
 CheckpointPod stages in the pod's directory the same way (its containers'
 archives, and the name of its partial pod archive), removed at start-up too.
+RestorePod stages its unpacked archive in `<containers dir>/.restore-pod-*` and
+names there the pod it made; a pod named by a stage a crash left is a restore the
+caller never heard of, removed at start-up (`interrupted_pod_restores`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,24 @@ STAGE_PREFIX = ".checkpoint-"
 # Inside a stage: the path of the archive's partial file, once its writing has begun.
 PARTIAL_FILE = "archive.partial"
 PARTIAL_SUFFIX = ".partial"
+
+
+RESTORE_POD_PREFIX = ".restore-pod-"
+# Inside a RestorePod stage: the ID of the pod the restore made, once it exists.
+RESTORED_POD_FILE = "pod"
+
+
+def record_restored_pod(stage: Path, sandbox_id: str) -> None:
+    (stage / RESTORED_POD_FILE).write_text(sandbox_id)
+
+
+def interrupted_pod_restores(containers_dir: Path) -> list[str]:
+    """Blocking: the pods RestorePod calls made before a crash ended them (their stages still exist)."""
+    found = []
+    for marker in sorted(containers_dir.glob(f"{RESTORE_POD_PREFIX}*/{RESTORED_POD_FILE}")):
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            found.append(marker.read_text().strip())
+    return [sandbox_id for sandbox_id in found if sandbox_id]
 
 
 def record_partial(stage: Path, partial: Path) -> None:

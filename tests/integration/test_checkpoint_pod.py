@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +22,15 @@ from typing import Any
 import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci.processes import alive
 
+from tests.integration import test_checkpoint
 from tests.integration.test_checkpoint import (
     CALL_TIMEOUT,
     COUNTER,
     _count,
+    _criu_below,
+    _start_holder,
     _synthetic_archive,
     needs_criu,
 )
@@ -35,15 +41,20 @@ from tests.support.cri import (
     list_pods,
     pod_config,
     pod_status,
+    pull_test_image,
     refusal,
     remove_pod,
+    rpc_code,
     run_pod,
     start_container,
     stop_pod,
 )
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.images import TestImages
 
 pytestmark = pytest.mark.root
+
+own_daemon = test_checkpoint.own_daemon  # a daemon of the test's own, which it kills
 
 NAMES = ("first", "second")
 
@@ -195,6 +206,31 @@ def test_what_a_killed_pod_checkpoint_left_is_removed_at_start_up(tmp_path: Path
         assert not stage.exists()
         assert not partial.exists()
         assert pod_status(daemon, sid).status.state == pb.SANDBOX_READY  # the pod itself is left alone
+
+
+def test_the_pod_of_a_killed_pod_restore_is_removed_at_start_up(test_images: TestImages) -> None:
+    """A daemon killed mid-RestorePod leaves its stage naming the pod it made (made here as
+    RestorePod makes it): the caller never got that pod's ID, so the next start removes the pod,
+    its running container, its netns and the stage."""
+    with running_daemon() as daemon:
+        image = pull_test_image(daemon, test_images)
+        sid, config = run_pod(daemon, "ckpod-restore-killed")
+        cid = start_container(daemon, sid, config, container_config("sleeper", image, ["sleep", "600"]))
+        kept, kept_config = run_pod(daemon, "ckpod-restore-kept")
+        stage = daemon.root / "containers" / ".restore-pod-interrupted"
+        stage.mkdir()
+        (stage / "pod").write_text(sid)
+        netns_before = _netns(daemon)
+        daemon.kill9()
+        daemon.start()
+        assert {p.id for p in list_pods(daemon)} == {kept}
+        assert not daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
+        assert not stage.exists()
+        assert len(_netns(daemon)) == len(netns_before) - 1
+        assert not (daemon.root / "containers" / cid).exists()
+        assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
+        assert pod_status(daemon, kept).status.state == pb.SANDBOX_READY  # other pods are left alone
+        remove_pod(daemon, kept)
 
 
 # -- RestorePod's refusals, on every node ---------------------------------------------------------
@@ -407,3 +443,36 @@ def test_chosen_container_restored_into_the_callers_pod_with_its_config(
         assert (Path(own.log_directory) / "second.log").is_file()
     finally:
         remove_pod(live_daemon, restored.pod_sandbox_id)
+
+
+def test_kill9_mid_pod_restore_removes_the_unanswered_pod(own_daemon: tuple[Daemon, str], tmp_path: Path) -> None:
+    needs_criu()
+    daemon, image = own_daemon
+    sid, config = run_pod(daemon, "ckpod-kill9", handler="runc")
+    try:
+        _start_holder(daemon, sid, config, image)
+        location = tmp_path / "pod.tar"
+        _checkpoint_pod(daemon, sid, location)
+        assert daemon.proc is not None
+        daemon_pid = daemon.proc.pid
+        call = threading.Thread(target=rpc_code, args=(lambda: _restore_pod(daemon, location),))
+        call.start()
+        # CRIU reading the holder's pages back, in the pod the call made: the daemon dies now.
+        criu = eventually(
+            lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
+        )  # fmt: skip
+        daemon.kill9()
+        call.join(30)
+        daemon.start()
+        # The restarted daemon removed the pod RestorePod never answered with, and all it held.
+        assert [p.id for p in list_pods(daemon)] == [sid]
+        eventually(
+            lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
+            what="the interrupted restore's CRIU to be ended",
+        )  # fmt: skip
+        containers = daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
+        assert {c.pod_sandbox_id for c in containers} == {sid}
+        assert not list((daemon.root / "containers").glob(".restore-*"))
+        assert len(_netns(daemon)) == 1
+    finally:
+        remove_pod(daemon, sid)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +19,7 @@ from crishim.cri_api import api_pb2
 from crishim.images import build as b
 
 from tests.support.daemon import running_daemon
+from tests.support.tls import self_signed
 
 pytestmark = pytest.mark.root
 
@@ -29,17 +29,6 @@ TLS_LIBRARIES = ("libssl.so", "libcrypto.so")
 def mapped_tls_libraries(pid: int) -> set[str]:
     maps = Path(f"/proc/{pid}/maps").read_text()
     return {lib for lib in TLS_LIBRARIES if lib in maps}
-
-
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "registry.pem", tmp_path / "registry.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
 
 
 @contextmanager
@@ -96,7 +85,7 @@ def https_registry(image: b.BuiltImage, cert: Path, key: Path) -> Iterator[tuple
 
 def test_idle_daemon_maps_no_tls_library_yet_pulls_over_tls(tmp_path: Path) -> None:
     image = b.build_image([[b.regular("hello", b"over tls\n")]])
-    cert, key = self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     with https_registry(image, cert, key) as (port, asked), running_daemon() as daemon:
         assert daemon.proc is not None
         assert mapped_tls_libraries(daemon.proc.pid) == set()

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.tls import self_signed
+
 # A TLS echo over asyncio's own TLS (sslproto), which the streaming server's TLS uses.
 TLS_ROUND_TRIP = """
 import sys
@@ -48,19 +50,8 @@ print("ok")
 """
 
 
-def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost"],
-        check=True, capture_output=True, timeout=30,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_asyncio_tls_works_after_ssl_is_loaded_late(tmp_path: Path) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path, "localhost")
     done = subprocess.run(
         [sys.executable, "-c", TLS_ROUND_TRIP, str(cert), str(key)], capture_output=True, text=True, timeout=60
     )

@@ -12,7 +12,6 @@ is in tests/support/testimages.py.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -48,6 +47,8 @@ OPAQUE_MARKER = ".wh..wh..opq"
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # not at the top: it loads libcrypto, which an idle daemon does without
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -8,7 +8,6 @@ Writers are plain (blocking) objects: callers use them from worker threads.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -35,6 +34,8 @@ class BlobWriter:
         self.digest = digest
         self.expected_size = expected_size
         self.size = 0
+        import hashlib  # not at the top: it loads libcrypto, which an idle daemon does without
+
         self._hash = hashlib.sha256()
         fd, name = tempfile.mkstemp(prefix="blob-", dir=store.tmp)
         self._file = os.fdopen(fd, "wb", buffering=0)

@@ -17,7 +17,6 @@ inflate step yields at most `MAX_DECOMPRESS_STEP`.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import threading
@@ -201,6 +200,8 @@ class DecompressedStream:
     def __init__(self, compressed: CompressedStream, where: str) -> None:
         self._in = compressed
         self._where = where
+        import hashlib  # not at the top: it loads libcrypto, which an idle daemon does without
+
         self.diff_hash = hashlib.sha256()
         self.size = 0
         magic = compressed.peek(4)

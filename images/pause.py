@@ -14,18 +14,12 @@ import shutil
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .build import (
-    BuiltImage,
-    FileEntry,
-    ImageConfig,
-    build_image,
-    directory,
-    host_file,
-    regular,
-    write_layout,
-)
 from .errors import FailedPrecondition
+
+if TYPE_CHECKING:  # build.py (tar, gzip, hashlib) loads only where an image is made, not with PAUSE_IMAGE
+    from .build import BuiltImage, FileEntry
 
 CATATONIT = Path("/usr/bin/catatonit")
 PAUSE_REPOSITORY = "localhost/crishim/pause"
@@ -70,6 +64,8 @@ def shared_libraries(binary: Path) -> list[Path]:
 
 
 def _with_parents(entries: list[FileEntry], path: str, seen: set[str]) -> None:
+    from .build import directory
+
     parts = path.split("/")[:-1]
     for i in range(1, len(parts) + 1):
         parent = "/".join(parts[:i])
@@ -80,6 +76,8 @@ def _with_parents(entries: list[FileEntry], path: str, seen: set[str]) -> None:
 
 def pause_layer(binary: Path = CATATONIT) -> list[FileEntry]:
     """/catatonit, its libraries when it is dynamic, and the mount points runc expects."""
+    from .build import directory, host_file, regular
+
     if not binary.is_file():
         raise FailedPrecondition(f"{binary} is missing: install Debian's catatonit package")
     seen = {"dev", "etc", "proc", "sys"}
@@ -98,6 +96,8 @@ def pause_layer(binary: Path = CATATONIT) -> list[FileEntry]:
 
 
 def build_pause_image(binary: Path = CATATONIT) -> BuiltImage:
+    from .build import ImageConfig, build_image
+
     config = ImageConfig(
         entrypoint=PAUSE_ENTRYPOINT,
         env=(),
@@ -109,4 +109,6 @@ def build_pause_image(binary: Path = CATATONIT) -> BuiltImage:
 
 def build_pause_layout(dest: Path) -> Path:
     """Write the pause image as an OCI layout at `dest`, named PAUSE_IMAGE; returns `dest`."""
+    from .build import write_layout
+
     return write_layout(dest, {PAUSE_IMAGE: build_pause_image()})

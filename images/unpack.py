@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import hashlib
 import os
 import shutil
 import stat
@@ -255,6 +254,8 @@ def unpack_layer(
     digest or diff ID mismatch, LayerEscape on an escaping entry. The caller
     owns `dest` and removes it on failure.
     """
+    import hashlib  # not at the top: it loads libcrypto, which an idle daemon does without
+
     blob_hash = hashlib.sha256()
     compressed = CompressedStream(source, blob.write if blob is not None else blob_hash.update, stopped)
     stream = DecompressedStream(compressed, where)
@@ -338,6 +339,8 @@ def resolve_deferred_links(dest: Path, links: tuple[tuple[str, str], ...], lower
 
 def chain_ids(diff_ids: list[str]) -> list[str]:
     """OCI chain IDs: each names a layer together with everything below it."""
+    import hashlib
+
     out: list[str] = []
     for diff_id in diff_ids:
         if not out:

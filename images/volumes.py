@@ -13,7 +13,6 @@ layers stay on disk under the mount.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -71,6 +70,8 @@ def mount_image_volume(
         if not sub_path:
             mount_overlay(layers, None, None, target, readonly=True)
             return
+        import hashlib  # not at the top: it loads libcrypto, which an idle daemon does without
+
         staging = store.root / "volume-staging" / hashlib.sha256(str(target).encode()).hexdigest()[:16]
         mount_overlay(layers, None, None, staging, readonly=True)
         try:

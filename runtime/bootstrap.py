@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -84,18 +83,21 @@ def choose_default_handler(config: Config, handlers: dict[str, Handler]) -> str:
 
 
 async def ensure_pause_image(images: ImageStore, wanted: str) -> None:
-    """The built-in pause image is made from catatonit on first start; never pulled."""
+    """The built-in pause image is made from catatonit on first start; never pulled.
+
+    A child process makes it (runtime/pause_import.py), so the daemon keeps none of
+    that one-off work's memory."""
     from crishim.images.errors import NotFound as ImageNotFound
-    from crishim.images.pause import PAUSE_IMAGE, build_pause_layout
+    from crishim.images.pause import PAUSE_IMAGE
+    from crishim.runtime.pause_import import import_pause_image
 
     if wanted and wanted != PAUSE_IMAGE:
         return  # a configured registry image is pulled on first use
     try:
         images.resolve(PAUSE_IMAGE)
     except ImageNotFound:  # absent: build it; any other failure stops start-up
-        with tempfile.TemporaryDirectory(prefix="crishim-pause-") as tmp:
-            layout = await asyncio.to_thread(build_pause_layout, Path(tmp) / "layout")
-            await images.import_archive(layout)
+        await import_pause_image(images.root)
+        images.resolve(PAUSE_IMAGE)  # the child's import, seen through our own store
         log.info("built-in pause image %s created from catatonit", PAUSE_IMAGE)
     images.set_pinned(PAUSE_IMAGE, True)
 

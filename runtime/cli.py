@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 
@@ -28,6 +27,11 @@ def main(ctx: click.Context) -> None:
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     """Serve CRI v1 on the configured unix socket until SIGTERM."""
+    from crishim.runtime.lazyssl import import_asyncio_without_ssl
+
+    import_asyncio_without_ssl()  # first, before grpc imports asyncio: see lazyssl.py
+    import asyncio
+
     from crishim.runtime.errors import FailedPrecondition
     from crishim.runtime.logs import setup_logging
     from crishim.runtime.server import serve as run_server

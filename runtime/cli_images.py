@@ -6,7 +6,6 @@ RPC runs, so what an operator sees is what the kubelet would get.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -38,6 +37,8 @@ def _run_with_store(config: Config, work, failure: str) -> None:  # type: ignore
             await work(store)
         finally:
             await store.aclose()
+
+    import asyncio  # here: `crishim serve` imports asyncio its own way (runtime/lazyssl.py)
 
     try:
         asyncio.run(run())
@@ -130,6 +131,8 @@ def images(ctx: click.Context) -> None:
                     )
         finally:
             await store.aclose()
+
+    import asyncio
 
     asyncio.run(run())
 

@@ -13,7 +13,6 @@ from crishim.cri_api import api_pb2
 from crishim.oci import conmon
 from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
-from crishim.runtime.checkpoint.restore_start import restore_container
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
@@ -55,6 +54,9 @@ async def start_container(svc: Services, container_id: str) -> None:
             )
         handler = svc.handler(meta.runtime_handler)
         if record.status.restore_pending:  # made from a checkpoint: CRIU brings its process back
+            # Imported here: the restore code and its archive reader stay out of an idle daemon.
+            from crishim.runtime.checkpoint.restore_start import restore_container
+
             started = await restore_container(svc, handler, record)
         else:
             started = await _start(svc, handler, container_id)

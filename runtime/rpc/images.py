@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
-from crishim.cri_api import api_pb2, api_pb2_grpc
+from crishim.cri_api import api_pb2
 from crishim.images.errors import NotFound
 from crishim.images.manifest import Credentials
 from crishim.images.records import ImageRecord
@@ -24,6 +24,7 @@ from crishim.images.store import ImageStore
 from crishim.images.usage import tree_usage
 from crishim.runtime import metrics
 from crishim.runtime.boundary import cri_rpc
+from crishim.runtime.rpc.unimplemented import fill_unimplemented
 
 STREAM_CHUNK = 200  # images per StreamImagesResponse: well under the gRPC message limit
 
@@ -66,7 +67,7 @@ def _usage(path: Path, timestamp: int) -> api_pb2.FilesystemUsage:
     )
 
 
-class ImageServicer(api_pb2_grpc.ImageServiceServicer):
+class ImageServicer:
     def __init__(self, store: ImageStore, containers_root: Path) -> None:
         self.store = store
         self.containers_root = containers_root
@@ -178,3 +179,6 @@ class ImageServicer(api_pb2_grpc.ImageServiceServicer):
             asyncio.to_thread(_usage, self.containers_root, now),
         )
         return api_pb2.ImageFsInfoResponse(image_filesystems=[image_fs], container_filesystems=[container_fs])
+
+
+fill_unimplemented(ImageServicer, "ImageService")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from crishim.cri_api import api_pb2_grpc
 from crishim.runtime.rpc.containers import ContainerRpcs
 from crishim.runtime.rpc.events import EventRpcs
 from crishim.runtime.rpc.info import InfoRpcs
@@ -20,10 +19,9 @@ class RuntimeServicer(
     StreamingRpcs,
     StatsRpcs,
     EventRpcs,
-    api_pb2_grpc.RuntimeServiceServicer,
 ):
     def __init__(self, services: Services) -> None:
         self.svc = services
 
 
-fill_unimplemented(RuntimeServicer, api_pb2_grpc.RuntimeServiceServicer)
+fill_unimplemented(RuntimeServicer, "RuntimeService")

@@ -7,7 +7,7 @@ other request gets 404, as with the kubelet's streaming server.
 
 Only the listener is loaded at start-up: h11, wsproto and the SPDY and
 sub-protocol code are imported by the first connection, so an idle daemon
-(most nodes never exec into a container) does not hold them.
+(most nodes never exec into a container) does not hold them; ssl only with TLS.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +30,8 @@ from crishim.runtime.streaming.tokens import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     import h11
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class StreamingServer:
         self._backend = backend
         self._tls: ssl.SSLContext | None = None
         if tls_cert is not None and tls_key is not None:
+            import ssl  # only with TLS: ssl and libcrypto stay out of a daemon without it
+
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._tls.load_cert_chain(tls_cert, tls_key)
         self._tokens = TokenCache(ttl=token_ttl)

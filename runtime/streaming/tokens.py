@@ -8,7 +8,8 @@ is useless soon after and can never be replayed.
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -59,7 +60,7 @@ class TokenCache:
         if len(self._entries) >= MAX_PENDING:
             # Oldest first: they are the closest to expiring anyway.
             self._entries.popitem(last=False)
-        token = secrets.token_urlsafe(18)
+        token = _urlsafe_token(18)
         self._entries[token] = (self._clock() + self._ttl, request)
         return token
 
@@ -83,3 +84,8 @@ class TokenCache:
             if deadline > now:
                 break
             del self._entries[token]
+
+
+def _urlsafe_token(nbytes: int) -> str:
+    """What secrets.token_urlsafe returns; secrets itself would load hmac, hashlib and libcrypto."""
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).rstrip(b"=").decode("ascii")

@@ -10,7 +10,7 @@ Gzip is inflated by ISA-L (`isal`), two to three times zlib's speed, and like
 zlib it lets go of the GIL while it works, so layers inflate on every core.
 The tar reader takes headers through `read`; file contents leave through
 `copy_to`, straight from the inflated buffer to the file, without a copy in
-Python. Buffers are bounded: the thread holds one received chunk (about a MiB, joined
+Python. Buffers are bounded: the thread holds one received chunk (`BODY_BATCH`, gathered
 from the client's reads) at a time and one inflate step yields at most `MAX_DECOMPRESS_STEP`.
 """
 
@@ -34,6 +34,10 @@ MAX_DECOMPRESS_STEP = 1 << 20
 # and the inflater's outputs stay small: slices of 256 KiB (outputs as large, for layers gzip
 # cannot shrink) left the daemon's peak RSS some 15 MiB higher in scripts/bench-pull.
 INFLATE_FEED = 64 << 10
+# A layer body goes on to the hashing, writing and inflating in chunks of this size (BodySource).
+# 1 MiB chunks were some 10% quicker still in scripts/bench-pull, but left the daemon's peak RSS
+# during a pull about 7 MiB higher (allocator arenas of three unpack threads), over its bound.
+BODY_BATCH = 256 << 10
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -81,7 +85,7 @@ class BodySource:
     """
 
     def __init__(
-        self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP, batch: int = READ_SIZE
+        self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP, batch: int = BODY_BATCH
     ) -> None:
         self._response = response
         self._chunks = response.iter_raw()
@@ -121,7 +125,7 @@ class BodySource:
 
         The HTTP client hands the body over in socket reads of 64 KiB; they are gathered here
         into one chunk of `batch` bytes, so that the hashing, writing and inflating that follow
-        make one call (and one hand-over of the GIL) per MiB rather than per 64 KiB. The chunk
+        make one call (and one hand-over of the GIL) per `batch` bytes rather than per 64 KiB. The chunk
         is a view of one buffer this source fills again on its next call: the stream reading it
         (CompressedStream, DecompressedStream) is done with a chunk before it asks for the next,
         and the buffer, allocated once, leaves no MiB-sized garbage in the allocator's arenas."""

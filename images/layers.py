@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .content import BlobWriter, ContentStore
 from .errors import DataLoss, ImageError, NotFound, Unavailable
-from .layerstream import BodySource, StreamBroken, file_source
+from .layerstream import BodySource, ChunkSource, StreamBroken, file_source
 from .manifest import Descriptor
 from .metadata import LayerRow, Metadata
 from .scheduler import DownloadClaim, DownloadScheduler, PullTicket
@@ -66,7 +66,8 @@ class LayerJob:
 
 @dataclass(slots=True)
 class _Pending:
-    """A verified layer waiting for its lower layers before hardlinks into them can be made."""
+    """A verified layer not yet installed: a download's, installed outside the download bound,
+    or one whose hardlinks into lower layers wait for those layers."""
 
     tmpdir: Path
     result: UnpackResult
@@ -138,8 +139,9 @@ class LayerFetcher:
         return asyncio.create_task(self._fetch(job, progress, claim), name=f"layer {job.chain}")
 
     async def _fetch(self, job: LayerJob, progress: LayerProgress, claim: DownloadClaim) -> LayerRow:
-        """Downloads within the node-wide bound; a layer that hardlinks into lower layers then
-        waits (outside the bound, so no deadlock) for those and copies the targets up."""
+        """Downloads within the node-wide bound, then installs outside it; a layer that hardlinks
+        into lower layers first waits (outside the bound, so no deadlock) for those and copies
+        the targets up."""
         try:
             await self.scheduler.acquire(claim)
         finally:
@@ -151,17 +153,22 @@ class LayerFetcher:
             self.scheduler.release()
         if isinstance(outcome, LayerRow):
             return outcome
+        # The install (the blob's fsync, the rename, the database row) runs outside the download
+        # bound: the next layer's bytes start to flow while this one waits on the disk.
         try:
-            for lower in job.lowers:
-                if self.meta.layer(lower) is None:
-                    shared = self._tasks.get(lower)
-                    if shared is None:
-                        raise NotFound(f"lower layer {lower} vanished while unpacking {job.chain}")
-                    await shared.join()
-            lower_dirs = [self.layer_dir(c) for c in reversed(job.lowers)]
+            links = outcome.result.deferred_links
+            if links:
+                for lower in job.lowers:
+                    if self.meta.layer(lower) is None:
+                        shared = self._tasks.get(lower)
+                        if shared is None:
+                            raise NotFound(f"lower layer {lower} vanished while unpacking {job.chain}")
+                        await shared.join()
+            lower_dirs = [self.layer_dir(c) for c in reversed(job.lowers)] if links else []
 
             def finish() -> LayerRow:
-                resolve_deferred_links(outcome.tmpdir, outcome.result.deferred_links, lower_dirs, job.where)
+                if links:
+                    resolve_deferred_links(outcome.tmpdir, links, lower_dirs, job.where)
                 return self.install_layer(outcome.tmpdir, job.chain, outcome.result, outcome.writer)
 
             return await in_thread(finish)
@@ -191,7 +198,7 @@ class LayerFetcher:
         self,
         job: LayerJob,
         tmpdir: Path,
-        source: Callable[[], bytes | None],
+        source: ChunkSource,
         blob: BlobWriter | None,
         stopped: Callable[[], bool],
     ) -> UnpackResult:
@@ -220,11 +227,9 @@ class LayerFetcher:
             await in_thread(functools.partial(delete_tree, tmpdir))
             raise
 
-    async def _download_once(
-        self, registry: RegistryClient, job: LayerJob, progress: LayerProgress
-    ) -> LayerRow | _Pending:
+    async def _download_once(self, registry: RegistryClient, job: LayerJob, progress: LayerProgress) -> _Pending:
         """Reads the blob in the unpack thread, which hashes and extracts it as it arrives;
-        a broken connection is _Transient."""
+        a broken connection is _Transient. The verified layer is left for _fetch to install."""
         downloaded = 0
 
         def on_bytes(n: int) -> None:  # on the loop, once a MiB or so
@@ -239,16 +244,14 @@ class LayerFetcher:
             writer = self.content.writer(job.desc.digest, job.desc.size)
             source = BodySource(response, on_bytes)
 
-            def work() -> LayerRow | _Pending:
+            def work() -> _Pending:
                 try:
                     result = self._unpack(job, tmpdir, source, writer, source.stopped)
                 except StreamBroken as exc:
                     raise _Transient(f"connection broke after {source.received} bytes: {exc}") from exc
                 if job.desc.size >= 0 and result.compressed_size != job.desc.size:
                     raise DataLoss(f"{job.where}: {result.compressed_size} bytes, the manifest says {job.desc.size}")
-                if result.deferred_links:
-                    return _Pending(tmpdir, result, writer)
-                return self.install_layer(tmpdir, job.chain, result, writer)
+                return _Pending(tmpdir, result, writer)  # installed by _fetch, outside the download bound
 
             thread = asyncio.ensure_future(asyncio.to_thread(work))
             try:

@@ -10,8 +10,8 @@ Gzip is inflated by ISA-L (`isal`), two to three times zlib's speed, and like
 zlib it lets go of the GIL while it works, so layers inflate on every core.
 The tar reader takes headers through `read`; file contents leave through
 `copy_to`, straight from the inflated buffer to the file, without a copy in
-Python. Buffers are bounded: the thread holds one received chunk at a time and one
-inflate step yields at most `MAX_DECOMPRESS_STEP`.
+Python. Buffers are bounded: the thread holds one received chunk (`BODY_BATCH`, gathered
+from the client's reads) at a time and one inflate step yields at most `MAX_DECOMPRESS_STEP`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,24 @@ from .errors import DataLoss, UnpackAborted
 
 READ_SIZE = 1 << 20
 MAX_DECOMPRESS_STEP = 1 << 20
+# A compressed chunk goes to the inflater in slices of this size: what one inflate step leaves
+# unconsumed (a step's output is capped) comes back as a copy, so the slice bounds that copy;
+# and the inflater's outputs stay small: slices of 256 KiB (outputs as large, for layers gzip
+# cannot shrink) left the daemon's peak RSS some 15 MiB higher in scripts/bench-pull.
+INFLATE_FEED = 64 << 10
+# A layer body goes on to the hashing, writing and inflating in chunks of this size (BodySource).
+# 1 MiB chunks were some 10% quicker still in scripts/bench-pull, but left the daemon's peak RSS
+# during a pull about 7 MiB higher (allocator arenas of three unpack threads), over its bound.
+BODY_BATCH = 256 << 10
 GZIP_WBITS = 16 + 15  # a gzip header and trailer around a deflate stream of a 32 KiB window
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
+Chunk = bytes | memoryview  # a piece of a compressed layer, valid until the next one is asked for
+ChunkSource = Callable[[], Chunk | None]
 
-def file_source(path: Path, stop: threading.Event | None = None) -> Callable[[], bytes | None]:
+
+def file_source(path: Path, stop: threading.Event | None = None) -> ChunkSource:
     """A ChunkSource reading a local file (import and re-unpack from a stored blob).
 
     Setting `stop` ends the unpack at its next read (UnpackAborted): a cancelled pull
@@ -71,9 +83,14 @@ class BodySource:
     raises UnpackAborted, so a cancelled pull never waits on a stalled connection.
     """
 
-    def __init__(self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP) -> None:
+    def __init__(
+        self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP, batch: int = BODY_BATCH
+    ) -> None:
         self._response = response
         self._chunks = response.iter_raw()
+        self._buffer = bytearray(batch)
+        self._carry = memoryview(b"")  # the part of the client's last read not yet in a chunk
+        self._eof = False
         self._loop = asyncio.get_running_loop()
         self._on_bytes = on_bytes
         self._step = step
@@ -102,7 +119,36 @@ class BodySource:
         except RuntimeError:
             pass  # the loop is gone: nobody follows the progress any more
 
-    def __call__(self) -> bytes | None:
+    def __call__(self) -> memoryview | None:
+        """The next `batch` bytes (fewer only at the end of the body); None at its end.
+
+        The HTTP client hands the body over in socket reads of 64 KiB; they are gathered here
+        into one chunk of `batch` bytes, so that the hashing, writing and inflating that follow
+        make one call (and one hand-over of the GIL) per `batch` bytes rather than per 64 KiB. The chunk
+        is a view of one buffer this source fills again on its next call: the stream reading it
+        (CompressedStream, DecompressedStream) is done with a chunk before it asks for the next,
+        and the buffer, allocated once, leaves no MiB-sized garbage in the allocator's arenas."""
+        buffer = self._buffer
+        size = 0
+        while size < len(buffer):
+            if not self._carry:
+                chunk = None if self._eof else self._read()
+                if chunk is None:
+                    self._eof = True
+                    break
+                self._carry = memoryview(chunk)
+            n = min(len(self._carry), len(buffer) - size)
+            buffer[size : size + n] = self._carry[:n]
+            self._carry = self._carry[n:]
+            size += n
+        if not size:
+            if self._unreported:
+                self._report()
+            return None
+        return memoryview(buffer)[:size]
+
+    def _read(self) -> bytes | None:
+        """One non-empty read of the client's (None at the end of the body), counted."""
         import httpx  # here, not at the top: archive imports leave httpx unloaded
 
         if self._stop.is_set():
@@ -118,8 +164,6 @@ class BodySource:
         if self._stop.is_set():
             raise UnpackAborted("pull cancelled")
         if chunk is None:
-            if self._unreported:
-                self._report()
             return None
         assert isinstance(chunk, bytes)
         self.received += len(chunk)
@@ -143,8 +187,8 @@ class CompressedStream:
 
     def __init__(
         self,
-        source: Callable[[], bytes | None],
-        sink: Callable[[bytes], None],
+        source: ChunkSource,
+        sink: Callable[[Chunk], None],
         stopped: Callable[[], bool] = never_stopped,
     ) -> None:
         self._source = source
@@ -162,7 +206,7 @@ class CompressedStream:
             self._pending += chunk
         return self._pending[:n]
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> Chunk | None:
         chunk = self._source()
         if chunk is None:
             self.eof = True
@@ -171,7 +215,7 @@ class CompressedStream:
         self.total += len(chunk)
         return chunk
 
-    def chunk(self) -> bytes | None:
+    def chunk(self) -> Chunk | None:
         if self._pending:
             data, self._pending = self._pending, b""
             return data
@@ -185,13 +229,13 @@ class _ChunkReader:
 
     def __init__(self, compressed: CompressedStream) -> None:
         self._in = compressed
-        self._rest = b""
+        self._rest: Chunk = b""
 
     def read(self, n: int) -> bytes:
         if not self._rest:
             self._rest = self._in.chunk() or b""
         data, self._rest = self._rest[:n], self._rest[n:]
-        return data
+        return bytes(data)  # a copy: zstandard may hold it past the chunk's life
 
 
 class DecompressedStream:
@@ -207,7 +251,8 @@ class DecompressedStream:
         magic = compressed.peek(4)
         self.kind = "gzip" if magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else "tar"
         self._z: Any = self._new_decoder()
-        self._tail = b""
+        self._tail = b""  # input the inflater left unconsumed: fed again before `_rest`
+        self._rest = memoryview(b"")  # the part of the last compressed chunk not yet fed
         self._buf = memoryview(b"")
         self._done = False
         self._pos = 0  # bytes of the tar handed out or skipped: tell() for the tar reader
@@ -242,7 +287,7 @@ class DecompressedStream:
                 self._buf = memoryview(out)
                 return True
 
-    def _inflate_step(self) -> bytes | None:
+    def _inflate_step(self) -> Chunk | None:
         """At most MAX_DECOMPRESS_STEP more bytes of the tar (maybe none yet); None at its end."""
         if self._z is None:
             return self._in.chunk()
@@ -254,27 +299,30 @@ class DecompressedStream:
             except zstandard.ZstdError as exc:
                 raise DataLoss(f"{self._where}: corrupt zstd data: {exc}") from exc
             return out or None
+        data: bytes | memoryview
         if self._tail:
             data, self._tail = self._tail, b""
         else:
-            got = self._in.chunk()
-            if got is None:
-                if not self._z.eof and not self._empty_member:
-                    raise DataLoss(f"{self._where}: truncated gzip stream")
-                return None
-            data = got
+            if not self._rest:
+                got = self._in.chunk()
+                if got is None:
+                    if not self._z.eof and not self._empty_member:
+                        raise DataLoss(f"{self._where}: truncated gzip stream")
+                    return None
+                self._rest = memoryview(got)
+            data, self._rest = self._rest[:INFLATE_FEED], self._rest[INFLATE_FEED:]
         return self._inflate_gzip(data)
 
     _empty_member = False
 
-    def _inflate_gzip(self, data: bytes) -> bytes:
+    def _inflate_gzip(self, data: bytes | memoryview) -> bytes:
         from isal import isal_zlib
 
         # isal's stubs declare `error` as an exception instance; it is the class zlib.error would be.
         inflate_error = cast("type[Exception]", isal_zlib.error)
         try:
             if self._z.eof:
-                rest = self._z.unused_data + data
+                rest = self._z.unused_data + bytes(data)
                 if not rest.strip(b"\0"):
                     return b""  # zero padding after the last member
                 self._z = self._new_decoder()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .content import BlobWriter
 from .errors import DataLoss, InvalidArgument, LayerEscape
-from .layerstream import READ_SIZE, CompressedStream, DecompressedStream, never_stopped
+from .layerstream import READ_SIZE, ChunkSource, CompressedStream, DecompressedStream, never_stopped
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -237,7 +237,7 @@ def syncfs(path: Path) -> None:
 
 
 def unpack_layer(
-    source: Callable[[], bytes | None],
+    source: ChunkSource,
     dest: Path,
     *,
     where: str,

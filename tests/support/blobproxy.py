@@ -75,11 +75,20 @@ class BlobProxy:
                 await writer.drain()
                 return
             async with self._counting(digest) if counted else contextlib.nullcontext():
+                # One slice behind the upstream, so that the last is sent with no pause after it:
+                # the blob counts as served the moment its last byte is out, not a pause later,
+                # by when a quick client may have finished its pull.
+                held: bytes | None = None
                 async for chunk in response.aiter_raw(SLICE):
-                    writer.write(chunk)
+                    if held is not None:
+                        writer.write(held)
+                        await writer.drain()
+                        if counted:
+                            await asyncio.sleep(self.pause)
+                    held = chunk
+                if held is not None:
+                    writer.write(held)
                     await writer.drain()
-                    if counted:
-                        await asyncio.sleep(self.pause)
         finally:
             await response.aclose()
 

@@ -110,3 +110,24 @@ async def test_a_connection_closed_mid_body_is_a_broken_stream(serve) -> None:
             await asyncio.to_thread(_drain, source)
         response.close()
     assert source.received == 1 << 20
+
+
+async def test_reads_are_gathered_into_whole_chunks_in_order(serve) -> None:
+    """Chunks of exactly `batch` bytes (the last may be shorter), the body's bytes in order,
+    though the client's reads do not divide into them (a read is split across two chunks)."""
+    server = serve(BODY_SIZE, "finish")
+    batch = 100_000
+
+    def drain(source: BodySource) -> list[bytes]:
+        chunks: list[bytes] = []
+        while (chunk := source()) is not None:
+            chunks.append(bytes(chunk))  # a view of the source's buffer: copied before the next call
+        return chunks
+
+    with httpx.Client(timeout=60) as client:
+        response = await _open(client, server.url)
+        chunks = await asyncio.to_thread(drain, BodySource(response, lambda n: None, batch=batch))
+        response.close()
+    assert [len(c) for c in chunks[:-1]] == [batch] * (len(chunks) - 1)
+    assert 0 < len(chunks[-1]) <= batch
+    assert b"".join(chunks) == bytes(range(256)) * (BODY_SIZE // 256)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crishim.runtime.network import cnicache
+from crishim.runtime.network import netns as netns_mod
 from crishim.runtime.network.cniconf import NetworkConfigList, config_from_raw, version_tuple
 from crishim.runtime.network.cniresult import NetworkSetup, parse_result
 from crishim.runtime.network.errors import (
@@ -162,6 +163,23 @@ def plugin_config(
     return conf
 
 
+def deletes_interface_early(netconf: NetworkConfigList) -> bool:
+    """True for a network whose DEL works the same when its interface is already gone.
+
+    That is the bridge plugin with host-local IPAM (DEL releases the IP from its own
+    store whether or not the link is there), optionally followed by portmap (its rules
+    are found from the cached result), the shape of the built-in default network. With
+    ipMasq the bridge plugin finds the rules to remove from the link's addresses, and
+    other IPAMs (dhcp) or plugins may need the link: for those DEL runs alone.
+    """
+    types = netconf.plugin_types
+    if not types or types[0] != "bridge" or any(t != "portmap" for t in types[1:]):
+        return False
+    bridge = netconf.plugins[0]
+    ipam = bridge.get("ipam")
+    return bridge.get("ipMasq") is not True and isinstance(ipam, dict) and ipam.get("type") == "host-local"
+
+
 class CniRunner:
     """Executes a network configuration list's plugins and keeps the result cache."""
 
@@ -297,8 +315,32 @@ class CniRunner:
             return
         for entry in entries:
             netconf = config_from_raw(entry.config)
-            await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
+            removal = await self._retire_interface(netconf, pod, netns)
+            try:
+                await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
+            finally:
+                if removal is not None:
+                    await self._await_removal(removal, pod)
             await asyncio.to_thread(cnicache.remove_entry, self.cache_dir, entry.network, pod.sandbox_id)
+
+    async def _retire_interface(self, netconf: NetworkConfigList, pod: PodRef, netns: str) -> asyncio.Task[None] | None:
+        """For a network that can take it, the pod's interface is renamed away and deleted
+        beside the plugins' DEL (see netns.retire_interface); None when DEL alone does it."""
+        if not netns or not deletes_interface_early(netconf):
+            return None
+        try:
+            delete = await netns_mod.retire_interface(netns, IFNAME)
+        except Exception as exc:  # noqa: BLE001 - the bridge plugin's DEL deletes it then
+            log.debug("CNI DEL of %s: %s not retired first: %s", pod.sandbox_id, IFNAME, exc)
+            return None
+        return None if delete is None else asyncio.ensure_future(delete())
+
+    @staticmethod
+    async def _await_removal(removal: asyncio.Task[None], pod: PodRef) -> None:
+        try:
+            await removal
+        except Exception as exc:  # noqa: BLE001 - it goes with the namespace at RemovePodSandbox
+            log.warning("CNI DEL of %s: %s is left until its namespace goes: %s", pod.sandbox_id, IFNAME, exc)
 
     async def _del_list(
         self,

@@ -250,6 +250,10 @@ async def test_teardown_leaves_no_namespace_veth_ip_reservation_or_iptables_rule
     assert _iptables_mentions(sid)
 
     await pn.teardown(sid, path)
+    # The pinned namespace stays until RemovePodSandbox, without the pod's interface
+    # (nor the name it took while the kernel deleted it beside the plugins' DEL).
+    assert await netns.interfaces(path) == ["lo"]
+    assert not any(_present(f"/sys/class/net/{v}") for v in veths)
     await pn.teardown(sid, path)  # StopPodSandbox may come twice
     await pn.remove_netns(path)
     await pn.remove_netns(path)

@@ -286,6 +286,14 @@ class OciRuntime:
             raise NotFound(f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})")
         return ExecResult(rc if rc >= 0 else 128 - rc, out, err, out_t, err_t)
 
+    def has_state(self, cid: str) -> bool:
+        """Whether the runtime keeps state for `cid` (runc and crun alike: a directory under root).
+
+        Without it every command on `cid` would only answer "does not exist", so a caller
+        can skip running one (a process start costs milliseconds here).
+        """
+        return (self.root / cid).exists()
+
     def remove_unloadable_state(self, cid: str) -> bool:
         """Blocking: removes the state directory of `cid` if the runtime can no longer load it.
 

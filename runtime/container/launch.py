@@ -78,6 +78,8 @@ async def delete_state(handler: Handler, object_id: str) -> None:
     or state (runc) file can no longer be operated by the runtime at all, and the
     container's process is gone, so that leftover directory is removed here.
     """
+    if not handler.runtime.has_state(object_id):
+        return  # deleted already (the exit handler deletes an exited container)
     for attempt in range(2):
         try:
             await handler.runtime.delete(object_id, force=True)

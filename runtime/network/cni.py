@@ -315,32 +315,19 @@ class CniRunner:
             return
         for entry in entries:
             netconf = config_from_raw(entry.config)
-            removal = await self._retire_interface(netconf, pod, netns)
-            try:
-                await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
-            finally:
-                if removal is not None:
-                    await self._await_removal(removal, pod)
+            await self._retire_interface(netconf, pod, netns)
+            await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
             await asyncio.to_thread(cnicache.remove_entry, self.cache_dir, entry.network, pod.sandbox_id)
 
-    async def _retire_interface(self, netconf: NetworkConfigList, pod: PodRef, netns: str) -> asyncio.Task[None] | None:
-        """For a network that can take it, the pod's interface is renamed away and deleted
-        beside the plugins' DEL (see netns.retire_interface); None when DEL alone does it."""
+    async def _retire_interface(self, netconf: NetworkConfigList, pod: PodRef, netns: str) -> None:
+        """For a network that can take it, the pod's interface is renamed away and deleted in
+        the background while the plugins' DEL runs (netns.retire_interface)."""
         if not netns or not deletes_interface_early(netconf):
-            return None
+            return
         try:
-            delete = await netns_mod.retire_interface(netns, IFNAME)
+            await netns_mod.retire_interface(netns, IFNAME)
         except Exception as exc:  # noqa: BLE001 - the bridge plugin's DEL deletes it then
             log.debug("CNI DEL of %s: %s not retired first: %s", pod.sandbox_id, IFNAME, exc)
-            return None
-        return None if delete is None else asyncio.ensure_future(delete())
-
-    @staticmethod
-    async def _await_removal(removal: asyncio.Task[None], pod: PodRef) -> None:
-        try:
-            await removal
-        except Exception as exc:  # noqa: BLE001 - it goes with the namespace at RemovePodSandbox
-            log.warning("CNI DEL of %s: %s is left until its namespace goes: %s", pod.sandbox_id, IFNAME, exc)
 
     async def _del_list(
         self,

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -315,8 +316,14 @@ class CniRunner:
             return
         for entry in entries:
             netconf = config_from_raw(entry.config)
-            await self._retire_interface(netconf, pod, netns)
-            await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
+            # The later plugins' DEL needs no link: the interface is retired meanwhile.
+            retired = asyncio.ensure_future(self._retire_interface(netconf, pod, netns))
+            try:
+                await self._del_list(
+                    netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args, before_first=retired
+                )
+            finally:
+                await retired
             await asyncio.to_thread(cnicache.remove_entry, self.cache_dir, entry.network, pod.sandbox_id)
 
     async def _retire_interface(self, netconf: NetworkConfigList, pod: PodRef, netns: str) -> None:
@@ -337,10 +344,14 @@ class CniRunner:
         runtime_config: dict[str, Any],
         result: dict[str, Any] | None,
         cni_args: str,
+        before_first: Awaitable[None] | None = None,
     ) -> None:
+        """DEL through the list in reverse; `before_first` is awaited before the first plugin's."""
         # prevResult on DEL only exists from 0.4.0 on (CNI spec, "Deleting").
         prev = result if result is not None and version_tuple(netconf.cni_version) >= (0, 4, 0) else None
-        for plugin in reversed(netconf.plugins):
+        for index, plugin in reversed(list(enumerate(netconf.plugins))):
+            if index == 0 and before_first is not None:
+                await before_first
             conf = plugin_config(netconf, plugin, runtime_config, prev)
             try:
                 await self._exec("DEL", str(plugin["type"]), conf, pod, netns, cni_args)

@@ -286,6 +286,47 @@ class OciRuntime:
             raise NotFound(f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})")
         return ExecResult(rc if rc >= 0 else 128 - rc, out, err, out_t, err_t)
 
+    def signal_init(self, cid: str, signal: int) -> bool:
+        """Blocking: sends `signal` to the container's init itself, without running the runtime.
+
+        Possible where the state names the process as runc's state.json does, by its PID and
+        its start time (how runc itself tells a reused PID): a pidfd pins the process, so the
+        signal cannot reach another one. True when sent or when that process is gone already;
+        False when the caller must run `kill` (crun's state, no state, an unreadable one).
+        It does not thaw a frozen cgroup v1 (as `runc kill` does not): only for containers
+        never paused, such as a pod's infra container.
+        """
+        try:
+            state = json.loads((self.root / cid / "state.json").read_bytes())
+            pid, started = int(state["init_process_pid"]), int(state["init_process_start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if pid <= 0:
+            return False
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        try:
+            if _start_time(pid) != started:
+                return True  # the PID names another process now: the init is gone
+            signals.pidfd_send_signal(pidfd, signal)
+        except ProcessLookupError:
+            pass  # exited meanwhile
+        finally:
+            os.close(pidfd)
+        return True
+
+    def has_state(self, cid: str) -> bool:
+        """Whether the runtime keeps state for `cid` (runc and crun alike: a directory under root).
+
+        Without it every command on `cid` would only answer "does not exist", so a caller
+        can skip running one (a process start costs milliseconds here).
+        """
+        return (self.root / cid).exists()
+
     def remove_unloadable_state(self, cid: str) -> bool:
         """Blocking: removes the state directory of `cid` if the runtime can no longer load it.
 
@@ -462,3 +503,13 @@ def _is_child_zombie_or_alive(pid: int) -> bool:
         return False
     ppid = int(stat.rsplit(")", 1)[1].split()[1])
     return ppid == os.getpid()
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(b")", 1)[1].split()[19])

@@ -61,8 +61,14 @@ async def launch(
     )
 
 
-async def signal_quietly(handler: Handler, object_id: str, signal: int) -> None:
-    """Sends a signal to the container's init; a container that is already gone is fine."""
+async def signal_quietly(handler: Handler, object_id: str, signal: int, *, directly: bool = False) -> None:
+    """Sends a signal to the container's init; a container that is already gone is fine.
+
+    `directly` signals the process from here when the runtime's state allows it
+    (OciRuntime.signal_init), saving a runtime command, for containers never paused.
+    """
+    if directly and handler.runtime.signal_init(object_id, signal):
+        return
     try:
         await handler.runtime.kill(object_id, signal)
     except Exception as exc:  # noqa: BLE001 - absent or stopped containers are the common case
@@ -78,6 +84,8 @@ async def delete_state(handler: Handler, object_id: str) -> None:
     or state (runc) file can no longer be operated by the runtime at all, and the
     container's process is gone, so that leftover directory is removed here.
     """
+    if not handler.runtime.has_state(object_id):
+        return  # deleted already (the exit handler deletes an exited container)
     for attempt in range(2):
         try:
             await handler.runtime.delete(object_id, force=True)
@@ -102,17 +110,19 @@ async def delete_quietly(handler: Handler, object_id: str) -> None:
         log.warning("cannot delete the runtime state of %s: %s", object_id[:13], exc)
 
 
-async def kill_and_delete(svc: Services, handler: Handler, object_id: str, *, strict: bool = False) -> None:
+async def kill_and_delete(
+    svc: Services, handler: Handler, object_id: str, *, strict: bool = False, signal_directly: bool = False
+) -> None:
     """SIGKILL, wait until conmon has recorded the exit and exited, then `runc delete --force`.
 
     Idempotent. Waiting for conmon itself (not only for its exit file) means that a
     StopPodSandbox or RemoveContainer that returned has left no conmon behind, and that
     the daemon, conmon's subreaper, reaps it rather than leaving a zombie. With `strict`,
     a failing delete raises instead of being logged, so the caller can keep its record
-    until the runtime state is really gone.
+    until the runtime state is really gone. `signal_directly`: see signal_quietly.
     """
     _watch_conmon(svc, object_id)
-    await signal_quietly(handler, object_id, 9)
+    await signal_quietly(handler, object_id, 9, directly=signal_directly)
     if svc.monitor is not None and svc.monitor.watching(object_id):
         await svc.monitor.wait(object_id, 10.0)
     if strict:

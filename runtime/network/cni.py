@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import signal
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from crishim.runtime.network import cnicache
+from crishim.runtime.network import netns as netns_mod
 from crishim.runtime.network.cniconf import NetworkConfigList, config_from_raw, version_tuple
 from crishim.runtime.network.cniresult import NetworkSetup, parse_result
 from crishim.runtime.network.errors import (
@@ -162,6 +164,23 @@ def plugin_config(
     return conf
 
 
+def deletes_interface_early(netconf: NetworkConfigList) -> bool:
+    """True for a network whose DEL works the same when its interface is already gone.
+
+    That is the bridge plugin with host-local IPAM (DEL releases the IP from its own
+    store whether or not the link is there), optionally followed by portmap (its rules
+    are found from the cached result), the shape of the built-in default network. With
+    ipMasq the bridge plugin finds the rules to remove from the link's addresses, and
+    other IPAMs (dhcp) or plugins may need the link: for those DEL runs alone.
+    """
+    types = netconf.plugin_types
+    if not types or types[0] != "bridge" or any(t != "portmap" for t in types[1:]):
+        return False
+    bridge = netconf.plugins[0]
+    ipam = bridge.get("ipam")
+    return bridge.get("ipMasq") is not True and isinstance(ipam, dict) and ipam.get("type") == "host-local"
+
+
 class CniRunner:
     """Executes a network configuration list's plugins and keeps the result cache."""
 
@@ -297,8 +316,25 @@ class CniRunner:
             return
         for entry in entries:
             netconf = config_from_raw(entry.config)
-            await self._del_list(netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args)
+            # The later plugins' DEL needs no link: the interface is retired meanwhile.
+            retired = asyncio.ensure_future(self._retire_interface(netconf, pod, netns))
+            try:
+                await self._del_list(
+                    netconf, pod, netns, entry.runtime_config, entry.result, entry.cni_args, before_first=retired
+                )
+            finally:
+                await retired
             await asyncio.to_thread(cnicache.remove_entry, self.cache_dir, entry.network, pod.sandbox_id)
+
+    async def _retire_interface(self, netconf: NetworkConfigList, pod: PodRef, netns: str) -> None:
+        """For a network that can take it, the pod's interface is renamed away and deleted in
+        the background while the plugins' DEL runs (netns.retire_interface)."""
+        if not netns or not deletes_interface_early(netconf):
+            return
+        try:
+            await netns_mod.retire_interface(netns, IFNAME)
+        except Exception as exc:  # noqa: BLE001 - the bridge plugin's DEL deletes it then
+            log.debug("CNI DEL of %s: %s not retired first: %s", pod.sandbox_id, IFNAME, exc)
 
     async def _del_list(
         self,
@@ -308,10 +344,14 @@ class CniRunner:
         runtime_config: dict[str, Any],
         result: dict[str, Any] | None,
         cni_args: str,
+        before_first: Awaitable[None] | None = None,
     ) -> None:
+        """DEL through the list in reverse; `before_first` is awaited before the first plugin's."""
         # prevResult on DEL only exists from 0.4.0 on (CNI spec, "Deleting").
         prev = result if result is not None and version_tuple(netconf.cni_version) >= (0, 4, 0) else None
-        for plugin in reversed(netconf.plugins):
+        for index, plugin in reversed(list(enumerate(netconf.plugins))):
+            if index == 0 and before_first is not None:
+                await before_first
             conf = plugin_config(netconf, plugin, runtime_config, prev)
             try:
                 await self._exec("DEL", str(plugin["type"]), conf, pod, netns, cni_args)

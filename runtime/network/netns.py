@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from crishim.oci.mounttable import MS_BIND, MS_REC, MS_SHARED, is_mount_point, m
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
+log = logging.getLogger("crishim.network")
 
 _CLONE_NEWNET = 0x40000000
 
@@ -202,7 +204,11 @@ def _remove_pin(path: str) -> None:
 
 
 async def remove(path: str) -> None:
-    """Unmount and delete a pin; removing one already gone is fine (RemovePodSandbox is idempotent)."""
+    """Unmount and delete a pin; removing one already gone is fine (RemovePodSandbox is idempotent).
+
+    An interface retired in it (retire_interface) is deleted first, so none outlives the call.
+    """
+    await _deletion_done(path)
     try:
         await asyncio.to_thread(_remove_pin, path)
     except OSError as exc:
@@ -262,6 +268,60 @@ def _addresses_here(ifname: str) -> list[str]:
 async def addresses(path: str, ifname: str = "eth0") -> list[str]:
     """Addresses ("ip/prefix") of `ifname` inside the namespace, IPv4 and IPv6 alike."""
     return await run_in(path, _addresses_here, ifname)
+
+
+# The name an interface takes while the kernel removes it (at most 15 bytes).
+RETIRED_IFNAME = "crishim-gone"
+# Retired interfaces still being deleted, by namespace pin path.
+_deleting: dict[str, asyncio.Future[None]] = {}
+
+
+def _retire_here(ifname: str) -> int | None:
+    """Takes `ifname` down and renames it; returns its index, or None when there is none."""
+    with _iproute() as ipr:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            return None
+        ipr.link("set", index=found[0], state="down")
+        ipr.link("set", index=found[0], ifname=RETIRED_IFNAME)
+        return int(found[0])
+
+
+def _delete_here(index: int) -> None:
+    with _iproute() as ipr:
+        ipr.link("del", index=index)
+
+
+async def retire_interface(path: str, ifname: str) -> bool:
+    """Frees the name `ifname` in the namespace at once and deletes the link in the background.
+
+    Deleting a veth waits for an RCU grace period in the kernel (~15 ms), which a CNI
+    plugin's DEL would spend in line with the plugins after it, and StopPodSandbox with
+    it. Down and renamed (~2 ms), the interface carries no traffic and no longer answers
+    to its name, so DEL finds it gone and releases the IP at once; `remove` of the
+    namespace waits for the deletion to end. False when there is no such interface.
+    """
+    index = await run_in(path, _retire_here, ifname)
+    if index is None:
+        return False
+    deleting = asyncio.ensure_future(run_in(path, _delete_here, index))
+    _deleting[path] = deleting
+    deleting.add_done_callback(functools.partial(_deleted, path))
+    return True
+
+
+def _deleted(path: str, deleting: asyncio.Future[None]) -> None:
+    if _deleting.get(path) is deleting:
+        del _deleting[path]
+    if not deleting.cancelled() and deleting.exception() is not None:
+        log.warning("retired interface in %s not deleted, it goes with the namespace: %s", path, deleting.exception())
+
+
+async def _deletion_done(path: str) -> None:
+    deleting = _deleting.get(path)
+    if deleting is not None:
+        with contextlib.suppress(Exception):  # logged by _deleted
+            await asyncio.shield(deleting)
 
 
 def _link_names() -> list[str]:

@@ -133,4 +133,5 @@ async def destroy_infra(svc: Services, handler: Handler, sandbox_id: str) -> Non
     """Kills and deletes the infra container; absent is fine (idempotent)."""
     from crishim.runtime.container.launch import kill_and_delete
 
-    await kill_and_delete(svc, handler, sandbox_id)
+    # The pause process is never paused, so it is signalled without a `runc kill`.
+    await kill_and_delete(svc, handler, sandbox_id, signal_directly=True)

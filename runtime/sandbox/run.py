@@ -108,12 +108,14 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         undo.push_async_callback(asyncio.to_thread, shutil.rmtree, bundle, True)
         if pod.config.log_directory:
             await asyncio.to_thread(Path(pod.config.log_directory).mkdir, parents=True, exist_ok=True)
+        # The namespace is made in a thread of its own while the files and the rootfs are.
+        netns_made = None if pod.host_network else pod_netns(svc, undo, sandbox_id)
         shm_path = "" if pod.host_ipc else pod_shm(undo, bundle)
         # No hostname asked: the node's, as containerd and CRI-O do (a pod name may exceed 64 bytes).
         hostname = pod.config.hostname or socket.gethostname()
         files = await infra.write_pod_files(svc, bundle, pod.config, hostname, pod.host_network)
-        netns_path = None if pod.host_network else await pod_netns(svc, undo, sandbox_id)
         rootfs = await infra_rootfs(svc, undo, image, sandbox_id, bundle)
+        netns_path = None if netns_made is None else await netns_made
         spec_input = sandbox_spec_input(svc, pod, sandbox_id, rootfs, image, hostname, PodAddress(netns_path), shm_path)
         spec = infra.build_spec(spec_input)
         await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
@@ -144,11 +146,23 @@ def pod_shm(undo: AsyncExitStack, bundle: Path) -> str:
     return str(shm)
 
 
-async def pod_netns(svc: Services, undo: AsyncExitStack, sandbox_id: str) -> str:
-    """The pod's pinned netns, unpinned by the undo."""
-    netns_path = await svc.network.create_netns(sandbox_id)
-    undo.push_async_callback(svc.network.remove_netns, netns_path)
-    return netns_path
+def pod_netns(svc: Services, undo: AsyncExitStack, sandbox_id: str) -> asyncio.Task[str]:
+    """The pod's pinned netns, made beside the steps that follow; its path once awaited.
+
+    The undo waits for the making to end, whatever its caller awaited, and unpins what
+    was made (a failed making leaves nothing pinned).
+    """
+    made = asyncio.ensure_future(svc.network.create_netns(sandbox_id))
+
+    async def unpin() -> None:
+        try:
+            netns_path = await made
+        except (Exception, asyncio.CancelledError):
+            return
+        await svc.network.remove_netns(netns_path)
+
+    undo.push_async_callback(unpin)
+    return made
 
 
 async def pod_network(

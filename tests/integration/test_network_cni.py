@@ -250,6 +250,9 @@ async def test_teardown_leaves_no_namespace_veth_ip_reservation_or_iptables_rule
     assert _iptables_mentions(sid)
 
     await pn.teardown(sid, path)
+    # The pinned namespace stays until RemovePodSandbox; the pod's interface is no longer
+    # in it by its name (the kernel may still be deleting it under the one it took).
+    assert "eth0" not in await netns.interfaces(path)
     await pn.teardown(sid, path)  # StopPodSandbox may come twice
     await pn.remove_netns(path)
     await pn.remove_netns(path)

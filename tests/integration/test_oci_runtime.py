@@ -195,6 +195,21 @@ async def test_kill_stops_running_container(launcher: Launcher, runtime: OciRunt
     assert await wait_exit(run) == 137
 
 
+async def test_signal_init_reaches_runcs_init_without_the_runtime(launcher: Launcher, runtime: OciRuntime) -> None:
+    run = await launcher.run(runtime, launcher.input(runtime, ("sleep", "100")))
+    sent = runtime.signal_init(run.cid, signal.SIGKILL)
+    if runtime.name == "crun":
+        assert sent is False  # its state does not say which process: the caller runs `crun kill`
+        await runtime.kill(run.cid, signal.SIGKILL)
+    else:
+        assert sent is True
+    assert await wait_exit(run) == 137
+    # The init is gone: nothing to signal, which is no failure (runc would answer "not running").
+    assert runtime.signal_init(run.cid, signal.SIGKILL) is (runtime.name != "crun")
+    await runtime.delete(run.cid, force=True)
+    assert runtime.signal_init(run.cid, signal.SIGKILL) is False  # no state at all
+
+
 async def test_exec_sync_captures_output_and_exit_code(launcher: Launcher, runtime: OciRuntime) -> None:
     run = await launcher.run(runtime, launcher.input(runtime, ("sleep", "100")))
     proc = {

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from crishim.runtime.network.cni import Bandwidth, CniRunner, PodRef, PortMapping, RuntimeOptions
+from crishim.runtime.network.cni import (
+    Bandwidth,
+    CniRunner,
+    PodRef,
+    PortMapping,
+    RuntimeOptions,
+    deletes_interface_early,
+)
 from crishim.runtime.network.cniconf import parse_config
 from crishim.runtime.network.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, PluginError
 
@@ -230,3 +237,23 @@ async def test_check_is_skipped_for_pre_040_configs(plugin_env: tuple[Path, Path
 def test_bad_port_mapping_is_invalid_argument(mapping: PortMapping) -> None:
     with pytest.raises(InvalidArgument):
         mapping.to_cni()
+
+
+HOST_LOCAL = {"type": "host-local", "ranges": [[{"subnet": "10.9.0.0/24"}]]}
+
+
+@pytest.mark.parametrize(
+    ("plugins", "early"),
+    [
+        ([{"type": "bridge", "ipMasq": False, "ipam": HOST_LOCAL}, {"type": "portmap"}], True),
+        ([{"type": "bridge", "ipam": HOST_LOCAL}], True),
+        # The bridge plugin finds its masquerade rules from the link's addresses.
+        ([{"type": "bridge", "ipMasq": True, "ipam": HOST_LOCAL}, {"type": "portmap"}], False),
+        # dhcp releases its lease through the link.
+        ([{"type": "bridge", "ipam": {"type": "dhcp"}}], False),
+        ([{"type": "bridge", "ipam": HOST_LOCAL}, {"type": "tuning"}], False),
+        ([{"type": "ptp", "ipam": HOST_LOCAL}], False),
+    ],
+)
+def test_only_networks_whose_del_needs_no_link_lose_it_first(plugins: list[dict[str, Any]], early: bool) -> None:
+    assert deletes_interface_early(_conf(*plugins)) is early

@@ -26,6 +26,7 @@ from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.ids import now_ns
@@ -47,6 +48,7 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     bundle = Path(meta.bundle)
     containers = svc.state.containers
     started_at = now_ns()
+    phases = Phases()
     containers.update_status(meta.id, lambda s: dataclasses.replace(s, starting=True))
     try:
         await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, meta.id)
@@ -58,8 +60,10 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
         )  # fmt: skip
     except Exception as exc:
         raise await _failed(svc, handler, record, exc) from exc
+    phases.mark("conmon and runc restore")
     containers.update_meta(meta.id, lambda m: dataclasses.replace(m, pid=result.pid, conmon_pid=result.conmon_pid))
     await _set_hostname(bundle, result.pid)
+    phases.mark("hostname")
     svc.monitor.watch(meta.id, result.conmon_pid)
     restored = containers.update_status(
         meta.id,
@@ -73,7 +77,9 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     )
     # The images are in the process now; a container of gigabytes should not keep them twice.
     await asyncio.to_thread(shutil.rmtree, bundle / archive.CHECKPOINT_DIRECTORY, True)
+    phases.mark("images removed")
     log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
+    log.info("%s restore's start of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
     return restored
 
 

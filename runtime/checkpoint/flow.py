@@ -25,7 +25,7 @@ from typing import Any
 from crishim.oci import checkpoint as oci_checkpoint
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive, provenance
+from crishim.runtime.checkpoint import archive, freeze, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
@@ -117,7 +117,8 @@ async def _dump_paused(
 ) -> list[str]:
     """CRIU's images and the rootfs diff, taken while the container is frozen; deleted.files' paths."""
     meta, runtime = record.meta, handler.runtime
-    await runtime.pause(meta.id)
+    cgroup = await asyncio.to_thread(freeze.v2_cgroup_dir, meta.cgroups_path, svc.cgroup_driver)
+    await freeze.pause(runtime, meta.id, cgroup)
     phases.mark("pause")
     try:
         await oci_checkpoint.checkpoint(runtime, meta.id, paths, time_limit=seconds)
@@ -135,8 +136,8 @@ async def _dump_paused(
     finally:
         # Shielded: a call cancelled mid-dump must still not leave the container frozen.
         try:
-            await asyncio.shield(runtime.resume(meta.id))
-        except OciError as exc:  # it exited meanwhile: nothing to resume
+            await asyncio.shield(freeze.resume(runtime, meta.id, cgroup))
+        except (OciError, OSError) as exc:  # it exited meanwhile: nothing to resume
             log.warning("resuming container %s after its checkpoint: %s", meta.id, exc)
         phases.mark("resume")
 

@@ -29,7 +29,7 @@ from crishim.runtime.checkpoint import archive, freeze, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
-from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
+from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Handler, Services
@@ -94,14 +94,15 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         phases.mark("metadata")
         await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
         phases.mark("archive")
+        await asyncio.shield(asyncio.to_thread(discard_stage, stage))  # its removal goes on behind the call
     except OSError as exc:
         # The node's disk (full, read-only, removed under us): say which file, not only errno.
         error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Internal
         raise error(f"checkpoint of container {meta.id} to {target}: {exc}") from exc
     finally:
         abort.set()
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))
-    phases.mark("stage removed")
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))  # a failed one's, at once
+    phases.mark("stage discarded")
     log.info("%s checkpoint of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
 
 

@@ -42,7 +42,7 @@ def v2_cgroup_dir(cgroups_path: str, driver: str) -> Path | None:
     return directory if (directory / "cgroup.freeze").is_file() else None
 
 
-def _freeze(directory: Path) -> bool:
+def freeze_cgroup(directory: Path) -> bool:
     """Blocking: freezes the cgroup and waits until every task in it is; False (and thawed) if they are not in time."""
     (directory / "cgroup.freeze").write_text("1")
     deadline = time.monotonic() + FREEZE_TIMEOUT
@@ -50,7 +50,7 @@ def _freeze(directory: Path) -> bool:
         if "frozen 1" in (directory / "cgroup.events").read_text().splitlines():
             return True
         time.sleep(_POLL)
-    (directory / "cgroup.freeze").write_text("0")
+    thaw_cgroup(directory)
     return False
 
 
@@ -59,7 +59,7 @@ async def pause(runtime: OciRuntime, container_id: str, directory: Path | None) 
     if directory is None:
         await runtime.pause(container_id)
         return
-    if not await asyncio.to_thread(_freeze, directory):
+    if not await asyncio.to_thread(freeze_cgroup, directory):
         raise FailedPrecondition(f"container {container_id} did not freeze within {FREEZE_TIMEOUT:.0f}s; left running")
 
 
@@ -68,4 +68,9 @@ async def resume(runtime: OciRuntime, container_id: str, directory: Path | None)
     if directory is None:
         await runtime.resume(container_id)
         return
-    await asyncio.to_thread((directory / "cgroup.freeze").write_text, "0")
+    await asyncio.to_thread(thaw_cgroup, directory)
+
+
+def thaw_cgroup(directory: Path) -> None:
+    """Blocking: the cgroup's tasks run again."""
+    (directory / "cgroup.freeze").write_text("0")

@@ -13,8 +13,9 @@ formats are an interface, kept in this one module:
     dump.log          CRIU's log of the dump
 
 The archive is written to a hidden temporary file in the target directory,
-synced, then renamed onto `location`: a reader (or a crash) never sees half an
-archive under the final name, and a failed or abandoned write removes its file.
+then renamed onto `location`: a reader, or a daemon killed mid-write, never
+leaves half an archive under the final name, and a failed or abandoned write
+removes its file. It is not fsynced (see write_archive).
 `unpack_archive` reads one back for a restore: checked member by member, and a
 corrupt or truncated archive refused with nothing left unpacked.
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.runtime.checkpoint import safe_tar
+from crishim.runtime.checkpoint.kernel_copy import KernelCopyTar
 
 CHECKPOINT_DIRECTORY = "checkpoint"
 CONFIG_DUMP = "config.dump"
@@ -184,7 +186,7 @@ def write_rootfs_diff(
     points: runc made them for its mounts, and the restore mounts them again, as CRI-O skips them.
     """
     deleted: list[str] = []
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+    with KernelCopyTar.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         with_copy_buffer(tar)
         for dirpath, dirnames, filenames in os.walk(upper):
             if abort.is_set():
@@ -228,7 +230,17 @@ def partial_path(location: Path, tag: str) -> Path:
 
 
 def write_archive(location: Path, members: list[Member], abort: threading.Event, partial: Path | None = None) -> None:
-    """Blocking: the archive at `location`, complete or not at all (written first to `partial`)."""
+    """Blocking: the archive at `location`, complete or not at all (written first to `partial`).
+
+    Its bytes are not fsynced before the rename, as CRI-O and Podman write their exports
+    (straight to the target, no sync at all): syncing a container's memory images doubles
+    the checkpoint's cost on a slow disk, for the one case of the node losing power in the
+    seconds after the call returned. The rename still makes the archive appear whole or not
+    at all to every reader and to a daemon killed mid-write. After a power loss an archive of
+    the last seconds may be lost or cut short (ext4's default ordered mode commits a file's
+    size only with its data, so a cut archive reads short), and unpack_archive refuses a
+    short one as truncated rather than restoring from it.
+    """
     if partial is None:
         fd, name = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".partial")
         partial = Path(name)
@@ -237,23 +249,16 @@ def write_archive(location: Path, members: list[Member], abort: threading.Event,
     renamed = False
     try:
         with os.fdopen(fd, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            with KernelCopyTar.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 with_copy_buffer(tar)
                 for member in members:
                     if abort.is_set():
                         raise Abandoned(f"writing {location} was abandoned")
                     _add(tar, member)
-            fh.flush()
-            os.fsync(fh.fileno())
         if abort.is_set():
             raise Abandoned(f"writing {location} was abandoned")
         os.replace(partial, location)
         renamed = True
-        dir_fd = os.open(location.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     finally:
         if not renamed:
             with contextlib.suppress(FileNotFoundError):
@@ -332,7 +337,7 @@ def _open_tar(location: Path) -> Iterator[tarfile.TarFile]:
     with open(location, "rb") as raw:
         if raw.read(4) != _ZSTD_MAGIC:
             raw.seek(0)
-            with tarfile.open(fileobj=raw, mode="r:*") as tar:
+            with KernelCopyTar.open(fileobj=raw, mode="r:*") as tar:
                 with_copy_buffer(tar)
                 yield tar
             return

@@ -25,10 +25,11 @@ from typing import Any
 from crishim.oci import checkpoint as oci_checkpoint
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive, provenance
+from crishim.runtime.checkpoint import archive, freeze, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
-from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
+from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
+from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Handler, Services
@@ -78,25 +79,31 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
     spec = read_runtime_spec(bundle)
     if spec is None:
         raise FailedPrecondition(f"container {meta.id} has no runtime spec in {bundle}: it is being removed")
+    phases = Phases()
     stage = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGE_PREFIX, dir=bundle))
     abort = threading.Event()  # tells a writer thread that its caller has gone
     try:
         paths = oci_checkpoint.CheckpointPaths(images=stage / archive.CHECKPOINT_DIRECTORY, work=stage)
         paths.images.mkdir(mode=0o700)
         checkpointed_at = now_ns()
-        deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort)
+        deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort, phases)
         origin = (await provenance.this_node()).as_dict()
         members = _members(svc, record, spec, stage, deleted, checkpointed_at, origin)
         partial = archive.partial_path(target, stage.name)
         await asyncio.to_thread(record_partial, stage, partial)  # for a restart after kill -9 to remove it
+        phases.mark("metadata")
         await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
+        phases.mark("archive")
+        await asyncio.shield(asyncio.to_thread(discard_stage, stage))  # its removal goes on behind the call
     except OSError as exc:
         # The node's disk (full, read-only, removed under us): say which file, not only errno.
         error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Internal
         raise error(f"checkpoint of container {meta.id} to {target}: {exc}") from exc
     finally:
         abort.set()
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))  # a failed one's, at once
+    phases.mark("stage discarded")
+    log.info("%s checkpoint of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
 
 
 async def _dump_paused(
@@ -107,13 +114,17 @@ async def _dump_paused(
     paths: oci_checkpoint.CheckpointPaths,
     seconds: float,
     abort: threading.Event,
+    phases: Phases,
 ) -> list[str]:
     """CRIU's images and the rootfs diff, taken while the container is frozen; deleted.files' paths."""
     meta, runtime = record.meta, handler.runtime
-    await runtime.pause(meta.id)
+    cgroup = await asyncio.to_thread(freeze.v2_cgroup_dir, meta.cgroups_path, svc.cgroup_driver)
+    await freeze.pause(runtime, meta.id, cgroup)
+    phases.mark("pause")
     try:
         await oci_checkpoint.checkpoint(runtime, meta.id, paths, time_limit=seconds)
-        return await asyncio.to_thread(
+        phases.mark("runc checkpoint")
+        deleted = await asyncio.to_thread(
             archive.write_rootfs_diff,
             Path(meta.bundle) / "upper",
             paths.work / archive.ROOTFS_DIFF,
@@ -121,12 +132,15 @@ async def _dump_paused(
             _mount_points(spec),
             abort,
         )
+        phases.mark("rootfs diff")
+        return deleted
     finally:
         # Shielded: a call cancelled mid-dump must still not leave the container frozen.
         try:
-            await asyncio.shield(runtime.resume(meta.id))
-        except OciError as exc:  # it exited meanwhile: nothing to resume
+            await asyncio.shield(freeze.resume(runtime, meta.id, cgroup))
+        except (OciError, OSError) as exc:  # it exited meanwhile: nothing to resume
             log.warning("resuming container %s after its checkpoint: %s", meta.id, exc)
+        phases.mark("resume")
 
 
 def _image_layers(svc: Services, image_id: str) -> list[Path]:

@@ -46,7 +46,7 @@ from crishim.runtime.checkpoint import archive, pod_archive, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.flow import DEFAULT_TIMEOUT_SECONDS, checkpoint_to
 from crishim.runtime.checkpoint.location import checked_location
-from crishim.runtime.checkpoint.stage import STAGE_PREFIX, record_partial
+from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Services
@@ -161,6 +161,7 @@ async def _checkpoint(svc: Services, sandbox: Sandbox, containers: list[Containe
         partial = archive.partial_path(target, stage.name)
         await asyncio.to_thread(record_partial, stage, partial)  # for a restart after kill -9 to remove it
         await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
+        await asyncio.shield(asyncio.to_thread(discard_stage, stage))  # its removal goes on behind the call
     except OSError as exc:
         error = ResourceExhausted if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Internal
         raise error(f"checkpoint of pod sandbox {meta.id} to {target}: {exc}") from exc

@@ -41,6 +41,7 @@ from crishim.images.checkpoint_image import checkpoint_name
 from crishim.images.store import CHECKPOINT_READ_PREFIX
 from crishim.runtime.checkpoint import archive, provenance, safe_tar
 from crishim.runtime.checkpoint.availability import require_criu
+from crishim.runtime.checkpoint.kernel_copy import KernelCopyTar
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeError_
 from crishim.runtime.services import Handler, Services
 
@@ -210,7 +211,7 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     diff = root / archive.ROOTFS_DIFF
     if diff.is_file():
         try:
-            with tarfile.open(diff, "r:") as tar:
+            with KernelCopyTar.open(diff, "r:") as tar:
                 archive.with_copy_buffer(tar)
                 for member in tar:  # no member leads out of the rootfs (checked against the mounted tree)
                     safe_tar.extract(tar, member, rootfs, strict=False)

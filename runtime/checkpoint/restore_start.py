@@ -16,9 +16,14 @@ recorded, so its conmon is ended rather than adopted half-known.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
 import dataclasses
 import logging
+import os
 import shutil
+import threading
 from pathlib import Path
 
 from crishim.oci import conmon, processes
@@ -26,6 +31,7 @@ from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.errors import FailedPrecondition
 from crishim.runtime.ids import now_ns
@@ -47,6 +53,7 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     bundle = Path(meta.bundle)
     containers = svc.state.containers
     started_at = now_ns()
+    phases = Phases()
     containers.update_status(meta.id, lambda s: dataclasses.replace(s, starting=True))
     try:
         await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, meta.id)
@@ -58,8 +65,10 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
         )  # fmt: skip
     except Exception as exc:
         raise await _failed(svc, handler, record, exc) from exc
+    phases.mark("conmon and runc restore")
     containers.update_meta(meta.id, lambda m: dataclasses.replace(m, pid=result.pid, conmon_pid=result.conmon_pid))
     await _set_hostname(bundle, result.pid)
+    phases.mark("hostname")
     svc.monitor.watch(meta.id, result.conmon_pid)
     restored = containers.update_status(
         meta.id,
@@ -71,9 +80,13 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
             started_at=started_at,
         ),
     )
-    # The images are in the process now; a container of gigabytes should not keep them twice.
-    await asyncio.to_thread(shutil.rmtree, bundle / archive.CHECKPOINT_DIRECTORY, True)
+    # The images are in the process now; a container of gigabytes should not keep them twice. Removed
+    # behind the call's back: the kubelet need not wait for it, and RemoveContainer takes what is left.
+    threading.Thread(
+        target=shutil.rmtree, args=(bundle / archive.CHECKPOINT_DIRECTORY, True), name="crishim-images", daemon=True
+    ).start()
     log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
+    log.info("%s restore's start of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
     return restored
 
 
@@ -124,20 +137,49 @@ async def _set_hostname(bundle: Path, pid: int) -> None:
 
     CRIU writes the checkpointed hostname back (the old pod's) into the UTS namespace
     it restores into, even the new pod's that runc has it join; the spec names the
-    new pod's, which the pod's other containers see too. A failure is logged: the
-    process runs, under the old name.
+    new pod's, which the pod's other containers see too. It is set by setns(2) and
+    sethostname(2) in a thread started for it, which ends with it (setns changes only
+    the calling thread; a pooled one must never be left in a pod's namespace), where
+    `nsenter hostname` costs two programs' starts. A failure is logged: the process
+    runs, under the old name.
     """
     spec = await asyncio.to_thread(read_runtime_spec, bundle)
     hostname = (spec or {}).get("hostname")
     if not hostname:
         return  # the host's UTS namespace (host network): not ours to rename
-    proc = await asyncio.create_subprocess_exec(
-        "nsenter", f"--uts=/proc/{pid}/ns/uts", "--", "hostname", str(hostname),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
-        log.warning("restored process %d keeps its checkpointed hostname: %s", pid, err.decode(errors="replace"))
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def body() -> None:
+        try:
+            _sethostname_in(pid, str(hostname))
+            done.set_result(None)
+        except BaseException as exc:  # handed to the waiter; the thread just ends
+            done.set_exception(exc)
+
+    threading.Thread(target=body, name="crishim-uts", daemon=True).start()
+    try:
+        await asyncio.wrap_future(done)
+    except OSError as exc:
+        log.warning("restored process %d keeps its checkpointed hostname: %s", pid, exc)
+
+
+_CLONE_NEWUTS = 0x04000000
+
+
+def _sethostname_in(pid: int, hostname: str) -> None:
+    """Blocking, in a thread of its own that ends after: joins `pid`'s UTS namespace and names it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, _CLONE_NEWUTS) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into process {pid}'s UTS namespace: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+    name = hostname.encode()
+    if libc.sethostname(name, len(name)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sethostname({hostname!r}): {os.strerror(err)}")
 
 
 async def _failed(svc: Services, handler: Handler, record: Container, exc: Exception) -> FailedPrecondition:

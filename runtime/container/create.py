@@ -27,6 +27,7 @@ from crishim.oci.spec import build_container_spec
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime import validate
 from crishim.runtime.checkpoint import restore
+from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.container.request import ContainerRequest, checked_request, spec_input
@@ -90,7 +91,9 @@ async def _create_restored(
     image: restore.CheckpointImage | None = None,
 ) -> ContainerMeta:
     """A container made from a checkpoint archive or image (runtime/checkpoint/restore.py), restore pending."""
+    phases = Phases()
     source = await restore.restore_source(svc, config, container_id, image)
+    phases.mark("unpack")
     try:
         await restore.check_provenance(source)
         async with svc.locks.hold("sandbox:" + sandbox_id):
@@ -99,9 +102,14 @@ async def _create_restored(
             base = restore.base_image(svc, source, svc.images.image_set(handler.name))
             await restore.check_can_restore(handler)
             restored = restore.restored_config(config, base, source.unpacked.spec)
-            return await _create(svc, checked_request(svc, sandbox, restored), container_id, source)
+            phases.mark("checks")
+            meta = await _create(svc, checked_request(svc, sandbox, restored), container_id, source)
+            phases.mark("rootfs, images and spec")
     finally:
         await restore.discard(source)
+    phases.mark("stage removed")
+    log.info("%s restore's create of %s: %s", LOG_PREFIX, container_id[:13], phases.summary())
+    return meta
 
 
 async def _create(

@@ -27,8 +27,11 @@ from typing import Any
 
 import grpc
 import pytest
+from crishim.cgroups.detect import CgroupVersion
+from crishim.cgroups.stats import host_layout
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci.processes import alive
+from crishim.runtime.checkpoint import freeze
 
 from tests.support.cri import (
     container_config,
@@ -50,6 +53,7 @@ from tests.support.cri import (
 )
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.images import TestImages
+from tests.support.node import container_cgroup
 
 pytestmark = pytest.mark.root
 
@@ -221,6 +225,32 @@ def test_verbose_status_says_per_handler_whether_checkpoint_works_and_why_not(li
         assert crun["reason"] == "crun checkpoint is not supported by crishim yet; use runc", crun
     else:
         assert "is built without CRIU" in crun["reason"], crun
+
+
+def test_a_freeze_through_cgroup_freeze_is_what_runc_reports_paused(live_daemon: Daemon, counter: str) -> None:
+    """On cgroup v2 a checkpoint freezes the container by writing its cgroup.freeze (freeze.py) where
+    `runc pause` would: found from the spec's cgroupsPath as runc finds it, paused in runc's eyes,
+    and running (counting) again once thawed."""
+    if host_layout().version is not CgroupVersion.V2:
+        pytest.skip("cgroup v1 or hybrid: a checkpoint pauses the container through `runc pause`")
+    request = pb.ContainerStatusRequest(container_id=counter, verbose=True)
+    spec = json.loads(live_daemon.runtime.ContainerStatus(request, timeout=30).info["info"])["runtimeSpec"]
+    driver = "systemd" if ":" in spec["linux"]["cgroupsPath"] else "cgroupfs"
+    directory = freeze.v2_cgroup_dir(spec["linux"]["cgroupsPath"], driver)
+    assert directory == container_cgroup(live_daemon, counter)
+    runc = ["runc", "--root", str(live_daemon.dir / "run" / "runc"), "state", counter]
+
+    def runc_status() -> str:
+        return str(json.loads(subprocess.run(runc, capture_output=True, text=True, check=True).stdout)["status"])
+
+    assert freeze.freeze_cgroup(directory)
+    try:
+        assert runc_status() == "paused"
+    finally:
+        freeze.thaw_cgroup(directory)
+    assert runc_status() == "running"
+    before = _count(live_daemon, counter)
+    eventually(lambda: _count(live_daemon, counter), lambda n: n > before, what="the counter to go on once thawed")
 
 
 # -- the checkpoint, where CRIU works ------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from crishim.oci.checkpoint import SESSION_FILE
 from crishim.oci.processes import alive, descendants
-from crishim.runtime.checkpoint.stage import PARTIAL_FILE, clean_stage
+from crishim.runtime.checkpoint.stage import PARTIAL_FILE, clean_stage, discard_stage
 
 
 @pytest.fixture
@@ -62,3 +62,16 @@ def test_session_that_is_not_the_checkpoints_is_left_alone(
     assert alive(leader.pid)
     assert keep.exists()
     assert not other.exists()
+
+
+def test_a_finished_stage_is_gone_at_once_and_its_files_soon_after(tmp_path: Path) -> None:
+    stage = tmp_path / "bundle" / ".checkpoint-done"
+    (stage / "checkpoint").mkdir(parents=True)
+    (stage / "checkpoint" / "pages-1.img").write_bytes(b"\0" * 65536)
+    discard_stage(stage)
+    assert not stage.exists()
+    assert not list(stage.parent.glob(".checkpoint-*"))  # no stage left for a restart to end
+    deadline = time.monotonic() + 10
+    while list(stage.parent.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(stage.parent.iterdir()) == []

@@ -304,7 +304,7 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
     nothing behind.
     """
     try:
-        with _open_tar(location) as tar:
+        with open_tar(location) as tar:
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
@@ -332,7 +332,7 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 @contextlib.contextmanager
-def _open_tar(location: Path) -> Iterator[tarfile.TarFile]:
+def open_tar(location: Path) -> Iterator[tarfile.TarFile]:
     """The archive as a tar, plain or compressed as the engines export it (gzip, bzip2, xz, zstd)."""
     with open(location, "rb") as raw:
         if raw.read(4) != _ZSTD_MAGIC:

@@ -137,7 +137,7 @@ def unpack_pod_archive(location: Path, dest: Path, abort: threading.Event) -> Un
     left empty: a refused RestorePod leaves nothing behind.
     """
     try:
-        with tarfile.open(location, "r:*") as tar:  # plain as written, or compressed (gzip, bzip2, xz)
+        with archive.open_tar(location) as tar:  # plain as written, or compressed (gzip, bzip2, xz, zstd)
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")

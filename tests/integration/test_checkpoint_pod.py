@@ -317,13 +317,21 @@ def test_container_config_naming_no_archived_container_is_invalid_argument(
     _nothing_left(live_daemon, before)
 
 
+@pytest.mark.parametrize("compression", ["plain", "zstd"])
 def test_restore_failing_once_the_pod_is_made_removes_the_pod(
-    live_daemon: Daemon, busybox: str, tmp_path: Path
+    live_daemon: Daemon, busybox: str, tmp_path: Path, compression: str
 ) -> None:
     """No real CRIU images: the pod is made, then its first container's restore fails (at create
-    where criu check fails, at start where it passes), and everything made goes."""
+    where criu check fails, at start where it passes), and everything made goes. A zstd pod
+    archive (as an engine's export may be compressed) is read as far as a plain one."""
     before = _leftovers(live_daemon)
     location = _synthetic_pod_archive(tmp_path / "pod.tar", busybox)
+    if compression == "zstd":
+        import zstandard
+
+        packed = tmp_path / "pod.tar.zst"
+        packed.write_bytes(zstandard.ZstdCompressor().compress(location.read_bytes()))
+        location = packed
     error = refusal(lambda: _restore_pod(live_daemon, location))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
     _nothing_left(live_daemon, before)

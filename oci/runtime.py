@@ -30,7 +30,7 @@ from .errors import (
     Unavailable,
 )
 from .features import RuntimeFeatures
-from .mounttable import read_mountinfo
+from .mounttable import read_mountinfo, unmount
 
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 _PR_SET_CHILD_SUBREAPER = 36
@@ -326,6 +326,22 @@ class OciRuntime:
         can skip running one (a process start costs milliseconds here).
         """
         return (self.root / cid).exists()
+
+    def release_restore_root(self, cid: str) -> bool:
+        """Blocking: unmounts the bind of the rootfs that `runc restore` makes at
+        <root>/<cid>/criu-root for CRIU, and removes the directory. True if one was there.
+
+        runc undoes it when it ends; a restore that was killed (the daemon killed with -9
+        mid-restore, a restore past its time limit) leaves it mounted in the host's mount
+        namespace, where it would outlive the container and pin its rootfs.
+        """
+        target = self.root / cid / "criu-root"
+        if not target.is_dir():
+            return False
+        unmount(target, stacked=True)
+        with contextlib.suppress(OSError):
+            target.rmdir()
+        return True
 
     def remove_unloadable_state(self, cid: str) -> bool:
         """Blocking: removes the state directory of `cid` if the runtime can no longer load it.

@@ -82,15 +82,21 @@ async def delete_state(handler: Handler, object_id: str) -> None:
     removed: crun then fails with "error loading .../config.json". One more try
     after a moment settles most; a state directory still without its config (crun)
     or state (runc) file can no longer be operated by the runtime at all, and the
-    container's process is gone, so that leftover directory is removed here.
+    container's process is gone, so that leftover directory is removed here. So is the
+    rootfs bind that a `runc restore` killed mid-way leaves mounted in it.
     """
     if not handler.runtime.has_state(object_id):
         return  # deleted already (the exit handler deletes an exited container)
+    # Before the delete, so that its removal of the state directory never descends into the rootfs.
+    if await asyncio.to_thread(handler.runtime.release_restore_root, object_id):
+        log.warning("unmounted the rootfs bind an interrupted `runc restore` of %s left", object_id[:13])
     for attempt in range(2):
         try:
             await handler.runtime.delete(object_id, force=True)
             return
         except oci_errors.NotFound:
+            # A restore killed before runc recorded the container leaves a directory it cannot load.
+            await asyncio.to_thread(handler.runtime.remove_unloadable_state, object_id)
             return
         except oci_errors.OciError:
             if attempt == 0:

@@ -25,7 +25,11 @@ from tests.support.images import TestImages
 pytestmark = pytest.mark.root
 
 MIB = 1 << 20
-SERVE = ["sh", "-c", "httpd -p 8080 -h /tmp && dd if=/dev/zero of=/tmp/f bs=1M count=4 && sync && sleep 3600"]
+# /tmp/written once all 4 MiB are in: /tmp/f exists from dd's first block on.
+SERVE = [
+    "sh", "-c",
+    "httpd -p 8080 -h /tmp && dd if=/dev/zero of=/tmp/f bs=1M count=4 && sync && touch /tmp/written && sleep 3600",
+]  # fmt: skip
 # tail buffers an endless line: the OOM killer takes it, and the shell goes on to sleep.
 OOM = ["sh", "-c", "tail /dev/zero; sleep 3600"]
 
@@ -63,10 +67,10 @@ def pod(daemon: Daemon, test_images: TestImages) -> Iterator[Pod]:
         serve = cri.start_container(daemon, sid, config, limited("serve", image, SERVE, 64 * MIB, quota=20000))
         oom = cri.start_container(daemon, sid, config, limited("oom", image, OOM, 32 * MIB))
         cri.eventually(
-            lambda: cri.exec_sync(daemon, serve, ["ls", "/tmp/f"]).exit_code,
+            lambda: cri.exec_sync(daemon, serve, ["ls", "/tmp/written"]).exit_code,
             lambda code: code == 0,
             timeout=120,
-            what="the 4 MiB file in the writable layer",
+            what="the 4 MiB file written whole to the writable layer",
         )
         ip = cri.pod_status(daemon, sid).status.network.ip
         yield Pod(sid, ip, image, serve, oom, created)

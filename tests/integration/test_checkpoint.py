@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import pytest
 from crishim.cgroups.detect import CgroupVersion
 from crishim.cgroups.stats import host_layout
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci.mounttable import mount_points
 from crishim.oci.processes import alive
 from crishim.runtime.checkpoint import freeze
 
@@ -60,9 +61,10 @@ pytestmark = pytest.mark.root
 CHECKPOINT_TIMEOUT = 120  # seconds, the request's own timeout
 CALL_TIMEOUT = CHECKPOINT_TIMEOUT + 30
 # Counts in a file of its writable layer and in its log; keeps a file and deletes one of the image.
+# /count is renamed into place, so a checkpoint never catches it truncated and empty.
 COUNTER = (
     "echo before > /kept.txt; rm /etc/group; i=0; "
-    "while true; do i=$((i+1)); echo $i > /count; echo count $i; sleep 0.1; done"
+    "while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; echo count $i; sleep 0.1; done"
 )
 ARCHIVE_MEMBERS = {
     "checkpoint",
@@ -393,6 +395,25 @@ def _processes() -> dict[int, tuple[str, int]]:
         except (OSError, ValueError, IndexError):
             continue
     return found
+
+
+def kill9_while_criu_restores(daemon: Daemon, call: Callable[[], object]) -> None:
+    """Runs the restoring `call` in a thread and kills the daemon with -9 once a real CRIU
+    restores below it; starts the daemon again and waits until it has ended that CRIU."""
+    assert daemon.proc is not None
+    daemon_pid = daemon.proc.pid
+    caller = threading.Thread(target=rpc_code, args=(call,))
+    caller.start()
+    criu = eventually(
+        lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
+    )  # fmt: skip
+    daemon.kill9()
+    caller.join(30)
+    daemon.start()
+    eventually(
+        lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
+        what="the interrupted restore's CRIU to be ended",
+    )  # fmt: skip
 
 
 def _criu_below(daemon_pid: int) -> list[int]:
@@ -834,27 +855,17 @@ def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
         _checkpoint(daemon, holder, str(location))
         _remove(daemon, holder)
         cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
-        assert daemon.proc is not None
-        daemon_pid = daemon.proc.pid
-        call = threading.Thread(target=rpc_code, args=(lambda: start(daemon, cid),))
-        call.start()
-        # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies now.
-        criu = eventually(
-            lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
-        )  # fmt: skip
-        daemon.kill9()
-        call.join(30)
-        daemon.start()
+        # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies then.
+        kill9_while_criu_restores(daemon, lambda: start(daemon, cid))
         # The restarted daemon ended conmon, runc and CRIU, and says why the container did not start.
-        eventually(
-            lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
-            what="the interrupted restore's CRIU to be ended",
-        )  # fmt: skip
         status = container_status(daemon, cid)
         assert status.state == pb.CONTAINER_EXITED, status
         assert status.reason == "StartError", status
         assert "the daemon was killed while CRIU restored it" in status.message, status.message
         assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
+        # runc's bind of the rootfs for CRIU, which the killed `runc restore` never undid, and its state.
+        assert [m for m in mount_points() if m.startswith(f"{daemon.dir}/run/runc/")] == []
+        assert not (daemon.dir / "run" / "runc" / cid).exists()
         bundle = _bundle(daemon, cid)
         remove_container(daemon, cid)
         assert not bundle.exists()

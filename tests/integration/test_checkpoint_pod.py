@@ -14,7 +14,6 @@ import io
 import json
 import subprocess
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,16 @@ from typing import Any
 import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
-from crishim.oci.processes import alive
+from crishim.oci.mounttable import mount_points
 
 from tests.integration import test_checkpoint
 from tests.integration.test_checkpoint import (
     CALL_TIMEOUT,
     COUNTER,
     _count,
-    _criu_below,
     _start_holder,
     _synthetic_archive,
+    kill9_while_criu_restores,
     needs_criu,
 )
 from tests.support.cri import (
@@ -44,7 +43,6 @@ from tests.support.cri import (
     pull_test_image,
     refusal,
     remove_pod,
-    rpc_code,
     run_pod,
     start_container,
     stop_pod,
@@ -461,26 +459,15 @@ def test_kill9_mid_pod_restore_removes_the_unanswered_pod(own_daemon: tuple[Daem
         _start_holder(daemon, sid, config, image)
         location = tmp_path / "pod.tar"
         _checkpoint_pod(daemon, sid, location)
-        assert daemon.proc is not None
-        daemon_pid = daemon.proc.pid
-        call = threading.Thread(target=rpc_code, args=(lambda: _restore_pod(daemon, location),))
-        call.start()
-        # CRIU reading the holder's pages back, in the pod the call made: the daemon dies now.
-        criu = eventually(
-            lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
-        )  # fmt: skip
-        daemon.kill9()
-        call.join(30)
-        daemon.start()
+        # CRIU reading the holder's pages back, in the pod the call made: the daemon dies then.
+        kill9_while_criu_restores(daemon, lambda: _restore_pod(daemon, location))
         # The restarted daemon removed the pod RestorePod never answered with, and all it held.
         assert [p.id for p in list_pods(daemon)] == [sid]
-        eventually(
-            lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
-            what="the interrupted restore's CRIU to be ended",
-        )  # fmt: skip
         containers = daemon.runtime.ListContainers(pb.ListContainersRequest(), timeout=30).containers
         assert {c.pod_sandbox_id for c in containers} == {sid}
         assert not list((daemon.root / "containers").glob(".restore-*"))
         assert len(_netns(daemon)) == 1
+        # No bind of a rootfs that a killed `runc restore` made for CRIU outlives its container.
+        assert [m for m in mount_points() if m.startswith(f"{daemon.dir}/run/runc/")] == []
     finally:
         remove_pod(daemon, sid)

@@ -1,4 +1,5 @@
-"""The runtime's own mounts: a tmpfs for a pod's /dev/shm, and unmounting what a flow mounted.
+"""The runtime's own mounts: a tmpfs for a pod's /dev/shm or a checkpoint's CRIU images,
+and unmounting what a flow mounted.
 
 The system calls and the mount table are oci/mounttable.py's.
 """
@@ -10,10 +11,10 @@ from pathlib import Path
 from crishim.oci import mounttable
 
 
-def mount_tmpfs(target: Path, size: str = "64m", mode: str = "1777") -> None:
+def mount_tmpfs(target: Path, size: str = "64m", mode: str = "1777", source: str = "shm") -> None:
     target.mkdir(parents=True, exist_ok=True)
     flags = mounttable.MS_NOSUID | mounttable.MS_NODEV | mounttable.MS_NOEXEC
-    mounttable.mount("shm", target, "tmpfs", flags, f"mode={mode},size={size}", what=f"mounting tmpfs on {target}")
+    mounttable.mount(source, target, "tmpfs", flags, f"mode={mode},size={size}", what=f"mounting tmpfs on {target}")
 
 
 def unmount(target: Path) -> None:

@@ -23,9 +23,10 @@ log = logging.getLogger("crishim.orphans")
 
 
 def _unmount_under(directory: Path) -> None:
-    """Unmounts every mount below `directory`, deepest first."""
-    prefix = str(directory.resolve()) + "/"
-    targets = [point for point in mount_points() if point.startswith(prefix)]
+    """Unmounts every mount below `directory`, deepest first, and one on `directory` itself (a
+    restore's stage unpacked in memory, runtime/checkpoint/memstage.py)."""
+    top = str(directory.resolve())
+    targets = [point for point in mount_points() if point.startswith(top + "/") or point == top]
     for target in sorted(targets, key=len, reverse=True):
         unmount(Path(target))
 

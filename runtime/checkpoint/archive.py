@@ -327,6 +327,16 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
         raise
 
 
+def is_plain_tar(location: Path) -> bool:
+    """Blocking: whether the archive is an uncompressed tar (its POSIX magic), whose size is its contents'."""
+    try:
+        with open(location, "rb") as raw:
+            header = raw.read(tarfile.BLOCKSIZE)
+    except OSError:
+        return False
+    return header[257:262] == b"ustar"
+
+
 # zstd's frame magic: tarfile opens gzip, bzip2 and xz by itself, not zstd.
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import shutil
 import tempfile
 import threading
 from pathlib import Path
@@ -25,11 +24,11 @@ from typing import Any
 from crishim.oci import checkpoint as oci_checkpoint
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive, freeze, provenance
+from crishim.runtime.checkpoint import archive, freeze, memstage, provenance
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
-from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial
+from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial, remove_stage
 from crishim.runtime.errors import DeadlineExceeded, FailedPrecondition, Internal, ResourceExhausted
 from crishim.runtime.ids import now_ns
 from crishim.runtime.services import Handler, Services
@@ -85,6 +84,7 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
     try:
         paths = oci_checkpoint.CheckpointPaths(images=stage / archive.CHECKPOINT_DIRECTORY, work=stage)
         paths.images.mkdir(mode=0o700)
+        await asyncio.to_thread(memstage.stage_in_memory, paths.images, meta.pid)
         checkpointed_at = now_ns()
         deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort, phases)
         origin = (await provenance.this_node()).as_dict()
@@ -101,7 +101,7 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         raise error(f"checkpoint of container {meta.id} to {target}: {exc}") from exc
     finally:
         abort.set()
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, stage, True))  # a failed one's, at once
+        await asyncio.shield(asyncio.to_thread(remove_stage, stage))  # a failed one's, at once
     phases.mark("stage discarded")
     log.info("%s checkpoint of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
 

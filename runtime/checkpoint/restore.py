@@ -39,7 +39,7 @@ from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
 from crishim.images.checkpoint_image import checkpoint_name
 from crishim.images.store import CHECKPOINT_READ_PREFIX
-from crishim.runtime.checkpoint import archive, provenance, safe_tar
+from crishim.runtime.checkpoint import archive, memstage, provenance, safe_tar
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.kernel_copy import KernelCopyTar
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeError_
@@ -119,10 +119,11 @@ async def restore_source(
     abort = threading.Event()  # a cancelled call stops the unpacking thread
     try:
         await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
+        await asyncio.to_thread(_stage_in_memory, path, stage)
         unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
     except BaseException as exc:
         abort.set()
-        await asyncio.to_thread(shutil.rmtree, stage, True)
+        await asyncio.to_thread(_remove_stage, stage)
         if isinstance(exc, archive.CorruptArchive):
             raise InvalidArgument(f"{FIELD}: {name!r} is not a usable checkpoint archive: {exc}") from None
         raise
@@ -132,9 +133,26 @@ async def restore_source(
     return RestoreSource(name, unpacked)
 
 
+def _stage_in_memory(path: Path, stage: Path) -> None:
+    """A plain tar's unpacked size is its own: only then is it known to fit a tmpfs (memstage.py)."""
+    if archive.is_plain_tar(path):
+        memstage.stage_restore_in_memory(stage, path.stat().st_size)
+
+
+def _remove_stage(stage: Path, keep: Path | None = None) -> None:
+    memstage.release_stage(stage, keep)
+    shutil.rmtree(stage, True)
+
+
 async def discard(source: RestoreSource) -> None:
     """Removes the staging directory (the CRIU images have moved into the bundle, or are not needed)."""
-    await asyncio.to_thread(shutil.rmtree, source.unpacked.root, True)
+    root = source.unpacked.root
+    await asyncio.to_thread(_remove_stage, root, root / archive.CHECKPOINT_DIRECTORY)
+
+
+def release_images(bundle: Path) -> None:
+    """Blocking: the bundle's CRIU images unmounted when they were bound there from memory."""
+    memstage.release_bundle_images(bundle)
 
 
 def restored_config(config: api_pb2.ContainerConfig, base_image: str, spec: dict[str, Any]) -> api_pb2.ContainerConfig:
@@ -220,7 +238,10 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
                                   f"cannot be applied: {exc}") from None  # fmt: skip
     for path in source.unpacked.deleted:
         _remove_inside(rootfs, path)
-    os.rename(root / archive.CHECKPOINT_DIRECTORY, bundle / archive.CHECKPOINT_DIRECTORY)
+    if memstage.in_memory(root):
+        memstage.move_images(root / archive.CHECKPOINT_DIRECTORY, bundle / archive.CHECKPOINT_DIRECTORY)
+    else:
+        os.rename(root / archive.CHECKPOINT_DIRECTORY, bundle / archive.CHECKPOINT_DIRECTORY)
     (bundle / CRIU_CONFIG_FILE).write_text(CRIU_RESTORE_SETTINGS)
     old_log = root / archive.CONTAINER_LOG
     if old_log.is_file() and not log_path.exists():

@@ -30,7 +30,7 @@ from crishim.oci import conmon, processes
 from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive
+from crishim.runtime.checkpoint import archive, memstage
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.errors import FailedPrecondition
@@ -82,12 +82,15 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     )
     # The images are in the process now; a container of gigabytes should not keep them twice. Removed
     # behind the call's back: the kubelet need not wait for it, and RemoveContainer takes what is left.
-    threading.Thread(
-        target=shutil.rmtree, args=(bundle / archive.CHECKPOINT_DIRECTORY, True), name="crishim-images", daemon=True
-    ).start()
+    threading.Thread(target=_drop_images, args=(bundle,), name="crishim-images", daemon=True).start()
     log.info("container %s restored from its checkpoint (pid %d)", meta.id[:13], result.pid)
     log.info("%s restore's start of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())
     return restored
+
+
+def _drop_images(bundle: Path) -> None:
+    memstage.release_bundle_images(bundle)  # in memory: freed at once; on disk: removed below
+    shutil.rmtree(bundle / archive.CHECKPOINT_DIRECTORY, True)
 
 
 async def undo_interrupted(svc: Services, record: Container) -> bool:

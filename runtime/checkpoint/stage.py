@@ -6,7 +6,8 @@ mid-checkpoint leaves that directory, possibly runc and CRIU still running (they
 have a session of their own), a half-written archive, and the container paused.
 At start-up `collect_interrupted` ends all of it and resumes the container, so a
 kill -9 never leaves a frozen container, a stray CRIU or a partial archive.
-CheckpointPod stages in the pod's directory the same way (its containers'
+CRIU's images may be on a tmpfs mounted in the stage (memstage.py), unmounted before the
+stage is removed. CheckpointPod stages in the pod's directory the same way (its containers'
 archives, and the name of its partial pod archive), removed at start-up too.
 RestorePod stages its unpacked archive in `<containers dir>/.restore-pod-*` and
 names there the pod it made; a pod named by a stage a crash left is a restore the
@@ -23,6 +24,8 @@ import threading
 from pathlib import Path
 
 from crishim.oci.checkpoint import end_session
+from crishim.runtime.checkpoint import memstage
+from crishim.runtime.checkpoint.archive import CHECKPOINT_DIRECTORY
 from crishim.runtime.services import Services
 
 log = logging.getLogger("crishim.checkpoint")
@@ -69,9 +72,15 @@ def discard_stage(stage: Path) -> None:
     try:
         stage.rename(discarded)
     except OSError:
-        shutil.rmtree(stage, ignore_errors=True)
+        remove_stage(stage)
         return
-    threading.Thread(target=shutil.rmtree, args=(discarded, True), name="crishim-stage", daemon=True).start()
+    threading.Thread(target=remove_stage, args=(discarded,), name="crishim-stage", daemon=True).start()
+
+
+def remove_stage(stage: Path) -> None:
+    """Blocking: a stage's image tmpfs unmounted (memstage.py), then its files removed."""
+    memstage.release(stage / CHECKPOINT_DIRECTORY)  # first: the removal would stop at a mount
+    shutil.rmtree(stage, ignore_errors=True)
 
 
 def stages_of(bundle: Path) -> list[Path]:
@@ -85,7 +94,7 @@ def clean_stage(stage: Path) -> list[int]:
         partial = Path((stage / PARTIAL_FILE).read_text().strip())
         if partial.is_absolute() and partial.name.endswith(PARTIAL_SUFFIX):
             partial.unlink(missing_ok=True)
-    shutil.rmtree(stage, ignore_errors=True)
+    remove_stage(stage)
     return ended
 
 
@@ -115,7 +124,7 @@ async def collect_interrupted(svc: Services) -> None:
 def _remove_discarded(directories: list[Path]) -> None:
     for directory in directories:
         for discarded in directory.glob(DISCARDED_PREFIX + "*"):
-            shutil.rmtree(discarded, ignore_errors=True)
+            remove_stage(discarded)
 
 
 async def _resume_if_paused(svc: Services, container_id: str, handler_name: str) -> None:

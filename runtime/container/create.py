@@ -128,6 +128,7 @@ async def _create(
         await prepare_rootfs(svc, undo, request, container_id, bundle)
         if source is not None:
             await asyncio.to_thread(restore.apply_to_bundle, source, bundle / "rootfs", bundle, container_log)
+            undo.push_async_callback(asyncio.to_thread, restore.release_images, bundle)  # before the bundle goes
         mounts, image_volumes = await build_mounts(svc, undo, request, container_id, base_input.mounts)
         inp = dataclasses.replace(base_input, mounts=mounts)
         # From the NRI hook until the record is stored, a plugin's synchronisation waits.

@@ -13,6 +13,7 @@ from crishim.cri_api import api_pb2
 from crishim.oci import conmon
 from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
+from crishim.runtime.checkpoint import memstage
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
@@ -263,5 +264,6 @@ async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
     await asyncio.to_thread(unmount, Path(meta.rootfs))
     await asyncio.to_thread(rootfs_mount.unmount_idmapped_layers, Path(meta.bundle) / "idmapped")
     await svc.images.arelease(f"container:{meta.id}")
+    await asyncio.to_thread(memstage.release_bundle_images, Path(meta.bundle))  # a restore's, never restored
     await asyncio.to_thread(shutil.rmtree, meta.bundle, True)
     await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, meta.id)

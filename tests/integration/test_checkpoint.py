@@ -266,6 +266,7 @@ def test_counter_is_checkpointed_and_keeps_counting(live_daemon: Daemon, counter
     # One archive, nothing half-written beside it, no staging left in the container's directory.
     assert [p.name for p in tmp_path.iterdir()] == [location.name]
     assert not list(_bundle(live_daemon, counter).glob(".checkpoint-*"))
+    assert _stage_mounts(_bundle(live_daemon, counter)) == []  # nor its tmpfs (memstage.py)
     with tarfile.open(location) as tar:
         names = set(tar.getnames())
         assert ARCHIVE_MEMBERS <= names, sorted(names)
@@ -339,6 +340,7 @@ def test_dump_criu_refuses_leaves_the_container_running_and_nothing_behind(
         assert "CRIU: " in error.details()  # its own reason, from dump.log
         assert list(tmp_path.iterdir()) == []
         assert not list(_bundle(live_daemon, cid).glob(".checkpoint-*"))
+        assert _stage_mounts(_bundle(live_daemon, cid)) == []
         assert live_daemon.proc is not None
         assert _criu_below(live_daemon.proc.pid) == []  # ended and collected
         # Resumed (not left frozen) and still counting.
@@ -525,6 +527,7 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
         daemon.kill9()
         call.join(30)
         assert list(bundle.glob(".checkpoint-*"))  # staged by the checkpoint the kill interrupted
+        assert _stage_mounts(bundle)  # CRIU's images in memory: the node spares that much for this container
         daemon.start()
         # The restarted daemon ended the orphaned runc and CRIU, removed the stage, resumed the container.
         eventually(
@@ -532,12 +535,18 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
             what="the orphaned CRIU to be ended",
         )  # fmt: skip
         assert not list(bundle.glob(".checkpoint-*"))
+        assert _stage_mounts(bundle) == []  # the images' tmpfs went with the stage
         assert list(tmp_path.iterdir()) == []
         assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
         before = _count(daemon, cid)
         eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the holder to go on counting")
     finally:
         remove_pod(daemon, sid)
+
+
+def _stage_mounts(bundle: Path) -> list[str]:
+    """The tmpfs mounts of checkpoint stages in a container's directory (memstage.py)."""
+    return [m for m in mount_points() if m.startswith(f"{bundle}/.checkpoint-")]
 
 
 # -- restore into a new pod: CreateContainer whose image is an archive's path ------------------------
@@ -749,6 +758,9 @@ def test_counter_is_restored_in_a_new_pod_and_counts_on(
     assert container_status(live_daemon, cid).state == pb.CONTAINER_CREATED
     bundle = _bundle(live_daemon, cid)
     assert (bundle / "checkpoint" / "inventory.img").is_file()  # CRIU's images wait in its directory
+    # A plain archive this small is unpacked in memory: the images are a tmpfs bound there, no stage is left.
+    assert f"{bundle}/checkpoint" in mount_points()
+    assert not list(bundle.parent.glob(".restore-*"))
 
     start(live_daemon, cid)
     status = container_status(live_daemon, cid)
@@ -783,6 +795,7 @@ def test_counter_is_restored_in_a_new_pod_and_counts_on(
         what="the restored container's log to continue the checkpointed one",
     )  # fmt: skip
     assert not (bundle / "checkpoint").exists()  # the images are in the process now
+    assert f"{bundle}/checkpoint" not in mount_points()  # and their memory is freed
 
     conmon_pid = _conmon_pid(bundle)
     assert conmon_pid > 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -11,11 +13,13 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci.checkpoint import restore_opts
 from crishim.oci.conmon import ConmonLaunch, build_args
-from crishim.runtime.checkpoint import archive, safe_tar
+from crishim.oci.mounttable import is_mount_point
+from crishim.runtime.checkpoint import archive, memstage, safe_tar
 from crishim.runtime.checkpoint.restore import (
     RestoreSource,
     apply_to_bundle,
     criu_annotations,
+    discard,
     names_archive,
     restored_config,
 )
@@ -156,3 +160,39 @@ def test_an_archive_member_may_not_be_a_device_but_a_layer_may_link_absolutely(t
     link = tarfile.TarInfo("bin/sh")
     link.type, link.linkname = tarfile.SYMTYPE, "/bin/busybox"
     safe_tar.check(link, tmp_path, strict=False)  # resolves inside the container, not on the node
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_an_archive_unpacked_in_memory_binds_its_images_into_the_bundle_until_they_are_released(
+    tmp_path: Path,
+) -> None:
+    rootfs = _rootfs(tmp_path)
+    bundle = rootfs.parent
+    stage = tmp_path / "unpacked"
+    stage.mkdir()
+    assert memstage.stage_restore_in_memory(stage, 1 << 20)
+    try:
+        source = _source(tmp_path, [], [("count", b"42\n", "")])  # unpacked onto the tmpfs
+        apply_to_bundle(source, rootfs, bundle, tmp_path / "c.log")
+        asyncio.run(discard(source))
+        assert not stage.exists()  # the stage went, its tmpfs unmounted
+        images = bundle / archive.CHECKPOINT_DIRECTORY
+        assert is_mount_point(images)  # the images live on through the bind alone
+        assert (images / "inventory.img").read_bytes() == b"img"
+        assert sorted(p.name for p in images.iterdir()) == ["inventory.img"]
+    finally:
+        memstage.release_bundle_images(bundle)
+    assert not is_mount_point(bundle / archive.CHECKPOINT_DIRECTORY)
+    memstage.release_bundle_images(bundle)  # twice is fine
+    assert memstage.BUNDLE_IMAGES == archive.CHECKPOINT_DIRECTORY
+
+
+def test_only_a_plain_tar_counts_as_one_whose_size_is_known(tmp_path: Path) -> None:
+    plain, packed = tmp_path / "c.tar", tmp_path / "c.tar.gz"
+    with tarfile.open(plain, "w") as tar:
+        _add(tar, "config.dump", b"{}", link="")
+    with tarfile.open(packed, "w:gz") as tar:
+        _add(tar, "config.dump", b"{}", link="")
+    assert archive.is_plain_tar(plain)
+    assert not archive.is_plain_tar(packed)
+    assert not archive.is_plain_tar(tmp_path / "absent.tar")

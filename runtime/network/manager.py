@@ -272,13 +272,15 @@ class PodNetwork:
         runtime_config = dataclasses.replace(options, ip_ranges=ip_ranges).capability_args()
         async with AsyncExitStack() as undo:
             undo.push_async_callback(self._del_quietly, config, pod, path)
-            result = await self.runner.add(config, pod, path, runtime_config)
+            result = await self.runner.add(
+                config, pod, path, runtime_config, skip_idle_portmap=self._is_own_default(config)
+            )
             undo.pop_all()
         return result
 
     async def _del_quietly(self, config: NetworkConfigList, pod: PodRef, path: str) -> None:
         try:
-            await self.runner.delete(config, pod, path)
+            await self.runner.delete(config, pod, path, skip_idle_portmap=self._is_own_default(config))
         except NetworkError as exc:
             log.warning("CNI DEL after a failed ADD of %s also failed: %s", pod.sandbox_id, exc)
 
@@ -297,7 +299,8 @@ class PodNetwork:
         """
         pod = PodRef(sandbox_id, pod_name, pod_namespace, pod_uid)
         path = netns_path if netns_path and netns.exists(netns_path) else ""
-        await self.runner.delete(self._outcome.config, pod, path)
+        config = self._outcome.config
+        await self.runner.delete(config, pod, path, skip_idle_portmap=self._is_own_default(config))
 
     async def remove_netns(self, netns_path: str) -> None:
         """Unpin the namespace (RemovePodSandbox); fine if already gone."""

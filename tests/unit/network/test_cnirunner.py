@@ -22,6 +22,7 @@ from crishim.runtime.network.cni import (
     PortMapping,
     RuntimeOptions,
     deletes_interface_early,
+    plugins_for_pod,
 )
 from crishim.runtime.network.cniconf import parse_config
 from crishim.runtime.network.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, PluginError
@@ -257,3 +258,28 @@ HOST_LOCAL = {"type": "host-local", "ranges": [[{"subnet": "10.9.0.0/24"}]]}
 )
 def test_only_networks_whose_del_needs_no_link_lose_it_first(plugins: list[dict[str, Any]], early: bool) -> None:
     assert deletes_interface_early(_conf(*plugins)) is early
+
+
+def test_idle_portmap_is_left_out_only_where_asked_and_only_without_port_mappings() -> None:
+    netconf = parse_config(
+        json.dumps(
+            {
+                "cniVersion": "1.0.0",
+                "name": "crishim",
+                "plugins": [
+                    {"type": "bridge", "ipam": {"type": "host-local"}},
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                ],
+            }
+        ),
+        "10-crishim-bridge.conflist",
+    )
+    mapped = {"portMappings": [{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]}
+
+    def types(runtime_config: dict[str, Any], skip: bool) -> list[tuple[int, str]]:
+        return [(i, p["type"]) for i, p in plugins_for_pod(netconf, runtime_config, skip_idle_portmap=skip)]
+
+    assert types({}, True) == [(0, "bridge")]  # the built-in network, a pod mapping no port
+    assert types({"dns": {"servers": ["10.0.0.10"]}}, True) == [(0, "bridge")]
+    assert types(mapped, True) == [(0, "bridge"), (1, "portmap")]  # hostPort pods keep it
+    assert types({}, False) == [(0, "bridge"), (1, "portmap")]  # a network the node's admin wrote

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from crishim.cri_api import api_pb2, generate
 
+from tests.support.generated import without_version_stamps
+
 pytest.importorskip("grpc_tools")
 
 EXPECTED_RPCS = 43
@@ -15,8 +17,8 @@ EXPECTED_RPCS = 43
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     generate.generate_into(tmp_path)
     for name in generate.GENERATED:
-        committed = (generate.HERE / name).read_text()
-        fresh = (tmp_path / name).read_text()
+        committed = without_version_stamps((generate.HERE / name).read_text())
+        fresh = without_version_stamps((tmp_path / name).read_text())
         assert committed == fresh, f"{name} drifted from api.proto: run python -m crishim.cri_api.generate"
 
 
@@ -37,3 +39,13 @@ def test_proto_has_every_cri_rpc() -> None:
         "StreamPodSandboxMetrics",
         "StreamImages",
     }
+
+
+def test_only_the_generators_version_stamps_are_blanked() -> None:
+    stub = "GRPC_GENERATED_VERSION = '1.85.1'\nclass RuntimeServiceStub(object):\n"
+    assert without_version_stamps(stub) == without_version_stamps(stub.replace("1.85.1", "1.85.4"))
+    assert without_version_stamps(stub) != without_version_stamps(stub.replace("RuntimeServiceStub", "Other"))
+    module = "# Protobuf Python Version: 7.35.1\nx.ValidateProtobufRuntimeVersion(\n    7,\n    35,\n)\nY = 1\n"
+    newer = module.replace("7.35.1", "7.36.2").replace("35,", "36,")
+    assert without_version_stamps(module) == without_version_stamps(newer)
+    assert without_version_stamps(module) != without_version_stamps(module.replace("Y = 1", "Y = 2"))

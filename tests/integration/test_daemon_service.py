@@ -20,6 +20,7 @@ from tests.support.cri import (
     container_config,
     eventually,
     exec_output,
+    pull,
     remove_pod,
     run_pod,
     start_container,
@@ -159,7 +160,7 @@ def test_network_not_ready_until_a_conflist_appears() -> None:
 def test_sigterm_lets_an_in_flight_call_finish_and_leaves_containers_running(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
-        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pull(daemon, image)
         sid, pod = run_pod(daemon, "sigterm")
         cid = start_container(daemon, sid, pod, container_config("sleeper", image, ["sleep", "1000"]))
         result: dict[str, object] = {}

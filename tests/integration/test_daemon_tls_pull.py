@@ -18,6 +18,7 @@ import pytest
 from crishim.cri_api import api_pb2
 from crishim.images import build as b
 
+from tests.support.cri import PULL_TIMEOUT
 from tests.support.daemon import running_daemon
 from tests.support.tls import self_signed
 
@@ -94,7 +95,9 @@ def test_idle_daemon_maps_no_tls_library_yet_pulls_over_tls(tmp_path: Path) -> N
         (hosts / "hosts.toml").write_text(f'server = "https://127.0.0.1:{port}"\nca = "{cert}"\n')
         ref = f"127.0.0.1:{port}/app:1"
 
-        pulled = daemon.images.PullImage(api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=60)
+        pulled = daemon.images.PullImage(
+            api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref)), timeout=PULL_TIMEOUT
+        )
 
         assert pulled.image_ref == image.config_digest
         assert any(path.endswith(image.layers[0].digest) for path in asked), asked

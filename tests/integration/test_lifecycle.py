@@ -13,6 +13,7 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 
 from tests.support.cri import (
+    PULL_TIMEOUT,
     code_of,
     container_config,
     container_status,
@@ -63,7 +64,7 @@ def test_container_runs_logs_and_exits_with_its_code(live_daemon: Daemon, busybo
 
 def test_completed_reason_and_image_identity(live_daemon: Daemon, busybox: str) -> None:
     rt = live_daemon.runtime
-    pulled = live_daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=busybox)), timeout=60)
+    pulled = live_daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=busybox)), timeout=PULL_TIMEOUT)
     sid, config = run_pod(live_daemon, "identity")
     try:
         cid = start_container(live_daemon, sid, config, container_config("ok", busybox, ["true"]))

@@ -24,6 +24,7 @@ from tests.support.cri import (
     container_status,
     eventually,
     pod_config,
+    pull,
     remove_pod,
     run_pod,
     start_container,
@@ -45,7 +46,7 @@ def snapshot(daemon: Daemon) -> tuple[list[tuple[str, int]], list[tuple[str, int
 def test_kill9_keeps_containers_running_and_records_exits_from_the_downtime(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
-        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pull(daemon, image)
         sid, pod = run_pod(daemon, "survivor")
         ticker = start_container(
             daemon,
@@ -299,7 +300,7 @@ def test_crash_at_random_points_of_the_lifecycle_leaves_a_consistent_node(test_i
 
 def _crash_rounds(daemon: Daemon, image: str, parent: str, rng: random.Random) -> None:
     """Kills the daemon inside each call of CRASH_CALLS in turn, restarting it after each."""
-    daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+    pull(daemon, image)
     # One lifecycle without a crash measures how long each call takes on this node now.
     timing = Lifecycle(daemon, image, "timing", parent)
     timing.thread.start()
@@ -347,7 +348,7 @@ def _assert_listed_objects_exist(daemon: Daemon) -> None:
 def test_twenty_pods_with_two_containers_leave_nothing_behind(test_images) -> None:
     with running_daemon() as daemon:
         image = test_images.ref("busybox:latest")
-        daemon.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image)), timeout=60)
+        pull(daemon, image)
         parent = PodParent(daemon, "leak")
         linux = pb.LinuxPodSandboxConfig(cgroup_parent=parent.name)
         try:

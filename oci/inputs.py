@@ -169,7 +169,9 @@ class ContainerSpecInput:
 
     `sandbox_pid` is the infra container's PID: POD-mode namespaces are
     joined through /proc/PID/ns/*; `netns_path` (the pinned pod netns)
-    takes precedence for the network. `target_pid` serves TARGET mode.
+    takes precedence for the network, and `pod_namespaces` ("ipc", "uts" ->
+    pin path, a pod without an infra container) for those. `target_pid`
+    serves TARGET mode.
     """
 
     id: str
@@ -183,6 +185,7 @@ class ContainerSpecInput:
     stdin: bool = False
     sandbox_pid: int | None = None
     netns_path: str | None = None
+    pod_namespaces: Mapping[str, str] = field(default_factory=dict)
     network_mode: NamespaceMode = NamespaceMode.POD
     pid_mode: NamespaceMode = NamespaceMode.CONTAINER
     ipc_mode: NamespaceMode = NamespaceMode.POD

@@ -189,11 +189,15 @@ def _namespace_opts(inp: ContainerSpecInput) -> list[SpecOpt]:
     # container built without a sandbox (tests, probes) gets its own.
     if net_host:
         o.append(opts.without_namespace("uts"))
+    elif "uts" in inp.pod_namespaces:
+        o.append(opts.with_namespace("uts", inp.pod_namespaces["uts"]))
     else:
         o.append(opts.with_namespace("uts", None if spid is None else _ns_path(spid, "uts", "UTS")))
     for kind, proc, mode in (("pid", "pid", inp.pid_mode), ("ipc", "ipc", inp.ipc_mode)):
         if mode is NamespaceMode.NODE:
             o.append(opts.without_namespace(kind))
+        elif mode is NamespaceMode.POD and kind in inp.pod_namespaces:
+            o.append(opts.with_namespace(kind, inp.pod_namespaces[kind]))
         elif mode is NamespaceMode.POD:
             o.append(opts.with_namespace(kind, _ns_path(spid, proc, f"{kind} POD mode")))
         elif mode is NamespaceMode.TARGET:

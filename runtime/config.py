@@ -115,6 +115,9 @@ class Config:
     )
     conmon: str = "conmon"
     sandbox_image: str = ""
+    # A pod that does not share one PID namespace runs no pause process: its IPC and UTS
+    # namespaces are pinned by bind mounts (as CRI-O's drop_infra_ctr). False: every pod has one.
+    drop_infra_container: bool = True
     cgroup_driver: str = ""
     log_level: str = "info"
     log_format: str = "text"

@@ -15,6 +15,7 @@ from pathlib import Path
 from crishim.oci import conmon
 from crishim.runtime.container import lifecycle
 from crishim.runtime.errors import NotFound
+from crishim.runtime.sandbox.pinned import all_pinned
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import (
     CONTAINER_CREATED,
@@ -63,10 +64,16 @@ async def reconcile(svc: Services) -> None:
     for sandbox in svc.state.sandboxes.all():
         if sandbox.status.state != SANDBOX_READY:
             continue
-        if conmon.is_conmon_of(sandbox.meta.conmon_pid, sandbox.meta.id):
-            svc.monitor.watch(sandbox.meta.id, sandbox.meta.conmon_pid)
+        pod = sandbox.meta
+        if not pod.infra_container:
+            # Pinned namespaces: a reboot leaves the pin files, not the namespaces.
+            pins = {**pod.namespace_paths, **({"net": pod.netns_path} if pod.netns_path else {})}
+            if not await asyncio.to_thread(all_pinned, pins):
+                _mark_not_ready(svc, pod.id)
+        elif conmon.is_conmon_of(pod.conmon_pid, pod.id):
+            svc.monitor.watch(pod.id, pod.conmon_pid)
         else:
-            _mark_not_ready(svc, sandbox.meta.id)
+            _mark_not_ready(svc, pod.id)
     for container in svc.state.containers.all():
         if container.status.state not in (CONTAINER_CREATED, CONTAINER_RUNNING):
             continue

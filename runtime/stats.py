@@ -110,7 +110,7 @@ def _pod_metrics(svc: Services, sample: PodSample) -> PodMetrics:
             _cgroup_id(svc, pod_cgroup),
             "",
             "",
-            _pod_network(meta),
+            _pod_network(meta, [c.meta.pid for c in sample.containers if c.state == CONTAINER_RUNNING]),
             detail=_detail(svc, pod_cgroup, 0),
             start_time_ns=meta.created_at,
         )
@@ -147,21 +147,29 @@ def _detail(svc: Services, cgroups_path: str, pid: int) -> CgroupDetail | None:
         return None
 
 
-def _pod_network(meta: SandboxMeta) -> list[cadvisor.NetworkCounters]:
-    """The counters of the pod's own network namespace, read through its infra process.
+def _pod_network(meta: SandboxMeta, container_pids: list[int]) -> list[cadvisor.NetworkCounters]:
+    """The counters of the pod's own network namespace, read through a process in it.
 
-    The process must still be in the pinned namespace: a PID the kernel gave to
-    another process since would read someone else's interfaces.
+    That is the infra process, or in a pod without one a running container's. The
+    process must still be in the pinned namespace: a PID the kernel gave to another
+    process since would read someone else's interfaces.
     """
-    if not meta.netns_path or not meta.pid:
+    if not meta.netns_path:
         return []
     try:
-        pinned, joined = os.stat(meta.netns_path), os.stat(f"/proc/{meta.pid}/ns/net")
+        pinned = os.stat(meta.netns_path)
     except OSError:
         return []
-    if (pinned.st_dev, pinned.st_ino) != (joined.st_dev, joined.st_ino):
-        return []
-    return read_net_dev(meta.pid)
+    for pid in [meta.pid, *container_pids]:
+        if not pid:
+            continue
+        try:
+            joined = os.stat(f"/proc/{pid}/ns/net")
+        except OSError:
+            continue
+        if (pinned.st_dev, pinned.st_ino) == (joined.st_dev, joined.st_ino):
+            return read_net_dev(pid)
+    return []
 
 
 def _filesystem(sample: ContainerSample) -> cadvisor.Filesystem | None:

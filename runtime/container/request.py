@@ -118,10 +118,11 @@ def spec_input(svc: Services, request: ContainerRequest, container_id: str, root
         hostname=pod_hostname(sandbox),
         tty=config.tty,
         stdin=config.stdin,
-        sandbox_pid=sandbox.pid,
+        sandbox_pid=sandbox.pid or None,
         netns_path=sandbox.netns_path or None,
+        pod_namespaces=dict(sandbox.namespace_paths),
         network_mode=NamespaceMode.NODE if pod_ns.network == api_pb2.NODE else NamespaceMode.POD,
-        pid_mode=container_pid_mode(sc.namespace_options, pod_ns),
+        pid_mode=container_pid_mode(sc.namespace_options, pod_ns, pod_has_pid_namespace=bool(sandbox.pid)),
         ipc_mode=NamespaceMode.NODE if pod_ns.ipc == api_pb2.NODE else NamespaceMode.POD,
         target_pid=request.target_pid,
         userns=request.userns,
@@ -178,12 +179,20 @@ def merged_env(config: api_pb2.ContainerConfig, image_cfg: dict[str, Any]) -> tu
     return tuple(f"{k}={v}" for k, v in env.items())
 
 
-def container_pid_mode(ns: api_pb2.NamespaceOption, pod_ns: api_pb2.NamespaceOption) -> NamespaceMode:
+def container_pid_mode(
+    ns: api_pb2.NamespaceOption, pod_ns: api_pb2.NamespaceOption, *, pod_has_pid_namespace: bool = True
+) -> NamespaceMode:
+    """The container's PID namespace mode.
+
+    POD (the proto's default, so what a bare config asks) joins the infra process's
+    PID namespace. A pod without one does not share its PID namespace, so there the
+    container gets its own, as the kubelet asks for such a pod's containers anyway.
+    """
     if ns.pid == api_pb2.TARGET:
         return NamespaceMode.TARGET
     if pod_ns.pid == api_pb2.NODE or ns.pid == api_pb2.NODE:
         return NamespaceMode.NODE
-    if ns.pid == api_pb2.POD:
+    if ns.pid == api_pb2.POD and pod_has_pid_namespace:
         return NamespaceMode.POD
     return NamespaceMode.CONTAINER
 

@@ -83,7 +83,8 @@ def exists(path: str) -> bool:
         return False
 
 
-def _run_in_fresh_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+def run_in_fresh_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+    """Runs `fn` in a new OS thread that ends with it: the only kind allowed to change namespaces."""
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def body() -> None:
@@ -98,7 +99,8 @@ def _run_in_fresh_thread(fn: Callable[[], T]) -> concurrent.futures.Future[T]:
     return fut
 
 
-def _setns(path: str) -> None:
+def enter(path: str) -> None:
+    """Moves the calling thread (a fresh one, see run_in_fresh_thread) into the netns at `path`."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -120,10 +122,10 @@ async def run_in(path: str, fn: Callable[..., T], *args: Any, discard: Callable[
         raise NotFound(f"network namespace {path} does not exist or is not pinned")
 
     def inside() -> T:
-        _setns(path)
+        enter(path)
         return fn(*args)
 
-    future = _run_in_fresh_thread(inside)
+    future = run_in_fresh_thread(inside)
     try:
         return await asyncio.wrap_future(future)
     except asyncio.CancelledError:
@@ -189,7 +191,7 @@ async def create(sandbox_id: str, netns_dir: str = DEFAULT_NETNS_DIR) -> str:
     """
     path = pin_path(sandbox_id, netns_dir)
     try:
-        await asyncio.wrap_future(_run_in_fresh_thread(lambda: _create_pinned(path)))
+        await asyncio.wrap_future(run_in_fresh_thread(lambda: _create_pinned(path)))
     except OSError as exc:
         raise Internal(f"cannot create network namespace {path}: {exc}") from exc
     return path

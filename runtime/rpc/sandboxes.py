@@ -126,7 +126,8 @@ class SandboxRpcs:
         if request.verbose:
             spec = read_runtime_spec(meta.bundle)
             info = {
-                "pid": meta.pid,
+                "pid": meta.pid,  # 0: no infra container, see pinnedNamespaces
+                "pinnedNamespaces": meta.namespace_paths,
                 "runtimeHandler": meta.runtime_handler,
                 "netnsPath": meta.netns_path,
                 "cgroupsPath": meta.cgroups_path,

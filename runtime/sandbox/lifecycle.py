@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import shutil
+from collections.abc import Awaitable
 from pathlib import Path
 
 from crishim.oci import conmon
@@ -13,7 +14,7 @@ from crishim.runtime.container import lifecycle as containers
 from crishim.runtime.errors import NotFound
 from crishim.runtime.mounts import unmount
 from crishim.runtime.nri import steps as nri_steps
-from crishim.runtime.sandbox import infra
+from crishim.runtime.sandbox import infra, pinned
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_NOTREADY
 
@@ -21,7 +22,7 @@ log = logging.getLogger("crishim.sandbox")
 
 
 async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
-    """Stops every container, then the infra container, then releases the network."""
+    """Stops every container, then the infra container or the pins, then releases the network."""
     try:
         record = svc.state.sandboxes.get(sandbox_id)
     except NotFound:
@@ -40,8 +41,9 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         )
         # Plugins hear of the stop once its containers have exited, while the pod still stands.
         await nri_steps.stop_pod_sandbox(svc, sandbox)
-        handler = svc.handler(sandbox.runtime_handler)
-        steps = [infra.destroy_infra(svc, handler, sandbox_id)]
+        steps: list[Awaitable[None]] = []
+        if sandbox.infra_container:
+            steps.append(infra.destroy_infra(svc, svc.handler(sandbox.runtime_handler), sandbox_id))
         if sandbox.netns_path and not status.network_torn_down:
             # The pinned netns outlives the pause process, so CNI DEL need not wait for its end.
             steps.append(
@@ -53,6 +55,8 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
                 raise outcome
         if sandbox.shm_path:
             await asyncio.to_thread(unmount, Path(sandbox.shm_path))
+        if sandbox.namespace_paths:
+            await asyncio.to_thread(pinned.unpin, sandbox.namespace_paths)
         svc.state.sandboxes.update_status(
             sandbox_id, lambda s: dataclasses.replace(s, state=SANDBOX_NOTREADY, network_torn_down=True)
         )
@@ -60,7 +64,7 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
 
 
 async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
-    """Removes containers (running ones too), the infra container, the netns and all files."""
+    """Removes containers (running ones too), the infra container or pins, the netns and all files."""
     try:
         sandbox = svc.state.sandboxes.get(sandbox_id).meta
     except NotFound:
@@ -77,6 +81,7 @@ async def remove_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         await nri_steps.remove_pod_sandbox(svc, sandbox)
         bundle = Path(sandbox.bundle)
         await asyncio.to_thread(unmount, bundle / "rootfs")
+        await asyncio.to_thread(pinned.unpin, sandbox.namespace_paths)  # a stop that failed midway
         await svc.images.arelease(f"sandbox:{sandbox_id}")
         await asyncio.to_thread(shutil.rmtree, bundle, True)
         await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, sandbox_id)

@@ -1,4 +1,4 @@
-"""RunPodSandbox: name, checks, namespaces, network, the infra container, then the record.
+"""RunPodSandbox: name, checks, namespaces, network, the infra container or pins, then the record.
 
 The name is reserved first and every rule checked before anything is made.
 Then every step that creates something registers its undo; a failure anywhere
@@ -15,13 +15,12 @@ import shutil
 import socket
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from crishim.cgroups.paths import container_cgroups_path
 from crishim.cri_api import api_pb2
 from crishim.images.records import ImageRecord
-from crishim.oci.conmon import ConmonResult
 from crishim.oci.inputs import NamespaceMode, SandboxSpecInput, SeccompProfile, UserNamespace
 from crishim.runtime import convert, validate
 from crishim.runtime import rootfs as rootfs_mount
@@ -30,7 +29,7 @@ from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.network.cni import PodRef, RuntimeOptions
 from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.oom import clamp_and_log
-from crishim.runtime.sandbox import infra
+from crishim.runtime.sandbox import infra, pinned
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import SandboxMeta, SandboxStatus
 from crishim.runtime.state.store import sandbox_name_key
@@ -101,7 +100,6 @@ def checked_request(config: api_pb2.PodSandboxConfig, handler: Handler) -> PodRe
 
 
 async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMeta:
-    image = svc.images.resolve(infra.sandbox_image_ref(svc))
     bundle = svc.sandbox_dir(sandbox_id)
     async with AsyncExitStack() as undo:
         bundle.mkdir(parents=True, mode=0o711)  # traversable by user-namespaced roots
@@ -114,28 +112,97 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         # No hostname asked: the node's, as containerd and CRI-O do (a pod name may exceed 64 bytes).
         hostname = pod.config.hostname or socket.gethostname()
         files = await infra.write_pod_files(svc, bundle, pod.config, hostname, pod.host_network)
-        rootfs = await infra_rootfs(svc, undo, image, sandbox_id, bundle)
-        netns_path = None if netns_made is None else await netns_made
-        spec_input = sandbox_spec_input(svc, pod, sandbox_id, rootfs, image, hostname, PodAddress(netns_path), shm_path)
-        spec = infra.build_spec(spec_input)
-        await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
-        # The pause process needs the namespace only, not its interfaces: CNI ADD runs
-        # beside conmon's `runc create` and `runc start`, the two longest steps here.
-        undo.push_async_callback(infra.destroy_infra, svc, pod.handler, sandbox_id)
-        infra_start = infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
-        if netns_path is None:
-            address, started = PodAddress(), await infra_start
+        if needs_infra_container(svc, pod):
+            holding = await _infra_container(svc, undo, pod, sandbox_id, bundle, hostname, netns_made, shm_path)
         else:
-            address, started = await _beside(pod_network(svc, undo, sandbox_id, netns_path, pod.config), infra_start)
+            holding = await _pinned_namespaces(undo, pod, bundle, hostname, netns_made)
+        # The namespaces need not have their interfaces: CNI ADD runs beside the steps that
+        # hold them (conmon's `runc create` and `runc start`, the longest steps here).
+        if holding.netns_path is None:
+            address, holder = PodAddress(), await holding.holder
+        else:
+            network = pod_network(svc, undo, sandbox_id, holding.netns_path, pod.config)
+            address, holder = await _beside(network, holding.holder)
         if address.ip:
             infra.write_hosts(files.hosts, hostname, address.ip)
-        meta = sandbox_record(pod, sandbox_id, bundle, address, started, spec_input)
+        meta = sandbox_record(pod, sandbox_id, bundle, address, holder, shm_path)
         # Until the plugins accept it the pod is not stored, so neither listed nor usable.
         async with svc.nri.creating():
             await nri_steps.run_pod_sandbox(svc, meta)
             svc.state.sandboxes.add(meta, SandboxStatus())
         undo.pop_all()
     return meta
+
+
+def needs_infra_container(svc: Services, pod: PodRequest) -> bool:
+    """Whether the pod needs a pause process, or its namespaces can be pinned without one.
+
+    A pod whose containers share one PID namespace needs a process to hold it (and
+    to reap orphans, as PID 1); a user-namespaced pod needs one whose user namespace
+    the containers join, since runc makes it. Every other pod pins what it holds.
+    """
+    pid_shared = pod.config.linux.security_context.namespace_options.pid == api_pb2.POD
+    return not svc.config.drop_infra_container or pid_shared or pod.userns is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PodHolder:
+    """What holds the pod's namespaces: its infra container's processes, or pins."""
+
+    pid: int = 0
+    conmon_pid: int = 0
+    cgroups_path: str = ""
+    infra_container: bool = True
+    namespace_paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """The pod's netns (None: host network) and the holder being made, to await beside CNI ADD."""
+
+    netns_path: str | None
+    holder: Awaitable[PodHolder]
+
+
+async def _infra_container(
+    svc: Services,
+    undo: AsyncExitStack,
+    pod: PodRequest,
+    sandbox_id: str,
+    bundle: Path,
+    hostname: str,
+    netns_made: asyncio.Task[str] | None,
+    shm_path: str,
+) -> Holding:
+    """The pause container's rootfs and spec; its start is returned to run beside CNI ADD."""
+    image = svc.images.resolve(infra.sandbox_image_ref(svc))
+    rootfs = await infra_rootfs(svc, undo, image, sandbox_id, bundle)
+    netns_path = None if netns_made is None else await netns_made
+    spec_input = sandbox_spec_input(svc, pod, sandbox_id, rootfs, image, hostname, PodAddress(netns_path), shm_path)
+    spec = infra.build_spec(spec_input)
+    await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
+    undo.push_async_callback(infra.destroy_infra, svc, pod.handler, sandbox_id)
+
+    async def start() -> PodHolder:
+        started = await infra.start_infra(svc, pod.handler, sandbox_id, bundle, spec_input.cgroups_path)
+        return PodHolder(started.pid, started.conmon_pid, spec_input.cgroups_path)
+
+    return Holding(netns_path, start())
+
+
+async def _pinned_namespaces(
+    undo: AsyncExitStack, pod: PodRequest, bundle: Path, hostname: str, netns_made: asyncio.Task[str] | None
+) -> Holding:
+    """The pod's own IPC and UTS namespaces, pinned, with its hostname and sysctls set in them."""
+    netns_path = None if netns_made is None else await netns_made
+    kinds = tuple(kind for kind, host in (("ipc", pod.host_ipc), ("uts", pod.host_network)) if not host)
+    wanted = pinned.PodNamespaces(bundle / pinned.PIN_DIR, kinds, hostname, netns_path, pod.sysctls)
+    undo.callback(pinned.unpin, pinned.pin_paths(wanted.directory, kinds))
+
+    async def pin() -> PodHolder:
+        return PodHolder(infra_container=False, namespace_paths=await pinned.pin(wanted))
+
+    return Holding(netns_path, pin())
 
 
 def pod_shm(undo: AsyncExitStack, bundle: Path) -> str:
@@ -183,18 +250,16 @@ async def pod_network(
     return PodAddress(netns_path, setup.ip, tuple(setup.additional_ips))
 
 
-async def _beside(
-    network: Awaitable[PodAddress], infra_start: Awaitable[ConmonResult]
-) -> tuple[PodAddress, ConmonResult]:
+async def _beside(network: Awaitable[PodAddress], holder: Awaitable[PodHolder]) -> tuple[PodAddress, PodHolder]:
     """Both steps to their end, even when one fails, so the undo that follows never races one
     still running; the first failure is then raised."""
-    address, started = await asyncio.gather(network, infra_start, return_exceptions=True)
-    for outcome in (address, started):
+    address, held = await asyncio.gather(network, holder, return_exceptions=True)
+    for outcome in (address, held):
         if isinstance(outcome, BaseException):
             raise outcome
     assert isinstance(address, PodAddress)
-    assert isinstance(started, ConmonResult)
-    return address, started
+    assert isinstance(held, PodHolder)
+    return address, held
 
 
 async def infra_rootfs(svc: Services, undo: AsyncExitStack, image: ImageRecord, sandbox_id: str, bundle: Path) -> Path:
@@ -250,8 +315,8 @@ def sandbox_record(
     sandbox_id: str,
     bundle: Path,
     address: PodAddress,
-    started: ConmonResult,
-    spec_input: SandboxSpecInput,
+    holder: PodHolder,
+    shm_path: str,
 ) -> SandboxMeta:
     config, md = pod.config, pod.config.metadata
     return SandboxMeta(
@@ -268,12 +333,14 @@ def sandbox_record(
         netns_path=address.netns_path or "",
         ip=address.ip,
         additional_ips=address.additional_ips,
-        pid=started.pid,
-        conmon_pid=started.conmon_pid,
+        pid=holder.pid,
+        conmon_pid=holder.conmon_pid,
         cgroup_parent=config.linux.cgroup_parent,
-        cgroups_path=spec_input.cgroups_path,
-        shm_path=spec_input.shm_path,
+        cgroups_path=holder.cgroups_path,
+        shm_path=shm_path,
         userns=pod.userns is not None,
         labels=dict(config.labels),
         annotations=dict(config.annotations),
+        infra_container=holder.infra_container,
+        namespace_paths=dict(holder.namespace_paths),
     )

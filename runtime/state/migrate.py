@@ -6,7 +6,8 @@ config hex-encoded. An upgraded daemon with pods running must keep them, so
 their records are moved into the typed tables, field by field; a field the
 document lacks takes its default, a key the records no longer have is
 dropped. Version 1 lacks container_status.restore_pending, added with its
-default. A crash midway rolls the whole upgrade back and the next start redoes it.
+default. Version 2 lacks sandboxes.infra_container and namespace_paths: every
+pod so far has an infra container. A crash midway rolls the whole upgrade back and the next start redoes it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def upgrade(db: sqlite3.Connection) -> None:
     try:
         if version == 1:  # 2 adds one column; every container so far was started, not restored
             db.execute("ALTER TABLE container_status ADD COLUMN restore_pending INTEGER NOT NULL DEFAULT 0")
+        if version in (1, 2):  # 3: every pod so far has a pause process and pins nothing
+            db.execute("ALTER TABLE sandboxes ADD COLUMN infra_container INTEGER NOT NULL DEFAULT 1")
+            db.execute("ALTER TABLE sandboxes ADD COLUMN namespace_paths TEXT NOT NULL DEFAULT '{}'")
         json_layout = _has_json_layout(db)
         if json_layout:
             db.execute("ALTER TABLE sandboxes RENAME TO v0_sandboxes")

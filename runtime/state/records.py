@@ -66,6 +66,9 @@ class SandboxMeta:
     userns: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    # False: no pause process; the pod's IPC and UTS namespaces are pinned at namespace_paths.
+    infra_container: bool = True
+    namespace_paths: dict[str, str] = field(default_factory=dict)  # "ipc"/"uts" -> pin
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """The SQLite layout of the state store: typed columns, one per record field.
 
-Schema version 2 (PRAGMA user_version; 2 added container_status.restore_pending). Each kind has two tables: the
+Schema version 3 (PRAGMA user_version; 2 added container_status.restore_pending, 3 the
+sandboxes' infra_container and namespace_paths). Each kind has two tables: the
 metadata, inserted once and deleted with the record, and the status, the only
 rows ever updated; the status row is small, so a state change rewrites a few
 columns, not the serialized config. Maps and lists (labels, annotations,
@@ -27,7 +28,7 @@ from crishim.runtime.state.records import (
     SandboxStatus,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS sandboxes (
@@ -52,7 +53,9 @@ SCHEMA: tuple[str, ...] = (
         shm_path TEXT NOT NULL,
         userns INTEGER NOT NULL,
         labels TEXT NOT NULL,
-        annotations TEXT NOT NULL
+        annotations TEXT NOT NULL,
+        infra_container INTEGER NOT NULL,
+        namespace_paths TEXT NOT NULL
     )""",
     """CREATE TABLE IF NOT EXISTS sandbox_status (
         id TEXT PRIMARY KEY REFERENCES sandboxes(id) ON DELETE CASCADE,

@@ -41,6 +41,7 @@ from tests.support.cri import (
     eventually,
     exec_checked,
     exec_output,
+    kubelet_pod_linux,
     pull_test_image,
     refusal,
     remove_container,
@@ -123,7 +124,8 @@ def _bundle(daemon: Daemon, cid: str) -> Path:
 
 @pytest.fixture(scope="module")
 def pod(live_daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
-    sid, config = run_pod(live_daemon, "checkpoint", handler="runc")  # CRIU through runc (crun lacks it)
+    # CRIU through runc (crun lacks it); a pod as the kubelet makes it, so one without a pause process.
+    sid, config = run_pod(live_daemon, "checkpoint", handler="runc", linux=kubelet_pod_linux())
     yield sid, config
     remove_pod(live_daemon, sid)
 
@@ -594,7 +596,7 @@ def _nothing_left(daemon: Daemon, sid: str) -> None:
 @pytest.fixture(scope="module")
 def restore_pod(live_daemon: Daemon) -> Iterator[tuple[str, pb.PodSandboxConfig]]:
     # A hostname of its own: the restored container must see it, not the checkpointed pod's.
-    sid, config = run_pod(live_daemon, "restored", handler="runc", hostname="restored-pod")
+    sid, config = run_pod(live_daemon, "restored", handler="runc", hostname="restored-pod", linux=kubelet_pod_linux())
     yield sid, config
     remove_pod(live_daemon, sid)
 
@@ -731,9 +733,13 @@ def _verbose_pid(daemon: Daemon, cid: str) -> int:
     return int(json.loads(daemon.runtime.ContainerStatus(request, timeout=30).info["info"])["pid"])
 
 
-def _pod_pid(daemon: Daemon, sid: str) -> int:
+def _pod_uts(daemon: Daemon, sid: str) -> str:
+    """The pod's UTS namespace: its pin's (a pod without a pause process), else its infra process's."""
     request = pb.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=True)
-    return int(json.loads(daemon.runtime.PodSandboxStatus(request, timeout=30).info["info"])["pid"])
+    info = json.loads(daemon.runtime.PodSandboxStatus(request, timeout=30).info["info"])
+    if "uts" in info["pinnedNamespaces"]:
+        return f"uts:[{os.stat(info['pinnedNamespaces']['uts']).st_ino}]"
+    return _namespace(int(info["pid"]), "uts")
 
 
 def _namespace(pid: int, kind: str) -> str:
@@ -786,8 +792,8 @@ def test_counter_is_restored_in_a_new_pod_and_counts_on(
     # In the new pod: its hostname is the new pod's (the pod's UTS namespace joined, not the old one restored).
     assert exec_checked(live_daemon, cid, ["hostname"]).strip() == "restored-pod"
     assert exec_checked(live_daemon, counter, ["hostname"]).strip() != "restored-pod"
-    # The pod's UTS namespace, joined: the same as its infra process's.
-    assert _namespace(_verbose_pid(live_daemon, cid), "uts") == _namespace(_pod_pid(live_daemon, sid), "uts")
+    # The pod's UTS namespace, joined: the one its pin holds.
+    assert _namespace(_verbose_pid(live_daemon, cid), "uts") == _pod_uts(live_daemon, sid)
     # Its log continues the checkpointed one at the new pod's log path.
     log = Path(pod_cfg.log_directory) / "counter.log"
     eventually(

@@ -45,6 +45,13 @@ def pod_config(name: str, daemon: Daemon, *, attempt: int = 0, **kwargs: Any) ->
     )
 
 
+def kubelet_pod_linux(network: pb.NamespaceMode = pb.POD, **linux: Any) -> pb.LinuxPodSandboxConfig:
+    """The pod's Linux config as the kubelet sends it without shareProcessNamespace: a PID
+    namespace per container (the proto's default, POD, is one the pod shares), so no pause process."""
+    options = pb.NamespaceOption(pid=pb.CONTAINER, network=network)
+    return pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(namespace_options=options), **linux)
+
+
 def container_config(name: str, image: str, cmd: list[str], **kwargs: Any) -> pb.ContainerConfig:
     """A container running `cmd` in `image`, logging to NAME.log in its pod's log directory."""
     return pb.ContainerConfig(

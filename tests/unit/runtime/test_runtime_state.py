@@ -308,6 +308,8 @@ def test_a_version_1_database_gains_restore_pending(tmp_path: Path) -> None:
     store.close()
     db = sqlite3.connect(tmp_path / "state.db")
     db.execute("ALTER TABLE container_status DROP COLUMN restore_pending")
+    db.execute("ALTER TABLE sandboxes DROP COLUMN infra_container")
+    db.execute("ALTER TABLE sandboxes DROP COLUMN namespace_paths")
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()
@@ -316,5 +318,29 @@ def test_a_version_1_database_gains_restore_pending(tmp_path: Path) -> None:
     assert (record.status.state, record.status.restore_pending) == (CONTAINER_RUNNING, False)
     upgraded.close()
     db = sqlite3.connect(tmp_path / "state.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     db.close()
+
+
+def test_a_version_2_database_records_every_pod_with_its_infra_container(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state.db")
+    store.sandboxes.add(sandbox("s1", "pod"), SandboxStatus())
+    store.close()
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.execute("ALTER TABLE sandboxes DROP COLUMN infra_container")
+    db.execute("ALTER TABLE sandboxes DROP COLUMN namespace_paths")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    upgraded = StateStore(tmp_path / "state.db")
+    meta = upgraded.sandboxes.get("s1").meta
+    assert (meta.name, meta.infra_container, meta.namespace_paths) == ("pod", True, {})
+    upgraded.sandboxes.add(
+        dataclasses.replace(sandbox("s2", "bare"), infra_container=False, namespace_paths={"ipc": "/x/ipc"}),
+        SandboxStatus(),
+    )
+    upgraded.close()
+    reopened = StateStore(tmp_path / "state.db")
+    bare = reopened.sandboxes.get("s2").meta
+    assert (bare.infra_container, bare.namespace_paths) == (False, {"ipc": "/x/ipc"})
+    reopened.close()

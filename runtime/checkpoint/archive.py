@@ -388,9 +388,11 @@ def _check_rootfs_diff(path: Path) -> None:
                         pass
 
 
-def empty_directory(directory: Path) -> None:
-    """Blocking: removes what `directory` holds (a refused unpack's files), keeping it."""
+def empty_directory(directory: Path, keep: Path | None = None) -> None:
+    """Blocking: removes what `directory` holds (a refused unpack's files) but `keep`, keeping it."""
     for entry in list(directory.iterdir()) if directory.is_dir() else []:
+        if entry == keep:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:

@@ -19,11 +19,11 @@ it, and unmounted once the process is restored, or with the container's files.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from crishim.oci import mounttable
 from crishim.oci.processes import descendants
+from crishim.runtime.checkpoint.archive import empty_directory
 from crishim.runtime.mounts import mount_tmpfs, unmount
 
 log = logging.getLogger("crishim.checkpoint")
@@ -124,13 +124,7 @@ def release_stage(stage: Path, keep: Path | None = None) -> None:
     (what a bind of `keep` holds lives on there alone); a stage on disk is left as it is."""
     if not in_memory(stage):
         return
-    for entry in list(stage.iterdir()):
-        if entry == keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
+    empty_directory(stage, keep=keep)
     unmount(stage)
 
 

@@ -150,11 +150,6 @@ async def discard(source: RestoreSource) -> None:
     await asyncio.to_thread(_remove_stage, root, root / archive.CHECKPOINT_DIRECTORY)
 
 
-def release_images(bundle: Path) -> None:
-    """Blocking: the bundle's CRIU images unmounted when they were bound there from memory."""
-    memstage.release_bundle_images(bundle)
-
-
 def restored_config(config: api_pb2.ContainerConfig, base_image: str, spec: dict[str, Any]) -> api_pb2.ContainerConfig:
     """The request with the base image; command, env and working directory from the dumped spec if unset.
 

@@ -26,7 +26,7 @@ from crishim.oci.opts import Spec
 from crishim.oci.spec import build_container_spec
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime import validate
-from crishim.runtime.checkpoint import restore
+from crishim.runtime.checkpoint import memstage, restore
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
@@ -128,7 +128,8 @@ async def _create(
         await prepare_rootfs(svc, undo, request, container_id, bundle)
         if source is not None:
             await asyncio.to_thread(restore.apply_to_bundle, source, bundle / "rootfs", bundle, container_log)
-            undo.push_async_callback(asyncio.to_thread, restore.release_images, bundle)  # before the bundle goes
+            # Before the bundle goes: images bound there from memory hold a mount.
+            undo.push_async_callback(asyncio.to_thread, memstage.release_bundle_images, bundle)
         mounts, image_volumes = await build_mounts(svc, undo, request, container_id, base_input.mounts)
         inp = dataclasses.replace(base_input, mounts=mounts)
         # From the NRI hook until the record is stored, a plugin's synchronisation waits.

@@ -31,11 +31,14 @@ NAMESPACE_TYPES = ("pid", "network", "ipc", "uts", "mount", "user", "cgroup", "t
 
 
 def pod(meta: SandboxMeta) -> nri_pb2.PodSandbox:
-    """What a plugin learns of a pod: identity, labels, annotations, cgroups, pid and IPs."""
+    """What a plugin learns of a pod: identity, labels, annotations, cgroups, pid (0 without a pause
+    process), the namespaces it holds by path, and IPs."""
     ips = [ip for ip in (meta.ip, *meta.additional_ips) if ip]
     linux = nri_pb2.LinuxPodSandbox(cgroup_parent=meta.cgroup_parent, cgroups_path=meta.cgroups_path)
     if meta.netns_path:
         linux.namespaces.append(nri_pb2.LinuxNamespace(type="network", path=meta.netns_path))
+    for kind, path in sorted(meta.namespace_paths.items()):  # a pod without a pause process: its pins
+        linux.namespaces.append(nri_pb2.LinuxNamespace(type=kind, path=path))
     return nri_pb2.PodSandbox(
         id=meta.id,
         name=meta.name,

@@ -1,9 +1,10 @@
-"""The container as plugins see it: the OCI spec's Linux values in NRI's form."""
+"""Pods and containers as plugins see them: the OCI spec's Linux values and a pod's namespaces in NRI's form."""
 
 from __future__ import annotations
 
-from crishim.runtime.nri import nri_pb2
+from crishim.runtime.nri import messages, nri_pb2
 from crishim.runtime.nri.messages import spec_linux
+from crishim.runtime.state.records import SandboxMeta
 
 
 def test_memory_device_rules_io_priority_and_rdt_reach_the_plugins_view() -> None:
@@ -36,3 +37,18 @@ def test_a_spec_without_them_leaves_the_fields_unset() -> None:
     assert not message.HasField("rdt")
     assert not message.resources.memory.HasField("limit")
     assert list(message.resources.devices) == []
+
+
+def test_a_pod_without_a_pause_process_names_its_pinned_namespaces() -> None:
+    meta = SandboxMeta(
+        id="s1", name="pod", namespace="ns", uid="u", attempt=0, created_at=1, runtime_handler="runc",
+        config=b"", bundle="/b", netns_path="/run/netns/s1", infra_container=False,
+        namespace_paths={"uts": "/b/ns/uts", "ipc": "/b/ns/ipc"},
+    )  # fmt: skip
+    message = messages.pod(meta)
+    assert message.pid == 0
+    assert [(n.type, n.path) for n in message.linux.namespaces] == [
+        ("network", "/run/netns/s1"),
+        ("ipc", "/b/ns/ipc"),
+        ("uts", "/b/ns/uts"),
+    ]

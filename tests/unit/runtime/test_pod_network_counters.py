@@ -26,7 +26,8 @@ def elsewhere() -> Iterator[int]:
     """A process in a network namespace of its own (unshare -n), as a reused PID might be."""
     proc = subprocess.Popen(["unshare", "-n", "sh", "-c", "echo in; exec sleep 60"], stdout=subprocess.PIPE)
     try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"in\n"  # unshared by now
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"in\n"  # unshared by now
         yield proc.pid
     finally:
         proc.kill()

@@ -252,21 +252,21 @@ async def remove_container(svc: Services, container_id: str) -> None:
         # which the start-up sweep removes, never a listed container whose files are gone.
         final = svc.state.containers.get(container_id)
         svc.state.containers.delete(container_id)
-        await release_container_files(svc, meta, restore_pending=record.status.restore_pending)
+        await release_container_files(svc, meta)
     svc.events.publish(ContainerEvent(container_id, meta.sandbox_id, DELETED, now_ns()))
     await nri_steps.container_removed(svc, final)
     log.info("container %s removed", container_id[:13])
 
 
-async def release_container_files(svc: Services, meta: ContainerMeta, *, restore_pending: bool = False) -> None:
-    """Unmounts and removes what the container held; `restore_pending`: made from a checkpoint
-    and never restored, so its CRIU images may still be bound in the bundle from memory."""
+async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
+    """Unmounts and removes what the container held."""
     for volume in meta.image_volumes:
         await asyncio.to_thread(volumes.unmount_image_volume, svc, Path(volume))
     await asyncio.to_thread(unmount, Path(meta.rootfs))
     await asyncio.to_thread(rootfs_mount.unmount_idmapped_layers, Path(meta.bundle) / "idmapped")
     await svc.images.arelease(f"container:{meta.id}")
-    if restore_pending:
-        await asyncio.to_thread(memstage.release_bundle_images, Path(meta.bundle))
+    # CRIU images bound from memory: a restore never started, one that failed or was cut short
+    # by a kill -9, or one whose images the background release has not dropped yet.
+    await asyncio.to_thread(memstage.release_bundle_images, Path(meta.bundle))
     await asyncio.to_thread(shutil.rmtree, meta.bundle, True)
     await asyncio.to_thread(conmon.remove_leftovers, svc.config.exits_dir, svc.config.attach_dir, meta.id)

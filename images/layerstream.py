@@ -87,7 +87,10 @@ class BodySource:
         self, response: Any, on_bytes: Callable[[int], None], step: int = PROGRESS_STEP, batch: int = BODY_BATCH
     ) -> None:
         self._response = response
-        self._chunks = response.iter_raw()
+        # A body of ReadintoTransport's (blobtransport.py) fills the buffer itself; another
+        # (through a proxy) is iterated and its pieces gathered into the buffer.
+        self._readinto: Callable[[bytearray], int] | None = response.extensions.get("readinto")
+        self._chunks = response.iter_raw() if self._readinto is None else iter(())
         self._buffer = bytearray(batch)
         self._carry = memoryview(b"")  # the part of the client's last read not yet in a chunk
         self._eof = False
@@ -122,12 +125,16 @@ class BodySource:
     def __call__(self) -> memoryview | None:
         """The next `batch` bytes (fewer only at the end of the body); None at its end.
 
-        The HTTP client hands the body over in socket reads of 64 KiB; they are gathered here
-        into one chunk of `batch` bytes, so that the hashing, writing and inflating that follow
-        make one call (and one hand-over of the GIL) per `batch` bytes rather than per 64 KiB. The chunk
-        is a view of one buffer this source fills again on its next call: the stream reading it
-        (CompressedStream, DecompressedStream) is done with a chunk before it asks for the next,
-        and the buffer, allocated once, leaves no MiB-sized garbage in the allocator's arenas."""
+        ReadintoTransport (blobtransport.py) reads the body straight into this source's buffer;
+        httpx's own transport (used through a proxy) hands it over in socket reads of 64 KiB, which
+        are gathered here. Either way a chunk holds `batch` bytes, so that the hashing, writing and
+        inflating that follow make one call (and one hand-over of the GIL) per `batch` bytes rather
+        than per 64 KiB. The chunk is a view of one buffer this source fills again on its next
+        call: the stream reading it (CompressedStream, DecompressedStream) is done with a chunk
+        before it asks for the next, and the buffer, allocated once, leaves no MiB-sized garbage
+        in the allocator's arenas."""
+        if self._readinto is not None:
+            return self._read_into_buffer()
         buffer = self._buffer
         size = 0
         while size < len(buffer):
@@ -146,6 +153,34 @@ class BodySource:
                 self._report()
             return None
         return memoryview(buffer)[:size]
+
+    def _read_into_buffer(self) -> memoryview | None:
+        """The next `batch` bytes read by the transport straight into the buffer; None at the end."""
+        import httpx  # here, not at the top: archive imports leave httpx unloaded
+
+        assert self._readinto is not None
+        if self._stop.is_set():
+            raise UnpackAborted("pull cancelled")
+        try:
+            n = self._readinto(self._buffer)
+        except httpx.TransportError as exc:
+            if self._stop.is_set():
+                raise UnpackAborted("pull cancelled") from exc
+            raise StreamBroken(repr(exc)) from exc
+        if self._stop.is_set():
+            raise UnpackAborted("pull cancelled")
+        if not n:
+            if self._unreported:
+                self._report()
+            return None
+        self._count(n)
+        return memoryview(self._buffer)[:n]
+
+    def _count(self, n: int) -> None:
+        self.received += n
+        self._unreported += n
+        if self._unreported >= self._step:
+            self._report()
 
     def _read(self) -> bytes | None:
         """One non-empty read of the client's (None at the end of the body), counted."""
@@ -166,10 +201,7 @@ class BodySource:
         if chunk is None:
             return None
         assert isinstance(chunk, bytes)
-        self.received += len(chunk)
-        self._unreported += len(chunk)
-        if self._unreported >= self._step:
-            self._report()
+        self._count(len(chunk))
         return chunk
 
 

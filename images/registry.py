@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .blobtransport import ReadintoTransport
 from .errors import (
     DataLoss,
     ImageError,
@@ -155,7 +156,11 @@ class RegistryClient:
     def _blob_client(self, host: RegistryHost) -> httpx.Client:
         client = self._blob_clients.get(host)
         if client is None:
-            client = self._blob_clients[host] = httpx.Client(**self._client_options(host))
+            options = self._client_options(host)
+            # The body's bytes are what is hashed: a server must not compress them on the way.
+            options["headers"] = {**options["headers"], "Accept-Encoding": "identity"}
+            transport = ReadintoTransport(options["verify"], self._timeout)
+            client = self._blob_clients[host] = httpx.Client(transport=transport, **options)
         return client
 
     # ---- requests with retries and auth -------------------------------------------------

@@ -1,4 +1,6 @@
-"""BodySource: a layer body read in the unpack thread from a real HTTP connection on 127.0.0.1."""
+"""BodySource: a layer body read in the unpack thread from a real HTTP connection on 127.0.0.1,
+through httpx's own transport (chunks iterated) and through ReadintoTransport (read into the
+source's buffer), the one the registry client uses for layer bodies."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from crishim.images.blobtransport import ReadintoTransport
 from crishim.images.errors import UnpackAborted
 from crishim.images.layerstream import BodySource, StreamBroken
 
@@ -37,6 +40,15 @@ def _serve(listener: socket.socket, sent: int, after: str, release: threading.Ev
             release.wait(30)
         elif after == "break":
             conn.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.fixture(params=["httpx", "readinto"])
+def client(request: pytest.FixtureRequest) -> Iterator[httpx.Client]:
+    """A blocking client over either transport; its read timeout alone would take a minute."""
+    timeout = httpx.Timeout(60)
+    transport = ReadintoTransport(True, timeout) if request.param == "readinto" else None
+    with httpx.Client(timeout=timeout, transport=transport) as client:
+        yield client
 
 
 @pytest.fixture
@@ -71,48 +83,45 @@ def _drain(source: BodySource) -> int:
     return total
 
 
-async def test_the_whole_body_arrives_and_progress_reaches_the_loop_in_steps(serve) -> None:
+async def test_the_whole_body_arrives_and_progress_reaches_the_loop_in_steps(serve, client: httpx.Client) -> None:
     server = serve(BODY_SIZE, "finish")
     reported: list[int] = []
-    with httpx.Client(timeout=60) as client:
-        response = await _open(client, server.url)
-        source = BodySource(response, reported.append, step=1 << 20)
-        assert await asyncio.to_thread(_drain, source) == BODY_SIZE
-        response.close()
+    response = await _open(client, server.url)
+    source = BodySource(response, reported.append, step=1 << 20)
+    assert await asyncio.to_thread(_drain, source) == BODY_SIZE
+    response.close()
     await asyncio.sleep(0)  # the last report is queued on the loop
     assert sum(reported) == BODY_SIZE == source.received
     assert len(reported) <= 4, "progress went to the loop per chunk, not per step"
 
 
-async def test_interrupt_ends_a_read_waiting_on_a_stalled_connection(serve) -> None:
+async def test_interrupt_ends_a_read_waiting_on_a_stalled_connection(serve, client: httpx.Client) -> None:
     server = serve(1 << 20, "stall")
-    with httpx.Client(timeout=60) as client:  # the read timeout alone would take a minute
-        response = await _open(client, server.url)
-        first_mib = asyncio.Event()
-        source = BodySource(response, lambda n: first_mib.set(), step=1 << 20)
-        reader = asyncio.ensure_future(asyncio.to_thread(_drain, source))
-        await asyncio.wait_for(first_mib.wait(), 20)
-        await asyncio.sleep(0.1)  # the thread is back in its read of the stalled socket
-        assert not reader.done()
-        source.interrupt()
-        with pytest.raises(UnpackAborted):
-            await asyncio.wait_for(reader, 20)
-        response.close()
-        server.release.set()
+    response = await _open(client, server.url)
+    first_mib = asyncio.Event()
+    source = BodySource(response, lambda n: first_mib.set(), step=1 << 20)
+    reader = asyncio.ensure_future(asyncio.to_thread(_drain, source))
+    await asyncio.wait_for(first_mib.wait(), 20)
+    await asyncio.sleep(0.1)  # the thread is back in its read of the stalled socket
+    assert not reader.done()
+    source.interrupt()
+    with pytest.raises(UnpackAborted):
+        await asyncio.wait_for(reader, 20)
+    response.close()
+    server.release.set()
 
 
-async def test_a_connection_closed_mid_body_is_a_broken_stream(serve) -> None:
+async def test_a_connection_closed_mid_body_is_a_broken_stream(serve, client: httpx.Client) -> None:
     server = serve(1 << 20, "break")
-    with httpx.Client(timeout=60) as client:
-        response = await _open(client, server.url)
-        source = BodySource(response, lambda n: None)
-        with pytest.raises(StreamBroken):
-            await asyncio.to_thread(_drain, source)
-        response.close()
+    response = await _open(client, server.url)
+    source = BodySource(response, lambda n: None)
+    with pytest.raises(StreamBroken):
+        await asyncio.to_thread(_drain, source)
+    response.close()
     assert source.received == 1 << 20
 
 
-async def test_reads_are_gathered_into_whole_chunks_in_order(serve) -> None:
+async def test_reads_are_gathered_into_whole_chunks_in_order(serve, client: httpx.Client) -> None:
     """Chunks of exactly `batch` bytes (the last may be shorter), the body's bytes in order,
     though the client's reads do not divide into them (a read is split across two chunks)."""
     server = serve(BODY_SIZE, "finish")
@@ -124,10 +133,9 @@ async def test_reads_are_gathered_into_whole_chunks_in_order(serve) -> None:
             chunks.append(bytes(chunk))  # a view of the source's buffer: copied before the next call
         return chunks
 
-    with httpx.Client(timeout=60) as client:
-        response = await _open(client, server.url)
-        chunks = await asyncio.to_thread(drain, BodySource(response, lambda n: None, batch=batch))
-        response.close()
+    response = await _open(client, server.url)
+    chunks = await asyncio.to_thread(drain, BodySource(response, lambda n: None, batch=batch))
+    response.close()
     assert [len(c) for c in chunks[:-1]] == [batch] * (len(chunks) - 1)
     assert 0 < len(chunks[-1]) <= batch
     assert b"".join(chunks) == bytes(range(256)) * (BODY_SIZE // 256)

@@ -398,8 +398,9 @@ class RegistryClient:
 
     @contextlib.asynccontextmanager
     async def open_blob_body(self, session: _Session, digest: str) -> AsyncIterator[httpx.Response]:
-        """open_blob whose response belongs to a blocking client: its body is to be read in a
-        thread (`iter_raw`), where the socket reads, the hashing and the inflating of a layer
+        """open_blob whose response belongs to a blocking client (over ReadintoTransport,
+        blobtransport.py): its body is to be read in a thread (the response's `readinto`
+        extension, or `iter_raw` through a proxy), where the socket reads, the hashing and the inflating of a layer
         all let go of the GIL, and the event loop is not woken per chunk. Auth, retries and
         redirects are open_blob's; the response is closed on exit."""
         url = f"{session.host.api_root}/{session.repository}/blobs/{digest}"

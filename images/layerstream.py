@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
 from .errors import DataLoss, UnpackAborted
 
@@ -44,6 +44,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 Chunk = bytes | memoryview  # a piece of a compressed layer, valid until the next one is asked for
 ChunkSource = Callable[[], Chunk | None]
+_T = TypeVar("_T")
 
 
 def file_source(path: Path, stop: threading.Event | None = None) -> ChunkSource:
@@ -163,19 +164,9 @@ class BodySource:
 
     def _read_into_buffer(self) -> memoryview | None:
         """The next `batch` bytes read by the transport straight into the buffer; None at the end."""
-        import httpx  # here, not at the top: archive imports leave httpx unloaded
-
-        assert self._readinto is not None
-        if self._stop.is_set():
-            raise UnpackAborted("pull cancelled")
-        try:
-            n = self._readinto(self._buffer)
-        except httpx.TransportError as exc:
-            if self._stop.is_set():
-                raise UnpackAborted("pull cancelled") from exc
-            raise StreamBroken(repr(exc)) from exc
-        if self._stop.is_set():
-            raise UnpackAborted("pull cancelled")
+        readinto = self._readinto
+        assert readinto is not None
+        n = self._guarded(lambda: readinto(self._buffer))
         if not n:
             if self._unreported:
                 self._report()
@@ -191,25 +182,36 @@ class BodySource:
 
     def _read(self) -> bytes | None:
         """One non-empty read of the client's (None at the end of the body), counted."""
+
+        def next_piece() -> bytes | None:
+            chunk = next(self._chunks, None)
+            while chunk is not None and not chunk:
+                chunk = next(self._chunks, None)
+            return chunk
+
+        chunk = self._guarded(next_piece)
+        if chunk is None:
+            return None
+        assert isinstance(chunk, bytes)
+        self._count(len(chunk))
+        return chunk
+
+    def _guarded(self, read: Callable[[], _T]) -> _T:
+        """`read()` of the body: UnpackAborted once `interrupt` was called (before, or during the
+        read it ended), StreamBroken when the connection failed."""
         import httpx  # here, not at the top: archive imports leave httpx unloaded
 
         if self._stop.is_set():
             raise UnpackAborted("pull cancelled")
         try:
-            chunk = next(self._chunks, None)
-            while chunk is not None and not chunk:
-                chunk = next(self._chunks, None)
+            result = read()
         except httpx.TransportError as exc:
             if self._stop.is_set():
                 raise UnpackAborted("pull cancelled") from exc
             raise StreamBroken(repr(exc)) from exc
         if self._stop.is_set():
             raise UnpackAborted("pull cancelled")
-        if chunk is None:
-            return None
-        assert isinstance(chunk, bytes)
-        self._count(len(chunk))
-        return chunk
+        return result
 
 
 def never_stopped() -> bool:

@@ -158,8 +158,24 @@ def running_daemon(
             daemon.close_channel()
             end_conmons_under(base)
             release_dir(str(base / "run" / "netns"))
+            keep_log(daemon.log_file)
             if os.environ.get("CRISHIM_KEEP_TEST_DIRS") != "1":
                 shutil.rmtree(base, ignore_errors=True)
+
+
+def keep_log(log_file: Path) -> None:
+    """Copies a test daemon's log into $CRISHIM_TEST_LOGS, named after the test module that ran it.
+
+    The node VM sets it to its share: the guest's /tmp goes with the VM, and a failure seen only
+    there (a call that ran out of time on a slow software-emulated node) is then read afterwards.
+    """
+    target = os.environ.get("CRISHIM_TEST_LOGS")
+    if not target or not log_file.is_file():
+        return
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").split("::", 1)[0]
+    module = Path(current).stem or "session"
+    os.makedirs(target, exist_ok=True)
+    shutil.copyfile(log_file, Path(target) / f"{module}-{log_file.parent.name}.log")
 
 
 def remove_all_pods(daemon: Daemon) -> None:

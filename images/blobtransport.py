@@ -49,11 +49,9 @@ class _Socket:
 
 def _transport_error(exc: BaseException, reading: bool) -> httpx.TransportError:
     """http.client's and the socket's errors as the httpx errors the registry client handles."""
-    if isinstance(exc, TimeoutError | socket.timeout):
+    if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError
         return httpx.ReadTimeout(str(exc)) if reading else httpx.ConnectTimeout(str(exc))
-    if isinstance(exc, http.client.IncompleteRead | http.client.RemoteDisconnected | http.client.BadStatusLine):
-        return httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, http.client.HTTPException):
+    if isinstance(exc, http.client.HTTPException):  # IncompleteRead, RemoteDisconnected, BadStatusLine, ...
         return httpx.RemoteProtocolError(f"{type(exc).__name__}: {exc}")
     return httpx.ReadError(repr(exc)) if reading else httpx.ConnectError(repr(exc))
 

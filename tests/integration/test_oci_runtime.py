@@ -21,7 +21,7 @@ from crishim.oci import conmon
 from crishim.oci.errors import DeadlineExceeded, RuntimeCommandError
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.inputs import ContainerSpecInput, IdMapping, Mount, NamespaceMode, Resources, UserNamespace
-from crishim.oci.runtime import OciRuntime, become_subreaper, reap
+from crishim.oci.runtime import INIT_PROCESS_KEYS, OciRuntime, become_subreaper, reap
 from crishim.oci.spec import build_container_spec
 
 from tests.integration.oci_rootfs import make_rootfs
@@ -195,19 +195,31 @@ async def test_kill_stops_running_container(launcher: Launcher, runtime: OciRunt
     assert await wait_exit(run) == 137
 
 
-async def test_signal_init_reaches_runcs_init_without_the_runtime(launcher: Launcher, runtime: OciRuntime) -> None:
+async def test_signal_init_reaches_the_init_without_the_runtime(launcher: Launcher, runtime: OciRuntime) -> None:
     run = await launcher.run(runtime, launcher.input(runtime, ("sleep", "100")))
-    sent = runtime.signal_init(run.cid, signal.SIGKILL)
-    if runtime.name == "crun":
-        assert sent is False  # its state does not say which process: the caller runs `crun kill`
-        await runtime.kill(run.cid, signal.SIGKILL)
-    else:
-        assert sent is True
+    assert runtime.signal_init(run.cid, signal.SIGKILL) is True
     assert await wait_exit(run) == 137
     # The init is gone: nothing to signal, which is no failure (runc would answer "not running").
-    assert runtime.signal_init(run.cid, signal.SIGKILL) is (runtime.name != "crun")
+    assert runtime.signal_init(run.cid, signal.SIGKILL) is True
     await runtime.delete(run.cid, force=True)
     assert runtime.signal_init(run.cid, signal.SIGKILL) is False  # no state at all
+
+
+async def test_signal_init_leaves_a_reused_pid_alone(launcher: Launcher, runtime: OciRuntime) -> None:
+    """A state whose start time is not the process's names a PID now reused: nothing is signalled."""
+    run = await launcher.run(runtime, launcher.input(runtime, ("sleep", "100")))
+    file, _, start_key = INIT_PROCESS_KEYS[runtime.kind]
+    state_file = runtime.root / run.cid / file
+    recorded = state_file.read_bytes()
+    state = json.loads(recorded)
+    state[start_key] = int(state[start_key]) + 1
+    state_file.write_text(json.dumps(state))
+    assert runtime.signal_init(run.cid, signal.SIGKILL) is True  # "gone", as far as this container goes
+    await asyncio.sleep(0.1)
+    assert _running(run.result.pid)
+    state_file.write_bytes(recorded)
+    await runtime.kill(run.cid, signal.SIGKILL)
+    assert await wait_exit(run) == 137
 
 
 async def test_exec_sync_captures_output_and_exit_code(launcher: Launcher, runtime: OciRuntime) -> None:
@@ -238,6 +250,15 @@ def read(path: Path) -> str:
 
 def run_cmd(*args: str) -> None:
     subprocess.run(args, check=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def our_zombies() -> list[Path]:

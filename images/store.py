@@ -244,17 +244,6 @@ class ImageStore:
         """The unpacked layer directories of an image, lowest first (overlay wants them reversed)."""
         return [self.layer_dir(c) for c in self._row(image_id).layers]
 
-    def layer_blobs(self, image_id: str) -> list[Path]:
-        """The compressed blobs of an image's layers as pulled, lowest first (a checkpoint image's
-        one layer is the checkpoint archive itself); NotFound if one is gone from the store."""
-        paths = []
-        for chain in self._row(image_id).layers:
-            layer = self.meta.layer(chain)
-            if layer is None or not self.content.has(layer.blob_digest):
-                raise NotFound(f"a layer blob of image {image_id} is missing from the store: pull the image again")
-            paths.append(self.content.path(layer.blob_digest))
-        return paths
-
     def config(self, image_id: str) -> dict[str, Any]:
         """The OCI image config JSON (Env, Entrypoint, Cmd, User, WorkingDir... under "config")."""
         return self._row(image_id).config

@@ -17,12 +17,14 @@ then renamed onto `location`: a reader, or a daemon killed mid-write, never
 leaves half an archive under the final name, and a failed or abandoned write
 removes its file. It is not fsynced (see write_archive).
 `unpack_archive` reads one back for a restore: checked member by member, and a
-corrupt or truncated archive refused with nothing left unpacked.
+corrupt or truncated archive refused with nothing left unpacked. `link_layer` takes
+the archive a checkpoint image's pull has unpacked already, with the same checks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -309,22 +311,80 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
                 safe_tar.extract(tar, member, dest, strict=True)
-        missing = [name for name in REQUIRED_MEMBERS if not (dest / name).exists()]
-        if missing:
-            raise CorruptArchive(f"it lacks {', '.join(missing)} (truncated, or not a container checkpoint)")
-        config = _json_member(dest, CONFIG_DUMP, dict)
-        spec = _json_member(dest, SPEC_DUMP, dict)
-        deleted = _json_member(dest, DELETED_FILES, list) if (dest / DELETED_FILES).exists() else []
-        if not all(isinstance(p, str) and p.startswith("/") for p in deleted):
-            raise CorruptArchive(f"{DELETED_FILES} must list absolute paths")
-        if (dest / ROOTFS_DIFF).exists():
-            _check_rootfs_diff(dest / ROOTFS_DIFF)
-        return Unpacked(dest, config, spec, deleted)
+        return _checked(dest)
     except BaseException as exc:
         empty_directory(dest)
         if isinstance(exc, tarfile.TarError | EOFError):
             raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
         raise
+
+
+def _checked(dest: Path) -> Unpacked:
+    """The members a restore needs, present and parsed, in an unpacked or linked archive."""
+    missing = [name for name in REQUIRED_MEMBERS if not (dest / name).exists()]
+    if missing:
+        raise CorruptArchive(f"it lacks {', '.join(missing)} (truncated, or not a container checkpoint)")
+    config = _json_member(dest, CONFIG_DUMP, dict)
+    spec = _json_member(dest, SPEC_DUMP, dict)
+    deleted = _json_member(dest, DELETED_FILES, list) if (dest / DELETED_FILES).exists() else []
+    if not all(isinstance(p, str) and p.startswith("/") for p in deleted):
+        raise CorruptArchive(f"{DELETED_FILES} must list absolute paths")
+    if (dest / ROOTFS_DIFF).exists():
+        _check_rootfs_diff(dest / ROOTFS_DIFF)
+    return Unpacked(dest, config, spec, deleted)
+
+
+def link_layer(layer: Path, dest: Path, abort: threading.Event) -> Unpacked:
+    """Blocking: a checkpoint image's layer, unpacked by its pull, linked into the empty `dest` and checked.
+
+    The pull has unpacked the archive once; unpacking its blob again would copy every page
+    of the container's memory a second time. Its files are hard-linked instead (copied
+    only where `dest` is on another filesystem), so the restore owns names of its own and
+    a RemoveImage meanwhile takes nothing from it. Nothing writes to the linked files:
+    CRIU only reads its images, and the files it writes on a restore are left out (an
+    archive that carries them would otherwise have them truncated in the image's layer).
+    An archive holds files and directories only; anything else is refused, and a refusal
+    leaves `dest` empty, as `unpack_archive` does.
+    """
+    try:
+        _link_tree(layer, dest, "", abort)
+        return _checked(dest)
+    except BaseException as exc:
+        empty_directory(dest)
+        if isinstance(exc, tarfile.TarError | EOFError):
+            raise CorruptArchive(f"its {ROOTFS_DIFF} is not a readable tar archive: {exc}") from exc
+        raise
+
+
+# What CRIU writes into the image directory on a restore: never linked from a layer.
+RESTORE_OUTPUTS = frozenset({f"{CHECKPOINT_DIRECTORY}/stats-restore", f"{CHECKPOINT_DIRECTORY}/restore.log"})
+
+
+def _link_tree(source: Path, dest: Path, prefix: str, abort: threading.Event) -> None:
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if abort.is_set():
+                raise Abandoned(f"linking {source} was abandoned")
+            rel = prefix + entry.name
+            st = entry.stat(follow_symlinks=False)
+            target = dest / entry.name
+            if stat.S_ISDIR(st.st_mode):
+                target.mkdir(mode=stat.S_IMODE(st.st_mode))
+                _link_tree(Path(entry.path), target, rel + "/", abort)
+            elif stat.S_ISREG(st.st_mode):
+                if rel not in RESTORE_OUTPUTS:
+                    _link_or_copy(Path(entry.path), target)
+            else:
+                raise CorruptArchive(f"member {rel!r} is neither a file nor a directory")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        shutil.copy2(source, target)
 
 
 def is_plain_tar(location: Path) -> bool:

@@ -1,7 +1,7 @@
 """Restore into a new pod, its first half: CreateContainer whose image is a checkpoint archive.
 
-    absolute path? -> archive there? (NOT_FOUND)     | a stored checkpoint image? -> its layer's blob
-      -> unpack and check (INVALID_ARGUMENT)
+    absolute path? -> archive there? (NOT_FOUND)     | a stored checkpoint image? -> its unpacked layer
+      -> unpack and check (INVALID_ARGUMENT)          | -> link its files and check (INVALID_ARGUMENT)
       -> taken on this architecture, by a CRIU no newer? (provenance.py: FAILED_PRECONDITION)
       -> base image in the store? (FAILED_PRECONDITION) -> handler can? -> CRIU can?
       -> [create.py: the base image's overlay, rootfs-diff.tar applied, deleted.files removed,
@@ -10,9 +10,10 @@
 As CRI-O does, `config.image.image` naming a file (an absolute path: no image
 reference starts with '/') means a checkpoint archive. So does an image reference
 naming a stored image whose manifest carries CRI-O's or containerd's checkpoint
-annotation (images/checkpoint_image.py): its one layer is the archive, read from
-the blob store as pulled, under a lease so a RemoveImage meanwhile cannot delete
-it. The container is made
+annotation (images/checkpoint_image.py): its one layer is the archive, which the
+pull has unpacked; its files are hard-linked into the staging directory
+(archive.link_layer), under a lease so a RemoveImage meanwhile cannot delete
+them, and are never unpacked a second time. The container is made
 for the pod the request names, with a new ID: its spec comes from this
 request, so its namespaces, cgroup and mounts are the new pod's; only what the
 request leaves out (command, environment, working directory) is taken from the
@@ -72,12 +73,12 @@ class RestoreSource:
 
 @dataclass(frozen=True, slots=True)
 class CheckpointImage:
-    """A stored image whose manifest marks it a checkpoint: its layer's blob is the archive."""
+    """A stored image whose manifest marks it a checkpoint: its one layer is the archive, unpacked."""
 
     ref: str
     image_id: str
     image_set: str
-    blob: Path
+    layer: Path
 
 
 def names_archive(image: str) -> bool:
@@ -95,32 +96,35 @@ def checkpoint_image(svc: Services, sandbox_id: str, image: str) -> CheckpointIm
         return None
     if checkpoint_name(record.annotations) is None:
         return None
-    blobs = svc.images.layer_blobs(record.id)
-    if len(blobs) != 1:
+    layers = svc.images.layer_paths(record.id)
+    if len(layers) != 1:
         raise InvalidArgument(
-            f"{FIELD}: checkpoint image {image!r} has {len(blobs)} layers; a checkpoint image has one, "
+            f"{FIELD}: checkpoint image {image!r} has {len(layers)} layers; a checkpoint image has one, "
             "the archive (build it with `crishim images checkpoint-image`)"
         )
-    return CheckpointImage(image, record.id, image_set, blobs[0])
+    return CheckpointImage(image, record.id, image_set, layers[0])
 
 
 async def restore_source(
     svc: Services, config: api_pb2.ContainerConfig, container_id: str, image: CheckpointImage | None = None
 ) -> RestoreSource:
-    """The archive `config.image.image` names, or `image`'s layer, unpacked and checked; `discard` it when done."""
+    """The archive `config.image.image` names, unpacked, or `image`'s layer, linked; checked. `discard` it when done."""
     if image is None:
         path, name = Path(config.image.image), config.image.image
         if not await asyncio.to_thread(path.is_file):
             raise NotFound(f"{FIELD}: checkpoint archive {str(path)!r} does not exist (or is not a file)")
     else:
-        path, name = image.blob, image.ref
+        path, name = image.layer, image.ref
         svc.images.acquire(image.image_id, CHECKPOINT_READ_PREFIX + container_id, image.image_set)
     stage = svc.container_dir(container_id).parent / f"{STAGE_PREFIX}{container_id}"
     abort = threading.Event()  # a cancelled call stops the unpacking thread
     try:
         await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
-        await asyncio.to_thread(_stage_in_memory, path, stage)
-        unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
+        if image is None:
+            await asyncio.to_thread(_stage_in_memory, path, stage)
+            unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
+        else:
+            unpacked = await asyncio.to_thread(_link_layer, path, stage, abort)
     except BaseException as exc:
         abort.set()
         await asyncio.to_thread(_remove_stage, stage)
@@ -128,9 +132,16 @@ async def restore_source(
             raise InvalidArgument(f"{FIELD}: {name!r} is not a usable checkpoint archive: {exc}") from None
         raise
     finally:
-        if image is not None:  # unpacked (or refused): the blob is no longer read
+        if image is not None:  # linked (or refused): the layer is no longer read
             await svc.images.arelease(CHECKPOINT_READ_PREFIX + container_id)
     return RestoreSource(name, unpacked)
+
+
+def _link_layer(layer: Path, stage: Path, abort: threading.Event) -> archive.Unpacked:
+    """Blocking: archive.link_layer, once the layer is known to be on the disk."""
+    if not layer.is_dir():
+        raise NotFound(f"{FIELD}: the layer of the checkpoint image is missing from the store: pull the image again")
+    return archive.link_layer(layer, stage, abort)
 
 
 def _stage_in_memory(path: Path, stage: Path) -> None:

@@ -268,3 +268,73 @@ def test_config_dump_records_where_it_was_taken_under_its_own_key() -> None:
     config = json.loads(archive.config_dump(info, 2, origin))
     assert config["crishim"] == origin
     assert config["rootfsImageName"] == "busybox"  # checkpointctl's fields unchanged beside it
+
+
+def _layer(tmp_path: Path) -> Path:
+    """A checkpoint image's layer as its pull unpacks it: the written archive's members, in a directory."""
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    with tarfile.open(_written(tmp_path)) as tar:
+        tar.extractall(layer, filter="data")
+    return layer
+
+
+def test_a_layer_is_linked_not_copied_with_its_metadata(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    linked = archive.link_layer(layer, dest, threading.Event())
+    assert (linked.config, linked.spec, linked.deleted) == ({"id": "c1"}, {"ociVersion": "1.0.2"}, ["/etc/group"])
+    pages = dest / "checkpoint" / "inventory.img"
+    assert pages.read_bytes() == b"\x01" * 64
+    assert os.stat(pages).st_ino == os.stat(layer / "checkpoint" / "inventory.img").st_ino
+    # The restore's names are its own: removing them leaves the image's layer whole.
+    archive.empty_directory(dest)
+    assert (layer / "checkpoint" / "inventory.img").read_bytes() == b"\x01" * 64
+    assert (layer / archive.CONFIG_DUMP).is_file()
+
+
+def test_what_criu_writes_on_a_restore_is_never_linked_from_a_layer(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    (layer / "checkpoint" / "stats-restore").write_bytes(b"old")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    archive.link_layer(layer, dest, threading.Event())
+    assert not (dest / "checkpoint" / "stats-restore").exists()
+    assert (dest / "checkpoint" / "inventory.img").is_file()
+
+
+def test_a_layer_with_a_symlink_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    (layer / "checkpoint" / "pages-1.img").symlink_to("/etc/shadow")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive, match="'checkpoint/pages-1.img' is neither a file nor a directory"):
+        archive.link_layer(layer, dest, threading.Event())
+    assert list(dest.iterdir()) == []
+
+
+def test_a_layer_lacking_a_member_or_with_a_cut_rootfs_diff_is_refused(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    (layer / archive.SPEC_DUMP).unlink()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.CorruptArchive, match="it lacks spec.dump"):
+        archive.link_layer(layer, dest, threading.Event())
+    assert list(dest.iterdir()) == []
+    (layer / archive.SPEC_DUMP).write_text("{}")
+    diff = layer / archive.ROOTFS_DIFF
+    diff.write_bytes(diff.read_bytes()[:700])
+    with pytest.raises(archive.CorruptArchive, match="rootfs-diff.tar"):
+        archive.link_layer(layer, dest, threading.Event())
+    assert list(dest.iterdir()) == []
+
+
+def test_an_abandoned_link_leaves_nothing(tmp_path: Path) -> None:
+    abort = threading.Event()
+    abort.set()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(archive.Abandoned):
+        archive.link_layer(_layer(tmp_path), dest, abort)
+    assert list(dest.iterdir()) == []

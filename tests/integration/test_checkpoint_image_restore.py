@@ -93,8 +93,11 @@ def test_a_counter_checkpointed_into_a_pulled_image_is_restored_in_a_new_pod_and
     assert cid != counter
     assert container_status(live_daemon, cid).state == pb.CONTAINER_CREATED
     bundle = _bundle(live_daemon, cid)
-    assert (bundle / "checkpoint" / "inventory.img").is_file()  # CRIU's images, from the image's layer
-    remove_image(live_daemon, ref)  # read at create: the restore needs the checkpoint image no more
+    inventory = bundle / "checkpoint" / "inventory.img"
+    # CRIU's images are the files the pull unpacked into the image's layer, linked, not unpacked again.
+    assert inventory.stat().st_nlink == 2
+    remove_image(live_daemon, ref)  # linked at create: the restore needs the checkpoint image no more
+    assert inventory.stat().st_nlink == 1
 
     start(live_daemon, cid)
     status = container_status(live_daemon, cid)

@@ -305,17 +305,25 @@ def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpack
     raises CorruptArchive, and `dest` is left empty again: a refused restore leaves
     nothing behind.
     """
-    try:
+    with _emptied_on_refusal(dest, "it is not a readable tar archive"):
         with open_tar(location) as tar:
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
                 safe_tar.extract(tar, member, dest, strict=True)
-        return _checked(dest)
+        unpacked = _checked(dest)
+    return unpacked
+
+
+@contextlib.contextmanager
+def _emptied_on_refusal(dest: Path, unreadable: str) -> Iterator[None]:
+    """Any failure leaves `dest` empty again; a tar that does not read is CorruptArchive(`unreadable`: why)."""
+    try:
+        yield
     except BaseException as exc:
         empty_directory(dest)
         if isinstance(exc, tarfile.TarError | EOFError):
-            raise CorruptArchive(f"it is not a readable tar archive: {exc}") from exc
+            raise CorruptArchive(f"{unreadable}: {exc}") from exc
         raise
 
 
@@ -346,14 +354,10 @@ def link_layer(layer: Path, dest: Path, abort: threading.Event) -> Unpacked:
     An archive holds files and directories only; anything else is refused, and a refusal
     leaves `dest` empty, as `unpack_archive` does.
     """
-    try:
+    with _emptied_on_refusal(dest, f"its {ROOTFS_DIFF} is not a readable tar archive"):
         _link_tree(layer, dest, "", abort)
-        return _checked(dest)
-    except BaseException as exc:
-        empty_directory(dest)
-        if isinstance(exc, tarfile.TarError | EOFError):
-            raise CorruptArchive(f"its {ROOTFS_DIFF} is not a readable tar archive: {exc}") from exc
-        raise
+        linked = _checked(dest)
+    return linked
 
 
 # What CRIU writes into the image directory on a restore: never linked from a layer.

@@ -338,3 +338,20 @@ def test_an_abandoned_link_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(archive.Abandoned):
         archive.link_layer(_layer(tmp_path), dest, abort)
     assert list(dest.iterdir()) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs")
+def test_a_layer_on_another_filesystem_is_copied(tmp_path: Path) -> None:
+    from crishim.runtime.mounts import mount_tmpfs, unmount
+
+    layer = _layer(tmp_path)
+    dest = tmp_path / "dest"
+    mount_tmpfs(dest, mode="0700")
+    try:
+        linked = archive.link_layer(layer, dest, threading.Event())
+        pages = dest / "checkpoint" / "inventory.img"
+        assert pages.read_bytes() == b"\x01" * 64
+        assert os.stat(pages).st_dev != os.stat(layer / "checkpoint" / "inventory.img").st_dev
+        assert linked.config == {"id": "c1"}
+    finally:
+        unmount(dest)

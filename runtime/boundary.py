@@ -103,8 +103,15 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# A call that takes longer is logged with its time and outcome, so a stall the caller gave
+# up on (CANCELLED at its deadline) shows in the log beside what the daemon was doing.
+SLOW_CALL_SECONDS = 10.0
+
+
 def _notify(method: str, code: grpc.StatusCode, started: float) -> None:
     elapsed = time.monotonic() - started
+    if elapsed >= SLOW_CALL_SECONDS:
+        log.info("%s took %.1f s (%s)", method, elapsed, code.name)
     for observer in _observers:
         try:
             observer(method, code.name, elapsed)

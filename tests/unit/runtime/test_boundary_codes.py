@@ -1,10 +1,12 @@
-"""The error table of runtime/boundary.py: every package's exception class has its code."""
+"""The error table of runtime/boundary.py: every package's exception class has its code; slow calls are logged."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import re
+import time
 from types import ModuleType
 from typing import Any, NoReturn
 
@@ -138,3 +140,13 @@ def test_a_deadline_that_ends_the_call_in_the_daemon_says_so() -> None:
     context = _call("PullImage")
     assert context.code == grpc.StatusCode.DEADLINE_EXCEEDED
     assert context.details == "PullImage: the call's deadline passed before it finished; give it a longer timeout"
+
+
+def test_a_slow_call_is_logged_with_its_time_and_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="crishim.rpc"):
+        boundary._notify("RunPodSandbox", grpc.StatusCode.CANCELLED, time.monotonic() - 61.0)
+        boundary._notify("Version", grpc.StatusCode.OK, time.monotonic())
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("RunPodSandbox took 61.")
+    assert lines[0].endswith(" s (CANCELLED)")

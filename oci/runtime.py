@@ -16,6 +16,7 @@ import os
 import shutil
 import signal as signals
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,13 +229,19 @@ class OciRuntime:
         items: list[dict[str, Any]] = json.loads(out or b"[]") or []
         return items
 
-    def exec_command(self, cid: str, cmd: Sequence[str], *, tty: bool) -> list[str]:
+    def exec_command(self, cid: str, cmd: Sequence[str], *, tty: bool, pid_file: Path | None = None) -> list[str]:
         """The command line of an interactive exec; the caller runs it on its own pipes or pty.
 
         runc and crun take the process environment, cwd and user from the container's
-        own spec when given only the arguments, as `kubectl exec` expects.
+        own spec when given only the arguments, as `kubectl exec` expects. The runtime
+        writes the exec'd process's PID to `pid_file`, for `collect_exec_orphan` after it.
         """
-        return [*self.base_args(), "exec", *(["--tty"] if tty else []), cid, *cmd]
+        pid_args = ["--pid-file", str(pid_file)] if pid_file is not None else []
+        return [*self.base_args(), "exec", *(["--tty"] if tty else []), *pid_args, cid, *cmd]
+
+    def exec_scratch(self) -> tempfile.TemporaryDirectory[str]:
+        """A private directory for one exec's files (its process.json, its pid file)."""
+        return tempfile.TemporaryDirectory(prefix="exec-", dir=self._tmp_dir())
 
     async def exec(
         self,
@@ -252,7 +259,7 @@ class OciRuntime:
         """
         if process.get("terminal"):
             raise InvalidArgument("ExecSync cannot allocate a terminal")
-        with tempfile.TemporaryDirectory(prefix="exec-", dir=self._tmp_dir()) as tmp:
+        with self.exec_scratch() as tmp:
             pjson, pidf = Path(tmp, "process.json"), Path(tmp, "pid")
             await asyncio.to_thread(pjson.write_text, json.dumps(process))
             if shutil.which(self.path) is None:
@@ -288,6 +295,7 @@ class OciRuntime:
                 with contextlib.suppress(asyncio.CancelledError):
                     await readers
                 out, out_t, err, err_t = b"", True, b"", True
+            await collect_exec_orphan(read_pid(pidf))
         rc = proc.returncode if proc.returncode is not None else -1
         if rc != 0 and b"does not exist" in err and not out:
             raise NotFound(f"{self.name}: container {cid} does not exist ({err.decode(errors='replace').strip()})")
@@ -384,12 +392,7 @@ class OciRuntime:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-        if pid is not None:
-            # Orphaned to us only if runc went first; a no-op otherwise.
-            for _ in range(50):
-                if reap(pid) is not None or not _is_child_zombie_or_alive(pid):
-                    break
-                await asyncio.sleep(0.02)
+        await collect_exec_orphan(pid)
 
     async def features(self) -> RuntimeFeatures:
         """What this handler really supports, probed once by creating a tiny container."""
@@ -527,13 +530,89 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def _is_child_zombie_or_alive(pid: int) -> bool:
+async def collect_exec_orphan(pid: int | None) -> None:
+    """Ends and collects what an exec's runtime process left behind; a no-op otherwise.
+
+    The exec'd process is orphaned to the daemon, a subreaper, when the runtime process goes
+    first: runc killed on a timeout or at a session's end; nothing can wait for it any
+    more, so one still running is killed. crun does the same whenever the command cannot be
+    executed (a masked or missing binary): it reports the error and exits without collecting
+    its child, and writes no PID file (`pid` None), so zombies of ours in a container's PID
+    namespace are collected instead. Left alone such a zombie stays, and in a pod that
+    shares one PID namespace it holds up the pause process's exit, so StopPodSandbox.
+    """
+    if pid is None:
+        await asyncio.to_thread(_collect_namespaced_zombies)
+        return
+    killed = False
+    for _ in range(50):
+        if reap(pid) is not None:
+            return
+        state = _child_state(pid)
+        if state is None:
+            return  # not ours: the runtime collected it
+        if state != "Z" and not killed:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signals.SIGKILL)
+            killed = True
+        await asyncio.sleep(0.02)
+
+
+def _collect_namespaced_zombies(rounds: int = 10, interval: float = 0.02) -> None:
+    """Blocking: collects the daemon's zombie children that lived in a PID namespace of their own.
+
+    Only processes orphaned from a container become such children (the daemon, conmon and
+    the runtimes run in the node's PID namespace), so none is a subprocess someone waits
+    for. A child there still exiting is waited for a few rounds; with none, it returns at once.
+    """
+    for _ in range(rounds):
+        pending = False
+        for child in _children():
+            state, levels = _state_and_pid_levels(child)
+            if levels < 2:
+                continue
+            if state == "Z":
+                reap(child)
+            else:
+                pending = True
+        if not pending:
+            return
+        time.sleep(interval)
+
+
+def _children() -> list[int]:
+    """The daemon's children, from every thread's /proc/self/task/TID/children."""
+    found: list[int] = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            found += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
+def _state_and_pid_levels(pid: int) -> tuple[str, int]:
+    """The process's state letter and how many PID namespaces it has a PID in (its NSpid entries)."""
+    state, levels = "", 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("NSpid:"):
+                levels = len(line.split()) - 1
+    except OSError:
+        pass
+    return state, levels
+
+
+def _child_state(pid: int) -> str | None:
+    """The state letter (/proc/PID/stat: R, S, Z...) of `pid` if it is a child of ours; None otherwise."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    ppid = int(stat.rsplit(")", 1)[1].split()[1])
-    return ppid == os.getpid()
+        return None
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return state if int(ppid) == os.getpid() else None
 
 
 def _start_time(pid: int) -> int | None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from crishim.oci import conmon
-from crishim.oci.runtime import OciRuntime
+from crishim.oci.runtime import OciRuntime, collect_exec_orphan, read_pid
 from crishim.runtime.network import errors as network_errors
 from crishim.runtime.network import netns
 from crishim.runtime.streaming.errors import InvalidArgument, NotFound, Unavailable
@@ -51,7 +51,17 @@ async def exec_with_runtime(runtime: OciRuntime, container_id: str, cmd: Sequenc
     """Run `cmd` in a running container through the OCI runtime and return its exit code."""
     if not cmd:
         raise InvalidArgument("exec needs a command: cmd is empty")
-    command = runtime.exec_command(container_id, cmd, tty=streams.tty)
+    with runtime.exec_scratch() as scratch:
+        pid_file = Path(scratch, "pid")
+        command = runtime.exec_command(container_id, cmd, tty=streams.tty, pid_file=pid_file)
+        try:
+            return await _exec_in(command, streams)
+        finally:
+            # What the runtime process left behind (crun, of a command it could not execute).
+            await asyncio.shield(collect_exec_orphan(read_pid(pid_file)))
+
+
+async def _exec_in(command: list[str], streams: SessionStreams) -> int:
     if not streams.tty:
         proc = await _spawn_with_pipes(command, streams)
         return await _supervise_pipes(proc, streams, kill_group=False)

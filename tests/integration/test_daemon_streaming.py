@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
@@ -29,6 +30,8 @@ from wsproto.events import AcceptConnection, RejectConnection, Request
 from tests.support.cri import (
     container_config,
     container_status,
+    eventually,
+    exec_sync,
     pod_config,
     remove_pod,
     start_container,
@@ -130,6 +133,35 @@ async def test_exec_without_tty_reports_output_and_exit_codes(live_daemon: Daemo
     ok = await spdy_exec(exec_url(live_daemon, pod.sleeper, ["sh", "-c", "echo fine"]))
     assert ok.stdout == b"fine\n"
     assert ok.status == {"metadata": {}, "status": "Success"}
+
+
+async def test_a_command_that_cannot_run_leaves_no_zombie_behind(live_daemon: Daemon, pod: Pod) -> None:
+    """crun leaves the process of a command it cannot execute to the daemon, a subreaper: collected,
+    or a zombie stays, which in a pod sharing a PID namespace holds up the pause process's end."""
+    assert live_daemon.proc is not None
+    refused = await asyncio.to_thread(exec_sync, live_daemon, pod.sleeper, ["/no/such/command"])
+    assert refused.exit_code != 0
+    streamed = await spdy_exec(exec_url(live_daemon, pod.sleeper, ["/no/such/command"]))
+    assert streamed.exit_code != 0
+    daemon_pid = live_daemon.proc.pid
+    eventually(lambda: _zombie_children(daemon_pid), lambda z: z == [], timeout=3.0, what="no zombie of the daemon")
+
+
+def _zombie_children(pid: int) -> list[str]:
+    """The exited, uncollected children of `pid`: "PID (name)" each."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        state, ppid = rest.split()[:2]
+        if state == "Z" and int(ppid) == pid:
+            found.append(f"{entry.name} ({name})")
+    return found
 
 
 async def test_exec_echoes_stdin_over_spdy_and_websocket(live_daemon: Daemon, pod: Pod) -> None:

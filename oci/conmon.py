@@ -6,7 +6,7 @@ logs (k8s-file driver), serves the attach socket and writes the exit code to
 its own and without `--sync`, so the process we spawn forks the real
 monitor and exits at once; we only wait for that short-lived parent. The
 monitor is then reparented to the nearest subreaper (the daemon, when it
-called runtime.become_subreaper(); else PID 1): call runtime.reap(conmon_pid)
+called runtime.become_subreaper(); else PID 1): call processes.reap(conmon_pid)
 after the container's exit is seen.
 
 The container PID (or runc's error) comes back on the sync pipe whose fd

@@ -14,7 +14,18 @@ import signal
 import time
 from pathlib import Path
 
-from .runtime import reap
+
+def reap(pid: int) -> int | None:
+    """Collect `pid` if it is an exited child of ours; its wait status, or None.
+
+    Never blocks and never waits for other pids, so it cannot steal the
+    exit status of a subprocess asyncio is watching.
+    """
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if got == pid else None
 
 
 def descendants(pid: int) -> list[int]:
@@ -23,11 +34,18 @@ def descendants(pid: int) -> list[int]:
     while queue:
         current = queue.pop(0)
         found.append(current)
-        for task in Path(f"/proc/{current}/task").glob("*"):
-            try:
-                queue += [int(child) for child in (task / "children").read_text().split()]
-            except (OSError, ValueError):
-                continue
+        queue += children(current)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The children of `pid`, from every thread's /proc/PID/task/TID/children."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
     return found
 
 
@@ -82,3 +100,37 @@ def naming(argument: str) -> list[int]:
         if wanted in words and alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def collect_namespaced_zombies(rounds: int = 10, interval: float = 0.02) -> None:
+    """Blocking: collects the daemon's zombie children that lived in a PID namespace of their own.
+
+    Only processes orphaned from a container become such children (the daemon, conmon and
+    the runtimes run in the node's PID namespace), so none is a subprocess someone waits
+    for. A child there still exiting is waited for a few rounds; with none, it returns at once.
+    """
+    for _ in range(rounds):
+        pending = False
+        for child in children(os.getpid()):
+            state, levels = state_and_pid_levels(child)
+            if levels < 2:
+                continue
+            if state == "Z":
+                reap(child)
+            else:
+                pending = True
+        if not pending:
+            return
+        time.sleep(interval)
+
+
+def state_and_pid_levels(pid: int) -> tuple[str, int]:
+    """The process's state letter and how many PID namespaces it has a PID in (its NSpid entries)."""
+    state, levels = "", 0
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                state = line.split()[1]
+            elif line.startswith("NSpid:"):
+                levels = len(line.split()) - 1
+    return state, levels

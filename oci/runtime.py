@@ -16,12 +16,12 @@ import os
 import shutil
 import signal as signals
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from . import processes
 from .errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -32,6 +32,7 @@ from .errors import (
 )
 from .features import RuntimeFeatures
 from .mounttable import read_mountinfo, unmount
+from .processes import reap
 
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 _PR_SET_CHILD_SUBREAPER = 36
@@ -55,19 +56,6 @@ def become_subreaper() -> None:
     if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(err)}")
-
-
-def reap(pid: int) -> int | None:
-    """Collect `pid` if it is an exited child of ours; its wait status, or None.
-
-    Never blocks and never waits for other pids, so it cannot steal the
-    exit status of a subprocess asyncio is watching.
-    """
-    try:
-        got, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return status if got == pid else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,7 +530,7 @@ async def collect_exec_orphan(pid: int | None) -> None:
     shares one PID namespace it holds up the pause process's exit, so StopPodSandbox.
     """
     if pid is None:
-        await asyncio.to_thread(_collect_namespaced_zombies)
+        await asyncio.to_thread(processes.collect_namespaced_zombies)
         return
     killed = False
     for _ in range(50):
@@ -556,53 +544,6 @@ async def collect_exec_orphan(pid: int | None) -> None:
                 os.kill(pid, signals.SIGKILL)
             killed = True
         await asyncio.sleep(0.02)
-
-
-def _collect_namespaced_zombies(rounds: int = 10, interval: float = 0.02) -> None:
-    """Blocking: collects the daemon's zombie children that lived in a PID namespace of their own.
-
-    Only processes orphaned from a container become such children (the daemon, conmon and
-    the runtimes run in the node's PID namespace), so none is a subprocess someone waits
-    for. A child there still exiting is waited for a few rounds; with none, it returns at once.
-    """
-    for _ in range(rounds):
-        pending = False
-        for child in _children():
-            state, levels = _state_and_pid_levels(child)
-            if levels < 2:
-                continue
-            if state == "Z":
-                reap(child)
-            else:
-                pending = True
-        if not pending:
-            return
-        time.sleep(interval)
-
-
-def _children() -> list[int]:
-    """The daemon's children, from every thread's /proc/self/task/TID/children."""
-    found: list[int] = []
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            found += [int(pid) for pid in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return found
-
-
-def _state_and_pid_levels(pid: int) -> tuple[str, int]:
-    """The process's state letter and how many PID namespaces it has a PID in (its NSpid entries)."""
-    state, levels = "", 0
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("State:"):
-                state = line.split()[1]
-            elif line.startswith("NSpid:"):
-                levels = len(line.split()) - 1
-    except OSError:
-        pass
-    return state, levels
 
 
 def _child_state(pid: int) -> str | None:

@@ -13,7 +13,7 @@ from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon, processes
 from crishim.oci import errors as oci_errors
 from crishim.oci.checkpoint import restore_opts
-from crishim.oci.runtime import reap
+from crishim.oci.processes import reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
 

@@ -14,12 +14,12 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 import pytest
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci import processes
 from crishim.runtime.config import StreamingConfig
 from crishim.runtime.streaming.spdy import SpdyConnection, SpdyStream
 from crishim.runtime.streaming.streams import TerminalSize
@@ -147,21 +147,9 @@ async def test_a_command_that_cannot_run_leaves_no_zombie_behind(live_daemon: Da
     eventually(lambda: _zombie_children(daemon_pid), lambda z: z == [], timeout=3.0, what="no zombie of the daemon")
 
 
-def _zombie_children(pid: int) -> list[str]:
-    """The exited, uncollected children of `pid`: "PID (name)" each."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
-        state, ppid = rest.split()[:2]
-        if state == "Z" and int(ppid) == pid:
-            found.append(f"{entry.name} ({name})")
-    return found
+def _zombie_children(pid: int) -> list[int]:
+    """The exited, uncollected children of `pid`."""
+    return [child for child in processes.children(pid) if processes.state_and_pid_levels(child)[0] == "Z"]
 
 
 async def test_exec_echoes_stdin_over_spdy_and_websocket(live_daemon: Daemon, pod: Pod) -> None:

@@ -21,7 +21,8 @@ from crishim.oci import conmon
 from crishim.oci.errors import DeadlineExceeded, RuntimeCommandError
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.inputs import ContainerSpecInput, IdMapping, Mount, NamespaceMode, Resources, UserNamespace
-from crishim.oci.runtime import INIT_PROCESS_KEYS, OciRuntime, become_subreaper, reap
+from crishim.oci.processes import reap
+from crishim.oci.runtime import INIT_PROCESS_KEYS, OciRuntime, become_subreaper
 from crishim.oci.spec import build_container_spec
 
 from tests.integration.oci_rootfs import make_rootfs

@@ -22,11 +22,12 @@ socket directory. runtime/ asks for them by bundle or container ID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,17 +247,6 @@ def build_args(conmon_path: str, runtime_command: Sequence[str], launch: ConmonL
     return args
 
 
-def scope_args(cid: str, slice_: str) -> list[str]:
-    """Runs conmon in a transient scope of its own inside the pod's slice.
-
-    Under the systemd driver every process belongs to a unit: conmon is accounted to
-    the pod (CRI-O's `conmon_cgroup = "pod"`) instead of to crishim.service, and it
-    outlives a restart of the service. The scope ends, and --collect unloads it even
-    after a failure, once conmon exits.
-    """
-    return ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={conmon_scope(cid)}", f"--slice={slice_}", "--"]
-
-
 def conmon_scope(cid: str) -> str:
     return f"crishim-conmon-{cid}.scope"
 
@@ -267,13 +257,16 @@ async def launch_container(
     *,
     conmon_path: str = "conmon",
     time_limit: float = 60.0,
-    systemd_slice: str | None = None,
+    before_start: Callable[[int], Awaitable[None]] | None = None,
 ) -> ConmonResult:
     """Start conmon, which runs `<runtime> create`; return the container and conmon PIDs.
 
     Raises RuntimeCommandError with the runtime's own message when create
     fails (missing executable, bad mount...). The container is left CREATED:
-    call OciRuntime.start() to run it.
+    call OciRuntime.start() to run it. `before_start(pid)`, when given, runs while conmon
+    waits on its start pipe, before it forks anything: the place to move it into a
+    cgroup (under the systemd driver, a scope of its own); if it raises, conmon is
+    killed and the error raised.
     """
     exe = shutil.which(conmon_path)
     if exe is None:
@@ -281,9 +274,7 @@ async def launch_container(
     for d in (launch.exit_dir, launch.socket_dir, launch.log_path.parent):
         d.mkdir(parents=True, exist_ok=True)
     args = build_args(exe, runtime.base_args(), launch)
-    if systemd_slice:
-        args = scope_args(launch.cid, systemd_slice) + args
-    line = await _run_until_synced(args, launch, time_limit)
+    line = await _run_until_synced(args, launch, time_limit, before_start)
     pid, message = _parse_sync(line, await asyncio.to_thread(_log_tail, conmon_log_file(launch.bundle)))
     if pid <= 0:
         what = "restoring" if launch.restore_from is not None else "creating"
@@ -292,26 +283,40 @@ async def launch_container(
     return ConmonResult(pid=pid, conmon_pid=conmon_pid or 0)
 
 
-async def _run_until_synced(args: list[str], launch: ConmonLaunch, time_limit: float) -> bytes:
-    """Spawns conmon and returns the line it wrote on the sync pipe (b"" if it wrote none)."""
+async def _run_until_synced(
+    args: list[str], launch: ConmonLaunch, time_limit: float, before_start: Callable[[int], Awaitable[None]] | None
+) -> bytes:
+    """Spawns conmon and returns the line it wrote on the sync pipe (b"" if it wrote none).
+
+    With `before_start`, conmon waits on its start pipe (conmon reads it before its first
+    fork) until that has run (`_hold_until`).
+    """
     # conmon's own diagnostics go to a file: a pipe would be held open by
     # the daemonized monitor for the container's whole life.
     log_fd = os.open(conmon_log_file(launch.bundle), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     rfd, wfd = os.pipe()
+    start_r, start_w = os.pipe() if before_start else (-1, -1)
+    inherited = (wfd, start_r) if before_start else (wfd,)
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "_OCI_SYNCPIPE": str(wfd)}
+        if before_start:
+            env["_OCI_STARTPIPE"] = str(start_r)
         proc = await asyncio.create_subprocess_exec(
-            *args, env=env, pass_fds=(wfd,), start_new_session=True, cwd=str(launch.bundle),
+            *args, env=env, pass_fds=inherited, start_new_session=True, cwd=str(launch.bundle),
             stdin=asyncio.subprocess.DEVNULL, stdout=log_fd, stderr=log_fd,
         )  # fmt: skip
     except BaseException:
-        os.close(rfd)
-        os.close(wfd)
+        for fd in (rfd, start_w, *inherited):
+            if fd >= 0:
+                os.close(fd)
         raise
     finally:
         os.close(log_fd)
-    os.close(wfd)
+    for fd in inherited:
+        os.close(fd)
     try:
+        if before_start:
+            await _hold_until(before_start, proc, start_w)
         line = await asyncio.wait_for(asyncio.to_thread(_read_sync_line, rfd), time_limit)
     except TimeoutError:
         raise DeadlineExceeded(f"conmon for {launch.cid} reported nothing within {time_limit}s") from None
@@ -320,6 +325,28 @@ async def _run_until_synced(args: list[str], launch: ConmonLaunch, time_limit: f
     # The launched parent exits right after forking the monitor.
     await proc.wait()
     return line
+
+
+async def _hold_until(
+    before_start: Callable[[int], Awaitable[None]], proc: asyncio.subprocess.Process, start_w: int
+) -> None:
+    """Runs `before_start(conmon's pid)`, then lets the waiting conmon go on.
+
+    If it fails, conmon is killed while it still waits (closing the start pipe alone
+    would let it run on) and collected, and the error raised.
+    """
+    try:
+        await before_start(proc.pid)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await asyncio.shield(proc.wait())
+        os.close(start_w)
+        raise
+    try:
+        os.write(start_w, b"0")
+    finally:
+        os.close(start_w)
 
 
 def _read_sync_line(fd: int) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from crishim.cgroups.errors import CgroupError
@@ -36,8 +37,11 @@ async def launch(
 ) -> conmon.ConmonResult:
     """conmon runs `runc create` (or `runc restore` from `restore_from`); returns the container's and conmon's PIDs.
 
-    Under the systemd driver conmon gets a scope in the slice of the container's
-    cgroups path (`slice:prefix:id`).
+    Under the systemd driver conmon gets a transient scope of its own in the slice of
+    the container's cgroups path (`slice:prefix:id`), as CRI-O's `conmon_cgroup = "pod"`
+    does: every process belongs to a unit, conmon is accounted to the pod instead of to
+    crishim.service, and it outlives a restart of the service. The scope ends, and is
+    unloaded even after a failure, once conmon exits.
     """
     launch_request = conmon.ConmonLaunch(
         cid=object_id,
@@ -57,8 +61,22 @@ async def launch(
         launch_request,
         conmon_path=svc.config.conmon,
         time_limit=time_limit,
-        systemd_slice=cgroups_path.split(":", 1)[0] if handler.runtime.systemd_cgroup else None,
+        before_start=_scope_entry(object_id, cgroups_path.split(":", 1)[0]) if handler.runtime.systemd_cgroup else None,
     )
+
+
+def _scope_entry(object_id: str, slice_: str) -> Callable[[int], Awaitable[None]]:
+    """What moves the waiting conmon `pid` into `crishim-conmon-<id>.scope` in `slice_`."""
+
+    async def enter(pid: int) -> None:
+        # Imported on first use: a node on the cgroupfs driver never loads the D-Bus code.
+        from crishim.cgroups import systemd_scope
+
+        await asyncio.to_thread(
+            systemd_scope.start_scope, conmon.conmon_scope(object_id), slice_, pid, f"crishim conmon of {object_id}"
+        )
+
+    return enter
 
 
 async def signal_quietly(handler: Handler, object_id: str, signal: int, *, directly: bool = False) -> None:

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from crishim.oci import conmon
+from crishim.oci import conmon, processes
 from crishim.oci.errors import DeadlineExceeded, RuntimeCommandError
 from crishim.oci.features import RuntimeFeatures
 from crishim.oci.inputs import ContainerSpecInput, IdMapping, Mount, NamespaceMode, Resources, UserNamespace
@@ -118,7 +118,9 @@ class Launcher:
         )
         return replace(base, **kw)
 
-    async def create(self, rt: OciRuntime, inp: ContainerSpecInput) -> Running:
+    async def create(
+        self, rt: OciRuntime, inp: ContainerSpecInput, before_start: Callable[[int], Awaitable[None]] | None = None
+    ) -> Running:
         bundle = self.tmp / "bundles" / inp.id
         bundle.mkdir(parents=True)
         (bundle / "config.json").write_text(json.dumps(build_container_spec(inp)))
@@ -129,6 +131,7 @@ class Launcher:
             conmon.ConmonLaunch(
                 cid=inp.id, bundle=bundle, log_path=log_path, exit_dir=exit_dir, socket_dir=self.tmp / "attach"
             ),
+            before_start=before_start,
         )
         run = Running(rt, inp.id, bundle, log_path, exit_dir, res)
         self.started.append(run)
@@ -293,6 +296,44 @@ async def test_update_changes_memory_cgroup(launcher: Launcher, runtime: OciRunt
     assert int(read(limit_file)) == 64 << 20
     await runtime.update(run.cid, {"memory": {"limit": 96 << 20, "swap": 96 << 20}})
     assert int(read(limit_file)) == 96 << 20
+
+
+async def test_before_start_runs_while_conmon_waits_to_fork(launcher: Launcher, runtime: OciRuntime) -> None:
+    """The hook (under the systemd driver: the move into conmon's scope) sees conmon alone,
+    before the monitor or the runtime exists, so everything conmon starts inherits its cgroup."""
+    seen: dict[str, object] = {}
+
+    async def before_start(pid: int) -> None:
+        seen["exe"] = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        seen["children"] = processes.children(pid)
+        seen["runtime state"] = runtime.has_state(cid)
+
+    inp = launcher.input(runtime, ("sleep", "100"))
+    cid = inp.id
+    run = await launcher.create(runtime, inp, before_start=before_start)
+    assert seen == {"exe": "conmon", "children": [], "runtime state": False}
+    await runtime.start(run.cid)
+    assert (await runtime.state(run.cid))["status"] == "running"
+
+
+async def test_a_failing_before_start_leaves_no_conmon_and_no_container(
+    launcher: Launcher, runtime: OciRuntime
+) -> None:
+    conmons: list[int] = []
+
+    async def before_start(pid: int) -> None:
+        conmons.append(pid)
+        raise RuntimeError("no scope for you")
+
+    inp = launcher.input(runtime, ("sleep", "100"))
+    with pytest.raises(RuntimeError, match="no scope for you"):
+        await launcher.create(runtime, inp, before_start=before_start)
+    assert len(conmons) == 1
+    assert not _running(conmons[0]), "conmon was left running"
+    assert reap(conmons[0]) is None, "conmon was left uncollected"
+    assert not runtime.has_state(inp.id)
+    assert not conmon.pid_file(launcher.tmp / "bundles" / inp.id).exists()
+    assert our_zombies() == []
 
 
 async def test_missing_command_fails_create_with_runtime_message(launcher: Launcher, runtime: OciRuntime) -> None:

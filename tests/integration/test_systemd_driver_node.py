@@ -10,12 +10,15 @@ no failed unit of ours, whatever way its containers ended (exit, kill, OOM).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from crishim.cgroups import systemd_scope
+from crishim.cgroups.errors import FailedPrecondition
 from crishim.cri_api import api_pb2 as pb
 
 from tests.support.cri import (
@@ -171,3 +174,24 @@ def test_removed_pod_leaves_no_units_however_its_containers_ended(daemon: Daemon
     assert (status.reason, status.exit_code) == ("OOMKilled", 137), status.message
     daemon.runtime.StopContainer(pb.StopContainerRequest(container_id=running, timeout=0), timeout=60)
     remove_and_check_units(daemon, kubelet_pod)
+
+
+def test_start_scope_moves_a_process_and_refuses_a_taken_name() -> None:
+    """cgroups.systemd_scope, the D-Bus call conmon's scope is made with: the process is in the
+    scope when it returns, a second scope of the same name is refused with systemd's reason, and
+    the scope goes once its process has."""
+    unit = f"crishim-test-{uuid.uuid4().hex[:12]}.scope"
+    first = subprocess.Popen(SLEEP)
+    second = subprocess.Popen(SLEEP)
+    try:
+        systemd_scope.start_scope(unit, "crishim-test.slice", first.pid, "crishim scope test")
+        assert process_cgroup(first.pid) == f"/crishim.slice/crishim-test.slice/{unit}"
+        with pytest.raises(FailedPrecondition, match="already exists"):
+            systemd_scope.start_scope(unit, "crishim-test.slice", second.pid, "crishim scope test")
+        assert not process_cgroup(second.pid).endswith(unit)
+    finally:
+        for proc in (first, second):
+            proc.kill()
+            proc.wait()
+    assert wait_until_no_units(unit) == [], "the scope outlived its process"
+    stop_units("crishim-test.slice")

@@ -33,13 +33,14 @@ import stat
 import tarfile
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crishim.runtime.checkpoint import safe_tar
+from crishim.runtime.checkpoint import follow, safe_tar
+from crishim.runtime.checkpoint.follow import Followed
 from crishim.runtime.checkpoint.kernel_copy import KernelCopyTar
 
 CHECKPOINT_DIRECTORY = "checkpoint"
@@ -231,8 +232,18 @@ def partial_path(location: Path, tag: str) -> Path:
     return location.parent / f".{location.name}.{tag}.partial"
 
 
-def write_archive(location: Path, members: list[Member], abort: threading.Event, partial: Path | None = None) -> None:
+def write_archive(
+    location: Path,
+    members: list[Member],
+    abort: threading.Event,
+    partial: Path | None = None,
+    followed: Followed | None = None,
+) -> None:
     """Blocking: the archive at `location`, complete or not at all (written first to `partial`).
+
+    With `followed`, `partial` holds that file's bytes already, behind room for its header
+    (follow.py): the other members go after them, the header into the room, and the file
+    is left out where a member's tree holds it.
 
     Its bytes are not fsynced before the rename, as CRI-O and Podman write their exports
     (straight to the target, no sync at all): syncing a container's memory images doubles
@@ -246,17 +257,29 @@ def write_archive(location: Path, members: list[Member], abort: threading.Event,
     if partial is None:
         fd, name = tempfile.mkstemp(dir=location.parent, prefix=f".{location.name}.", suffix=".partial")
         partial = Path(name)
-    else:
+    elif followed is None:
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    else:
+        fd = os.open(partial, os.O_RDWR | os.O_CLOEXEC)
     renamed = False
+    header = b""
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(fd, "r+b" if followed else "wb") as fh:
+            if followed is not None:
+                fh.seek(follow.HEADER_ROOM + _padded(followed.size))
             with KernelCopyTar.open(fileobj=fh, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 with_copy_buffer(tar)
+                arcname = _arcname(followed, members)
+                keep = _owners_leaving_out(arcname)
                 for member in members:
                     if abort.is_set():
                         raise Abandoned(f"writing {location} was abandoned")
-                    _add(tar, member)
+                    _add(tar, member, keep)
+                if followed is not None and arcname is not None:
+                    header = _followed_header(tar, followed, arcname)
+            if header:
+                fh.seek(0)
+                fh.write(header)
         if abort.is_set():
             raise Abandoned(f"writing {location} was abandoned")
         os.replace(partial, location)
@@ -267,14 +290,41 @@ def write_archive(location: Path, members: list[Member], abort: threading.Event,
                 os.unlink(partial)
 
 
-def _add(tar: tarfile.TarFile, member: Member) -> None:
+def _padded(size: int) -> int:
+    return -(-size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
+def _arcname(followed: Followed | None, members: list[Member]) -> str | None:
+    """The followed file's name in the archive: under the member whose directory holds it."""
+    if followed is None:
+        return None
+    for member in members:
+        if member.path is not None and member.path == followed.source.parent:
+            return f"{member.name}/{followed.source.name}"
+    raise ValueError(f"{followed.source} is in no directory the archive takes")
+
+
+def _owners_leaving_out(arcname: str | None) -> Callable[[tarfile.TarInfo], tarfile.TarInfo | None]:
+    """tar.add's filter: numeric owners, and the followed file left out (its bytes are in already)."""
+    return lambda info: None if info.name == arcname else _numeric_owner(info)
+
+
+def _followed_header(tar: tarfile.TarFile, followed: Followed, arcname: str) -> bytes:
+    """The followed file's header, exactly follow.HEADER_ROOM bytes, as tar.add would have made it."""
+    info = _numeric_owner(tar.gettarinfo(str(followed.source), arcname))
+    if info.size != followed.size:
+        raise OSError(f"{followed.source} changed after it was archived ({followed.size} -> {info.size} bytes)")
+    return follow.header_of_length(info, follow.HEADER_ROOM, tar.encoding, tar.errors)
+
+
+def _add(tar: tarfile.TarFile, member: Member, keep: Callable[[tarfile.TarInfo], tarfile.TarInfo | None]) -> None:
     if member.data is not None:
         info = tarfile.TarInfo(member.name)
         info.size, info.mode = len(member.data), 0o600
         info.mtime = int(datetime.now(UTC).timestamp())
         tar.addfile(info, io.BytesIO(member.data))
     elif member.path is not None:
-        tar.add(member.path, arcname=member.name, recursive=True, filter=_numeric_owner)
+        tar.add(member.path, arcname=member.name, recursive=True, filter=keep)
 
 
 # -- reading an archive back (the restore's first step) ----------------------------------------

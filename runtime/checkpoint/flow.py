@@ -2,6 +2,7 @@
 
     location checked -> RUNNING? -> handler can? -> CRIU can? -> pause
       -> runc checkpoint --leave-running -> rootfs diff -> resume -> archive -> rename onto location
+                 (its page image copied into the archive meanwhile: follow.py)
 
 The container is paused (cgroup freezer) from before CRIU until the writable
 layer is read, as CRI-O does, so the process images and the files agree; CRIU
@@ -26,6 +27,7 @@ from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
 from crishim.runtime.checkpoint import archive, freeze, memstage, provenance
 from crishim.runtime.checkpoint.availability import require_criu
+from crishim.runtime.checkpoint.follow import PageFollower
 from crishim.runtime.checkpoint.location import checked_location
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.checkpoint.stage import STAGE_PREFIX, discard_stage, record_partial, remove_stage
@@ -81,18 +83,26 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
     phases = Phases()
     stage = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=STAGE_PREFIX, dir=bundle))
     abort = threading.Event()  # tells a writer thread that its caller has gone
+    partial: Path | None = None
     try:
         paths = oci_checkpoint.CheckpointPaths(images=stage / archive.CHECKPOINT_DIRECTORY, work=stage)
         paths.images.mkdir(mode=0o700)
         await asyncio.to_thread(memstage.stage_in_memory, paths.images, meta.pid)
-        checkpointed_at = now_ns()
-        deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort, phases)
-        origin = (await provenance.this_node()).as_dict()
-        members = _members(svc, record, spec, stage, deleted, checkpointed_at, origin)
         partial = archive.partial_path(target, stage.name)
         await asyncio.to_thread(record_partial, stage, partial)  # for a restart after kill -9 to remove it
+        follower = PageFollower(paths.images, partial, abort)
+        await asyncio.to_thread(follower.start)
+        try:
+            checkpointed_at = now_ns()
+            deleted = await _dump_paused(svc, handler, record, spec, paths, seconds, abort, phases)
+            followed = await asyncio.to_thread(follower.finish)
+        finally:
+            await asyncio.shield(asyncio.to_thread(follower.stop))
+        phases.mark("page image's tail")
+        origin = (await provenance.this_node()).as_dict()
+        members = _members(svc, record, spec, stage, deleted, checkpointed_at, origin)
         phases.mark("metadata")
-        await asyncio.to_thread(archive.write_archive, target, members, abort, partial)
+        await asyncio.to_thread(archive.write_archive, target, members, abort, partial, followed)
         phases.mark("archive")
         await asyncio.shield(asyncio.to_thread(discard_stage, stage))  # its removal goes on behind the call
     except OSError as exc:
@@ -101,6 +111,8 @@ async def _checkpoint(svc: Services, handler: Handler, record: Container, target
         raise error(f"checkpoint of container {meta.id} to {target}: {exc}") from exc
     finally:
         abort.set()
+        if partial is not None:  # a failure before write_archive leaves the follower's partial file
+            await asyncio.shield(asyncio.to_thread(partial.unlink, missing_ok=True))
         await asyncio.shield(asyncio.to_thread(remove_stage, stage))  # a failed one's, at once
     phases.mark("stage discarded")
     log.info("%s checkpoint of %s: %s", LOG_PREFIX, meta.id[:13], phases.summary())

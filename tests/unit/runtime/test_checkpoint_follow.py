@@ -54,12 +54,18 @@ def _members(images: Path) -> list[archive.Member]:
     ]
 
 
-def _followed_archive(tmp_path: Path, chunks: int = 12) -> tuple[Path, bytes, follow.Followed | None]:
+def _following(tmp_path: Path) -> tuple[Path, Path, Path, PageFollower]:
+    """A stage's images, the archive's location and partial file, and a follower started on them."""
     images = _stage(tmp_path)
     location = tmp_path / "c.tar"
     partial = archive.partial_path(location, "stage")
     follower = PageFollower(images, partial, threading.Event())
     follower.start()
+    return images, location, partial, follower
+
+
+def _followed_archive(tmp_path: Path, chunks: int = 12) -> tuple[Path, bytes, follow.Followed | None]:
+    images, location, partial, follower = _following(tmp_path)
     started = threading.Event()
     result: list[bytes] = []
     writer = threading.Thread(target=lambda: result.append(_criu_writes(images / "pages-1.img", chunks, started)))
@@ -104,11 +110,7 @@ def test_gnu_tar_and_the_restore_read_a_followed_archive(tmp_path: Path) -> None
 
 
 def test_without_a_page_image_the_archive_is_written_as_before(tmp_path: Path) -> None:
-    images = _stage(tmp_path)
-    location = tmp_path / "c.tar"
-    partial = archive.partial_path(location, "stage")
-    follower = PageFollower(images, partial, threading.Event())
-    follower.start()
+    images, location, partial, follower = _following(tmp_path)
     assert follower.finish() is None
     assert not partial.exists()
     archive.write_archive(location, _members(images), threading.Event(), partial, None)
@@ -118,11 +120,7 @@ def test_without_a_page_image_the_archive_is_written_as_before(tmp_path: Path) -
 
 def test_a_page_image_that_appears_late_is_archived_whole(tmp_path: Path) -> None:
     """Written in one go just before CRIU exits, between two of the follower's looks."""
-    images = _stage(tmp_path)
-    location = tmp_path / "c.tar"
-    partial = archive.partial_path(location, "stage")
-    follower = PageFollower(images, partial, threading.Event())
-    follower.start()
+    images, location, partial, follower = _following(tmp_path)
     data = os.urandom(3 * CHUNK)
     (images / "pages-1.img").write_bytes(data)
     followed = follower.finish()
@@ -133,10 +131,7 @@ def test_a_page_image_that_appears_late_is_archived_whole(tmp_path: Path) -> Non
 
 
 def test_a_stopped_follower_leaves_its_partial_file_for_the_caller(tmp_path: Path) -> None:
-    images = _stage(tmp_path)
-    partial = tmp_path / ".c.tar.stage.partial"
-    follower = PageFollower(images, partial, threading.Event())
-    follower.start()
+    images, _, partial, follower = _following(tmp_path)
     (images / "pages-1.img").write_bytes(b"\x03" * CHUNK)
     deadline = time.monotonic() + 5
     while not (partial.exists() and partial.stat().st_size >= follow.HEADER_ROOM + CHUNK):

@@ -186,7 +186,7 @@ def test_start_scope_moves_a_process_and_refuses_a_taken_name() -> None:
     try:
         systemd_scope.start_scope(unit, "crishim-test.slice", first.pid, "crishim scope test")
         assert process_cgroup(first.pid) == f"/crishim.slice/crishim-test.slice/{unit}"
-        with pytest.raises(FailedPrecondition, match="already exists"):
+        with pytest.raises(FailedPrecondition, match="UnitExists"):
             systemd_scope.start_scope(unit, "crishim-test.slice", second.pid, "crishim scope test")
         assert not process_cgroup(second.pid).endswith(unit)
     finally:

@@ -22,6 +22,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from .criu_network import SHIM_DIRECTORY, path_without_lock
 from .errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from .processes import descendants, wait_gone
 from .runtime import OciRuntime
@@ -77,10 +78,12 @@ async def checkpoint(runtime: OciRuntime, cid: str, paths: CheckpointPaths, *, t
     """Runs `runc checkpoint --leave-running`; runc and CRIU are gone when this returns or raises."""
     if runtime.kind != "runc":
         raise Unavailable(f"runtime handler {runtime.name!r} ({runtime.kind}) cannot checkpoint through runc")
+    # CRIU's network lock skipped (criu_network.py): its commands do nothing on this PATH.
+    path = await asyncio.to_thread(path_without_lock, paths.work / SHIM_DIRECTORY)
     proc = await asyncio.create_subprocess_exec(
         *runtime.base_args(), *checkpoint_args(cid, paths),
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        start_new_session=True,
+        start_new_session=True, env={**os.environ, "PATH": path},
     )  # fmt: skip
     try:
         await asyncio.to_thread((paths.work / SESSION_FILE).write_text, f"{proc.pid}\n")

@@ -72,6 +72,8 @@ class ConmonLaunch:
     # `create`, and the container is running when the launch returns.
     restore_from: Path | None = None
     restore_opts: tuple[str, ...] = ()  # `runtime restore` options (conmon's --runtime-opt)
+    # The PATH conmon, the runtime and what it starts (CRIU) search; the daemon's own when None.
+    path: str | None = None
 
 
 # ---------------------------------------------------------------- files
@@ -298,7 +300,8 @@ async def _run_until_synced(
     start_r, start_w = os.pipe() if before_start else (-1, -1)
     inherited = (wfd, start_r) if before_start else (wfd,)
     try:
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "_OCI_SYNCPIPE": str(wfd)}
+        path = launch.path if launch.path is not None else os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env = {"PATH": path, "_OCI_SYNCPIPE": str(wfd)}
         if before_start:
             env["_OCI_STARTPIPE"] = str(start_r)
         proc = await asyncio.create_subprocess_exec(

@@ -14,6 +14,7 @@ from crishim.cgroups.stats import cgroup_for
 from crishim.oci import conmon, processes
 from crishim.oci import errors as oci_errors
 from crishim.oci.checkpoint import restore_opts
+from crishim.oci.criu_network import SHIM_DIRECTORY, path_without_lock
 from crishim.oci.processes import reap
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import ContainerMeta
@@ -55,6 +56,8 @@ async def launch(
         log_size_max=svc.config.log_size_max,
         restore_from=restore_from,
         restore_opts=restore_opts() if restore_from is not None else (),
+        # A restore's CRIU skips its network lock (oci/criu_network.py).
+        path=None if restore_from is None else await asyncio.to_thread(path_without_lock, bundle / SHIM_DIRECTORY),
     )
     return await conmon.launch_container(
         handler.runtime,

@@ -55,7 +55,7 @@ from tests.support.cri import (
 )
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.images import TestImages
-from tests.support.node import container_cgroup
+from tests.support.node import container_cgroup, container_pid, sandbox_pid
 
 pytestmark = pytest.mark.root
 
@@ -436,6 +436,19 @@ def _criu_below(daemon_pid: int) -> list[int]:
     return [pid for pid, (comm, _) in procs.items() if comm == "criu" and below(pid)]
 
 
+def _criu_lock_in(pid: int) -> list[str]:
+    """The lines of CRIU's network lock (its DROP chain `CRIU`, IPv4 and IPv6) in `pid`'s network
+    namespace: a CRIU killed while it held the lock would leave the pod dropping every packet."""
+    found = []
+    for save in ("iptables-save", "ip6tables-save"):
+        done = subprocess.run(
+            ["nsenter", f"--net=/proc/{pid}/ns/net", save], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        found += [line for line in done.stdout.splitlines() if "CRIU" in line]
+    return found
+
+
 def _watch_criu(daemon_pid: int, done: threading.Event, seen: set[int]) -> None:
     """Polls /proc often until `done`, adding every CRIU below the daemon to `seen`."""
     while not done.is_set():
@@ -483,6 +496,7 @@ def _overrun(daemon: Daemon, cid: str, tmp_path: Path, seconds: int) -> set[int]
     assert [pid for pid in seen if alive(pid)] == []
     assert list(tmp_path.iterdir()) == []
     assert not list(_bundle(daemon, cid).glob(".checkpoint-*"))
+    assert _criu_lock_in(container_pid(daemon, cid)) == []  # the pod's network not cut
     # Resumed (not left frozen) and still counting.
     assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
     before = _count(daemon, cid)
@@ -540,6 +554,7 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
         assert _stage_mounts(bundle) == []  # the images' tmpfs went with the stage
         assert list(tmp_path.iterdir()) == []
         assert container_status(daemon, cid).state == pb.CONTAINER_RUNNING
+        assert _criu_lock_in(container_pid(daemon, cid)) == []  # the pod's network not cut
         before = _count(daemon, cid)
         eventually(lambda: _count(daemon, cid), lambda n: n > before, what="the holder to go on counting")
     finally:
@@ -881,6 +896,7 @@ def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
         assert status.state == pb.CONTAINER_EXITED, status
         assert status.reason == "StartError", status
         assert "the daemon was killed while CRIU restored it" in status.message, status.message
+        assert _criu_lock_in(sandbox_pid(daemon, new_sid)) == []  # the new pod's network not cut
         assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
         # runc's bind of the rootfs for CRIU, which the killed `runc restore` never undid, and its state.
         assert [m for m in mount_points() if m.startswith(f"{daemon.dir}/run/runc/")] == []

@@ -12,12 +12,14 @@ checkpoint answer is checked on every node.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import threading
@@ -401,9 +403,12 @@ def _processes() -> dict[int, tuple[str, int]]:
     return found
 
 
-def kill9_while_criu_restores(daemon: Daemon, call: Callable[[], object]) -> None:
+def kill9_while_criu_restores(daemon: Daemon, call: Callable[[], object], log: Path | None = None) -> None:
     """Runs the restoring `call` in a thread and kills the daemon with -9 once a real CRIU
-    restores below it; starts the daemon again and waits until it has ended that CRIU."""
+    restores below it; starts the daemon again and waits until it has ended that CRIU. Given
+    CRIU's `log`, the kill waits until CRIU has set up the namespaces (past the point where it
+    would take its network lock) and stops CRIU there, so it is still mid-restore when the
+    daemon is back, as a restore of gigabytes would be."""
     assert daemon.proc is not None
     daemon_pid = daemon.proc.pid
     caller = threading.Thread(target=rpc_code, args=(call,))
@@ -411,6 +416,12 @@ def kill9_while_criu_restores(daemon: Daemon, call: Callable[[], object]) -> Non
     criu = eventually(
         lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start restoring"
     )  # fmt: skip
+    if log is not None:
+        eventually(
+            lambda: _text(log), lambda text: CRIU_NAMESPACES_SET_UP in text, timeout=CALL_TIMEOUT, interval=0.005,
+            what="CRIU to set up the restored tasks' namespaces",
+        )  # fmt: skip
+        _stop_criu(daemon_pid)
     daemon.kill9()
     caller.join(30)
     daemon.start()
@@ -418,6 +429,24 @@ def kill9_while_criu_restores(daemon: Daemon, call: Callable[[], object]) -> Non
         lambda: [pid for pid in criu if alive(pid)], lambda left: left == [], timeout=60,
         what="the interrupted restore's CRIU to be ended",
     )  # fmt: skip
+
+
+# CRIU logs this once the namespaces are set up, its network lock (if any) taken.
+CRIU_NAMESPACES_SET_UP = "Running post-setup-namespaces scripts"
+
+
+def _stop_criu(daemon_pid: int) -> None:
+    """SIGSTOP to every CRIU below the daemon: it stays where it is until someone ends it."""
+    for pid in _criu_below(daemon_pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def _criu_below(daemon_pid: int) -> list[int]:
@@ -540,6 +569,13 @@ def test_kill9_mid_checkpoint_leaves_the_container_running_and_nothing_behind(
         criu = eventually(
             lambda: _criu_below(daemon_pid), bool, timeout=CALL_TIMEOUT, interval=0.005, what="CRIU to start dumping"
         )
+        # ... and writing the container's memory, past the point where it would take its network lock;
+        # stopped there, so it is still mid-dump when the daemon is back, as a dump of gigabytes would be.
+        eventually(
+            lambda: list(bundle.glob(".checkpoint-*/checkpoint/pages-*.img")), bool, timeout=CALL_TIMEOUT,
+            interval=0.005, what="CRIU to write the page image",
+        )  # fmt: skip
+        _stop_criu(daemon_pid)
         daemon.kill9()
         call.join(30)
         assert list(bundle.glob(".checkpoint-*"))  # staged by the checkpoint the kill interrupted
@@ -890,7 +926,7 @@ def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
         _remove(daemon, holder)
         cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
         # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies then.
-        kill9_while_criu_restores(daemon, lambda: start(daemon, cid))
+        kill9_while_criu_restores(daemon, lambda: start(daemon, cid), _bundle(daemon, cid) / "restore.log")
         # The restarted daemon ended conmon, runc and CRIU, and says why the container did not start.
         status = container_status(daemon, cid)
         assert status.state == pb.CONTAINER_EXITED, status

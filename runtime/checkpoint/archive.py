@@ -24,6 +24,7 @@ the archive a checkpoint image's pull has unpacked already, with the same checks
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import io
 import json
@@ -344,25 +345,38 @@ class Unpacked:
     config: dict[str, Any]
     spec: dict[str, Any]
     deleted: list[str]
+    # Members left in the archive file, unpacked later by the caller (late_pages.py): their
+    # headers give where their bytes are.
+    late: tuple[tarfile.TarInfo, ...] = ()
 
 
-def unpack_archive(location: Path, dest: Path, abort: threading.Event) -> Unpacked:
+def unpack_archive(
+    location: Path, dest: Path, abort: threading.Event, late: Callable[[tarfile.TarInfo], bool] | None = None
+) -> Unpacked:
     """Blocking: checks and unpacks the archive into the empty directory `dest`.
 
     Every member is checked by safe_tar as tarfile's `data` filter would (no absolute
     paths, no '..', no links leading out of `dest`, no devices), on any Python 3.11.
     A truncated or corrupt archive, a missing member or metadata that does not parse
     raises CorruptArchive, and `dest` is left empty again: a refused restore leaves
-    nothing behind.
+    nothing behind. Members `late` picks (only of a plain tar, whose offsets are the
+    file's) are not unpacked but returned, once known to lie whole in the file.
     """
     with _emptied_on_refusal(dest, "it is not a readable tar archive"):
+        left: list[tarfile.TarInfo] = []
+        size = location.stat().st_size
         with open_tar(location) as tar:
             for member in tar:
                 if abort.is_set():
                     raise Abandoned(f"unpacking {location} was abandoned")
+                if late is not None and late(member):
+                    if member.offset_data + member.size > size:
+                        raise CorruptArchive(f"it ends inside {member.name} (truncated)")
+                    left.append(member)
+                    continue
                 safe_tar.extract(tar, member, dest, strict=True)
         unpacked = _checked(dest)
-    return unpacked
+    return dataclasses.replace(unpacked, late=tuple(left))
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ import os
 import shutil
 import tarfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from crishim.cri_api import api_pb2
 from crishim.images import errors as image_errors
 from crishim.images.checkpoint_image import checkpoint_name
 from crishim.images.store import CHECKPOINT_READ_PREFIX
-from crishim.runtime.checkpoint import archive, memstage, provenance, safe_tar
+from crishim.runtime.checkpoint import archive, late_pages, memstage, provenance, safe_tar
 from crishim.runtime.checkpoint.availability import require_criu
 from crishim.runtime.checkpoint.kernel_copy import KernelCopyTar
 from crishim.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, RuntimeError_
@@ -69,6 +70,10 @@ class RestoreSource:
 
     archive_path: str  # the archive's path, or the checkpoint image's reference: what messages name
     unpacked: archive.Unpacked
+    # The archive file the large page images stay in, and the tools of the hook that waits for
+    # their copy (late_pages.py); None when everything was unpacked.
+    archive_file: Path | None = None
+    late_tools: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,10 +126,9 @@ async def restore_source(
     try:
         await asyncio.to_thread(stage.mkdir, mode=0o700, parents=True)
         if image is None:
-            await asyncio.to_thread(_stage_in_memory, path, stage)
-            unpacked = await asyncio.to_thread(archive.unpack_archive, path, stage, abort)
+            unpacked, tools = await asyncio.to_thread(_unpack_archive, path, stage, abort)
         else:
-            unpacked = await asyncio.to_thread(_link_layer, path, stage, abort)
+            unpacked, tools = await asyncio.to_thread(_link_layer, path, stage, abort), None
     except BaseException as exc:
         abort.set()
         await asyncio.to_thread(_remove_stage, stage)
@@ -134,7 +138,17 @@ async def restore_source(
     finally:
         if image is not None:  # linked (or refused): the layer is no longer read
             await svc.images.arelease(CHECKPOINT_READ_PREFIX + container_id)
-    return RestoreSource(name, unpacked)
+    return RestoreSource(name, unpacked, path if unpacked.late else None, tools)
+
+
+def _unpack_archive(path: Path, stage: Path, abort: threading.Event) -> tuple[archive.Unpacked, tuple[str, str] | None]:
+    """Blocking: the archive unpacked, onto a tmpfs where it fits (memstage.py), its large page images
+    left for the copy behind CreateContainer (late_pages.py) where that can be done; the hook's tools."""
+    plain = archive.is_plain_tar(path)  # only then is its size its contents', and its offsets the file's
+    if plain:
+        memstage.stage_restore_in_memory(stage, path.stat().st_size)
+    tools = late_pages.tools() if plain else None
+    return archive.unpack_archive(path, stage, abort, late_pages.is_late if tools else None), tools
 
 
 def _link_layer(layer: Path, stage: Path, abort: threading.Event) -> archive.Unpacked:
@@ -142,12 +156,6 @@ def _link_layer(layer: Path, stage: Path, abort: threading.Event) -> archive.Unp
     if not layer.is_dir():
         raise NotFound(f"{FIELD}: the layer of the checkpoint image is missing from the store: pull the image again")
     return archive.link_layer(layer, stage, abort)
-
-
-def _stage_in_memory(path: Path, stage: Path) -> None:
-    """A plain tar's unpacked size is its own: only then is it known to fit a tmpfs (memstage.py)."""
-    if archive.is_plain_tar(path):
-        memstage.stage_restore_in_memory(stage, path.stat().st_size)
 
 
 def _remove_stage(stage: Path, keep: Path | None = None) -> None:
@@ -253,6 +261,22 @@ def apply_to_bundle(source: RestoreSource, rootfs: Path, bundle: Path, log_path:
     if old_log.is_file() and not log_path.exists():
         log_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(old_log, log_path)
+
+
+def with_late_hook(source: RestoreSource, bundle: Path) -> Callable[[dict[str, Any]], None] | None:
+    """The spec edit holding CRIU until the late page images are copied; None when none are late."""
+    tools = source.late_tools
+    if not source.unpacked.late or tools is None:
+        return None
+    return lambda spec: late_pages.with_hook(spec, bundle, tools)
+
+
+def start_late_copy(source: RestoreSource, bundle: Path) -> bool:
+    """Blocking: the copy of the late page images into the bundle started (late_pages.py); False when none are late."""
+    if not source.unpacked.late or source.archive_file is None:
+        return False
+    late_pages.start(source.archive_file, source.unpacked.late, bundle / archive.CHECKPOINT_DIRECTORY, bundle)
+    return True
 
 
 def _remove_inside(rootfs: Path, path: str) -> None:

@@ -30,7 +30,7 @@ from crishim.oci import conmon, processes
 from crishim.oci.checkpoint import RESTORE_LOG, dump_log_errors
 from crishim.oci.errors import OciError
 from crishim.runtime.bundle import read_runtime_spec
-from crishim.runtime.checkpoint import archive, memstage
+from crishim.runtime.checkpoint import archive, late_pages, memstage
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.errors import FailedPrecondition
@@ -56,6 +56,8 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
     phases = Phases()
     containers.update_status(meta.id, lambda s: dataclasses.replace(s, starting=True))
     try:
+        if (copy_error := late_pages.failure(bundle)) is not None:
+            raise RuntimeError(copy_error)
         await nri_steps.container_event(svc, nri_pb2.START_CONTAINER, meta.id)
         result = await launching.launch(
             svc, handler, meta.id, bundle,
@@ -64,8 +66,11 @@ async def restore_container(svc: Services, handler: Handler, record: Container) 
             restore_from=bundle / archive.CHECKPOINT_DIRECTORY, time_limit=RESTORE_TIME_LIMIT,
         )  # fmt: skip
     except Exception as exc:
-        raise await _failed(svc, handler, record, exc) from exc
+        # The page images' copy failing while CRIU waited for it is what to report, not CRIU's missing file.
+        copy_error = late_pages.failure(bundle)
+        raise await _failed(svc, handler, record, RuntimeError(copy_error) if copy_error else exc) from exc
     phases.mark("conmon and runc restore")
+    await asyncio.to_thread(late_pages.drop_hook, bundle)
     containers.update_meta(meta.id, lambda m: dataclasses.replace(m, pid=result.pid, conmon_pid=result.conmon_pid))
     await _set_hostname(bundle, result.pid)
     phases.mark("hostname")
@@ -101,7 +106,8 @@ async def undo_interrupted(svc: Services, record: Container) -> bool:
     Begun means any trace of it: a conmon or runc of the container alive, conmon's exit
     file, CRIU's restore log in the bundle, or runc's state of it (conmon may have given up
     when the daemon's end of its sync pipe closed, leaving `runc restore` and CRIU, or the
-    restored process, to run on alone)."""
+    restored process, to run on alone). A restore never started whose page images the
+    daemon was still copying in when it died (late_pages.py) cannot start: it is EXITED too."""
     meta = record.meta
     handler = svc.handler(meta.runtime_handler)
     exits_dir = svc.config.exits_dir
@@ -116,7 +122,14 @@ async def undo_interrupted(svc: Services, record: Container) -> bool:
         await _runtime_knows(handler, meta.id),
     ]
     if not any(traces):
-        return False  # never started: it waits, CREATED, for StartContainer
+        if not await asyncio.to_thread(late_pages.interrupted, Path(meta.bundle)):
+            return False  # never started: it waits, CREATED, for StartContainer
+        cut = RuntimeError(
+            "the daemon was killed while CreateContainer copied the checkpoint's memory into the container; "
+            "create the container again from its checkpoint"
+        )
+        log.warning("%s", await _failed(svc, handler, record, cut))
+        return True
     for pid in live:  # conmon, `runc restore`, CRIU and the tasks it was bringing back
         await asyncio.to_thread(processes.kill_tree, pid)
     interrupted = RuntimeError(

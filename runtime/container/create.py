@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from crishim.oci.opts import Spec
 from crishim.oci.spec import build_container_spec
 from crishim.runtime import rootfs as rootfs_mount
 from crishim.runtime import validate
-from crishim.runtime.checkpoint import memstage, restore
+from crishim.runtime.checkpoint import late_pages, memstage, restore
 from crishim.runtime.checkpoint.phases import LOG_PREFIX, Phases
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
@@ -130,11 +131,14 @@ async def _create(
             await asyncio.to_thread(restore.apply_to_bundle, source, bundle / "rootfs", bundle, container_log)
             # Before the bundle goes: images bound there from memory hold a mount.
             undo.push_async_callback(asyncio.to_thread, memstage.release_bundle_images, bundle)
+            if await asyncio.to_thread(restore.start_late_copy, source, bundle):  # goes on behind this call
+                undo.push_async_callback(asyncio.to_thread, late_pages.cancel, bundle)
         mounts, image_volumes = await build_mounts(svc, undo, request, container_id, base_input.mounts)
         inp = dataclasses.replace(base_input, mounts=mounts)
         # From the NRI hook until the record is stored, a plugin's synchronisation waits.
         async with svc.nri.creating():
-            spec = await write_spec(svc, request, inp, bundle)
+            edit = restore.with_late_hook(source, bundle) if source is not None else None
+            spec = await write_spec(svc, request, inp, bundle, edit)
             inp = dataclasses.replace(inp, cgroups_path=spec.get("linux", {}).get("cgroupsPath", inp.cgroups_path))
             if source is None:
                 result = await launching.launch(
@@ -196,8 +200,14 @@ async def build_mounts(
     return tuple(mounts), tuple(image_volumes)
 
 
-async def write_spec(svc: Services, request: ContainerRequest, inp: ContainerSpecInput, bundle: Path) -> Spec:
-    """The OCI spec with NRI plugins' adjustments and CDI devices' edits, written as bundle/config.json."""
+async def write_spec(
+    svc: Services,
+    request: ContainerRequest,
+    inp: ContainerSpecInput,
+    bundle: Path,
+    edit: Callable[[Spec], None] | None = None,
+) -> Spec:
+    """The OCI spec with NRI plugins' adjustments, CDI devices' edits and `edit`'s, written as bundle/config.json."""
     config = request.config
     spec = build_container_spec(inp)
     adjustment = await nri_steps.create_container(svc, request.sandbox, inp.id, config, spec, now_ns())
@@ -210,6 +220,8 @@ async def write_spec(svc: Services, request: ContainerRequest, inp: ContainerSpe
         await asyncio.to_thread(rootfs_mount.create_mount_points, rootfs, spec.get("mounts", []))
         root_uid, root_gid = request.userns.uid_mappings[0].host_id, request.userns.gid_mappings[0].host_id
         await asyncio.to_thread(rootfs_mount.chown_writable_layer, bundle, root_uid, root_gid)
+    if edit is not None:
+        edit(spec)
     await asyncio.to_thread((bundle / "config.json").write_text, json.dumps(spec))
     return spec
 

@@ -13,7 +13,7 @@ from crishim.cri_api import api_pb2
 from crishim.oci import conmon
 from crishim.oci.errors import OciError
 from crishim.runtime import rootfs as rootfs_mount
-from crishim.runtime.checkpoint import memstage
+from crishim.runtime.checkpoint import late_pages, memstage
 from crishim.runtime.container import launch as launching
 from crishim.runtime.container import volumes
 from crishim.runtime.errors import FailedPrecondition, Internal, NotFound
@@ -265,6 +265,8 @@ async def release_container_files(svc: Services, meta: ContainerMeta) -> None:
     await asyncio.to_thread(unmount, Path(meta.rootfs))
     await asyncio.to_thread(rootfs_mount.unmount_idmapped_layers, Path(meta.bundle) / "idmapped")
     await svc.images.arelease(f"container:{meta.id}")
+    # The page images' copy behind a restore's create, if it still runs: its files closed first.
+    await asyncio.to_thread(late_pages.cancel, Path(meta.bundle))
     # CRIU images bound from memory: a restore never started, one that failed or was cut short
     # by a kill -9, or one whose images the background release has not dropped yet.
     await asyncio.to_thread(memstage.release_bundle_images, Path(meta.bundle))

@@ -943,3 +943,48 @@ def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
     finally:
         remove_pod(daemon, new_sid)
         remove_pod(daemon, old_sid)
+
+
+def _late_hook(daemon: Daemon, cid: str) -> list[dict[str, Any]]:
+    """The createRuntime hooks of the container's spec that wait for its page images' copy (late_pages.py)."""
+    request = pb.ContainerStatusRequest(container_id=cid, verbose=True)
+    spec = json.loads(daemon.runtime.ContainerStatus(request, timeout=30).info["info"])["runtimeSpec"]
+    hooks = (spec.get("hooks") or {}).get("createRuntime") or []
+    return [h for h in hooks if any(str(a).endswith("/late-pages.lock") for a in h.get("args") or [])]
+
+
+def test_kill9_while_create_copies_the_pages_records_a_start_error_and_leaves_nothing(
+    own_daemon: tuple[Daemon, str], tmp_path: Path
+) -> None:
+    """CreateContainer returns while the holder's 512 MiB of pages are still copied into the container;
+    the daemon dies mid-copy. The restarted daemon cannot finish that copy: the container is EXITED
+    with a StartError that says so, and removing it leaves no file and no mount."""
+    needs_criu()
+    daemon, image = own_daemon
+    old_sid, old_cfg = run_pod(daemon, "checkpoint-holder", handler="runc")
+    new_sid, new_cfg = run_pod(daemon, "restore-copy-kill9", handler="runc")
+    try:
+        holder = _start_holder(daemon, old_sid, old_cfg, image)
+        location = tmp_path / "holder.tar"
+        _checkpoint(daemon, holder, str(location))
+        _remove(daemon, holder)
+        cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
+        assert daemon.proc is not None
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # the copy stops where it is
+        bundle = daemon.root / "containers" / cid  # not asked of the stopped daemon
+        assert (bundle / "late-pages.pending").exists(), "the copy of 512 MiB ended before the daemon was stopped"
+        assert not (bundle / "checkpoint" / "pages-1.img").exists()  # only its partial file: CRIU never reads it
+        daemon.kill9()
+        daemon.start()
+        status = container_status(daemon, cid)
+        assert status.state == pb.CONTAINER_EXITED, status
+        assert status.reason == "StartError", status
+        assert "copied the checkpoint's memory" in status.message, status.message
+        error = refusal(lambda: start(daemon, cid))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        remove_container(daemon, cid)
+        assert not bundle.exists()
+        assert [m for m in mount_points() if m.startswith(str(bundle))] == []
+    finally:
+        remove_pod(daemon, new_sid)
+        remove_pod(daemon, old_sid)

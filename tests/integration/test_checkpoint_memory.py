@@ -21,7 +21,7 @@ import pytest
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci.processes import alive
 
-from tests.integration.test_checkpoint import _remove, _restore_config, _verbose_pid, needs_criu
+from tests.integration.test_checkpoint import _late_hook, _remove, _restore_config, _verbose_pid, needs_criu
 from tests.support import memory_holder as holder
 from tests.support.cri import (
     container_config,
@@ -123,8 +123,11 @@ def holders(
             pod_sandbox_id=new_sid, config=_restore_config("holder", location), sandbox_config=new_cfg
         )
         restored = live_daemon.runtime.CreateContainer(create, timeout=RESTORE_CALL_TIMEOUT).container_id
+        # The pages are copied behind the call: CRIU is held by a hook until they are whole.
+        assert len(_late_hook(live_daemon, restored)) == 1
         start = pb.StartContainerRequest(container_id=restored)
         live_daemon.runtime.StartContainer(start, timeout=RESTORE_CALL_TIMEOUT)
+        assert _late_hook(live_daemon, restored) == []  # gone with the restore: a later checkpoint's spec is clean
         yield cid, restored
     finally:
         if restored:

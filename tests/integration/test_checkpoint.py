@@ -912,37 +912,55 @@ def test_a_restore_pending_container_survives_a_daemon_restart(own_daemon: tuple
         remove_pod(daemon, old_sid)
 
 
-def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
-    own_daemon: tuple[Daemon, str], tmp_path: Path
-) -> None:
-    needs_criu()
-    daemon, image = own_daemon
-    old_sid, old_cfg = run_pod(daemon, "checkpoint-holder", handler="runc")
-    new_sid, new_cfg = run_pod(daemon, "restore-kill9", handler="runc")
+Pod = tuple[str, pb.PodSandboxConfig]
+
+
+@pytest.fixture
+def holder_pods(own_daemon: tuple[Daemon, str]) -> Iterator[tuple[Pod, Pod]]:
+    """The pod a holder is checkpointed in and the pod it is restored into, on the test's own daemon."""
+    daemon = own_daemon[0]
+    old = run_pod(daemon, "checkpoint-holder", handler="runc")
     try:
-        holder = _start_holder(daemon, old_sid, old_cfg, image)
-        location = tmp_path / "holder.tar"
-        _checkpoint(daemon, holder, str(location))
-        _remove(daemon, holder)
-        cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
-        # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies then.
-        kill9_while_criu_restores(daemon, lambda: start(daemon, cid), _bundle(daemon, cid) / "restore.log")
-        # The restarted daemon ended conmon, runc and CRIU, and says why the container did not start.
-        status = container_status(daemon, cid)
-        assert status.state == pb.CONTAINER_EXITED, status
-        assert status.reason == "StartError", status
-        assert "the daemon was killed while CRIU restored it" in status.message, status.message
-        assert _criu_lock_in(sandbox_pid(daemon, new_sid)) == []  # the new pod's network not cut
-        assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
-        # runc's bind of the rootfs for CRIU, which the killed `runc restore` never undid, and its state.
-        assert [m for m in mount_points() if m.startswith(f"{daemon.dir}/run/runc/")] == []
-        assert not (daemon.dir / "run" / "runc" / cid).exists()
-        bundle = _bundle(daemon, cid)
-        remove_container(daemon, cid)
-        assert not bundle.exists()
+        new = run_pod(daemon, "restore-new", handler="runc")
+        try:
+            yield old, new
+        finally:
+            remove_pod(daemon, new[0])
     finally:
-        remove_pod(daemon, new_sid)
-        remove_pod(daemon, old_sid)
+        remove_pod(daemon, old[0])
+
+
+def _holder_created_from_its_checkpoint(daemon: Daemon, image: str, old: Pod, new: Pod, tmp_path: Path) -> str:
+    """A holder started in `old`, checkpointed and removed, then created from its archive in `new`
+    (CreateContainer only): the restored container's ID."""
+    holder = _start_holder(daemon, old[0], old[1], image)
+    location = tmp_path / "holder.tar"
+    _checkpoint(daemon, holder, str(location))
+    _remove(daemon, holder)
+    return _create_restored(daemon, new, "holder", location)
+
+
+def test_kill9_mid_restore_ends_the_restore_and_records_a_start_error(
+    own_daemon: tuple[Daemon, str], holder_pods: tuple[Pod, Pod], tmp_path: Path
+) -> None:
+    daemon, image = own_daemon
+    new_sid = holder_pods[1][0]
+    cid = _holder_created_from_its_checkpoint(daemon, image, *holder_pods, tmp_path)
+    # A real CRIU reading 512 MiB of pages back, below the daemon's conmon: the daemon dies then.
+    kill9_while_criu_restores(daemon, lambda: start(daemon, cid), _bundle(daemon, cid) / "restore.log")
+    # The restarted daemon ended conmon, runc and CRIU, and says why the container did not start.
+    status = container_status(daemon, cid)
+    assert status.state == pb.CONTAINER_EXITED, status
+    assert status.reason == "StartError", status
+    assert "the daemon was killed while CRIU restored it" in status.message, status.message
+    assert _criu_lock_in(sandbox_pid(daemon, new_sid)) == []  # the new pod's network not cut
+    assert subprocess.run(["pgrep", "-f", f"conmon.*{cid}"], capture_output=True).returncode == 1
+    # runc's bind of the rootfs for CRIU, which the killed `runc restore` never undid, and its state.
+    assert [m for m in mount_points() if m.startswith(f"{daemon.dir}/run/runc/")] == []
+    assert not (daemon.dir / "run" / "runc" / cid).exists()
+    bundle = _bundle(daemon, cid)
+    remove_container(daemon, cid)
+    assert not bundle.exists()
 
 
 def _late_hook(daemon: Daemon, cid: str) -> list[dict[str, Any]]:
@@ -954,37 +972,26 @@ def _late_hook(daemon: Daemon, cid: str) -> list[dict[str, Any]]:
 
 
 def test_kill9_while_create_copies_the_pages_records_a_start_error_and_leaves_nothing(
-    own_daemon: tuple[Daemon, str], tmp_path: Path
+    own_daemon: tuple[Daemon, str], holder_pods: tuple[Pod, Pod], tmp_path: Path
 ) -> None:
     """CreateContainer returns while the holder's 512 MiB of pages are still copied into the container;
     the daemon dies mid-copy. The restarted daemon cannot finish that copy: the container is EXITED
     with a StartError that says so, and removing it leaves no file and no mount."""
-    needs_criu()
     daemon, image = own_daemon
-    old_sid, old_cfg = run_pod(daemon, "checkpoint-holder", handler="runc")
-    new_sid, new_cfg = run_pod(daemon, "restore-copy-kill9", handler="runc")
-    try:
-        holder = _start_holder(daemon, old_sid, old_cfg, image)
-        location = tmp_path / "holder.tar"
-        _checkpoint(daemon, holder, str(location))
-        _remove(daemon, holder)
-        cid = _create_restored(daemon, (new_sid, new_cfg), "holder", location)
-        assert daemon.proc is not None
-        os.kill(daemon.proc.pid, signal.SIGSTOP)  # the copy stops where it is
-        bundle = daemon.root / "containers" / cid  # not asked of the stopped daemon
-        assert (bundle / "late-pages.pending").exists(), "the copy of 512 MiB ended before the daemon was stopped"
-        assert not (bundle / "checkpoint" / "pages-1.img").exists()  # only its partial file: CRIU never reads it
-        daemon.kill9()
-        daemon.start()
-        status = container_status(daemon, cid)
-        assert status.state == pb.CONTAINER_EXITED, status
-        assert status.reason == "StartError", status
-        assert "copied the checkpoint's memory" in status.message, status.message
-        error = refusal(lambda: start(daemon, cid))
-        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-        remove_container(daemon, cid)
-        assert not bundle.exists()
-        assert [m for m in mount_points() if m.startswith(str(bundle))] == []
-    finally:
-        remove_pod(daemon, new_sid)
-        remove_pod(daemon, old_sid)
+    cid = _holder_created_from_its_checkpoint(daemon, image, *holder_pods, tmp_path)
+    assert daemon.proc is not None
+    os.kill(daemon.proc.pid, signal.SIGSTOP)  # the copy stops where it is
+    bundle = daemon.root / "containers" / cid  # not asked of the stopped daemon
+    assert (bundle / "late-pages.pending").exists(), "the copy of 512 MiB ended before the daemon was stopped"
+    assert not (bundle / "checkpoint" / "pages-1.img").exists()  # only its partial file: CRIU never reads it
+    daemon.kill9()
+    daemon.start()
+    status = container_status(daemon, cid)
+    assert status.state == pb.CONTAINER_EXITED, status
+    assert status.reason == "StartError", status
+    assert "copied the checkpoint's memory" in status.message, status.message
+    error = refusal(lambda: start(daemon, cid))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+    remove_container(daemon, cid)
+    assert not bundle.exists()
+    assert [m for m in mount_points() if m.startswith(str(bundle))] == []

@@ -212,13 +212,6 @@ def cancel(bundle: Path) -> None:
         copy.thread.join()
 
 
-def wait(bundle: Path, timeout: float | None = None) -> bool:
-    """Blocking: waits for this bundle's copy to end; True when none runs any more."""
-    with _copies_lock:
-        copy = _copies.get(str(bundle))
-    return copy is None or copy.done.wait(timeout)
-
-
 def interrupted(bundle: Path) -> bool:
     """Blocking: whether a copy into this bundle began and neither ended nor runs in this daemon
     (a daemon killed mid-copy): its images are incomplete, and the restore cannot be started."""

@@ -85,12 +85,12 @@ def test_the_copy_puts_each_image_whole_under_its_name_and_lets_the_hook_pass(tm
     location, contents = _archive(tmp_path, {"pages-1.img": BIG, "pages-2.img": BIG + 1})
     unpacked, bundle = _unpacked(tmp_path, location)
     images = bundle / archive.CHECKPOINT_DIRECTORY
-    late_pages.start(location, unpacked.late, images, bundle)
+    copy = late_pages.start(location, unpacked.late, images, bundle)
     # Whenever the hook passes, every image is there and whole: CRIU never reads a part.
     subprocess.run(_hook_command(bundle), check=True, timeout=60)
     for name, data in contents.items():
         assert (images / name).read_bytes() == data
-    assert late_pages.wait(bundle, 10)
+    assert copy.done.wait(10)
     assert not list(images.glob("*" + late_pages.PARTIAL_SUFFIX))
     assert not (bundle / late_pages.PENDING_FILE).exists()
     assert late_pages.failure(bundle) is None
@@ -140,8 +140,8 @@ def test_a_failed_copy_leaves_no_image_and_says_why(tmp_path: Path) -> None:
     images = bundle / archive.CHECKPOINT_DIRECTORY
     with open(location, "r+b") as raw:
         raw.truncate(4096 + BIG // 2)  # cut after the create checked it
-    late_pages.start(location, unpacked.late, images, bundle)
-    assert late_pages.wait(bundle, 30)
+    copy = late_pages.start(location, unpacked.late, images, bundle)
+    assert copy.done.wait(30)
     error = late_pages.failure(bundle)
     assert error is not None
     assert "pages-1.img" in error

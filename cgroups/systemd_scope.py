@@ -35,18 +35,20 @@ MOVE_TIMEOUT = 10.0  # from the job's queueing to the process's move, the same b
 MOVE_POLL = 0.001
 
 
-def start_scope(unit: str, slice_: str, pid: int, description: str, proc: str = "/proc") -> None:
+def start_scope(unit: str, slice_: str, pid: int | list[int], description: str, proc: str = "/proc") -> None:
     """Puts `pid` (and so the children it forks later) into the new transient scope `unit` in `slice_`.
 
     Like `systemd-run --scope --collect`: the scope ends once its processes have, and is
     unloaded even after a failure. Returns once the process is in the scope's cgroup.
     Raises FailedPrecondition when systemd refuses (a unit of that name exists, a bad
     slice name) and Unavailable when it cannot be reached or does not act in time.
+    `pid` may be a list of several, all moved in the one call.
     """
+    pids = [pid] if isinstance(pid, int) else list(pid)
     properties: list[tuple[str, tuple[str, Any]]] = [
         ("Description", ("s", description)),
         ("Slice", ("s", slice_)),
-        ("PIDs", ("au", [pid])),
+        ("PIDs", ("au", pids)),
         ("CollectMode", ("s", "inactive-or-failed")),
     ]
     call = new_method_call(MANAGER, "StartTransientUnit", "ssa(sv)a(sa(sv))", (unit, "fail", properties, []))
@@ -54,7 +56,8 @@ def start_scope(unit: str, slice_: str, pid: int, description: str, proc: str = 
         unwrap_msg(call_systemd(call))
     except DBusErrorResponse as exc:
         raise FailedPrecondition(f"systemd refused the scope {unit} in {slice_}: {exc}") from None
-    _wait_in_cgroup_of(pid, unit, proc)
+    for moved in pids:
+        _wait_in_cgroup_of(moved, unit, proc)
 
 
 def call_systemd(call: Message, path: Path = SYSTEMD_PRIVATE_SOCKET, timeout: float = CALL_TIMEOUT) -> Message:

@@ -162,6 +162,10 @@ async def build_services(config: Config) -> Services:
         await on_object_exit(svc, object_id)
 
     svc.monitor = ExitMonitor(on_exit)
+    if config.drop_infra_container:
+        from crishim.runtime.sandbox import pidholder
+
+        svc.pid_holder = await asyncio.to_thread(pidholder.prepare, config.pid_holder_dir)
     svc.stats = StatsSampler()
     svc.oom_log = OomKillLog.open()
     svc.streaming = await _start_streaming(svc)

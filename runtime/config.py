@@ -115,8 +115,9 @@ class Config:
     )
     conmon: str = "conmon"
     sandbox_image: str = ""
-    # A pod that does not share one PID namespace runs no pause process: its IPC and UTS
-    # namespaces are pinned by bind mounts (as CRI-O's drop_infra_ctr). False: every pod has one.
+    # Pods run no pause container: their IPC and UTS namespaces are pinned by bind mounts (as
+    # CRI-O's drop_infra_ctr), and a shared PID namespace is held by a confined catatonit
+    # (runtime/sandbox/pidholder.py). A user-namespaced pod keeps one. False: every pod has one.
     drop_infra_container: bool = True
     cgroup_driver: str = ""
     log_level: str = "info"
@@ -157,6 +158,11 @@ class Config:
     @property
     def netns_dir(self) -> Path:
         return Path(self.state_dir) / "netns"
+
+    @property
+    def pid_holder_dir(self) -> Path:
+        """The root of the processes holding shared PID namespaces (runtime/sandbox/pidholder.py)."""
+        return Path(self.state_dir) / "pid-holder"
 
     @property
     def attach_dir(self) -> Path:

@@ -17,6 +17,7 @@ from crishim.oci import conmon, processes
 from crishim.oci.mounttable import mount_points
 from crishim.runtime.container import launch as launching
 from crishim.runtime.mounts import unmount
+from crishim.runtime.sandbox import pidholder
 from crishim.runtime.services import Services
 
 log = logging.getLogger("crishim.orphans")
@@ -45,11 +46,26 @@ async def _stop_unrecorded_conmons(svc: Services, known: set[str]) -> int:
     return len(unrecorded)
 
 
+async def _stop_unrecorded_holders(svc: Services, known: set[str]) -> int:
+    """Ends PID namespace holders no record names (a crash between their start and the record)."""
+    unrecorded = {
+        sid: pids
+        for sid, pids in (await asyncio.to_thread(pidholder.parents_for, svc.config.pid_holder_dir)).items()
+        if sid not in known
+    }
+    for sid, pids in unrecorded.items():
+        for pid in pids:
+            await asyncio.to_thread(processes.kill_tree, pid)
+        log.warning("killed the PID namespace holder %s of pod %s, which no record names", pids, sid[:13])
+    return len(unrecorded)
+
+
 async def collect_orphans(svc: Services) -> None:
     known_sandboxes = {s.meta.id for s in svc.state.sandboxes.all()}
     known_containers = {c.meta.id for c in svc.state.containers.all()}
     known = known_sandboxes | known_containers
     removed = await _stop_unrecorded_conmons(svc, known)
+    removed += await _stop_unrecorded_holders(svc, known_sandboxes)
 
     for handler in svc.handlers.values():
         try:

@@ -15,6 +15,7 @@ from pathlib import Path
 from crishim.oci import conmon
 from crishim.runtime.container import lifecycle
 from crishim.runtime.errors import NotFound
+from crishim.runtime.sandbox import pidholder
 from crishim.runtime.sandbox.pinned import all_pinned
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import (
@@ -28,7 +29,8 @@ log = logging.getLogger("crishim.recover")
 
 
 async def on_object_exit(svc: Services, object_id: str) -> None:
-    """Exit of a conmon: a workload container's exit, or the pod's infra container dying."""
+    """Exit of a conmon: a workload container's exit, or the pod's infra container (or PID
+    namespace holder) dying."""
     try:
         svc.state.containers.get(object_id)
     except NotFound:
@@ -68,7 +70,12 @@ async def reconcile(svc: Services) -> None:
         if not pod.infra_container:
             # Pinned namespaces: a reboot leaves the pin files, not the namespaces.
             pins = {**pod.namespace_paths, **({"net": pod.netns_path} if pod.netns_path else {})}
-            if not await asyncio.to_thread(all_pinned, pins):
+            holder_alive = not pod.pid or pidholder.is_holder_parent(
+                pod.conmon_pid, pidholder.tag(svc.config.pid_holder_dir, pod.id)
+            )
+            if holder_alive and pod.pid:
+                svc.monitor.watch(pod.id, pod.conmon_pid)
+            if not holder_alive or not await asyncio.to_thread(all_pinned, pins):
                 _mark_not_ready(svc, pod.id)
         elif conmon.is_conmon_of(pod.conmon_pid, pod.id):
             svc.monitor.watch(pod.id, pod.conmon_pid)

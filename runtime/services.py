@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the real types, without importing them at start-up
     from crishim.oci.runtime import OciRuntime
     from crishim.runtime.container.monitor import ExitMonitor
     from crishim.runtime.network.manager import PodNetwork
+    from crishim.runtime.sandbox.pidholder import HolderRoot
     from crishim.runtime.streaming.server import StreamingServer
 
 log = logging.getLogger("crishim.services")
@@ -68,6 +69,8 @@ class Services:
     stop_metrics: Any = None
     # The kernel's record of OOM kills (/dev/kmsg), None where it cannot be read.
     oom_log: OomKillLog | None = None
+    # What holds shared PID namespaces; None: such pods keep a pause container.
+    pid_holder: HolderRoot | None = None
 
     @classmethod
     async def start(cls, config: Config) -> Services:

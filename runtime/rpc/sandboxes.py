@@ -126,7 +126,9 @@ class SandboxRpcs:
         if request.verbose:
             spec = read_runtime_spec(meta.bundle)
             info = {
-                "pid": meta.pid,  # 0: no infra container, see pinnedNamespaces
+                # The pause process's PID, or the PID namespace holder's; 0: neither, see pinnedNamespaces.
+                "pid": meta.pid,
+                "pidNamespaceHolder": bool(meta.pid) and not meta.infra_container,
                 "pinnedNamespaces": meta.namespace_paths,
                 "runtimeHandler": meta.runtime_handler,
                 "netnsPath": meta.netns_path,

@@ -14,7 +14,7 @@ from crishim.runtime.container import lifecycle as containers
 from crishim.runtime.errors import NotFound
 from crishim.runtime.mounts import unmount
 from crishim.runtime.nri import steps as nri_steps
-from crishim.runtime.sandbox import infra, pinned
+from crishim.runtime.sandbox import holder, infra, pidholder, pinned
 from crishim.runtime.services import Services
 from crishim.runtime.state.records import CONTAINER_CREATED, CONTAINER_RUNNING, SANDBOX_NOTREADY
 
@@ -44,6 +44,9 @@ async def stop_pod_sandbox(svc: Services, sandbox_id: str) -> None:
         steps: list[Awaitable[None]] = []
         if sandbox.infra_container:
             steps.append(infra.destroy_infra(svc, svc.handler(sandbox.runtime_handler), sandbox_id))
+        elif sandbox.pid:
+            held = pidholder.Holder(sandbox.pid, sandbox.conmon_pid)
+            steps.append(holder.release(svc, sandbox_id, held, sandbox.cgroups_path))
         if sandbox.netns_path and not status.network_torn_down:
             # The pinned netns outlives the pause process, so CNI DEL need not wait for its end.
             steps.append(

@@ -11,7 +11,9 @@ The namespaces are made by unshare(2) in a fresh thread that ends right after,
 the way runtime/network/netns.py makes a pod's netns: a pooled thread must never
 be left in a pod's namespace. The same thread sets what the pause container's
 runtime would have set in them: the hostname and the pod's sysctls, the network
-ones after joining the pod's pinned netns.
+ones after joining the pod's pinned netns. A pod whose containers share one PID
+namespace gets its holder (runtime/sandbox/pidholder.py) started from that thread
+too, so that it runs in the pod's namespaces.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from crishim.oci.mounttable import MS_BIND, is_mount_point, mount, unmount
 from crishim.runtime.errors import Internal, InvalidArgument
 from crishim.runtime.network import netns
+from crishim.runtime.sandbox import pidholder
 from crishim.runtime.validate import sysctl_namespace
 
 _CLONE_NEWIPC = 0x08000000
@@ -46,6 +49,15 @@ class PodNamespaces:
     sysctls: Mapping[str, str] = field(default_factory=dict)  # dotted, checked by validate.sysctls
 
 
+@dataclass(frozen=True, slots=True)
+class HolderRequest:
+    """A PID namespace holder to start in the pod's namespaces once they are pinned."""
+
+    root: pidholder.HolderRoot
+    sandbox_id: str
+    log_path: Path
+
+
 def pin_paths(directory: Path, kinds: tuple[str, ...]) -> dict[str, str]:
     return {kind: str(directory / kind) for kind in kinds}
 
@@ -58,6 +70,23 @@ async def pin(wanted: PodNamespaces) -> dict[str, str]:
         return await asyncio.wrap_future(netns.run_in_fresh_thread(lambda: _pin_here(wanted)))
     except OSError as exc:
         raise Internal(f"cannot pin the pod's {' and '.join(wanted.kinds)} namespaces: {exc}") from exc
+
+
+async def pin_and_hold(wanted: PodNamespaces, request: HolderRequest) -> tuple[dict[str, str], pidholder.Holder]:
+    """pin(), then the PID namespace holder started in those namespaces; nothing is left on failure."""
+
+    def here() -> tuple[dict[str, str], pidholder.Holder]:
+        paths = _pin_here(wanted) if wanted.kinds else {}
+        try:
+            return paths, pidholder.spawn(request.root, request.sandbox_id, request.log_path)
+        except BaseException:
+            unpin(paths)
+            raise
+
+    try:
+        return await asyncio.wrap_future(netns.run_in_fresh_thread(here))
+    except OSError as exc:
+        raise Internal(f"cannot hold the pod's namespaces: {exc}") from exc
 
 
 def unpin(paths: Mapping[str, str]) -> None:

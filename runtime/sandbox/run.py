@@ -29,7 +29,7 @@ from crishim.runtime.mounts import mount_tmpfs, unmount
 from crishim.runtime.network.cni import PodRef, RuntimeOptions
 from crishim.runtime.nri import steps as nri_steps
 from crishim.runtime.oom import clamp_and_log
-from crishim.runtime.sandbox import infra, pinned
+from crishim.runtime.sandbox import holder, infra, pinned
 from crishim.runtime.services import Handler, Services
 from crishim.runtime.state.records import SandboxMeta, SandboxStatus
 from crishim.runtime.state.store import sandbox_name_key
@@ -115,7 +115,7 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
         if needs_infra_container(svc, pod):
             holding = await _infra_container(svc, undo, pod, sandbox_id, bundle, hostname, netns_made, shm_path)
         else:
-            holding = await _pinned_namespaces(undo, pod, bundle, hostname, netns_made)
+            holding = await _pinned_namespaces(svc, undo, pod, sandbox_id, bundle, hostname, netns_made)
         # The namespaces need not have their interfaces: CNI ADD runs beside the steps that
         # hold them (conmon's `runc create` and `runc start`, the longest steps here).
         if holding.netns_path is None:
@@ -135,14 +135,20 @@ async def _create(svc: Services, pod: PodRequest, sandbox_id: str) -> SandboxMet
 
 
 def needs_infra_container(svc: Services, pod: PodRequest) -> bool:
-    """Whether the pod needs a pause process, or its namespaces can be pinned without one.
+    """Whether the pod needs a pause container, or its namespaces can be pinned without one.
 
-    A pod whose containers share one PID namespace needs a process to hold it (and
-    to reap orphans, as PID 1); a user-namespaced pod needs one whose user namespace
-    the containers join, since runc makes it. Every other pod pins what it holds.
+    A user-namespaced pod needs one whose user namespace the containers join, since
+    runc makes it. Every other pod pins what it holds; one whose containers share a PID
+    namespace gets a process of its own to hold it (and to reap orphans, as PID 1),
+    where the node can run one (runtime/sandbox/pidholder.py).
     """
-    pid_shared = pod.config.linux.security_context.namespace_options.pid == api_pb2.POD
-    return not svc.config.drop_infra_container or pid_shared or pod.userns is not None
+    if not svc.config.drop_infra_container or pod.userns is not None:
+        return True
+    return shares_pid_namespace(pod) and svc.pid_holder is None
+
+
+def shares_pid_namespace(pod: PodRequest) -> bool:
+    return pod.config.linux.security_context.namespace_options.pid == api_pb2.POD
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,18 +197,41 @@ async def _infra_container(
 
 
 async def _pinned_namespaces(
-    undo: AsyncExitStack, pod: PodRequest, bundle: Path, hostname: str, netns_made: asyncio.Task[str] | None
+    svc: Services,
+    undo: AsyncExitStack,
+    pod: PodRequest,
+    sandbox_id: str,
+    bundle: Path,
+    hostname: str,
+    netns_made: asyncio.Task[str] | None,
 ) -> Holding:
-    """The pod's own IPC and UTS namespaces, pinned, with its hostname and sysctls set in them."""
+    """The pod's own IPC and UTS namespaces, pinned, with its hostname and sysctls set in them;
+    and the holder of its PID namespace if its containers share one."""
     netns_path = None if netns_made is None else await netns_made
     kinds = tuple(kind for kind, host in (("ipc", pod.host_ipc), ("uts", pod.host_network)) if not host)
     wanted = pinned.PodNamespaces(bundle / pinned.PIN_DIR, kinds, hostname, netns_path, pod.sysctls)
     undo.callback(pinned.unpin, pinned.pin_paths(wanted.directory, kinds))
+    if not shares_pid_namespace(pod):
 
-    async def pin() -> PodHolder:
-        return PodHolder(infra_container=False, namespace_paths=await pinned.pin(wanted))
+        async def pin() -> PodHolder:
+            return PodHolder(infra_container=False, namespace_paths=await pinned.pin(wanted))
 
-    return Holding(netns_path, pin())
+        return Holding(netns_path, pin())
+    assert svc.pid_holder is not None  # needs_infra_container() said so
+    request = pinned.HolderRequest(svc.pid_holder, sandbox_id, bundle / HOLDER_LOG)
+
+    async def pin_and_hold() -> PodHolder:
+        paths, held = await pinned.pin_and_hold(wanted, request)
+        cgroups_path = container_cgroups_path(pod.config.linux.cgroup_parent, sandbox_id, svc.cgroup_driver)
+        undo.push_async_callback(holder.release, svc, sandbox_id, held, cgroups_path)
+        svc.monitor.watch(sandbox_id, held.parent_pid)
+        await holder.enter_cgroup(svc, sandbox_id, held, cgroups_path)
+        return PodHolder(held.pid, held.parent_pid, cgroups_path, infra_container=False, namespace_paths=paths)
+
+    return Holding(netns_path, pin_and_hold())
+
+
+HOLDER_LOG = "pid-holder.log"
 
 
 def pod_shm(undo: AsyncExitStack, bundle: Path) -> str:

@@ -68,7 +68,7 @@ def test_container_without_a_profile_runs_under_the_default(live_daemon: Daemon,
     cid = start(live_daemon, pod, "default", busybox)
     assert label(live_daemon, cid) == f"{DEFAULT_PROFILE_NAME} (enforce)"
     # The container's own process too, not only what ExecSync starts. (PID 1 is the pod's
-    # pause process here: the pod shares one PID namespace, and its infra container runs unconfined.)
+    # PID namespace holder here, which AppArmor does not confine: the pod shares one PID namespace.)
     assert label(live_daemon, cid, pid_of(live_daemon, cid, "sleep")) == f"{DEFAULT_PROFILE_NAME} (enforce)"
 
 

@@ -63,7 +63,11 @@ def wrapper(tmp_path_factory: pytest.TempPathFactory) -> Wrapper:
 
 @pytest.fixture(scope="module")
 def daemon(wrapper: Wrapper) -> Iterator[Daemon]:
-    with running_daemon(f'[runtimes.{HANDLER}]\ntype = "runc"\npath = "{wrapper.calls.parent / "runc"}"\n') as d:
+    # Pods keep a pause container here, so that RunPodSandbox and StopPodSandbox run the
+    # runtime commands the wrapper holds (a pod without one runs none).
+    handler = f'[runtimes.{HANDLER}]\ntype = "runc"\npath = "{wrapper.calls.parent / "runc"}"\n'
+    config = f"drop_infra_container = false\n{handler}"
+    with running_daemon(config) as d:
         yield d
 
 

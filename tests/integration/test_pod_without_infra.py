@@ -1,21 +1,27 @@
 """Pods without a pause process: their IPC and UTS namespaces pinned, joined by every container.
 
 A pod whose containers do not share one PID namespace (the kubelet's default) runs
-no infra container; one that shares it, or that has a user namespace, still does.
+no infra container; one that shares it has that namespace held by a catatonit of
+its own (runtime/sandbox/pidholder.py); one with a user namespace still runs one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
 from crishim.cri_api import api_pb2 as pb
+from crishim.oci import processes
 from crishim.oci.mounttable import mount_points, unmount
+from crishim.runtime.sandbox import pidholder
 
 from tests.support.cri import (
     container_config,
+    eventually,
     exec_checked,
     kubelet_pod_linux,
     pod_config,
@@ -119,28 +125,66 @@ def test_a_pod_on_the_host_network_pins_its_ipc_namespace_alone(live_daemon: Dae
         remove_pod(live_daemon, sid)
 
 
-def test_a_pod_sharing_its_pid_namespace_keeps_its_pause_process(live_daemon: Daemon, busybox: str) -> None:
-    shared = pb.LinuxPodSandboxConfig(
-        security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
-    )
-    sid, pod = run_pod(live_daemon, "shared-pid", linux=shared)
+SHARED_PID = pb.LinuxPodSandboxConfig(
+    security_context=pb.LinuxSandboxSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
+)
+POD_PID = pb.LinuxContainerConfig(
+    security_context=pb.LinuxContainerSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
+)
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def _parent(pid: int) -> int:
+    return int(_status_fields(pid)["PPid"])
+
+
+def test_a_pod_sharing_its_pid_namespace_has_it_held_by_a_confined_catatonit(live_daemon: Daemon, busybox: str) -> None:
+    """No pause container: catatonit holds the PID namespace, the other namespaces are pinned."""
+    sid, pod = run_pod(live_daemon, "shared-pid", hostname="shared-pid-pod", linux=SHARED_PID)
     try:
-        pause = int(str(_info(live_daemon, sid)["pid"]))
-        assert pause > 0
-        assert _pins(live_daemon, sid) == {}
-        cid = start_container(
-            live_daemon,
-            sid,
-            pod,
-            _sleeper(
-                "app",
-                busybox,
-                linux=pb.LinuxContainerConfig(
-                    security_context=pb.LinuxContainerSecurityContext(namespace_options=pb.NamespaceOption(pid=pb.POD))
-                ),
-            ),
+        holder = int(str(_info(live_daemon, sid)["pid"]))
+        assert holder > 0
+        pins = _pins(live_daemon, sid)
+        assert set(pins) == {"ipc", "uts"}
+        assert Path(f"/proc/{holder}/cmdline").read_bytes() == b"/catatonit\0-P\0"
+        status = _status_fields(holder)
+        assert status["Uid"].split() == ["65535"] * 4
+        assert status["Gid"].split() == ["65535"] * 4
+        assert status["Groups"] == ""
+        assert int(status["CapEff"], 16) == 0
+        assert int(status["CapPrm"], 16) == 0
+        # Not dumpable: its /proc files belong to root, not to its uid, so no process of the pod reads them.
+        assert os.stat(f"/proc/{holder}/environ").st_uid == 0
+        assert os.readlink(f"/proc/{holder}/root") == str(Path(live_daemon.dir, "run", "pid-holder"))
+        assert os.listdir(f"/proc/{holder}/root") == ["catatonit"]
+        assert _namespace(holder, "net") == _pinned(str(_info(live_daemon, sid)["netnsPath"]), "net")
+        for kind in ("ipc", "uts"):
+            assert _namespace(holder, kind) == _pinned(pins[kind], kind)
+        # No runtime and no conmon ran for the pod itself.
+        assert not [pid for pid in _processes_naming(sid) if b"conmon" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+        first = start_container(live_daemon, sid, pod, _sleeper("first", busybox, linux=POD_PID))
+        second = start_container(live_daemon, sid, pod, _sleeper("second", busybox, linux=POD_PID))
+        for cid in (first, second):
+            assert _namespace(container_pid(live_daemon, cid), "pid") == _namespace(holder, "pid")
+            assert _namespace(container_pid(live_daemon, cid), "ipc") == _pinned(pins["ipc"], "ipc")
+        assert exec_checked(live_daemon, first, ["cat", "/proc/1/cmdline"]) == "/catatonit\0-P\0"
+        assert exec_checked(live_daemon, first, ["hostname"]).strip() == "shared-pid-pod"
+        # Each container sees the other's processes, and cannot look into the holder.
+        assert "sleep" in exec_checked(live_daemon, second, ["ps", "-o", "comm"])
+        failed = live_daemon.runtime.ExecSync(
+            pb.ExecSyncRequest(container_id=first, cmd=["ls", "/proc/1/root/"], timeout=10)
         )
-        assert _namespace(container_pid(live_daemon, cid), "pid") == _namespace(pause, "pid")
+        assert failed.exit_code != 0
+        assert b"ermission denied" in failed.stderr
+        unshare = _parent(holder)
+        stop_pod(live_daemon, sid)
+        # The stop has waited for both and reaped unshare, its child: neither is left, not even a zombie.
+        assert not Path(f"/proc/{holder}").exists()
+        assert not Path(f"/proc/{unshare}").exists()
     finally:
         remove_pod(live_daemon, sid)
 
@@ -202,3 +246,61 @@ def test_with_drop_infra_container_off_every_pod_has_its_pause_process(test_imag
 
 def _sleeper(name: str, image: str, **kwargs: object) -> pb.ContainerConfig:
     return container_config(name, image, SLEEPER, **kwargs)
+
+
+def _holder_of(daemon: Daemon, sid: str) -> int:
+    return int(str(_info(daemon, sid)["pid"]))
+
+
+def _kill_and_wait_gone(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: processes.alive(pid), lambda alive: not alive, what=f"process {pid} gone")
+
+
+def test_a_pod_whose_holder_dies_is_notready(live_daemon: Daemon) -> None:
+    sid, _ = run_pod(live_daemon, "holder-dies", linux=SHARED_PID)
+    try:
+        _kill_and_wait_gone(_holder_of(live_daemon, sid))
+        eventually(
+            lambda: pod_status(live_daemon, sid).status.state,
+            lambda state: state == pb.SANDBOX_NOTREADY,
+            what="the pod NOTREADY",
+        )
+    finally:
+        remove_pod(live_daemon, sid)
+    assert not [m for m in mount_points() if sid in m]
+
+
+def test_holders_outlive_a_kill9_and_the_restarted_daemon_sorts_them(test_images) -> None:
+    """A live holder keeps its pod READY; one gone in the downtime makes it NOTREADY; one no record
+    names (a crash between its start and the record) is ended."""
+    with running_daemon() as daemon:
+        image = test_images.ref("busybox:latest")
+        pull(daemon, image)
+        kept, pod = run_pod(daemon, "kept", linux=SHARED_PID)
+        cid = start_container(daemon, kept, pod, _sleeper("app", image, linux=POD_PID))
+        lost, _ = run_pod(daemon, "lost", linux=SHARED_PID)
+        kept_holder, lost_holder = _holder_of(daemon, kept), _holder_of(daemon, lost)
+        holder_dir = Path(daemon.dir, "run", "pid-holder")
+        root = pidholder.HolderRoot(holder_dir, shutil.which("unshare") or "unshare")
+        stray = pidholder.spawn(root, "f" * 64, Path(daemon.dir, "stray.log"))
+        daemon.kill9()
+        assert processes.alive(kept_holder)
+        _kill_and_wait_gone(lost_holder)
+        daemon.start()
+        eventually(
+            lambda: [pid for pid in (stray.pid, stray.parent_pid) if processes.alive(pid)],
+            lambda alive: not alive,
+            what="the stray holder gone",
+        )
+        assert pod_status(daemon, kept).status.state == pb.SANDBOX_READY
+        assert pod_status(daemon, lost).status.state == pb.SANDBOX_NOTREADY
+        wait_running(daemon, cid)
+        second = start_container(daemon, kept, pod, _sleeper("after-restart", image, linux=POD_PID))
+        assert _namespace(container_pid(daemon, second), "pid") == _namespace(kept_holder, "pid")
+        ps = exec_checked(daemon, second, ["ps", "-o", "pid,comm"])
+        assert len([line for line in ps.splitlines()[1:] if line.split()[1] == "sleep"]) >= 1
+        for sid in (kept, lost):
+            remove_pod(daemon, sid)
+            assert not [m for m in mount_points() if sid in m]
+        eventually(lambda: processes.alive(kept_holder), lambda alive: not alive, what="the kept pod's holder gone")

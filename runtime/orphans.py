@@ -17,7 +17,7 @@ from crishim.oci import conmon, processes
 from crishim.oci.mounttable import mount_points
 from crishim.runtime.container import launch as launching
 from crishim.runtime.mounts import unmount
-from crishim.runtime.sandbox import pidholder
+from crishim.runtime.sandbox import holder, pidholder
 from crishim.runtime.services import Services
 
 log = logging.getLogger("crishim.orphans")
@@ -47,15 +47,16 @@ async def _stop_unrecorded_conmons(svc: Services, known: set[str]) -> int:
 
 
 async def _stop_unrecorded_holders(svc: Services, known: set[str]) -> int:
-    """Ends PID namespace holders no record names (a crash between their start and the record)."""
-    unrecorded = {
-        sid: pids
-        for sid, pids in (await asyncio.to_thread(pidholder.parents_for, svc.config.pid_holder_dir)).items()
-        if sid not in known
-    }
+    """Ends PID namespace holders no record names (a crash between their start and the record),
+    and removes the cgroupfs cgroup they were placed in (a systemd scope goes by itself)."""
+    found = await asyncio.to_thread(pidholder.parents_for, svc.config.pid_holder_dir)
+    unrecorded = {sid: pids for sid, pids in found.items() if sid not in known}
     for sid, pids in unrecorded.items():
         for pid in pids:
+            cgroup = holder.cgroupfs_cgroup_of(pid, sid)
             await asyncio.to_thread(processes.kill_tree, pid)
+            if cgroup is not None:
+                await asyncio.to_thread(holder.remove_cgroupfs_cgroup, cgroup)
         log.warning("killed the PID namespace holder %s of pod %s, which no record names", pids, sid[:13])
     return len(unrecorded)
 
@@ -88,8 +89,8 @@ async def collect_orphans(svc: Services) -> None:
             if entry.name in ids:
                 continue
             await asyncio.to_thread(_unmount_under, entry)
-            for holder in (f"sandbox:{entry.name}", f"container:{entry.name}"):
-                svc.images.release(holder)
+            for lease in (f"sandbox:{entry.name}", f"container:{entry.name}"):
+                svc.images.release(lease)
             await asyncio.to_thread(shutil.rmtree, entry, True)
             removed += 1
 

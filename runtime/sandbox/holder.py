@@ -11,6 +11,8 @@ the pod outside the pod's cgroup.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 from crishim.cgroups.paths import cgroups_path_to_fs
 from crishim.cgroups.stats import cgroup_for
@@ -24,24 +26,32 @@ def scope_name(sandbox_id: str) -> str:
     return f"crishim-holder-{sandbox_id}.scope"
 
 
-async def enter_cgroup(svc: Services, sandbox_id: str, held: pidholder.Holder, cgroups_path: str) -> None:
-    """Moves the holder and its `unshare` into the pod's cgroup for the sandbox."""
-    pids = [held.parent_pid, held.pid]
+def placement(svc: Services, sandbox_id: str, cgroups_path: str) -> Callable[[pidholder.Holder], None]:
+    """What moves a holder and its `unshare` into the pod's cgroup for the sandbox (blocking)."""
     if svc.cgroup_driver == SYSTEMD:
-        from crishim.cgroups import systemd_scope
-
         slice_ = cgroups_path.split(":", 1)[0]
-        description = f"crishim PID namespace holder of pod {sandbox_id}"
-        await asyncio.to_thread(systemd_scope.start_scope, scope_name(sandbox_id), slice_, pids, description)
-        return
-    await asyncio.to_thread(_enter_cgroupfs, cgroups_path, pids)
+
+        def into_scope(held: pidholder.Holder) -> None:
+            from crishim.cgroups import systemd_scope
+
+            description = f"crishim PID namespace holder of pod {sandbox_id}"
+            systemd_scope.start_scope(scope_name(sandbox_id), slice_, [held.parent_pid, held.pid], description)
+
+        return into_scope
+
+    def into_cgroup(held: pidholder.Holder) -> None:
+        cgroup = cgroup_for(cgroups_path_to_fs(cgroups_path, "cgroupfs"))
+        cgroup.create()
+        for pid in (held.parent_pid, held.pid):
+            cgroup.add_process(pid)
+
+    return into_cgroup
 
 
-def _enter_cgroupfs(cgroups_path: str, pids: list[int]) -> None:
-    cgroup = cgroup_for(cgroups_path_to_fs(cgroups_path, "cgroupfs"))
-    cgroup.create()
-    for pid in pids:
-        cgroup.add_process(pid)
+async def remove_cgroup(svc: Services, cgroups_path: str) -> None:
+    """The holder's cgroupfs cgroup, once it is empty; missing is fine. A systemd scope goes by itself."""
+    if cgroups_path and svc.cgroup_driver != SYSTEMD:
+        await asyncio.to_thread(cgroup_for(cgroups_path_to_fs(cgroups_path, "cgroupfs")).remove)
 
 
 async def release(svc: Services, sandbox_id: str, held: pidholder.Holder, cgroups_path: str) -> None:
@@ -57,5 +67,23 @@ async def release(svc: Services, sandbox_id: str, held: pidholder.Holder, cgroup
     if svc.monitor.watching(sandbox_id):
         await svc.monitor.wait(sandbox_id, 10.0)
     await asyncio.to_thread(pidholder.end, held, tag)  # at once when the watch saw them go
-    if cgroups_path and svc.cgroup_driver != SYSTEMD:  # missing is fine: a stop retried
-        await asyncio.to_thread(cgroup_for(cgroups_path_to_fs(cgroups_path, "cgroupfs")).remove)
+    await remove_cgroup(svc, cgroups_path)
+
+
+def cgroupfs_cgroup_of(pid: int, sandbox_id: str) -> str | None:
+    """The cgroupfs cgroup (relative path) `pid` was placed in for `sandbox_id`, if any: how the
+    start-up sweep finds the cgroup of a holder no record names."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        path = line.split(":", 2)[-1]
+        if path.endswith(f"/{sandbox_id}"):
+            return path
+    return None
+
+
+def remove_cgroupfs_cgroup(relative: str) -> None:
+    """Blocking: rmdir the cgroupfs cgroup at `relative` on every hierarchy; missing is fine."""
+    cgroup_for(relative).remove()

@@ -19,10 +19,11 @@ too, so that it runs in the pod's namespaces.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ctypes
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ class HolderRequest:
     root: pidholder.HolderRoot
     sandbox_id: str
     log_path: Path
+    place: Callable[[pidholder.Holder], None]  # blocking: into the pod's cgroup
 
 
 def pin_paths(directory: Path, kinds: tuple[str, ...]) -> dict[str, str]:
@@ -72,19 +74,40 @@ async def pin(wanted: PodNamespaces) -> dict[str, str]:
         raise Internal(f"cannot pin the pod's {' and '.join(wanted.kinds)} namespaces: {exc}") from exc
 
 
-async def pin_and_hold(wanted: PodNamespaces, request: HolderRequest) -> tuple[dict[str, str], pidholder.Holder]:
-    """pin(), then the PID namespace holder started in those namespaces; nothing is left on failure."""
+def start_pin_and_hold(
+    wanted: PodNamespaces, request: HolderRequest
+) -> concurrent.futures.Future[tuple[dict[str, str], pidholder.Holder]]:
+    """pin(), then the PID namespace holder started in those namespaces and placed by
+    `request.place`, all in a fresh thread; its future ends with both, or with nothing left.
+
+    A future of the thread's own, not a coroutine: a RunPodSandbox cancelled meanwhile
+    cannot stop the thread, so its undo waits on this for what to end.
+    """
 
     def here() -> tuple[dict[str, str], pidholder.Holder]:
         paths = _pin_here(wanted) if wanted.kinds else {}
         try:
-            return paths, pidholder.spawn(request.root, request.sandbox_id, request.log_path)
+            held = pidholder.spawn(request.root, request.sandbox_id, request.log_path)
         except BaseException:
             unpin(paths)
             raise
+        try:
+            request.place(held)
+        except BaseException:
+            pidholder.end(held, request.root.tag(request.sandbox_id))
+            unpin(paths)
+            raise
+        return paths, held
 
+    return netns.run_in_fresh_thread(here)
+
+
+async def pin_and_hold(
+    started: concurrent.futures.Future[tuple[dict[str, str], pidholder.Holder]],
+) -> tuple[dict[str, str], pidholder.Holder]:
+    """What start_pin_and_hold() made, once it has."""
     try:
-        return await asyncio.wrap_future(netns.run_in_fresh_thread(here))
+        return await asyncio.wrap_future(started)
     except OSError as exc:
         raise Internal(f"cannot hold the pod's namespaces: {exc}") from exc
 

@@ -218,14 +218,24 @@ async def _pinned_namespaces(
 
         return Holding(netns_path, pin())
     assert svc.pid_holder is not None  # needs_infra_container() said so
-    request = pinned.HolderRequest(svc.pid_holder, sandbox_id, bundle / HOLDER_LOG)
+    cgroups_path = container_cgroups_path(pod.config.linux.cgroup_parent, sandbox_id, svc.cgroup_driver)
+    place = holder.placement(svc, sandbox_id, cgroups_path)
+    request = pinned.HolderRequest(svc.pid_holder, sandbox_id, bundle / HOLDER_LOG, place)
+    started = pinned.start_pin_and_hold(wanted, request)
+
+    async def end_holder() -> None:
+        try:
+            _, held = await asyncio.wrap_future(started)
+        except Exception:  # noqa: BLE001 - nothing was left running; a placement cut short may leave its cgroup
+            await holder.remove_cgroup(svc, cgroups_path)
+            return
+        await holder.release(svc, sandbox_id, held, cgroups_path)
+
+    undo.push_async_callback(end_holder)
 
     async def pin_and_hold() -> PodHolder:
-        paths, held = await pinned.pin_and_hold(wanted, request)
-        cgroups_path = container_cgroups_path(pod.config.linux.cgroup_parent, sandbox_id, svc.cgroup_driver)
-        undo.push_async_callback(holder.release, svc, sandbox_id, held, cgroups_path)
+        paths, held = await pinned.pin_and_hold(started)
         svc.monitor.watch(sandbox_id, held.parent_pid)
-        await holder.enter_cgroup(svc, sandbox_id, held, cgroups_path)
         return PodHolder(held.pid, held.parent_pid, cgroups_path, infra_container=False, namespace_paths=paths)
 
     return Holding(netns_path, pin_and_hold())

@@ -14,6 +14,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from crishim.cgroups.stats import cgroup_for
 from crishim.cri_api import api_pb2 as pb
 from crishim.oci import processes
 from crishim.oci.mounttable import mount_points, unmount
@@ -283,7 +284,14 @@ def test_holders_outlive_a_kill9_and_the_restarted_daemon_sorts_them(test_images
         kept_holder, lost_holder = _holder_of(daemon, kept), _holder_of(daemon, lost)
         holder_dir = Path(daemon.dir, "run", "pid-holder")
         root = pidholder.HolderRoot(holder_dir, shutil.which("unshare") or "unshare")
-        stray = pidholder.spawn(root, "f" * 64, Path(daemon.dir, "stray.log"))
+        stray_id = "f" * 64
+        stray = pidholder.spawn(root, stray_id, Path(daemon.dir, "stray.log"))
+        stray_cgroup = None
+        if not Path("/run/systemd/system").is_dir():  # cgroupfs: placed as RunPodSandbox places one
+            stray_cgroup = cgroup_for(f"/crishim/{stray_id}")
+            stray_cgroup.create()
+            stray_cgroup.add_process(stray.parent_pid)
+            stray_cgroup.add_process(stray.pid)
         daemon.kill9()
         assert processes.alive(kept_holder)
         _kill_and_wait_gone(lost_holder)
@@ -293,6 +301,7 @@ def test_holders_outlive_a_kill9_and_the_restarted_daemon_sorts_them(test_images
             lambda alive: not alive,
             what="the stray holder gone",
         )
+        assert stray_cgroup is None or not stray_cgroup.exists()
         assert pod_status(daemon, kept).status.state == pb.SANDBOX_READY
         assert pod_status(daemon, lost).status.state == pb.SANDBOX_NOTREADY
         wait_running(daemon, cid)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from crishim.oci import processes
+from crishim.oci.mounttable import mount_points
+from crishim.runtime.errors import Internal
 from crishim.runtime.network import netns
 from crishim.runtime.sandbox import pidholder, pinned
 
@@ -139,12 +141,14 @@ def test_a_holder_that_cannot_start_says_why_and_leaves_nothing(tmp_path: Path) 
 
 
 def test_pin_and_hold_starts_the_holder_in_the_pinned_namespaces(root: pidholder.HolderRoot, tmp_path: Path) -> None:
+    placed: list[pidholder.Holder] = []
     net = asyncio.run(netns.create("holder-test", str(tmp_path / "netns")))
     try:
         wanted = pinned.PodNamespaces(tmp_path / "ns", ("ipc", "uts"), "held-pod", net)
-        request = pinned.HolderRequest(root, SANDBOX, tmp_path / "holder.log")
-        paths, held = asyncio.run(pinned.pin_and_hold(wanted, request))
+        request = pinned.HolderRequest(root, SANDBOX, tmp_path / "holder.log", placed.append)
+        paths, held = asyncio.run(pinned.pin_and_hold(pinned.start_pin_and_hold(wanted, request)))
         try:
+            assert placed == [held]
             for kind, path in (*paths.items(), ("net", net)):
                 assert os.readlink(f"/proc/{held.pid}/ns/{kind}") == f"{kind}:[{os.stat(path).st_ino}]"
         finally:
@@ -152,3 +156,21 @@ def test_pin_and_hold_starts_the_holder_in_the_pinned_namespaces(root: pidholder
             pinned.unpin(paths)
     finally:
         asyncio.run(netns.remove(net))
+
+
+def test_a_placement_that_fails_ends_the_holder_and_unpins(root: pidholder.HolderRoot, tmp_path: Path) -> None:
+    started: list[pidholder.Holder] = []
+
+    def refuse(held: pidholder.Holder) -> None:
+        started.append(held)
+        raise OSError("no cgroup for it")
+
+    wanted = pinned.PodNamespaces(tmp_path / "ns", ("ipc",))
+    request = pinned.HolderRequest(root, SANDBOX, tmp_path / "holder.log", refuse)
+    with pytest.raises(Internal, match="no cgroup for it"):
+        asyncio.run(pinned.pin_and_hold(pinned.start_pin_and_hold(wanted, request)))
+    [held] = started
+    assert not processes.alive(held.pid)
+    assert not processes.alive(held.parent_pid)
+    assert not (tmp_path / "ns" / "ipc").exists()
+    assert not [m for m in mount_points() if str(tmp_path) in m]

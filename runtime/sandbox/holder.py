@@ -3,7 +3,8 @@
 The holder (runtime/sandbox/pidholder.py) stands where a pause container stood, so it
 goes where the pause container went: the cgroup at the pod's cgroupsPath for the
 sandbox, `<pod cgroup>/<sandbox ID>` under cgroupfs (made here, as runc made it), or a
-scope of its own in the pod's slice under systemd (one D-Bus call, as conmon's scope).
+scope in the pod's slice under systemd, named as runc named the pause container's (one
+D-Bus call, as conmon's scope).
 Pod stats then count it among the pod's processes, and kubelet sees no process of
 the pod outside the pod's cgroup.
 """
@@ -22,8 +23,10 @@ from crishim.runtime.services import Services
 SYSTEMD = "systemd"
 
 
-def scope_name(sandbox_id: str) -> str:
-    return f"crishim-holder-{sandbox_id}.scope"
+def scope_name(cgroups_path: str) -> str:
+    """The scope runc would have made for a pause container at `cgroups_path` (`slice:prefix:id`)."""
+    _, prefix, name = cgroups_path.split(":", 2)
+    return f"{prefix}-{name}.scope"
 
 
 def placement(svc: Services, sandbox_id: str, cgroups_path: str) -> Callable[[pidholder.Holder], None]:
@@ -35,7 +38,7 @@ def placement(svc: Services, sandbox_id: str, cgroups_path: str) -> Callable[[pi
             from crishim.cgroups import systemd_scope
 
             description = f"crishim PID namespace holder of pod {sandbox_id}"
-            systemd_scope.start_scope(scope_name(sandbox_id), slice_, [held.parent_pid, held.pid], description)
+            systemd_scope.start_scope(scope_name(cgroups_path), slice_, [held.parent_pid, held.pid], description)
 
         return into_scope
 

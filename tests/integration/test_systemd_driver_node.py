@@ -148,13 +148,20 @@ def remove_and_check_units(daemon: Daemon, pod: Pod) -> None:
     assert ours == [], f"failed units left behind: {ours}"
 
 
+def parent_pid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return int(next(line.split()[1] for line in status if line.startswith("PPid:")))
+
+
 def test_kubelet_slice_holds_container_and_conmon_scopes(daemon: Daemon, kubelet_pod: Pod, image: str) -> None:
     cid = start(daemon, kubelet_pod, "sleeper", image, SLEEP, memory_limit_in_bytes=64 * MiB)
     assert_scopes(daemon, kubelet_pod, cid)
     sid = kubelet_pod.id
-    assert process_cgroup(sandbox_pid(daemon, sid)) == f"{kubelet_pod.slice_path}/crishim-{sid}.scope"
-    sandbox_conmon = conmon_pid(daemon.root / "sandboxes" / sid)
-    assert process_cgroup(sandbox_conmon) == f"{kubelet_pod.slice_path}/crishim-conmon-{sid}.scope"
+    # The pod's PID namespace holder and its unshare: the scope a pause container had, and no conmon.
+    holder = sandbox_pid(daemon, sid)
+    for pid in (holder, parent_pid(holder)):
+        assert process_cgroup(pid) == f"{kubelet_pod.slice_path}/crishim-{sid}.scope"
+    assert not (daemon.root / "sandboxes" / sid / "conmon.pid").exists()
     remove_and_check_units(daemon, kubelet_pod)
 
 

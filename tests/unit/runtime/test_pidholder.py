@@ -16,7 +16,8 @@ from crishim.oci import processes
 from crishim.oci.mounttable import mount_points
 from crishim.runtime.errors import Internal
 from crishim.runtime.network import netns
-from crishim.runtime.sandbox import holder, pidholder, pinned
+from crishim.runtime.sandbox import pidholder, pinned
+from crishim.runtime.sandbox.holder import scope_name
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starts processes in new namespaces")
 
@@ -177,4 +178,4 @@ def test_a_placement_that_fails_ends_the_holder_and_unpins(root: pidholder.Holde
 
 
 def test_the_holder_scope_is_named_as_runc_named_the_pause_containers() -> None:
-    assert holder.scope_name(f"kubepods-pod1.slice:crishim:{SANDBOX}") == f"crishim-{SANDBOX}.scope"
+    assert scope_name(f"kubepods-pod1.slice:crishim:{SANDBOX}") == f"crishim-{SANDBOX}.scope"

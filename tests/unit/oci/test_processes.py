@@ -44,8 +44,10 @@ def test_a_zombie_counts_as_not_alive() -> None:
 
 def test_naming_finds_the_processes_that_carry_an_argument_whole() -> None:
     word = uuid.uuid4().hex * 2  # as long as a container ID, and this test's alone
-    carrier = subprocess.Popen(["sh", "-c", "sleep 300", "sh", word])
-    prefix = subprocess.Popen(["sh", "-c", "sleep 300", "sh", word[:40]])
+    # `read` is a shell builtin: no child is forked, which would carry the shell's command line
+    # (and the word) from its fork until its exec.
+    carrier = subprocess.Popen(["sh", "-c", "read line", "sh", word], stdin=subprocess.PIPE)
+    prefix = subprocess.Popen(["sh", "-c", "read line", "sh", word[:40]], stdin=subprocess.PIPE)
     try:
         assert processes.naming(word) == [carrier.pid]
         processes.kill_tree(carrier.pid)
@@ -53,4 +55,4 @@ def test_naming_finds_the_processes_that_carry_an_argument_whole() -> None:
     finally:
         for proc in (carrier, prefix):
             proc.kill()
-            proc.wait()
+            proc.communicate()

@@ -157,6 +157,7 @@ def test_pin_and_hold_starts_the_holder_in_the_pinned_namespaces(root: pidholder
             pinned.unpin(paths)
     finally:
         asyncio.run(netns.remove(net))
+        netns.release_dir(str(tmp_path / "netns"))
 
 
 def test_a_placement_that_fails_ends_the_holder_and_unpins(root: pidholder.HolderRoot, tmp_path: Path) -> None:

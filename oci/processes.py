@@ -68,9 +68,18 @@ def wait_gone(pids: list[int], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     left = set(pids)
     while left and time.monotonic() < deadline:
-        left = {pid for pid in left if reap(pid) is None and alive(pid)}
+        left = {pid for pid in left if _still_there(pid)}
         if left:
             time.sleep(0.05)
+
+
+def _still_there(pid: int) -> bool:
+    if reap(pid) is not None:
+        return False
+    if alive(pid):
+        return True
+    reap(pid)  # it may have turned into a zombie since the first try: collect it if it is ours
+    return False
 
 
 def alive(pid: int) -> bool:

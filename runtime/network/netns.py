@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from crishim.oci.mounttable import MS_BIND, MS_REC, MS_SHARED, is_mount_point, mount, unmount
+from crishim.runtime.network import ifctl
 from crishim.runtime.network.errors import FailedPrecondition, Internal, InvalidArgument, NotFound
 
 DEFAULT_NETNS_DIR = "/run/crishim/netns"
@@ -158,11 +159,10 @@ def _make_dir_shared(netns_dir: str) -> None:
 
 
 def _loopback_up() -> None:
-    with _iproute() as ipr:
-        idx = ipr.link_lookup(ifname="lo")
-        if not idx:
-            raise Internal("the new network namespace has no loopback device")
-        ipr.link("set", index=idx[0], state="up")
+    try:
+        ifctl.set_up("lo")
+    except OSError as exc:
+        raise Internal(f"cannot bring up the new network namespace's loopback: {exc}") from exc
 
 
 def _create_pinned(path: str) -> None:
@@ -280,13 +280,12 @@ _deleting: dict[str, asyncio.Future[None]] = {}
 
 def _retire_here(ifname: str) -> int | None:
     """Takes `ifname` down and renames it; returns its index, or None when there is none."""
-    with _iproute() as ipr:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            return None
-        ipr.link("set", index=found[0], state="down")
-        ipr.link("set", index=found[0], ifname=RETIRED_IFNAME)
-        return int(found[0])
+    index = ifctl.index(ifname)
+    if index is None:
+        return None
+    ifctl.set_up(ifname, False)
+    ifctl.rename(ifname, RETIRED_IFNAME)
+    return index
 
 
 def _delete_here(index: int) -> None:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from crishim.runtime.network import netns
+from crishim.runtime.network import ifctl, netns
 from crishim.runtime.network.errors import FailedPrecondition, NotFound
+from pyroute2 import IPRoute
 
 pytestmark = pytest.mark.root
 
@@ -85,3 +88,69 @@ async def test_event_loop_thread_stays_in_the_host_namespace(ns_dir: str) -> Non
     path = await netns.create("sb-5", ns_dir)
     await netns.interfaces(path)
     assert os.stat("/proc/thread-self/ns/net").st_ino == before
+
+
+def _links_here() -> dict[str, int]:
+    """Name -> flags of every link in the calling thread's namespace."""
+    return {name: ifctl.flags(name) for _, name in socket.if_nameindex()}
+
+
+def _add_veth_pair(name: str) -> None:
+    """Both ends here: the test kernel may lack the dummy driver."""
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=name, kind="veth", peer={"ifname": name + "p"})
+
+
+async def test_ifctl_sets_flags_and_names_in_the_thread_s_namespace_only(ns_dir: str) -> None:
+    path = await netns.create("sb-ifctl", ns_dir)
+    await netns.run_in(path, _add_veth_pair, "d0")
+    assert await netns.run_in(path, ifctl.index, "d0") is not None
+    assert ifctl.index("d0p") is None  # made in the pod's namespace, not in the test's
+    assert not await netns.run_in(path, ifctl.flags, "d0") & ifctl.IFF_UP
+
+    await netns.run_in(path, ifctl.set_up, "d0")
+    assert await netns.run_in(path, ifctl.flags, "d0") & ifctl.IFF_UP
+
+    await netns.run_in(path, ifctl.set_up, "d0", False)
+    await netns.run_in(path, ifctl.rename, "d0", "d1")
+    links = await netns.run_in(path, _links_here)
+    assert set(links) == {"lo", "d1", "d0p"}
+    assert not links["d1"] & ifctl.IFF_UP
+    assert links["lo"] & ifctl.IFF_UP
+    assert await netns.run_in(path, ifctl.index, "d0") is None
+    with pytest.raises(OSError, match="No such device") as missing:
+        await netns.run_in(path, ifctl.set_up, "d0")
+    assert missing.value.errno == errno.ENODEV
+
+
+@pytest.mark.parametrize("name", ["", "x" * 16, "a/b"])
+def test_ifctl_refuses_a_name_the_kernel_cannot_hold(name: str) -> None:
+    with pytest.raises(ValueError, match="not a valid interface name"):
+        ifctl.index(name)
+
+
+def _veth_to(path: str, host_name: str) -> None:
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": path})
+        ipr.link("set", index=ipr.link_lookup(ifname=host_name)[0], state="up")
+
+
+def _eth0_up() -> None:
+    ifctl.set_up("eth0")
+
+
+async def test_retired_interface_frees_its_name_at_once_and_is_gone_when_the_namespace_goes(ns_dir: str) -> None:
+    path = await netns.create("sb-retire", ns_dir)
+    host_name = f"crt{os.getpid() % 100000}"
+    await asyncio.to_thread(_veth_to, path, host_name)
+    await netns.run_in(path, _eth0_up)
+
+    assert await netns.retire_interface(path, "eth0")
+    links = await netns.run_in(path, _links_here)
+    assert "eth0" not in links  # a CNI DEL that follows finds it gone
+    assert netns.RETIRED_IFNAME not in links or not links[netns.RETIRED_IFNAME] & ifctl.IFF_UP
+    assert not await netns.retire_interface(path, "eth0")
+
+    await netns.remove(path)
+    assert ifctl.index(host_name) is None, "the host side of the veth outlived RemovePodSandbox's netns.remove"
+    assert not netns.exists(path)

@@ -12,12 +12,10 @@ made, deleted and read in detail through pyroute2 still.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import socket
 import struct
-from collections.abc import Iterator
 
 # linux/sockios.h
 _SIOCGIFFLAGS = 0x8913
@@ -30,10 +28,8 @@ IFNAMSIZ = 16
 _IFREQ_SIZE = 40
 
 
-@contextlib.contextmanager
-def _control_socket() -> Iterator[socket.socket]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        yield sock
+def _control_socket() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
 
 def _name_field(name: str) -> bytes:
@@ -43,33 +39,34 @@ def _name_field(name: str) -> bytes:
     return raw.ljust(IFNAMSIZ, b"\0")
 
 
-def flags(name: str) -> int:
-    """The interface's flags (IFF_*); OSError ENODEV when there is no such interface."""
-    with _control_socket() as sock:
-        reply = fcntl.ioctl(sock, _SIOCGIFFLAGS, _name_field(name).ljust(_IFREQ_SIZE, b"\0"))
+def _ifreq(name: str, value: bytes = b"") -> bytes:
+    return (_name_field(name) + value).ljust(_IFREQ_SIZE, b"\0")
+
+
+def _get_flags(sock: socket.socket, name: str) -> int:
+    reply = fcntl.ioctl(sock, _SIOCGIFFLAGS, _ifreq(name))
     return int(struct.unpack_from("H", reply, IFNAMSIZ)[0])
 
 
-def _set_flags(sock: socket.socket, name: str, value: int) -> None:
-    request = _name_field(name) + struct.pack("H", value & 0xFFFF)
-    fcntl.ioctl(sock, _SIOCSIFFLAGS, request.ljust(_IFREQ_SIZE, b"\0"))
+def flags(name: str) -> int:
+    """The interface's flags (IFF_*); OSError ENODEV when there is no such interface."""
+    with _control_socket() as sock:
+        return _get_flags(sock, name)
 
 
 def set_up(name: str, up: bool = True) -> None:
     """Brings the interface up (or down); OSError ENODEV when there is no such interface."""
     with _control_socket() as sock:
-        reply = fcntl.ioctl(sock, _SIOCGIFFLAGS, _name_field(name).ljust(_IFREQ_SIZE, b"\0"))
-        current = int(struct.unpack_from("H", reply, IFNAMSIZ)[0])
+        current = _get_flags(sock, name)
         wanted = current | IFF_UP if up else current & ~IFF_UP
         if wanted != current:
-            _set_flags(sock, name, wanted)
+            fcntl.ioctl(sock, _SIOCSIFFLAGS, _ifreq(name, struct.pack("H", wanted & 0xFFFF)))
 
 
 def rename(name: str, new_name: str) -> None:
     """Renames an interface; take it down first, as most kernels refuse one that is up (EBUSY)."""
-    request = _name_field(name) + _name_field(new_name)
     with _control_socket() as sock:
-        fcntl.ioctl(sock, _SIOCSIFNAME, request.ljust(_IFREQ_SIZE, b"\0"))
+        fcntl.ioctl(sock, _SIOCSIFNAME, _ifreq(name, _name_field(new_name)))
 
 
 def index(name: str) -> int | None:

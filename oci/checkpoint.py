@@ -19,12 +19,13 @@ import contextlib
 import os
 import re
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .criu_network import SHIM_DIRECTORY, path_without_lock
 from .errors import DeadlineExceeded, FailedPrecondition, Unavailable
-from .processes import descendants, wait_gone
+from .processes import still_there, wait_gone
 from .runtime import OciRuntime
 
 # CRIU writes its log into the work directory under these names (runc's choice).
@@ -108,16 +109,28 @@ async def checkpoint(runtime: OciRuntime, cid: str, paths: CheckpointPaths, *, t
 
 async def _end(proc: asyncio.subprocess.Process) -> None:
     """Kills runc and what it started (CRIU), and collects them all."""
-    below = [pid for pid in await asyncio.to_thread(descendants, proc.pid) if pid != proc.pid]
-    for pid in [proc.pid, *below]:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    # The whole session too: a CRIU that already left runc's tree is still in runc's session.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGKILL)
+    # runc may still be starting CRIU, and CRIU its own helpers: the session is emptied until it
+    # stays empty, not killed from one look at it. asyncio collects runc itself.
+    await asyncio.to_thread(_empty_session, proc.pid)
     await asyncio.shield(proc.wait())
-    # As the subreaper the daemon inherits CRIU once runc is gone: collect it here.
-    await asyncio.to_thread(wait_gone, below)
+
+
+def _empty_session(sid: int, seconds: float = 30.0) -> None:
+    """Blocking: SIGKILL every member of session `sid` but its leader, again and again, until
+    none is left alive; reaps those the daemon inherited (it is the subreaper), else they stay
+    as zombies. A member that left the leader's tree (CRIU once runc is gone) is still found."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        members = [pid for pid, session in _sessions() if session == sid and pid != sid]
+        left = [pid for pid in members if still_there(pid)]
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 def end_session(work: Path) -> list[int]:
@@ -134,15 +147,16 @@ def end_session(work: Path) -> list[int]:
     members = [pid for pid, session in _sessions() if session == sid]
     if not members:
         return []
-    if sid in members:
-        if str(work) not in _cmdline(sid):
-            return []
-    elif any(_comm(pid) != "criu" for pid in members):
+    runc_runs = sid in members
+    if runc_runs and str(work) not in _cmdline(sid):
+        return []  # the pid is another process's now
+    if not runc_runs and any(_comm(pid) != "criu" for pid in members):
         return []
-    for pid in members:
+    if runc_runs:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    wait_gone(members)
+            os.kill(sid, signal.SIGKILL)
+    _empty_session(sid)
+    wait_gone([sid] if runc_runs else [])
     return members
 
 

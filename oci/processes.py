@@ -68,12 +68,13 @@ def wait_gone(pids: list[int], seconds: float = 5.0) -> None:
     deadline = time.monotonic() + seconds
     left = set(pids)
     while left and time.monotonic() < deadline:
-        left = {pid for pid in left if _still_there(pid)}
+        left = {pid for pid in left if still_there(pid)}
         if left:
             time.sleep(0.05)
 
 
-def _still_there(pid: int) -> bool:
+def still_there(pid: int) -> bool:
+    """Alive: a zombie counts as gone, and is reaped when it is an exited child of ours."""
     if reap(pid) is not None:
         return False
     if alive(pid):

@@ -1,0 +1,74 @@
+"""An overrunning checkpoint's runc session is emptied: runc, what it started, and what that started
+after the first look, whatever process group each is in; and the daemon, their subreaper, collects
+them all, for a zombie left below it is a process the node still shows."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+from pathlib import Path
+
+from crishim.oci import checkpoint, processes
+
+# Like runc, the leader waits for its child; the child starts members as fast as it can until it is
+# killed (or has made 400), each in a process group of its own, as CRIU and its helpers need not
+# share runc's group.
+_SPAWNER = """
+import os, time
+if os.fork() == 0:
+    for _ in range(400):
+        if os.fork() == 0:
+            os.setpgid(0, 0)
+            time.sleep(300)
+            os._exit(0)
+    time.sleep(300)
+os.wait()
+"""
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    assert ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def _session_members(sid: int) -> list[int]:
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+async def _until_members(sid: int, count: int) -> None:
+    for _ in range(1000):
+        if len(_session_members(sid)) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"session {sid} did not reach {count} members")
+
+
+async def test_end_leaves_no_member_of_the_session_not_even_a_zombie() -> None:
+    _subreaper(True)  # as the daemon is
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _SPAWNER, start_new_session=True)
+    try:
+        await _until_members(proc.pid, 6)
+        groups = {os.getpgid(pid) for pid in _session_members(proc.pid)}
+        assert len(groups) > 1, "the members should span process groups"
+        await checkpoint._end(proc)
+        assert proc.returncode is not None  # runc itself collected
+        assert _session_members(proc.pid) == []
+    finally:  # a failure above must not leave the spawner going
+        for pid in [proc.pid, *_session_members(proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await proc.wait()
+        _subreaper(False)
+        processes.wait_gone(_session_members(proc.pid))

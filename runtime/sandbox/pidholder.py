@@ -41,7 +41,10 @@ from crishim.oci import processes
 ENV_TAG = "CRISHIM_PID_HOLDER"
 HOLDER_ID = 65535  # uid and gid: Kubernetes' "nobody", as the upstream pause image runs
 BINARY = "catatonit"
-READY_WITHIN = 5.0  # seconds from the spawn to catatonit running
+# Seconds from the spawn to catatonit running. An unshare that fails exits, and is seen at once:
+# the limit only ends a hang. A loaded node (a busy or emulated one) can take several seconds to
+# fork and exec: the limit is well within the two minutes a kubelet gives a CRI call.
+READY_WITHIN = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ import ctypes
 import os
 import signal
 import sys
-from pathlib import Path
 
 from crishim.oci import checkpoint, processes
 
@@ -36,15 +35,7 @@ def _subreaper(on: bool) -> None:
 
 
 def _session_members(sid: int) -> list[int]:
-    found = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_file.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:
-            found.append(int(stat_file.parent.name))
-    return found
+    return [pid for pid, session in checkpoint._sessions() if session == sid]
 
 
 async def _until_members(sid: int, count: int) -> None:

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from crishim.oci import checkpoint, processes
+from crishim.oci import checkpoint, processes, runtime
 
 # Like runc, the leader waits for its child; the child starts members as fast as it can until it is
 # killed (or has made 400), each in a process group of its own, as CRIU and its helpers need not
@@ -27,11 +27,11 @@ if os.fork() == 0:
     time.sleep(300)
 os.wait()
 """
-_PR_SET_CHILD_SUBREAPER = 36
 
 
-def _subreaper(on: bool) -> None:
-    assert ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+def _no_longer_subreaper() -> None:
+    """Undoes `become_subreaper` for the tests that follow in this process."""
+    assert ctypes.CDLL(None, use_errno=True).prctl(runtime._PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) == 0
 
 
 def _session_members(sid: int) -> list[int]:
@@ -47,7 +47,7 @@ async def _until_members(sid: int, count: int) -> None:
 
 
 async def test_end_leaves_no_member_of_the_session_not_even_a_zombie() -> None:
-    _subreaper(True)  # as the daemon is
+    runtime.become_subreaper()  # as the daemon is
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", _SPAWNER, start_new_session=True)
     try:
         await _until_members(proc.pid, 6)
@@ -61,5 +61,5 @@ async def test_end_leaves_no_member_of_the_session_not_even_a_zombie() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         await proc.wait()
-        _subreaper(False)
+        _no_longer_subreaper()
         processes.wait_gone(_session_members(proc.pid))
